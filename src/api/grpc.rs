@@ -1,0 +1,166 @@
+//! The gRPC services: thin adapters from protobuf requests to the query
+//! service and back. Validation happens in [`super::convert`]; errors map to
+//! statuses in [`super::error`].
+
+use std::pin::Pin;
+
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use crate::{
+    pb::{
+        self, admin_service_server::AdminService,
+        connection_state_service_server::ConnectionStateService,
+        ingest_service_server::IngestService,
+    },
+    query::{QueryService, WatchItem},
+};
+
+/// Implements the three gRPC services over one query service.
+#[derive(Clone)]
+pub struct GrpcApi {
+    query: QueryService,
+}
+
+impl GrpcApi {
+    pub fn new(query: QueryService) -> Self {
+        GrpcApi { query }
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchConnectionsResponse, Status>> + Send>>;
+
+fn watch_item(item: WatchItem) -> pb::WatchConnectionsResponse {
+    use pb::watch_connections_response::Event;
+    let event = match item {
+        WatchItem::Change(change) => Event::Change(pb::Change::from(change.as_ref())),
+        WatchItem::Snapshot(state) => Event::Change(pb::Change {
+            revision: state.revision,
+            kind: pb::ChangeKind::Snapshot as i32,
+            client_id: state.client_id.to_string(),
+            state: Some(pb::ConnectionState::from(state.as_ref())),
+            log_entry: None,
+            commit_time: None,
+        }),
+        WatchItem::SnapshotComplete(revision) => {
+            Event::SnapshotComplete(pb::SnapshotComplete { revision })
+        }
+        WatchItem::Heartbeat { revision, time } => Event::Heartbeat(pb::Heartbeat {
+            revision,
+            time: Some(convert::timestamp(time)),
+        }),
+    };
+    pb::WatchConnectionsResponse { event: Some(event) }
+}
+
+#[tonic::async_trait]
+impl ConnectionStateService for GrpcApi {
+    #[tracing::instrument(skip_all, fields(client_id = %request.get_ref().client_id))]
+    async fn get_connection_state(
+        &self,
+        request: Request<pb::GetConnectionStateRequest>,
+    ) -> Result<Response<pb::ConnectionState>, Status> {
+        let client = convert::parse_client_id("client_id", &request.get_ref().client_id)?;
+        let state = self.query.get_state(&client)?;
+        Ok(Response::new(pb::ConnectionState::from(&state)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_connection_states(
+        &self,
+        request: Request<pb::ListConnectionStatesRequest>,
+    ) -> Result<Response<pb::ListConnectionStatesResponse>, Status> {
+        let list = convert::parse_list_states(request.get_ref())?;
+        let page = self.query.list_states(list).await?;
+        Ok(Response::new(pb::ListConnectionStatesResponse {
+            states: page.states.iter().map(pb::ConnectionState::from).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+            revision: page.revision,
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_connection_logs(
+        &self,
+        request: Request<pb::ListConnectionLogsRequest>,
+    ) -> Result<Response<pb::ListConnectionLogsResponse>, Status> {
+        let r = request.get_ref();
+        let store = self.query.store();
+        let client = convert::parse_log_client(r, &self.query.options().org_id, |id| {
+            matches!(store.get_state(id), Ok(Some(_)))
+        })?;
+        let list = convert::parse_list_logs(r, client)?;
+        let page = self.query.list_logs(list).await?;
+        Ok(Response::new(pb::ListConnectionLogsResponse {
+            entries: page.entries.iter().map(pb::LogEntry::from).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+            revision: page.revision,
+        }))
+    }
+
+    type WatchConnectionsStream = WatchStream;
+
+    #[tracing::instrument(skip_all)]
+    async fn watch_connections(
+        &self,
+        request: Request<pb::WatchConnectionsRequest>,
+    ) -> Result<Response<Self::WatchConnectionsStream>, Status> {
+        let watch = convert::parse_watch(request.get_ref())?;
+        let items = self.query.watch(watch)?;
+        let stream = ReceiverStream::new(items).map(|item| match item {
+            Ok(item) => Ok(watch_item(item)),
+            Err(end) => Err(Status::from(end)),
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    #[tracing::instrument(skip_all, fields(client_id = %request.get_ref().client_id))]
+    async fn delete_connection_state(
+        &self,
+        request: Request<pb::DeleteConnectionStateRequest>,
+    ) -> Result<Response<pb::DeleteConnectionStateResponse>, Status> {
+        let client = convert::parse_client_id("client_id", &request.get_ref().client_id)?;
+        let revision = self.query.delete_state(client).await?;
+        Ok(Response::new(pb::DeleteConnectionStateResponse {
+            revision,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl IngestService for GrpcApi {
+    #[tracing::instrument(skip_all, fields(broker = %request.get_ref().broker, events = request.get_ref().events.len()))]
+    async fn ingest_events(
+        &self,
+        request: Request<pb::IngestEventsRequest>,
+    ) -> Result<Response<pb::IngestEventsResponse>, Status> {
+        let events = convert::parse_ingest(request.get_ref())?;
+        let accepted = events.len() as u32;
+        let revision = self.query.ingest(events).await?;
+        Ok(Response::new(pb::IngestEventsResponse {
+            accepted,
+            revision,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for GrpcApi {
+    async fn get_settings(
+        &self,
+        _request: Request<pb::GetSettingsRequest>,
+    ) -> Result<Response<pb::Settings>, Status> {
+        Ok(Response::new(pb::Settings::from(&self.query.settings())))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn update_settings(
+        &self,
+        request: Request<pb::UpdateSettingsRequest>,
+    ) -> Result<Response<pb::Settings>, Status> {
+        let settings = convert::parse_settings_update(request.get_ref(), &self.query.settings())?;
+        let settings = self.query.update_settings(settings).await?;
+        Ok(Response::new(pb::Settings::from(&settings)))
+    }
+}

@@ -1,0 +1,308 @@
+//! One validated configuration: embedded defaults, then a TOML file, then
+//! environment variables (`CONNSTATE_*`), then command-line flags.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use crate::store::Settings;
+
+/// Everything the server needs to know before it binds.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Folder of the sled database.
+    pub data_dir: PathBuf,
+    /// gRPC listener.
+    pub grpc_listen: SocketAddr,
+    /// The organisation this server serves (platform client ids).
+    pub org_id: String,
+    /// Activity (publish, subscribe, ping) is written through at most this
+    /// often per client.
+    pub activity_interval: Duration,
+    /// Default heartbeat of watch streams.
+    pub heartbeat_interval: Duration,
+    /// Changes a watcher may fall behind the live feed before it is ended.
+    pub watch_buffer: usize,
+    /// How often retention runs.
+    pub retention_interval: Duration,
+    /// How long shutdown waits for requests in flight.
+    pub shutdown_grace: Duration,
+    /// sled page cache, in MiB.
+    pub cache_mb: u64,
+    /// Most events in one group commit.
+    pub max_batch_events: usize,
+    /// Keys one listing request may look at before it returns a shorter
+    /// page with a token.
+    pub scan_budget: usize,
+    /// Settings of a new store (an existing store keeps its own).
+    pub initial_settings: Settings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("connstate-data"),
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            org_id: "local".to_owned(),
+            activity_interval: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_secs(10),
+            watch_buffer: 16_384,
+            retention_interval: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(10),
+            cache_mb: 256,
+            max_batch_events: 8192,
+            scan_budget: 200_000,
+            initial_settings: Settings::default(),
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+/// Values that may come from a file, the environment or flags; `None`
+/// leaves the value below it in force.
+#[derive(Debug, Clone, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigLayer {
+    /// Folder of the sled database [default: ./connstate-data]
+    #[arg(long, env = "CONNSTATE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:50051]
+    #[arg(long, env = "CONNSTATE_GRPC_LISTEN")]
+    pub grpc_listen: Option<SocketAddr>,
+    /// Organisation id of platform client ids [default: local]
+    #[arg(long, env = "CONNSTATE_ORG_ID")]
+    pub org_id: Option<String>,
+    /// Activity write-through interval, e.g. 1s [default: 1s]
+    #[arg(long, env = "CONNSTATE_ACTIVITY_INTERVAL")]
+    pub activity_interval: Option<String>,
+    /// Default watch heartbeat, e.g. 10s [default: 10s]
+    #[arg(long, env = "CONNSTATE_HEARTBEAT_INTERVAL")]
+    pub heartbeat_interval: Option<String>,
+    /// Changes a watcher may lag before it is ended [default: 16384]
+    #[arg(long, env = "CONNSTATE_WATCH_BUFFER")]
+    pub watch_buffer: Option<usize>,
+    /// Retention pass interval, e.g. 60s [default: 60s]
+    #[arg(long, env = "CONNSTATE_RETENTION_INTERVAL")]
+    pub retention_interval: Option<String>,
+    /// Shutdown grace period, e.g. 10s [default: 10s]
+    #[arg(long, env = "CONNSTATE_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<String>,
+    /// sled page cache in MiB [default: 256]
+    #[arg(long, env = "CONNSTATE_CACHE_MB")]
+    pub cache_mb: Option<u64>,
+    /// Most events per group commit [default: 8192]
+    #[arg(long, env = "CONNSTATE_MAX_BATCH_EVENTS")]
+    pub max_batch_events: Option<usize>,
+    /// Log entry retention of a new store, e.g. 7d [default: 7d]
+    #[arg(long, env = "CONNSTATE_LOG_MAX_AGE")]
+    pub log_max_age: Option<String>,
+    /// Log entries kept per client in a new store [default: 1000]
+    #[arg(long, env = "CONNSTATE_LOG_MAX_ENTRIES_PER_CLIENT")]
+    pub log_max_entries_per_client: Option<u32>,
+    /// Change feed retention of a new store, e.g. 7d [default: 7d]
+    #[arg(long, env = "CONNSTATE_FEED_MAX_AGE")]
+    pub feed_max_age: Option<String>,
+}
+
+impl ConfigLayer {
+    /// Reads a TOML file with the same keys as the flags (`data_dir`,
+    /// `grpc_listen`, ...).
+    pub fn from_file(path: &Path) -> Result<ConfigLayer, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+fn duration(field: &'static str, text: &str) -> Result<Duration, ConfigError> {
+    let d = humantime::parse_duration(text).map_err(|e| ConfigError::Invalid {
+        field,
+        reason: format!("{text:?} is not a duration ({e}); write e.g. 500ms, 10s, 7d"),
+    })?;
+    if d.is_zero() {
+        return Err(ConfigError::Invalid {
+            field,
+            reason: "must be more than zero".into(),
+        });
+    }
+    Ok(d)
+}
+
+impl Config {
+    /// Builds the configuration from `layers`, lowest precedence first, and
+    /// validates it.
+    pub fn from_layers<'a>(
+        layers: impl IntoIterator<Item = &'a ConfigLayer>,
+    ) -> Result<Config, ConfigError> {
+        let mut c = Config::default();
+        for l in layers {
+            if let Some(v) = &l.data_dir {
+                c.data_dir = v.clone();
+            }
+            if let Some(v) = l.grpc_listen {
+                c.grpc_listen = v;
+            }
+            if let Some(v) = &l.org_id {
+                c.org_id = v.clone();
+            }
+            if let Some(v) = &l.activity_interval {
+                c.activity_interval = duration("activity_interval", v)?;
+            }
+            if let Some(v) = &l.heartbeat_interval {
+                c.heartbeat_interval = duration("heartbeat_interval", v)?;
+            }
+            if let Some(v) = l.watch_buffer {
+                c.watch_buffer = v;
+            }
+            if let Some(v) = &l.retention_interval {
+                c.retention_interval = duration("retention_interval", v)?;
+            }
+            if let Some(v) = &l.shutdown_grace {
+                c.shutdown_grace = duration("shutdown_grace", v)?;
+            }
+            if let Some(v) = l.cache_mb {
+                c.cache_mb = v;
+            }
+            if let Some(v) = l.max_batch_events {
+                c.max_batch_events = v;
+            }
+            if let Some(v) = &l.log_max_age {
+                c.initial_settings.log_max_age = duration("log_max_age", v)?;
+            }
+            if let Some(v) = l.log_max_entries_per_client {
+                c.initial_settings.log_max_entries_per_client = v;
+            }
+            if let Some(v) = &l.feed_max_age {
+                c.initial_settings.feed_max_age = duration("feed_max_age", v)?;
+            }
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks everything that can be checked before binding.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                reason: reason.to_owned(),
+            })
+        };
+        // Authentication arrives with the registry; until then every
+        // listener must stay on loopback, where open mode is safe.
+        if !self.grpc_listen.ip().is_loopback() {
+            return invalid(
+                "grpc_listen",
+                &format!(
+                    "{} is not a loopback address; without authentication the API may only \
+                     listen on loopback (127.0.0.1 or ::1)",
+                    self.grpc_listen
+                ),
+            );
+        }
+        let org_ok = !self.org_id.is_empty()
+            && self.org_id.len() <= 36
+            && self
+                .org_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !org_ok {
+            return invalid(
+                "org_id",
+                "must be 1 to 36 characters of A-Z, a-z, 0-9, '.', '_', '-'",
+            );
+        }
+        if self.watch_buffer < 16 {
+            return invalid("watch_buffer", "must be at least 16");
+        }
+        if self.max_batch_events == 0 {
+            return invalid("max_batch_events", "must be at least 1");
+        }
+        if self.cache_mb == 0 {
+            return invalid("cache_mb", "must be at least 1");
+        }
+        if self.initial_settings.log_max_entries_per_client == 0 {
+            return invalid("log_max_entries_per_client", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn later_layers_win_and_durations_parse() {
+        let file = ConfigLayer {
+            org_id: Some("fileorg".into()),
+            activity_interval: Some("2s".into()),
+            ..Default::default()
+        };
+        let flags = ConfigLayer {
+            org_id: Some("flagorg".into()),
+            ..Default::default()
+        };
+        let c = Config::from_layers([&file, &flags]).unwrap();
+        assert_eq!(c.org_id, "flagorg");
+        assert_eq!(c.activity_interval, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn refuses_an_open_listener_off_loopback() {
+        let layer = ConfigLayer {
+            grpc_listen: Some("0.0.0.0:50051".parse().unwrap()),
+            ..Default::default()
+        };
+        let err = Config::from_layers([&layer]).unwrap_err().to_string();
+        assert!(err.contains("grpc_listen"), "{err}");
+        assert!(err.contains("loopback"), "{err}");
+    }
+
+    #[test]
+    fn refuses_bad_values_by_name() {
+        let layer = ConfigLayer {
+            activity_interval: Some("soon".into()),
+            ..Default::default()
+        };
+        let err = Config::from_layers([&layer]).unwrap_err().to_string();
+        assert!(err.starts_with("activity_interval"), "{err}");
+    }
+
+    #[test]
+    fn reads_a_toml_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("connstate.toml");
+        std::fs::write(&path, "org_id = \"acme\"\nwatch_buffer = 64\n").unwrap();
+        let layer = ConfigLayer::from_file(&path).unwrap();
+        let c = Config::from_layers([&layer]).unwrap();
+        assert_eq!((c.org_id.as_str(), c.watch_buffer), ("acme", 64));
+        std::fs::write(&path, "no_such_key = 1\n").unwrap();
+        assert!(ConfigLayer::from_file(&path).is_err());
+    }
+}

@@ -1,0 +1,42 @@
+//! connstate: the client-connection-state service of an MQTT platform.
+//!
+//! For every MQTT client it knows whether it is connected, when it last
+//! connected, disconnected and did something, and — when it dropped — who
+//! ended the connection and with which MQTT reason code. It keeps a
+//! connection log per client and a change feed that watchers follow live.
+//!
+//! # Layout
+//!
+//! - [`domain`]: plain types — client ids, lifecycle events, reason and close
+//!   codes, state records, log entries, changes.
+//! - [`tracker`]: the lifecycle rules (event → new state, log entry, change)
+//!   and activity coalescing. The only place those rules live.
+//! - [`store`]: sled behind one writer thread (group commit), indexes,
+//!   listings, the change feed and retention.
+//! - [`query`]: the query service every API edge uses, including watches.
+//! - [`api`]: gRPC edges; generated types stop there.
+//! - [`config`]: one validated configuration.
+//! - [`server`]: wires it all together: [`server::run`] takes bound
+//!   listeners, a configuration and a shutdown future.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod domain;
+pub mod query;
+pub mod server;
+pub mod store;
+pub mod tracker;
+
+/// Code generated from `proto/connstate/v1/connstate.proto`.
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("connstate.v1");
+
+    /// The encoded descriptor set of the API, served by reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/connstate_descriptor.bin"));
+}
+
+pub use config::Config;
+pub use server::{Listeners, ServerError, run};

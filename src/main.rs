@@ -1,0 +1,87 @@
+//! The `connstate` command: parses the configuration, sets up logging,
+//! binds the listeners and hands over to the library.
+
+use std::{io::IsTerminal, path::PathBuf};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use connstate::{Config, Listeners, config::ConfigLayer};
+
+#[derive(Parser)]
+#[command(
+    name = "connstate",
+    version,
+    about = "Client-connection-state service for MQTT fleets"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service.
+    Serve {
+        /// TOML file with the same keys as the flags (lower precedence than
+        /// environment and flags)
+        #[arg(long, env = "CONNSTATE_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        layer: ConfigLayer,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sled=warn,h2=warn".into()),
+        )
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    let Command::Serve { config, layer } = cli.command;
+    let file = config
+        .as_deref()
+        .map(ConfigLayer::from_file)
+        .transpose()?
+        .unwrap_or_default();
+    let config = Config::from_layers([&file, &layer])?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let grpc = tokio::net::TcpListener::bind(config.grpc_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.grpc_listen))?;
+    // A stable line for scripts and tests that start the binary on port 0.
+    println!("connstate grpc listening on {}", grpc.local_addr()?);
+    connstate::run(Listeners { grpc }, config, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// SIGINT or SIGTERM, whichever comes first.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,216 @@
+//! Start-up, serving and shutdown of the whole service.
+//!
+//! Order matters and is the same every time: open the store, recover clients
+//! left "connected" by a crash, start the background tasks, report SERVING,
+//! serve. On shutdown: report NOT_SERVING, stop accepting, end watches, wait
+//! for requests in flight up to the grace period, write pending activity
+//! through, then stop the writer and flush the store last.
+
+use std::{future::Future, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic_health::server::HealthReporter;
+
+use crate::{
+    api::grpc::GrpcApi,
+    config::Config,
+    pb::{
+        admin_service_server::AdminServiceServer,
+        connection_state_service_server::ConnectionStateServiceServer,
+        ingest_service_server::IngestServiceServer,
+    },
+    query::{QueryOptions, QueryService},
+    store::{Store, StoreError, StoreOptions},
+    tracker::Tracker,
+};
+
+/// Listeners bound by the caller (tests bind port 0 and read it back).
+pub struct Listeners {
+    pub grpc: TcpListener,
+}
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// gRPC service names reported by health, besides the empty "whole
+/// server" name.
+const SERVICES: [&str; 3] = [
+    "connstate.v1.ConnectionStateService",
+    "connstate.v1.IngestService",
+    "connstate.v1.AdminService",
+];
+
+async fn set_health(reporter: &HealthReporter, serving: bool) {
+    use tonic_health::ServingStatus;
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    reporter.set_service_status("", status).await;
+    for name in SERVICES {
+        reporter.set_service_status(name, status).await;
+    }
+}
+
+/// Runs the service on `listeners` until `shutdown` completes.
+pub async fn run(
+    listeners: Listeners,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    config.validate()?;
+    let (reporter, health) = tonic_health::server::health_reporter();
+    set_health(&reporter, false).await;
+
+    let options = StoreOptions {
+        cache_capacity: config.cache_mb << 20,
+        max_batch_events: config.max_batch_events,
+        feed_capacity: config.watch_buffer,
+        initial_settings: config.initial_settings.clone(),
+    };
+    let data_dir = config.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir, options))
+        .await
+        .map_err(|_| StoreError::Closed)??;
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        revision = store.committed_revision(),
+        "store open"
+    );
+
+    let tracker = Tracker::new(store.clone());
+    let recovered = tracker.recover_connected().await?;
+    if recovered > 0 {
+        tracing::warn!(
+            clients = recovered,
+            "recorded clients left connected by an unclean stop as disconnected by the server"
+        );
+    }
+
+    let stop = CancellationToken::new();
+    let flusher = tracker.spawn_activity_flusher(config.activity_interval, stop.clone());
+    let retention = spawn_retention(store.clone(), config.retention_interval, stop.clone());
+    let watchdog = spawn_store_watchdog(store.clone(), reporter.clone(), stop.clone());
+
+    let query = QueryService::new(
+        store.clone(),
+        tracker.clone(),
+        QueryOptions {
+            scan_budget: config.scan_budget,
+            heartbeat_interval: config.heartbeat_interval,
+            org_id: config.org_id.clone(),
+        },
+        stop.clone(),
+    );
+    let api = GrpcApi::new(query);
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let grpc_addr = listeners.grpc.local_addr().ok();
+    let serve = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(ConnectionStateServiceServer::new(api.clone()))
+        .add_service(IngestServiceServer::new(api.clone()))
+        .add_service(AdminServiceServer::new(api))
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listeners.grpc),
+            stop.clone().cancelled_owned(),
+        );
+    set_health(&reporter, store.is_healthy()).await;
+    tracing::info!(grpc = ?grpc_addr, "serving");
+
+    tokio::pin!(serve);
+    let served = tokio::select! {
+        result = &mut serve => result,
+        () = shutdown => {
+            tracing::info!("shutting down");
+            set_health(&reporter, false).await;
+            stop.cancel();
+            match tokio::time::timeout(config.shutdown_grace, &mut serve).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!(grace = ?config.shutdown_grace, "requests still running after the grace period; stopping anyway");
+                    Ok(())
+                }
+            }
+        }
+    };
+    stop.cancel();
+    set_health(&reporter, false).await;
+    let _ = flusher.await;
+    let _ = retention.await;
+    let _ = watchdog.await;
+    store.close().await?;
+    tracing::info!(revision = store.committed_revision(), "store closed");
+    served?;
+    Ok(())
+}
+
+fn spawn_retention(
+    store: Store,
+    interval: Duration,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            let store = store.clone();
+            match tokio::task::spawn_blocking(move || store.run_retention()).await {
+                Ok(Ok(report)) if report != Default::default() => {
+                    tracing::info!(?report, "retention pass");
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "retention pass failed"),
+                Err(_) => return,
+            }
+        }
+    })
+}
+
+/// Reports NOT_SERVING once the store has failed.
+fn spawn_store_watchdog(
+    store: Store,
+    reporter: HealthReporter,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            if !store.is_healthy() {
+                tracing::error!("store failed: reporting NOT_SERVING");
+                set_health(&reporter, false).await;
+                return;
+            }
+        }
+    })
+}

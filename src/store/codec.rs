@@ -1,0 +1,482 @@
+//! The on-disk encoding of records: protobuf (prost) messages declared here,
+//! separate from the API's messages, so that the storage format evolves by
+//! the usual protobuf rules (new fields get new tags; tags are never reused).
+
+use std::net::IpAddr;
+
+use prost::Message;
+
+use super::{Settings, StoreError};
+use crate::domain::{
+    ActivityKind, Change, ChangeKind, ClientId, CloseCode, ConnectionInfo, ConnectionState,
+    ConnectionStatus, Counters, DisconnectInitiator, LastDisconnect, LogEntry, LogKind,
+    MqttProtocol, ReasonCode, Timestamp,
+};
+
+#[derive(Clone, PartialEq, Message)]
+pub(super) struct StateRecord {
+    #[prost(string, tag = "1")]
+    client_id: String,
+    #[prost(uint32, tag = "2")]
+    status: u32,
+    #[prost(int64, tag = "3")]
+    last_connect_ms: i64,
+    #[prost(uint32, tag = "4")]
+    last_activity: u32,
+    #[prost(int64, tag = "5")]
+    last_activity_ms: i64,
+    #[prost(bytes = "vec", tag = "6")]
+    addr: Vec<u8>,
+    #[prost(uint32, tag = "7")]
+    port: u32,
+    #[prost(bool, tag = "8")]
+    secure: bool,
+    #[prost(string, tag = "9")]
+    username: String,
+    #[prost(uint32, tag = "10")]
+    protocol: u32,
+    #[prost(uint32, tag = "11")]
+    keep_alive: u32,
+    #[prost(bool, tag = "12")]
+    clean_session: bool,
+    #[prost(uint64, tag = "13")]
+    connection_id: u64,
+    #[prost(string, tag = "14")]
+    broker: String,
+    #[prost(message, optional, tag = "15")]
+    last_disconnect: Option<DisconnectRecord>,
+    #[prost(message, optional, tag = "16")]
+    counters: Option<CountersRecord>,
+    #[prost(uint64, tag = "17")]
+    revision: u64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct DisconnectRecord {
+    #[prost(int64, tag = "1")]
+    time_ms: i64,
+    #[prost(uint32, tag = "2")]
+    initiator: u32,
+    #[prost(uint32, optional, tag = "3")]
+    reason_code: Option<u32>,
+    #[prost(string, tag = "4")]
+    reason: String,
+    #[prost(uint32, tag = "5")]
+    close_code: u32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct CountersRecord {
+    #[prost(uint64, tag = "1")]
+    connects: u64,
+    #[prost(uint64, tag = "2")]
+    failed_connects: u64,
+    #[prost(uint64, tag = "3")]
+    takeovers: u64,
+    #[prost(uint64, tag = "4")]
+    by_client: u64,
+    #[prost(uint64, tag = "5")]
+    by_server: u64,
+    #[prost(uint64, tag = "6")]
+    by_network: u64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub(super) struct LogRecord {
+    #[prost(string, tag = "1")]
+    client_id: String,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(int64, tag = "3")]
+    pub(super) time_ms: i64,
+    #[prost(uint32, tag = "4")]
+    kind: u32,
+    #[prost(uint32, tag = "5")]
+    initiator: u32,
+    #[prost(uint32, optional, tag = "6")]
+    reason_code: Option<u32>,
+    #[prost(uint32, optional, tag = "7")]
+    close_code: Option<u32>,
+    #[prost(bytes = "vec", tag = "8")]
+    addr: Vec<u8>,
+    #[prost(uint32, tag = "9")]
+    port: u32,
+    #[prost(uint32, tag = "10")]
+    protocol: u32,
+    #[prost(uint64, tag = "11")]
+    connection_id: u64,
+    #[prost(uint64, tag = "12")]
+    revision: u64,
+    #[prost(bool, tag = "13")]
+    stale: bool,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub(super) struct ChangeRecord {
+    #[prost(uint64, tag = "1")]
+    revision: u64,
+    #[prost(uint32, tag = "2")]
+    kind: u32,
+    #[prost(string, optional, tag = "3")]
+    client_id: Option<String>,
+    #[prost(message, optional, tag = "4")]
+    state: Option<StateRecord>,
+    #[prost(message, optional, tag = "5")]
+    log_entry: Option<LogRecord>,
+    #[prost(int64, tag = "6")]
+    pub(super) commit_ms: i64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub(super) struct SettingsRecord {
+    #[prost(bool, tag = "1")]
+    enabled: bool,
+    #[prost(uint64, tag = "2")]
+    log_max_age_secs: u64,
+    #[prost(uint32, tag = "3")]
+    log_max_entries_per_client: u32,
+    #[prost(uint64, tag = "4")]
+    feed_max_age_secs: u64,
+    #[prost(uint64, tag = "5")]
+    feed_max_entries: u64,
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(what.to_owned())
+}
+
+fn time_from_ms(ms: i64) -> Result<Timestamp, StoreError> {
+    chrono::DateTime::from_timestamp_millis(ms).ok_or_else(|| corrupt("time out of range"))
+}
+
+fn addr_to_bytes(addr: IpAddr) -> Vec<u8> {
+    match addr {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+fn addr_from_bytes(bytes: &[u8]) -> Result<Option<IpAddr>, StoreError> {
+    Ok(match bytes.len() {
+        0 => None,
+        4 => Some(IpAddr::from(
+            <[u8; 4]>::try_from(bytes).expect("length checked"),
+        )),
+        16 => Some(IpAddr::from(
+            <[u8; 16]>::try_from(bytes).expect("length checked"),
+        )),
+        _ => return Err(corrupt("address length")),
+    })
+}
+
+fn protocol_to_u32(p: Option<MqttProtocol>) -> u32 {
+    match p {
+        None => 0,
+        Some(MqttProtocol::V3_1) => 1,
+        Some(MqttProtocol::V3_1_1) => 2,
+        Some(MqttProtocol::V5_0) => 3,
+    }
+}
+
+fn protocol_from_u32(v: u32) -> Result<Option<MqttProtocol>, StoreError> {
+    Ok(match v {
+        0 => None,
+        1 => Some(MqttProtocol::V3_1),
+        2 => Some(MqttProtocol::V3_1_1),
+        3 => Some(MqttProtocol::V5_0),
+        _ => return Err(corrupt("protocol")),
+    })
+}
+
+fn initiator_to_u32(i: Option<DisconnectInitiator>) -> u32 {
+    match i {
+        None => 0,
+        Some(DisconnectInitiator::Client) => 1,
+        Some(DisconnectInitiator::Server) => 2,
+        Some(DisconnectInitiator::Network) => 3,
+    }
+}
+
+fn initiator_from_u32(v: u32) -> Result<Option<DisconnectInitiator>, StoreError> {
+    Ok(match v {
+        0 => None,
+        1 => Some(DisconnectInitiator::Client),
+        2 => Some(DisconnectInitiator::Server),
+        3 => Some(DisconnectInitiator::Network),
+        _ => return Err(corrupt("initiator")),
+    })
+}
+
+fn activity_to_u32(a: ActivityKind) -> u32 {
+    match a {
+        ActivityKind::Connect => 1,
+        ActivityKind::Publish => 2,
+        ActivityKind::Subscribe => 3,
+        ActivityKind::Unsubscribe => 4,
+        ActivityKind::Ping => 5,
+        ActivityKind::Disconnect => 6,
+    }
+}
+
+fn activity_from_u32(v: u32) -> Result<ActivityKind, StoreError> {
+    Ok(match v {
+        1 => ActivityKind::Connect,
+        2 => ActivityKind::Publish,
+        3 => ActivityKind::Subscribe,
+        4 => ActivityKind::Unsubscribe,
+        5 => ActivityKind::Ping,
+        6 => ActivityKind::Disconnect,
+        _ => return Err(corrupt("activity")),
+    })
+}
+
+fn log_kind_to_u32(k: LogKind) -> u32 {
+    match k {
+        LogKind::Connected => 1,
+        LogKind::ConnectFailed => 2,
+        LogKind::Disconnected => 3,
+    }
+}
+
+fn log_kind_from_u32(v: u32) -> Result<LogKind, StoreError> {
+    Ok(match v {
+        1 => LogKind::Connected,
+        2 => LogKind::ConnectFailed,
+        3 => LogKind::Disconnected,
+        _ => return Err(corrupt("log kind")),
+    })
+}
+
+fn change_kind_to_u32(k: ChangeKind) -> u32 {
+    match k {
+        ChangeKind::Connected => 1,
+        ChangeKind::ConnectFailed => 2,
+        ChangeKind::Disconnected => 3,
+        ChangeKind::Stale => 4,
+        ChangeKind::Activity => 5,
+        ChangeKind::Deleted => 6,
+        ChangeKind::AllDeleted => 7,
+    }
+}
+
+fn change_kind_from_u32(v: u32) -> Result<ChangeKind, StoreError> {
+    Ok(match v {
+        1 => ChangeKind::Connected,
+        2 => ChangeKind::ConnectFailed,
+        3 => ChangeKind::Disconnected,
+        4 => ChangeKind::Stale,
+        5 => ChangeKind::Activity,
+        6 => ChangeKind::Deleted,
+        7 => ChangeKind::AllDeleted,
+        _ => return Err(corrupt("change kind")),
+    })
+}
+
+fn client_id(s: String) -> Result<ClientId, StoreError> {
+    ClientId::new(s).map_err(|_| corrupt("client id"))
+}
+
+impl From<&ConnectionState> for StateRecord {
+    fn from(s: &ConnectionState) -> Self {
+        StateRecord {
+            client_id: s.client_id.as_str().to_owned(),
+            status: match s.status {
+                ConnectionStatus::Connected => 1,
+                ConnectionStatus::Disconnected => 2,
+            },
+            last_connect_ms: s.last_connect_time.timestamp_millis(),
+            last_activity: activity_to_u32(s.last_activity),
+            last_activity_ms: s.last_activity_time.timestamp_millis(),
+            addr: addr_to_bytes(s.connection.addr),
+            port: u32::from(s.connection.port),
+            secure: s.connection.secure,
+            username: s.connection.username.clone(),
+            protocol: protocol_to_u32(s.connection.protocol),
+            keep_alive: u32::from(s.connection.keep_alive),
+            clean_session: s.connection.clean_session,
+            connection_id: s.connection_id,
+            broker: s.broker.clone(),
+            last_disconnect: s.last_disconnect.as_ref().map(|d| DisconnectRecord {
+                time_ms: d.time.timestamp_millis(),
+                initiator: initiator_to_u32(Some(d.initiator)),
+                reason_code: d.reason_code.map(|c| u32::from(c.0)),
+                reason: d.reason.clone(),
+                close_code: u32::from(d.close_code.0),
+            }),
+            counters: Some(CountersRecord {
+                connects: s.counters.connects,
+                failed_connects: s.counters.failed_connects,
+                takeovers: s.counters.takeovers,
+                by_client: s.counters.disconnects_by_client,
+                by_server: s.counters.disconnects_by_server,
+                by_network: s.counters.disconnects_by_network,
+            }),
+            revision: s.revision,
+        }
+    }
+}
+
+impl TryFrom<StateRecord> for ConnectionState {
+    type Error = StoreError;
+
+    fn try_from(r: StateRecord) -> Result<Self, StoreError> {
+        let last_disconnect = match r.last_disconnect {
+            None => None,
+            Some(d) => Some(LastDisconnect {
+                time: time_from_ms(d.time_ms)?,
+                initiator: initiator_from_u32(d.initiator)?.ok_or_else(|| corrupt("initiator"))?,
+                reason_code: d.reason_code.map(|c| ReasonCode(c as u8)),
+                reason: d.reason,
+                close_code: CloseCode(d.close_code as u16),
+            }),
+        };
+        let c = r.counters.unwrap_or_default();
+        Ok(ConnectionState {
+            client_id: client_id(r.client_id)?,
+            status: match r.status {
+                1 => ConnectionStatus::Connected,
+                2 => ConnectionStatus::Disconnected,
+                _ => return Err(corrupt("status")),
+            },
+            last_connect_time: time_from_ms(r.last_connect_ms)?,
+            last_activity: activity_from_u32(r.last_activity)?,
+            last_activity_time: time_from_ms(r.last_activity_ms)?,
+            connection: ConnectionInfo {
+                addr: addr_from_bytes(&r.addr)?.ok_or_else(|| corrupt("address"))?,
+                port: r.port as u16,
+                secure: r.secure,
+                username: r.username,
+                protocol: protocol_from_u32(r.protocol)?,
+                keep_alive: r.keep_alive as u16,
+                clean_session: r.clean_session,
+            },
+            connection_id: r.connection_id,
+            broker: r.broker,
+            last_disconnect,
+            counters: Counters {
+                connects: c.connects,
+                failed_connects: c.failed_connects,
+                takeovers: c.takeovers,
+                disconnects_by_client: c.by_client,
+                disconnects_by_server: c.by_server,
+                disconnects_by_network: c.by_network,
+            },
+            revision: r.revision,
+        })
+    }
+}
+
+impl From<&LogEntry> for LogRecord {
+    fn from(e: &LogEntry) -> Self {
+        LogRecord {
+            client_id: e.client_id.as_str().to_owned(),
+            message: e.message.clone(),
+            time_ms: e.time.timestamp_millis(),
+            kind: log_kind_to_u32(e.kind),
+            initiator: initiator_to_u32(e.initiator),
+            reason_code: e.reason_code.map(|c| u32::from(c.0)),
+            close_code: e.close_code.map(|c| u32::from(c.0)),
+            addr: e.addr.map(addr_to_bytes).unwrap_or_default(),
+            port: u32::from(e.port),
+            protocol: protocol_to_u32(e.protocol),
+            connection_id: e.connection_id,
+            revision: e.revision,
+            stale: e.stale,
+        }
+    }
+}
+
+impl TryFrom<LogRecord> for LogEntry {
+    type Error = StoreError;
+
+    fn try_from(r: LogRecord) -> Result<Self, StoreError> {
+        Ok(LogEntry {
+            client_id: client_id(r.client_id)?,
+            message: r.message,
+            time: time_from_ms(r.time_ms)?,
+            kind: log_kind_from_u32(r.kind)?,
+            initiator: initiator_from_u32(r.initiator)?,
+            reason_code: r.reason_code.map(|c| ReasonCode(c as u8)),
+            close_code: r.close_code.map(|c| CloseCode(c as u16)),
+            addr: addr_from_bytes(&r.addr)?,
+            port: r.port as u16,
+            protocol: protocol_from_u32(r.protocol)?,
+            connection_id: r.connection_id,
+            revision: r.revision,
+            stale: r.stale,
+        })
+    }
+}
+
+impl From<&Change> for ChangeRecord {
+    fn from(c: &Change) -> Self {
+        ChangeRecord {
+            revision: c.revision,
+            kind: change_kind_to_u32(c.kind),
+            client_id: c.client_id.as_ref().map(|id| id.as_str().to_owned()),
+            state: c.state.as_ref().map(StateRecord::from),
+            log_entry: c.log_entry.as_ref().map(LogRecord::from),
+            commit_ms: c.commit_time.timestamp_millis(),
+        }
+    }
+}
+
+impl TryFrom<ChangeRecord> for Change {
+    type Error = StoreError;
+
+    fn try_from(r: ChangeRecord) -> Result<Self, StoreError> {
+        Ok(Change {
+            revision: r.revision,
+            kind: change_kind_from_u32(r.kind)?,
+            client_id: r.client_id.map(client_id).transpose()?,
+            state: r.state.map(ConnectionState::try_from).transpose()?,
+            log_entry: r.log_entry.map(LogEntry::try_from).transpose()?,
+            commit_time: time_from_ms(r.commit_ms)?,
+        })
+    }
+}
+
+impl From<&Settings> for SettingsRecord {
+    fn from(s: &Settings) -> Self {
+        SettingsRecord {
+            enabled: s.enabled,
+            log_max_age_secs: s.log_max_age.as_secs(),
+            log_max_entries_per_client: s.log_max_entries_per_client,
+            feed_max_age_secs: s.feed_max_age.as_secs(),
+            feed_max_entries: s.feed_max_entries,
+        }
+    }
+}
+
+impl From<SettingsRecord> for Settings {
+    fn from(r: SettingsRecord) -> Self {
+        Settings {
+            enabled: r.enabled,
+            log_max_age: std::time::Duration::from_secs(r.log_max_age_secs),
+            log_max_entries_per_client: r.log_max_entries_per_client,
+            feed_max_age: std::time::Duration::from_secs(r.feed_max_age_secs),
+            feed_max_entries: r.feed_max_entries,
+        }
+    }
+}
+
+/// Decodes a stored protobuf record.
+pub(super) fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, StoreError> {
+    M::decode(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+pub(super) fn decode_state(bytes: &[u8]) -> Result<ConnectionState, StoreError> {
+    ConnectionState::try_from(decode::<StateRecord>(bytes)?)
+}
+
+pub(super) fn encode_state(state: &ConnectionState) -> Vec<u8> {
+    StateRecord::from(state).encode_to_vec()
+}
+
+pub(super) fn decode_log(bytes: &[u8]) -> Result<LogEntry, StoreError> {
+    LogEntry::try_from(decode::<LogRecord>(bytes)?)
+}
+
+pub(super) fn decode_change(bytes: &[u8]) -> Result<Change, StoreError> {
+    Change::try_from(decode::<ChangeRecord>(bytes)?)
+}

@@ -1,0 +1,170 @@
+//! Key layout of the single sled tree. One tree keeps every commit one
+//! atomic batch: a state record, its index entries, its log entry and its
+//! change either all land or none does.
+//!
+//! | prefix | key | value |
+//! |---|---|---|
+//! | `m` | `m` name | metadata (revision, settings, clearing flag) |
+//! | `s` | `s` client | state record |
+//! | `a`, `c`, `d` | prefix, time (8), client | empty: index by last activity, connect, disconnect time |
+//! | `t` | `t` status (1), client | empty: index by connection status |
+//! | `l` | `l` revision (8) | log entry (all clients, in commit order) |
+//! | `p` | `p` client, 0x00, revision (8) | time (8): one client's log entries |
+//! | `f` | `f` revision (8) | change (the change feed) |
+//!
+//! Times are Unix milliseconds with the sign bit flipped, big-endian, so that
+//! byte order is time order. Client ids never contain 0x00.
+
+use crate::domain::{ClientId, ConnectionStatus, Revision, Timestamp};
+
+pub const STATE: u8 = b's';
+pub const BY_ACTIVITY: u8 = b'a';
+pub const BY_CONNECT: u8 = b'c';
+pub const BY_DISCONNECT: u8 = b'd';
+pub const BY_STATUS: u8 = b't';
+pub const LOG: u8 = b'l';
+pub const CLIENT_LOG: u8 = b'p';
+pub const FEED: u8 = b'f';
+
+pub const META_REVISION: &[u8] = b"mrevision";
+pub const META_SETTINGS: &[u8] = b"msettings";
+pub const META_CLEARING: &[u8] = b"mclearing";
+
+/// Every prefix that holds client data (what turning the feature off clears).
+pub const DATA_PREFIXES: [u8; 8] = [
+    STATE,
+    BY_ACTIVITY,
+    BY_CONNECT,
+    BY_DISCONNECT,
+    BY_STATUS,
+    LOG,
+    CLIENT_LOG,
+    FEED,
+];
+
+pub fn encode_time(ms: i64) -> [u8; 8] {
+    ((ms as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+#[cfg(test)]
+pub fn decode_time(bytes: [u8; 8]) -> i64 {
+    (u64::from_be_bytes(bytes) ^ (1 << 63)) as i64
+}
+
+pub fn state(client: &ClientId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + client.as_str().len());
+    key.push(STATE);
+    key.extend_from_slice(client.as_str().as_bytes());
+    key
+}
+
+/// Index key: prefix, time, client. `None` (never) sorts before every time.
+pub fn time_index(prefix: u8, time: Option<Timestamp>, client: &ClientId) -> Vec<u8> {
+    let ms = time.map_or(i64::MIN, |t| t.timestamp_millis());
+    let mut key = Vec::with_capacity(9 + client.as_str().len());
+    key.push(prefix);
+    key.extend_from_slice(&encode_time(ms));
+    key.extend_from_slice(client.as_str().as_bytes());
+    key
+}
+
+pub fn status_byte(status: ConnectionStatus) -> u8 {
+    match status {
+        ConnectionStatus::Connected => 1,
+        ConnectionStatus::Disconnected => 2,
+    }
+}
+
+pub fn status_index(status: ConnectionStatus, client: &ClientId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + client.as_str().len());
+    key.push(BY_STATUS);
+    key.push(status_byte(status));
+    key.extend_from_slice(client.as_str().as_bytes());
+    key
+}
+
+pub fn revision_key(prefix: u8, revision: Revision) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = prefix;
+    key[1..].copy_from_slice(&revision.to_be_bytes());
+    key
+}
+
+/// The revision of an `l` or `f` key.
+pub fn revision_of(key: &[u8]) -> Option<Revision> {
+    Some(Revision::from_be_bytes(key.get(1..9)?.try_into().ok()?))
+}
+
+/// Start of one client's log entries in the `p` index.
+pub fn client_log_prefix(client: &ClientId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + client.as_str().len());
+    key.push(CLIENT_LOG);
+    key.extend_from_slice(client.as_str().as_bytes());
+    key.push(0);
+    key
+}
+
+pub fn client_log(client: &ClientId, revision: Revision) -> Vec<u8> {
+    let mut key = client_log_prefix(client);
+    key.extend_from_slice(&revision.to_be_bytes());
+    key
+}
+
+/// The revision at the end of a `p` key.
+pub fn client_log_revision(key: &[u8]) -> Option<Revision> {
+    let tail = key.get(key.len().checked_sub(8)?..)?;
+    Some(Revision::from_be_bytes(tail.try_into().ok()?))
+}
+
+/// The client id of a time-index key (`a`, `c`, `d`) or status key (`t`).
+pub fn client_of_index(key: &[u8]) -> Option<&str> {
+    let offset = if key.first() == Some(&BY_STATUS) {
+        2
+    } else {
+        9
+    };
+    std::str::from_utf8(key.get(offset..)?).ok()
+}
+
+/// The smallest key greater than every key starting with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_keys_sort_in_time_order() {
+        let times = [i64::MIN, -5, 0, 1, 1_700_000_000_000, i64::MAX];
+        for pair in times.windows(2) {
+            assert!(encode_time(pair[0]) < encode_time(pair[1]));
+            assert_eq!(decode_time(encode_time(pair[0])), pair[0]);
+        }
+    }
+
+    #[test]
+    fn index_keys_give_back_their_client() {
+        let client = ClientId::new("d:o:t:x").unwrap();
+        let key = time_index(BY_ACTIVITY, None, &client);
+        assert_eq!(client_of_index(&key), Some("d:o:t:x"));
+        let key = status_index(ConnectionStatus::Connected, &client);
+        assert_eq!(client_of_index(&key), Some("d:o:t:x"));
+        assert_eq!(client_log_revision(&client_log(&client, 42)), Some(42));
+    }
+
+    #[test]
+    fn prefix_end_is_past_the_prefix() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[b'a', 0xff]), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(&[0xff]), None);
+    }
+}

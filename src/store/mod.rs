@@ -1,0 +1,308 @@
+//! The sled-backed store: state records, their indexes, connection logs and
+//! the change feed, in one tree (see [`keys`] for the layout).
+//!
+//! One writer thread owns every write of client data ([`writer`]): it takes
+//! commands from a channel, runs each event through the tracker's rules,
+//! applies a whole group of commands as one atomic batch, flushes once
+//! (group commit), and only then publishes the committed revision, sends the
+//! changes to the live feed and acknowledges. Readers read sled directly and
+//! never wait for the writer. Retention ([`retention`]) deletes old log
+//! entries and feed records from its own thread; the writer never touches
+//! those keys again, so the two never conflict.
+
+mod codec;
+mod keys;
+mod retention;
+mod scan;
+mod writer;
+
+use std::{
+    collections::HashSet,
+    path::Path,
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use prost::Message;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+pub use retention::RetentionReport;
+pub use scan::{LogPage, StatePage};
+
+use crate::domain::{Change, ClientId, ConnectionState, LifecycleEvent, Revision};
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+    #[error("no such client")]
+    NotFound,
+    #[error("client connection state is disabled")]
+    Disabled,
+    #[error("the store is closed")]
+    Closed,
+    #[error("the store failed earlier and accepts no more writes")]
+    Failed,
+}
+
+/// Administrator settings, kept in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Whether client-connection state is recorded and served.
+    pub enabled: bool,
+    pub log_max_age: Duration,
+    pub log_max_entries_per_client: u32,
+    pub feed_max_age: Duration,
+    pub feed_max_entries: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            enabled: true,
+            log_max_age: Duration::from_secs(7 * 24 * 3600),
+            log_max_entries_per_client: 1000,
+            feed_max_age: Duration::from_secs(7 * 24 * 3600),
+            feed_max_entries: 10_000_000,
+        }
+    }
+}
+
+/// How the store is opened.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// sled page cache, in bytes.
+    pub cache_capacity: u64,
+    /// Most events applied in one group commit.
+    pub max_batch_events: usize,
+    /// Changes the live feed buffers for each watcher.
+    pub feed_capacity: usize,
+    /// Settings used when the store has none yet.
+    pub initial_settings: Settings,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_capacity: 256 << 20,
+            max_batch_events: 8192,
+            feed_capacity: 4096,
+            initial_settings: Settings::default(),
+        }
+    }
+}
+
+/// A cheap, cloneable handle to the store.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    committed: AtomicU64,
+    failed: AtomicBool,
+    settings: RwLock<Settings>,
+    feed: broadcast::Sender<Arc<Change>>,
+    commands: mpsc::Sender<writer::Command>,
+    /// Clients whose log grew since the last retention pass.
+    grown_logs: Mutex<HashSet<ClientId>>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `path` and starts its writer thread.
+    /// A clear of all data interrupted by a crash is finished first.
+    pub fn open(path: &Path, options: StoreOptions) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(options.cache_capacity)
+            .open()?;
+        let committed = match db.get(keys::META_REVISION)? {
+            Some(v) => Revision::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("revision".into()))?,
+            ),
+            None => 0,
+        };
+        let settings = match db.get(keys::META_SETTINGS)? {
+            Some(v) => Settings::from(codec::decode::<codec::SettingsRecord>(&v)?),
+            None => options.initial_settings.clone(),
+        };
+        let (feed, _) = broadcast::channel(options.feed_capacity.max(1));
+        let (commands, receiver) = mpsc::channel(1024);
+        let store = Store {
+            inner: Arc::new(Inner {
+                db,
+                committed: AtomicU64::new(committed),
+                failed: AtomicBool::new(false),
+                settings: RwLock::new(settings),
+                feed,
+                commands,
+                grown_logs: Mutex::new(HashSet::new()),
+                writer_thread: Mutex::new(None),
+            }),
+        };
+        let mut writer = writer::Writer::new(store.clone(), committed, options.max_batch_events);
+        writer.finish_interrupted_clear()?;
+        let thread = std::thread::Builder::new()
+            .name("connstate-writer".into())
+            .spawn(move || writer.run(receiver))
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the writer: {e}")))?;
+        *store.inner.writer_thread.lock().expect("writer lock") = Some(thread);
+        Ok(store)
+    }
+
+    /// The newest revision that is durable and visible to readers.
+    pub fn committed_revision(&self) -> Revision {
+        self.inner.committed.load(Ordering::Acquire)
+    }
+
+    /// False once a write failed; the store then refuses writes.
+    pub fn is_healthy(&self) -> bool {
+        !self.inner.failed.load(Ordering::Acquire)
+    }
+
+    pub fn settings(&self) -> Settings {
+        self.inner.settings.read().expect("settings lock").clone()
+    }
+
+    /// A receiver of every change committed from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
+        self.inner.feed.subscribe()
+    }
+
+    /// A new, unique, increasing connection id for the embedded broker.
+    pub fn next_connection_id(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.db.generate_id()? + 1)
+    }
+
+    /// Records `events` in order; returns once they are durable, with the
+    /// newest revision they produced (the committed revision when none).
+    pub async fn commit_events(&self, events: Vec<LifecycleEvent>) -> Result<Revision, StoreError> {
+        self.request(|ack| writer::Command::Events { events, ack })
+            .await
+    }
+
+    /// Deletes the record and the log of one client.
+    pub async fn delete_state(&self, client: ClientId) -> Result<Revision, StoreError> {
+        self.request(|ack| writer::Command::Delete { client, ack })
+            .await
+    }
+
+    /// Stores new settings; turning the feature off deletes all client data.
+    pub async fn update_settings(&self, settings: Settings) -> Result<Revision, StoreError> {
+        self.request(|ack| writer::Command::PutSettings { settings, ack })
+            .await
+    }
+
+    async fn request(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<Revision, StoreError>>) -> writer::Command,
+    ) -> Result<Revision, StoreError> {
+        let (ack, done) = oneshot::channel();
+        self.inner
+            .commands
+            .send(command(ack))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        done.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Stops the writer after the commands already sent and flushes.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        let _ = self.request(|ack| writer::Command::Shutdown { ack }).await;
+        let thread = self.inner.writer_thread.lock().expect("writer lock").take();
+        if let Some(thread) = thread {
+            tokio::task::spawn_blocking(move || thread.join())
+                .await
+                .ok();
+        }
+        self.inner.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// The record of one client.
+    pub fn get_state(&self, client: &ClientId) -> Result<Option<ConnectionState>, StoreError> {
+        match self.inner.db.get(keys::state(client))? {
+            Some(v) => Ok(Some(codec::decode_state(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Ids of every client recorded as connected.
+    pub fn connected_clients(&self) -> Result<Vec<ClientId>, StoreError> {
+        let prefix = [
+            keys::BY_STATUS,
+            keys::status_byte(crate::domain::ConnectionStatus::Connected),
+        ];
+        let mut clients = Vec::new();
+        for item in self.inner.db.scan_prefix(prefix) {
+            let (key, _) = item?;
+            let id =
+                keys::client_of_index(&key).ok_or_else(|| StoreError::Corrupt("index".into()))?;
+            clients.push(ClientId::new(id).map_err(|_| StoreError::Corrupt("index".into()))?);
+        }
+        Ok(clients)
+    }
+
+    /// The oldest revision still in the change feed, if any.
+    pub fn oldest_feed_revision(&self) -> Result<Option<Revision>, StoreError> {
+        match self.inner.db.scan_prefix([keys::FEED]).next() {
+            Some(item) => Ok(keys::revision_of(&item?.0)),
+            None => Ok(None),
+        }
+    }
+
+    /// Committed changes after `after`, oldest first, at most `limit`.
+    pub fn changes_after(&self, after: Revision, limit: usize) -> Result<Vec<Change>, StoreError> {
+        let committed = self.committed_revision();
+        if after >= committed {
+            return Ok(Vec::new());
+        }
+        let start = keys::revision_key(keys::FEED, after + 1);
+        let end = keys::revision_key(keys::FEED, committed);
+        let mut changes = Vec::new();
+        for item in self.inner.db.range(start..=end).take(limit) {
+            let (_, value) = item?;
+            changes.push(codec::decode_change(&value)?);
+        }
+        Ok(changes)
+    }
+
+    /// Number of state records (a full count: cheap only for small stores).
+    pub fn count_states(&self) -> usize {
+        self.inner.db.scan_prefix([keys::STATE]).count()
+    }
+
+    fn mark_failed(&self) {
+        self.inner.failed.store(true, Ordering::Release);
+    }
+
+    fn set_settings(&self, settings: Settings) {
+        *self.inner.settings.write().expect("settings lock") = settings;
+    }
+
+    fn note_log_growth(&self, clients: impl IntoIterator<Item = ClientId>) {
+        self.inner
+            .grown_logs
+            .lock()
+            .expect("grown logs lock")
+            .extend(clients);
+    }
+
+    fn take_grown_logs(&self) -> HashSet<ClientId> {
+        std::mem::take(&mut *self.inner.grown_logs.lock().expect("grown logs lock"))
+    }
+
+    fn encode_settings(settings: &Settings) -> Vec<u8> {
+        codec::SettingsRecord::from(settings).encode_to_vec()
+    }
+}

@@ -1,0 +1,393 @@
+//! The single writer: the only code that writes client data.
+//!
+//! Commands arrive on a channel. The writer takes every command waiting (up
+//! to a bound on events), runs each event through [`tracker::rules::apply`]
+//! with the next revision, and applies the group as one sled batch followed
+//! by one flush. Only after the flush does it publish the new committed
+//! revision, send the changes to the live feed and acknowledge the commands:
+//! nobody hears of a change that a crash could still lose.
+
+use std::{collections::HashMap, sync::Arc};
+
+use chrono::Utc;
+use prost::Message;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Settings, Store, StoreError, codec, keys};
+use crate::{
+    domain::{Change, ChangeKind, ClientId, ConnectionState, LifecycleEvent, Revision},
+    tracker::rules,
+};
+
+type Ack = oneshot::Sender<Result<Revision, StoreError>>;
+
+pub(super) enum Command {
+    Events {
+        events: Vec<LifecycleEvent>,
+        ack: Ack,
+    },
+    Delete {
+        client: ClientId,
+        ack: Ack,
+    },
+    PutSettings {
+        settings: Settings,
+        ack: Ack,
+    },
+    Shutdown {
+        ack: Ack,
+    },
+}
+
+/// Keys deleted per batch when clearing all data.
+const CLEAR_CHUNK: usize = 10_000;
+
+pub(super) struct Writer {
+    store: Store,
+    /// The last revision handed out (committed or in the open batch).
+    revision: Revision,
+    max_batch_events: usize,
+    /// The open batch.
+    batch: sled::Batch,
+    /// Records changed in the open batch (`None`: deleted).
+    touched: HashMap<ClientId, Option<ConnectionState>>,
+    changes: Vec<Arc<Change>>,
+    acks: Vec<(Ack, Result<Revision, StoreError>)>,
+    grown_logs: Vec<ClientId>,
+}
+
+impl Writer {
+    pub(super) fn new(store: Store, committed: Revision, max_batch_events: usize) -> Writer {
+        Writer {
+            store,
+            revision: committed,
+            max_batch_events: max_batch_events.max(1),
+            batch: sled::Batch::default(),
+            touched: HashMap::new(),
+            changes: Vec::new(),
+            acks: Vec::new(),
+            grown_logs: Vec::new(),
+        }
+    }
+
+    pub(super) fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        while let Some(first) = commands.blocking_recv() {
+            let mut group = vec![first];
+            let mut events = 0;
+            while events < self.max_batch_events {
+                match commands.try_recv() {
+                    Ok(command) => {
+                        if let Command::Events { events: e, .. } = &command {
+                            events += e.len();
+                        }
+                        group.push(command);
+                    }
+                    Err(_) => break,
+                }
+            }
+            for command in group {
+                if let ControlFlow::Stop = self.handle(command) {
+                    self.commit();
+                    return;
+                }
+            }
+            self.commit();
+        }
+    }
+
+    fn handle(&mut self, command: Command) -> ControlFlow {
+        if !self.store.is_healthy() {
+            let ack = match command {
+                Command::Events { ack, .. }
+                | Command::Delete { ack, .. }
+                | Command::PutSettings { ack, .. } => ack,
+                Command::Shutdown { ack } => {
+                    let _ = ack.send(Ok(self.revision));
+                    return ControlFlow::Stop;
+                }
+            };
+            let _ = ack.send(Err(StoreError::Failed));
+            return ControlFlow::Continue;
+        }
+        match command {
+            Command::Events { events, ack } => {
+                let result = self.apply_events(&events);
+                self.acks.push((ack, result));
+            }
+            Command::Delete { client, ack } => {
+                // Deleting scans the client's log: commit the open batch
+                // first so the scan sees everything.
+                self.commit();
+                let result = self.delete(&client);
+                self.acks.push((ack, result));
+            }
+            Command::PutSettings { settings, ack } => {
+                self.commit();
+                let result = self.put_settings(settings);
+                self.acks.push((ack, result));
+            }
+            Command::Shutdown { ack } => {
+                self.acks.push((ack, Ok(self.revision)));
+                return ControlFlow::Stop;
+            }
+        }
+        ControlFlow::Continue
+    }
+
+    fn current(&self, client: &ClientId) -> Result<Option<ConnectionState>, StoreError> {
+        match self.touched.get(client) {
+            Some(state) => Ok(state.clone()),
+            None => self.store.get_state(client),
+        }
+    }
+
+    fn apply_events(&mut self, events: &[LifecycleEvent]) -> Result<Revision, StoreError> {
+        if !self.store.settings().enabled {
+            return Err(StoreError::Disabled);
+        }
+        let mut last = self.revision;
+        let commit_time = Utc::now();
+        for event in events {
+            let current = self.current(&event.client_id)?;
+            let revision = self.revision + 1;
+            let Some(outcome) = rules::apply(current.as_ref(), event, revision) else {
+                continue;
+            };
+            self.revision = revision;
+            last = revision;
+            if let Some(state) = &outcome.state {
+                self.put_state(current.as_ref(), state);
+            }
+            if let Some(entry) = &outcome.log_entry {
+                self.batch.insert(
+                    &keys::revision_key(keys::LOG, revision),
+                    codec::LogRecord::from(entry).encode_to_vec(),
+                );
+                self.batch.insert(
+                    keys::client_log(&entry.client_id, revision),
+                    &keys::encode_time(entry.time.timestamp_millis()),
+                );
+                self.grown_logs.push(entry.client_id.clone());
+            }
+            self.push_change(Change {
+                revision,
+                kind: outcome.kind,
+                client_id: Some(event.client_id.clone()),
+                state: outcome.state.or(current),
+                log_entry: outcome.log_entry,
+                commit_time,
+            });
+        }
+        Ok(last)
+    }
+
+    /// Writes `new` and moves its index entries away from `old`'s.
+    fn put_state(&mut self, old: Option<&ConnectionState>, new: &ConnectionState) {
+        let client = &new.client_id;
+        let times = |s: &ConnectionState| {
+            [
+                (keys::BY_ACTIVITY, Some(s.last_activity_time)),
+                (keys::BY_CONNECT, Some(s.last_connect_time)),
+                (keys::BY_DISCONNECT, s.last_disconnect_time()),
+            ]
+        };
+        for (i, (prefix, time)) in times(new).into_iter().enumerate() {
+            let old_time = old.map(|o| times(o)[i].1);
+            if old_time != Some(time) {
+                if let Some(old_time) = old_time {
+                    self.batch
+                        .remove(keys::time_index(prefix, old_time, client));
+                }
+                self.batch
+                    .insert(keys::time_index(prefix, time, client), &[][..]);
+            }
+        }
+        if old.map(|o| o.status) != Some(new.status) {
+            if let Some(o) = old {
+                self.batch.remove(keys::status_index(o.status, client));
+            }
+            self.batch
+                .insert(keys::status_index(new.status, client), &[][..]);
+        }
+        self.batch
+            .insert(keys::state(client), codec::encode_state(new));
+        self.touched.insert(client.clone(), Some(new.clone()));
+    }
+
+    fn remove_state(&mut self, old: &ConnectionState) {
+        let client = &old.client_id;
+        self.batch.remove(keys::state(client));
+        self.batch.remove(keys::time_index(
+            keys::BY_ACTIVITY,
+            Some(old.last_activity_time),
+            client,
+        ));
+        self.batch.remove(keys::time_index(
+            keys::BY_CONNECT,
+            Some(old.last_connect_time),
+            client,
+        ));
+        self.batch.remove(keys::time_index(
+            keys::BY_DISCONNECT,
+            old.last_disconnect_time(),
+            client,
+        ));
+        self.batch.remove(keys::status_index(old.status, client));
+        self.touched.insert(client.clone(), None);
+    }
+
+    fn push_change(&mut self, change: Change) {
+        self.batch.insert(
+            &keys::revision_key(keys::FEED, change.revision),
+            codec::ChangeRecord::from(&change).encode_to_vec(),
+        );
+        self.changes.push(Arc::new(change));
+    }
+
+    fn delete(&mut self, client: &ClientId) -> Result<Revision, StoreError> {
+        if !self.store.settings().enabled {
+            return Err(StoreError::Disabled);
+        }
+        let Some(old) = self.store.get_state(client)? else {
+            return Err(StoreError::NotFound);
+        };
+        self.remove_state(&old);
+        for item in self
+            .store
+            .inner
+            .db
+            .scan_prefix(keys::client_log_prefix(client))
+        {
+            let (key, _) = item?;
+            if let Some(revision) = keys::client_log_revision(&key) {
+                self.batch.remove(&keys::revision_key(keys::LOG, revision));
+            }
+            self.batch.remove(key);
+        }
+        self.revision += 1;
+        self.push_change(Change {
+            revision: self.revision,
+            kind: ChangeKind::Deleted,
+            client_id: Some(client.clone()),
+            state: None,
+            log_entry: None,
+            commit_time: Utc::now(),
+        });
+        Ok(self.revision)
+    }
+
+    fn put_settings(&mut self, settings: Settings) -> Result<Revision, StoreError> {
+        let was_enabled = self.store.settings().enabled;
+        let db = &self.store.inner.db;
+        db.insert(keys::META_SETTINGS, Store::encode_settings(&settings))?;
+        if was_enabled && !settings.enabled {
+            db.insert(keys::META_CLEARING, &[][..])?;
+            db.flush()?;
+            self.store.set_settings(settings);
+            self.clear_all()?;
+        } else {
+            db.flush()?;
+            self.store.set_settings(settings);
+        }
+        Ok(self.store.committed_revision())
+    }
+
+    /// Finishes a clear of all data that a crash interrupted.
+    pub(super) fn finish_interrupted_clear(&mut self) -> Result<(), StoreError> {
+        if self.store.inner.db.contains_key(keys::META_CLEARING)? {
+            tracing::warn!("finishing the deletion of all state interrupted by a restart");
+            self.clear_all()?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every state record, log entry and change, then records one
+    /// ALL_DELETED change. Runs in chunks; the clearing flag makes a crash
+    /// in the middle resume at the next start.
+    fn clear_all(&mut self) -> Result<(), StoreError> {
+        let db = self.store.inner.db.clone();
+        for prefix in keys::DATA_PREFIXES {
+            loop {
+                let chunk: Vec<sled::IVec> = db
+                    .scan_prefix([prefix])
+                    .keys()
+                    .take(CLEAR_CHUNK)
+                    .collect::<Result<_, _>>()?;
+                if chunk.is_empty() {
+                    break;
+                }
+                let mut batch = sled::Batch::default();
+                for key in chunk {
+                    batch.remove(key);
+                }
+                db.apply_batch(batch)?;
+            }
+        }
+        self.store.take_grown_logs();
+        self.revision += 1;
+        self.push_change(Change {
+            revision: self.revision,
+            kind: ChangeKind::AllDeleted,
+            client_id: None,
+            state: None,
+            log_entry: None,
+            commit_time: Utc::now(),
+        });
+        self.batch.remove(keys::META_CLEARING);
+        self.commit();
+        if self.store.is_healthy() {
+            Ok(())
+        } else {
+            Err(StoreError::Failed)
+        }
+    }
+
+    /// Applies the open batch, flushes, then publishes and acknowledges.
+    fn commit(&mut self) {
+        let batch = std::mem::take(&mut self.batch);
+        let changes = std::mem::take(&mut self.changes);
+        let acks = std::mem::take(&mut self.acks);
+        self.touched.clear();
+        let grown = std::mem::take(&mut self.grown_logs);
+        // Every write to the batch comes with a change.
+        if changes.is_empty() {
+            for (ack, result) in acks {
+                let _ = ack.send(result);
+            }
+            return;
+        }
+        let mut batch = batch;
+        batch.insert(keys::META_REVISION, &self.revision.to_be_bytes());
+        let db = &self.store.inner.db;
+        let durable = db.apply_batch(batch).and_then(|()| db.flush().map(drop));
+        match durable {
+            Ok(()) => {
+                self.store
+                    .inner
+                    .committed
+                    .store(self.revision, std::sync::atomic::Ordering::Release);
+                self.store.note_log_growth(grown);
+                for change in changes {
+                    // No receiver is fine: nobody is watching.
+                    let _ = self.store.inner.feed.send(change);
+                }
+                for (ack, result) in acks {
+                    let _ = ack.send(result);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store write failed; refusing further writes");
+                self.store.mark_failed();
+                self.revision = self.store.committed_revision();
+                for (ack, _) in acks {
+                    let _ = ack.send(Err(StoreError::Failed));
+                }
+            }
+        }
+    }
+}
+
+enum ControlFlow {
+    Continue,
+    Stop,
+}

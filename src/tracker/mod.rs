@@ -1,0 +1,163 @@
+//! The tracker: the lifecycle rules ([`rules`]) and the front door every
+//! lifecycle event goes through ([`Tracker`]).
+//!
+//! Connects, failed connects and disconnects go to the store's writer in
+//! the order they were reported and are durable when [`Tracker::record`]
+//! returns. Publish, subscribe, unsubscribe and ping may arrive thousands of
+//! times a second: their latest time per client is kept in memory and
+//! written through at most once per activity interval, and always just
+//! before the client's disconnect.
+
+pub mod rules;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    domain::{
+        ClientId, ConnectionStatus, DisconnectCause, EventKind, LifecycleEvent, Revision,
+        truncate_to_millis,
+    },
+    store::{Store, StoreError},
+};
+
+/// Clients recovered per store commit at start-up.
+const RECOVERY_CHUNK: usize = 5000;
+
+/// A cheap, cloneable handle to the tracker.
+#[derive(Clone)]
+pub struct Tracker {
+    store: Store,
+    /// The newest activity event of each client not yet written through.
+    pending_activity: Arc<Mutex<HashMap<ClientId, LifecycleEvent>>>,
+}
+
+impl Tracker {
+    pub fn new(store: Store) -> Tracker {
+        Tracker {
+            store,
+            pending_activity: Arc::default(),
+        }
+    }
+
+    /// Records `events` in order. Returns once every event other than
+    /// activity is durable, with the store revision after them.
+    pub async fn record(&self, events: Vec<LifecycleEvent>) -> Result<Revision, StoreError> {
+        if !self.store.settings().enabled {
+            return Err(StoreError::Disabled);
+        }
+        let mut to_commit = Vec::with_capacity(events.len());
+        {
+            let mut pending = self.pending_activity.lock().expect("activity lock");
+            for event in events {
+                match &event.kind {
+                    EventKind::Activity(_) => {
+                        let newer = pending.get(&event.client_id).is_none_or(|p| {
+                            (p.connection_id, p.time) <= (event.connection_id, event.time)
+                        });
+                        if newer {
+                            pending.insert(event.client_id.clone(), event);
+                        }
+                    }
+                    EventKind::Disconnected(_) => {
+                        // Activity is always written through before the
+                        // disconnect that ends it.
+                        if let Some(activity) = pending.remove(&event.client_id)
+                            && activity.connection_id == event.connection_id
+                        {
+                            to_commit.push(activity);
+                        }
+                        to_commit.push(event);
+                    }
+                    EventKind::Connected(_) | EventKind::ConnectFailed { .. } => {
+                        to_commit.push(event)
+                    }
+                }
+            }
+        }
+        if to_commit.is_empty() {
+            return Ok(self.store.committed_revision());
+        }
+        self.store.commit_events(to_commit).await
+    }
+
+    /// Writes through every pending activity event.
+    pub async fn flush_activity(&self) -> Result<Revision, StoreError> {
+        let events: Vec<LifecycleEvent> = {
+            let mut pending = self.pending_activity.lock().expect("activity lock");
+            pending.drain().map(|(_, event)| event).collect()
+        };
+        if events.is_empty() {
+            return Ok(self.store.committed_revision());
+        }
+        self.store.commit_events(events).await
+    }
+
+    /// Writes pending activity through every `interval` until `stop`, then
+    /// once more.
+    pub fn spawn_activity_flusher(
+        &self,
+        interval: Duration,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let tracker = self.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    _ = stop.cancelled() => break,
+                }
+                if let Err(e) = tracker.flush_activity().await
+                    && !matches!(e, StoreError::Disabled)
+                {
+                    tracing::warn!(error = %e, "writing activity through failed");
+                }
+            }
+            if let Err(e) = tracker.flush_activity().await {
+                tracing::debug!(error = %e, "final activity write-through failed");
+            }
+        })
+    }
+
+    /// Start-up recovery: every client still recorded as connected was
+    /// connected when the server stopped without recording its disconnect.
+    /// Records it as disconnected by the server (0x8B, close code 93).
+    /// Returns the number of clients recovered.
+    pub async fn recover_connected(&self) -> Result<usize, StoreError> {
+        if !self.store.settings().enabled {
+            return Ok(0);
+        }
+        let clients = self.store.connected_clients()?;
+        let now = truncate_to_millis(Utc::now());
+        let mut recovered = 0;
+        for chunk in clients.chunks(RECOVERY_CHUNK) {
+            let mut events = Vec::with_capacity(chunk.len());
+            for client in chunk {
+                let Some(state) = self.store.get_state(client)? else {
+                    continue;
+                };
+                if state.status != ConnectionStatus::Connected {
+                    continue;
+                }
+                events.push(LifecycleEvent {
+                    client_id: client.clone(),
+                    time: now.max(state.last_activity_time),
+                    connection_id: state.connection_id,
+                    broker: Arc::from(state.broker.as_str()),
+                    kind: EventKind::Disconnected(DisconnectCause::ServerRestarted),
+                });
+            }
+            recovered += events.len();
+            self.store.commit_events(events).await?;
+        }
+        Ok(recovered)
+    }
+}
