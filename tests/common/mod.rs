@@ -1,0 +1,257 @@
+//! A real server on port 0 with real gRPC clients, and event builders.
+#![allow(dead_code)]
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use connstate::{
+    Config, Listeners, ServerError,
+    pb::{
+        self, admin_service_client::AdminServiceClient,
+        connection_state_service_client::ConnectionStateServiceClient,
+        ingest_service_client::IngestServiceClient,
+    },
+};
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::transport::Channel;
+
+/// A running server; dropping it without [`TestServer::stop`] aborts it.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    channel: Channel,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), ServerError>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a server in a new temporary folder; `tune` adjusts its config.
+    pub async fn start_with(tune: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut server = Self::start_in(dir.path().to_owned(), tune).await;
+        server._dir = Some(dir);
+        server
+    }
+
+    /// Starts a server on an existing data folder.
+    pub async fn start_in(data_dir: PathBuf, tune: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = Config {
+            data_dir: data_dir.clone(),
+            grpc_listen: "127.0.0.1:0".parse().unwrap(),
+            ..Config::default()
+        };
+        tune(&mut config);
+        let grpc = tokio::net::TcpListener::bind(config.grpc_listen)
+            .await
+            .expect("bind");
+        let addr = grpc.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel();
+        let handle = tokio::spawn(connstate::run(Listeners { grpc }, config, async {
+            let _ = rx.await;
+        }));
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect");
+        TestServer {
+            addr,
+            data_dir,
+            channel,
+            shutdown: Some(tx),
+            handle: Some(handle),
+            _dir: None,
+        }
+    }
+
+    pub fn states(&self) -> ConnectionStateServiceClient<Channel> {
+        ConnectionStateServiceClient::new(self.channel.clone())
+    }
+
+    pub fn ingest_client(&self) -> IngestServiceClient<Channel> {
+        IngestServiceClient::new(self.channel.clone())
+    }
+
+    pub fn admin(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.channel.clone())
+    }
+
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// Ingests `events` as broker "test" and returns the revision.
+    pub async fn ingest(&self, events: Vec<pb::LifecycleEvent>) -> u64 {
+        self.ingest_client()
+            .ingest_events(pb::IngestEventsRequest {
+                broker: "test".into(),
+                events,
+            })
+            .await
+            .expect("ingest")
+            .into_inner()
+            .revision
+    }
+
+    pub async fn get(&self, client_id: &str) -> pb::ConnectionState {
+        self.states()
+            .get_connection_state(pb::GetConnectionStateRequest {
+                client_id: client_id.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("get {client_id}: {e}"))
+            .into_inner()
+    }
+
+    pub async fn logs(&self, client_id: &str) -> Vec<pb::LogEntry> {
+        self.states()
+            .list_connection_logs(pb::ListConnectionLogsRequest {
+                client_id: client_id.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("logs")
+            .into_inner()
+            .entries
+    }
+
+    /// Graceful shutdown; returns the temporary folder (if owned) so that
+    /// the data outlives the server.
+    pub async fn stop(mut self) -> Option<tempfile::TempDir> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            tokio::time::timeout(Duration::from_secs(30), handle)
+                .await
+                .expect("server stops within 30 s")
+                .expect("server task")
+                .expect("server result");
+        }
+        self._dir.take()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.abort();
+        }
+    }
+}
+
+/// A base time fixed for the test process (one hour before it started,
+/// whole seconds, so well inside every retention period) plus `secs`.
+pub fn at(secs: i64) -> prost_types::Timestamp {
+    static BASE: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+            - 3600
+    });
+    prost_types::Timestamp {
+        seconds: base + secs,
+        nanos: 0,
+    }
+}
+
+pub fn info(port: u32) -> pb::ConnectionInfo {
+    pb::ConnectionInfo {
+        client_addr: "127.0.0.1".into(),
+        port,
+        secure: false,
+        username: "use-token-auth".into(),
+        protocol: pb::MqttProtocol::V311 as i32,
+        keep_alive_seconds: 60,
+        clean_session: true,
+    }
+}
+
+pub fn connected(client_id: &str, connection_id: u64, secs: i64) -> pb::LifecycleEvent {
+    pb::LifecycleEvent {
+        client_id: client_id.into(),
+        time: Some(at(secs)),
+        connection_id,
+        event: Some(pb::lifecycle_event::Event::Connected(pb::Connected {
+            info: Some(info(40_000 + connection_id as u32 % 20_000)),
+        })),
+    }
+}
+
+pub fn disconnected(
+    client_id: &str,
+    connection_id: u64,
+    secs: i64,
+    cause: pb::DisconnectCause,
+    reason_code: Option<u32>,
+) -> pb::LifecycleEvent {
+    pb::LifecycleEvent {
+        client_id: client_id.into(),
+        time: Some(at(secs)),
+        connection_id,
+        event: Some(pb::lifecycle_event::Event::Disconnected(pb::Disconnected {
+            cause: cause as i32,
+            reason_code,
+            detail: String::new(),
+        })),
+    }
+}
+
+pub fn activity(
+    client_id: &str,
+    connection_id: u64,
+    secs: i64,
+    kind: pb::ActivityKind,
+) -> pb::LifecycleEvent {
+    pb::LifecycleEvent {
+        client_id: client_id.into(),
+        time: Some(at(secs)),
+        connection_id,
+        event: Some(pb::lifecycle_event::Event::Activity(pb::Activity {
+            kind: kind as i32,
+        })),
+    }
+}
+
+pub fn connect_failed(
+    client_id: &str,
+    secs: i64,
+    failure: pb::ConnectFailure,
+) -> pb::LifecycleEvent {
+    pb::LifecycleEvent {
+        client_id: client_id.into(),
+        time: Some(at(secs)),
+        connection_id: 0,
+        event: Some(pb::lifecycle_event::Event::ConnectFailed(
+            pb::ConnectFailed {
+                info: Some(info(41_000)),
+                failure: failure as i32,
+            },
+        )),
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, for at most `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
