@@ -25,7 +25,8 @@ pub struct Config {
     pub activity_interval: Duration,
     /// Default heartbeat of watch streams.
     pub heartbeat_interval: Duration,
-    /// Changes a watcher may fall behind the live feed before it is ended.
+    /// Commits (group commits, each of one or more changes) a watcher may
+    /// fall behind the live feed before it is ended.
     pub watch_buffer: usize,
     /// How often retention runs.
     pub retention_interval: Duration,
@@ -50,7 +51,7 @@ impl Default for Config {
             org_id: "local".to_owned(),
             activity_interval: Duration::from_secs(1),
             heartbeat_interval: Duration::from_secs(10),
-            watch_buffer: 16_384,
+            watch_buffer: 1024,
             retention_interval: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
             cache_mb: 256,
@@ -98,7 +99,7 @@ pub struct ConfigLayer {
     /// Default watch heartbeat, e.g. 10s [default: 10s]
     #[arg(long, env = "CONNSTATE_HEARTBEAT_INTERVAL")]
     pub heartbeat_interval: Option<String>,
-    /// Changes a watcher may lag before it is ended [default: 16384]
+    /// Commits a watcher may lag before it is ended [default: 1024]
     #[arg(long, env = "CONNSTATE_WATCH_BUFFER")]
     pub watch_buffer: Option<usize>,
     /// Retention pass interval, e.g. 60s [default: 60s]

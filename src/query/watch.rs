@@ -2,9 +2,10 @@
 //! feed from the store, then follows the live feed.
 //!
 //! The live feed is a broadcast channel filled by the store's writer after
-//! each commit; it never waits for a watcher. Every watcher reads it at its
-//! own pace through its own cursor into the shared ring buffer. A watcher
-//! that falls a whole buffer behind while live is ended with
+//! each commit, one message per commit; it never waits for a watcher. Every
+//! watcher reads it at its own pace through its own cursor into the shared
+//! ring buffer. A watcher that falls a whole buffer of commits behind while
+//! live is ended with
 //! [`WatchEnd::Lagged`] and the last revision it was sent, so it can resume
 //! from the store. Falling behind while replaying is not the watcher's
 //! fault: the task then simply replays again from the store.
@@ -19,6 +20,7 @@ use crate::domain::{
     Change, ChangeKind, ClientId, ConnectionState, Revision, SortField, StateFilter, StateOrder,
     Timestamp,
 };
+use crate::store::CommittedBatch;
 
 /// Changes read from the store per replay step.
 const REPLAY_CHUNK: usize = 512;
@@ -127,7 +129,7 @@ struct Watcher {
 struct Stop;
 
 impl Watcher {
-    async fn run(mut self, mut live: tokio::sync::broadcast::Receiver<Arc<Change>>) {
+    async fn run(mut self, mut live: tokio::sync::broadcast::Receiver<CommittedBatch>) {
         let end = match self.stream(&mut live).await {
             Ok(end) => end,
             Err(Stop) => return,
@@ -137,7 +139,7 @@ impl Watcher {
 
     async fn stream(
         &mut self,
-        live: &mut tokio::sync::broadcast::Receiver<Arc<Change>>,
+        live: &mut tokio::sync::broadcast::Receiver<CommittedBatch>,
     ) -> Result<WatchEnd, Stop> {
         if self.request.include_snapshot
             && let Some(end) = self.snapshot().await?
@@ -160,17 +162,20 @@ impl Watcher {
                         return Ok(WatchEnd::ShuttingDown { last_delivered: self.last });
                     }
                     received = live.recv() => match received {
-                        Ok(change) => {
-                            if change.revision <= self.last {
+                        Ok(batch) => {
+                            let Some(first) = batch.iter().find(|c| c.revision > self.last) else {
                                 continue;
-                            }
-                            if change.revision != self.last + 1 {
+                            };
+                            if first.revision != self.last + 1 {
                                 // Something was missed: fill in from the store.
                                 break;
                             }
                             live_delivered = true;
-                            if self.deliver(change).await? {
-                                ticker.reset();
+                            let from = self.last;
+                            for change in batch.iter().filter(|c| c.revision > from) {
+                                if self.deliver(change.clone()).await? {
+                                    ticker.reset();
+                                }
                             }
                         }
                         Err(RecvError::Lagged(_)) if !live_delivered => {

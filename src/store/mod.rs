@@ -34,6 +34,10 @@ pub use scan::{LogPage, StatePage};
 
 use crate::domain::{Change, ClientId, ConnectionState, LifecycleEvent, Revision};
 
+/// The changes of one group commit, in revision order, as the live feed
+/// carries them: one message per commit, however many changes it holds.
+pub type CommittedBatch = Arc<Vec<Arc<Change>>>;
+
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -81,7 +85,7 @@ pub struct StoreOptions {
     pub cache_capacity: u64,
     /// Most events applied in one group commit.
     pub max_batch_events: usize,
-    /// Changes the live feed buffers for each watcher.
+    /// Commits the live feed buffers for each watcher.
     pub feed_capacity: usize,
     /// Settings used when the store has none yet.
     pub initial_settings: Settings,
@@ -109,7 +113,7 @@ struct Inner {
     committed: AtomicU64,
     failed: AtomicBool,
     settings: RwLock<Settings>,
-    feed: broadcast::Sender<Arc<Change>>,
+    feed: broadcast::Sender<CommittedBatch>,
     commands: mpsc::Sender<writer::Command>,
     /// Clients whose log grew since the last retention pass.
     grown_logs: Mutex<HashSet<ClientId>>,
@@ -174,8 +178,8 @@ impl Store {
         self.inner.settings.read().expect("settings lock").clone()
     }
 
-    /// A receiver of every change committed from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
+    /// A receiver of every commit from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<CommittedBatch> {
         self.inner.feed.subscribe()
     }
 

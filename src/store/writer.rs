@@ -367,10 +367,8 @@ impl Writer {
                     .committed
                     .store(self.revision, std::sync::atomic::Ordering::Release);
                 self.store.note_log_growth(grown);
-                for change in changes {
-                    // No receiver is fine: nobody is watching.
-                    let _ = self.store.inner.feed.send(change);
-                }
+                // No receiver is fine: nobody is watching.
+                let _ = self.store.inner.feed.send(Arc::new(changes));
                 for (ack, result) in acks {
                     let _ = ack.send(result);
                 }
