@@ -208,17 +208,14 @@ async fn a_retired_revision_is_out_of_range_with_the_oldest_available() {
         .await
         .unwrap();
     let status = eventually(Duration::from_secs(10), || async {
-        match server
+        server
             .states()
             .watch_connections(pb::WatchConnectionsRequest {
                 start_revision: Some(3),
                 ..Default::default()
             })
             .await
-        {
-            Err(status) => Some(status),
-            Ok(_) => None,
-        }
+            .err()
     })
     .await;
     assert_eq!(status.code(), Code::OutOfRange);
