@@ -1,1 +1,635 @@
-fn main() {}
+//! `connstate-bench`: the benchmarks behind BENCHMARKS.md.
+//!
+//! Each scenario prints its figures next to its reference, measured in the
+//! same run on the same machine. Everything runs on loopback and stops by
+//! itself; nothing here is part of the test suite.
+//!
+//! ```text
+//! cargo run --release --bin connstate-bench -- ingest
+//! cargo run --release --bin connstate-bench -- query --clients 1000000
+//! cargo run --release --bin connstate-bench -- watch --watchers 1000 --rate 10000
+//! ```
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use chrono::Utc;
+use clap::{Parser, Subcommand};
+use connstate::{
+    Config, Listeners,
+    domain::{
+        ClientId, ConnectionInfo, ConnectionStatus, DisconnectCause, EventKind, LifecycleEvent,
+        MqttProtocol, SortField, StateFilter, StateOrder,
+    },
+    pb::{
+        self, connection_state_service_client::ConnectionStateServiceClient,
+        ingest_service_client::IngestServiceClient,
+    },
+    store::{Store, StoreOptions},
+    tracker::Tracker,
+};
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+#[command(about = "connstate benchmarks")]
+struct Cli {
+    /// Folder for benchmark data (wiped per scenario)
+    #[arg(long, default_value = "target/bench-data")]
+    dir: PathBuf,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Durable ingest: raw sled ceiling, store in-process, gRPC IngestEvents.
+    Ingest {
+        #[arg(long, default_value_t = 400_000)]
+        events: usize,
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        #[arg(long, default_value_t = 8)]
+        producers: usize,
+    },
+    /// Queries with many stored clients: Get and List latency in-process
+    /// and over gRPC, and start-up time.
+    Query {
+        #[arg(long, default_value_t = 1_000_000)]
+        clients: usize,
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+    },
+    /// WatchConnections fan-out: event-to-delivery latency and losses.
+    Watch {
+        #[arg(long, default_value_t = 1000)]
+        watchers: usize,
+        /// Changes per second.
+        #[arg(long, default_value_t = 10_000)]
+        rate: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match cli.scenario {
+            Scenario::Ingest {
+                events,
+                batch,
+                producers,
+            } => ingest(&cli.dir, events, batch, producers).await,
+            Scenario::Query { clients, requests } => query(&cli.dir, clients, requests).await,
+            Scenario::Watch {
+                watchers,
+                rate,
+                seconds,
+            } => watch(&cli.dir, watchers, rate, seconds).await,
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+fn fresh_dir(base: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let dir = base.join(name);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn client_name(i: usize) -> String {
+    match i % 10 {
+        0..=5 => format!("d:local:type{}:dev{i:07}", i % 20),
+        6..=7 => format!("g:local:gw{}:gw{i:07}", i % 5),
+        8 => format!("a:local:app{i:07}"),
+        _ => format!("client-{i:07}"),
+    }
+}
+
+fn connect_event(i: usize, connection_id: u64, secs_ago: i64) -> LifecycleEvent {
+    LifecycleEvent {
+        client_id: ClientId::new(client_name(i)).expect("valid id"),
+        time: connstate::domain::truncate_to_millis(
+            Utc::now() - chrono::Duration::seconds(secs_ago),
+        ),
+        connection_id,
+        broker: Arc::from("bench"),
+        kind: EventKind::Connected(ConnectionInfo {
+            addr: IpAddr::from([10, 0, (i >> 8) as u8, i as u8]),
+            port: 40_000 + (i % 20_000) as u16,
+            secure: i % 2 == 0,
+            username: "use-token-auth".into(),
+            protocol: Some(MqttProtocol::V3_1_1),
+            keep_alive: 60,
+            clean_session: true,
+        }),
+    }
+}
+
+fn pb_connect(i: usize, connection_id: u64) -> pb::LifecycleEvent {
+    pb::LifecycleEvent {
+        client_id: client_name(i),
+        time: Some(connstate::api::convert::timestamp(Utc::now())),
+        connection_id,
+        event: Some(pb::lifecycle_event::Event::Connected(pb::Connected {
+            info: Some(pb::ConnectionInfo {
+                client_addr: "10.0.0.1".into(),
+                port: 40_000,
+                secure: false,
+                username: "use-token-auth".into(),
+                protocol: pb::MqttProtocol::V311 as i32,
+                keep_alive_seconds: 60,
+                clean_session: true,
+            }),
+        })),
+    }
+}
+
+struct Latencies(Vec<Duration>);
+
+impl Latencies {
+    fn percentile(&mut self, p: f64) -> Duration {
+        self.0.sort_unstable();
+        let idx = ((self.0.len() as f64 - 1.0) * p).round() as usize;
+        self.0[idx.min(self.0.len() - 1)]
+    }
+
+    fn line(&mut self) -> String {
+        format!(
+            "p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms (n = {})",
+            ms(self.percentile(0.50)),
+            ms(self.percentile(0.99)),
+            ms(self.percentile(1.0)),
+            self.0.len()
+        )
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn rate(count: usize, elapsed: Duration) -> f64 {
+    count as f64 / elapsed.as_secs_f64()
+}
+
+/// Starts the full server in this process on loopback port 0.
+async fn start_server(
+    data_dir: &Path,
+    tune: impl FnOnce(&mut Config),
+) -> anyhow::Result<(
+    std::net::SocketAddr,
+    Channel,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+)> {
+    let mut config = Config {
+        data_dir: data_dir.to_owned(),
+        grpc_listen: "127.0.0.1:0".parse()?,
+        ..Config::default()
+    };
+    tune(&mut config);
+    let grpc = tokio::net::TcpListener::bind(config.grpc_listen).await?;
+    let addr = grpc.local_addr()?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let handle = tokio::spawn(async move {
+        if let Err(e) = connstate::run(Listeners { grpc }, config, async {
+            let _ = rx.await;
+        })
+        .await
+        {
+            eprintln!("server failed: {e}");
+        }
+    });
+    let channel = Channel::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    Ok((addr, channel, tx, handle))
+}
+
+// ---------------------------------------------------------------------------
+// Ingest
+// ---------------------------------------------------------------------------
+
+async fn ingest(base: &Path, events: usize, batch: usize, producers: usize) -> anyhow::Result<()> {
+    println!("## ingest: {events} connect events, batches of {batch}, {producers} producers");
+
+    // Reference: raw sled with the same number of keys and bytes per event
+    // as the store writes (state + 4 index entries + log + client log +
+    // feed), one flush per group of `batch * producers` events.
+    let dir = fresh_dir(base, "sled-raw")?;
+    let db = sled::Config::new()
+        .path(&dir)
+        .cache_capacity(256 << 20)
+        .open()?;
+    let group = batch * producers;
+    let started = Instant::now();
+    let value_small = vec![7u8; 24];
+    let value_state = vec![7u8; 180];
+    let value_log = vec![7u8; 140];
+    let value_feed = vec![7u8; 360];
+    let mut n = 0;
+    while n < events {
+        let mut b = sled::Batch::default();
+        for i in n..(n + group).min(events) {
+            let id = client_name(i);
+            b.insert(format!("s{id}").as_bytes(), value_state.as_slice());
+            for prefix in ["a", "c", "d", "t"] {
+                b.insert(format!("{prefix}{i:016}{id}").as_bytes(), value_small.as_slice());
+            }
+            b.insert(format!("l{i:016}").as_bytes(), value_log.as_slice());
+            b.insert(format!("p{id}\0{i:016}").as_bytes(), value_small.as_slice());
+            b.insert(format!("f{i:016}").as_bytes(), value_feed.as_slice());
+        }
+        db.apply_batch(b)?;
+        db.flush()?;
+        n += group;
+    }
+    let raw = rate(events, started.elapsed());
+    drop(db);
+    println!("- raw sled, 8 keys per event, flushed per group: {raw:.0} events/s (reference ceiling)");
+
+    // The store in-process: concurrent producers, group commit.
+    let dir = fresh_dir(base, "store-ingest")?;
+    let store = Store::open(&dir, StoreOptions::default())?;
+    let tracker = Tracker::new(store.clone());
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for p in 0..producers {
+        let tracker = tracker.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = p * batch;
+            while i < events {
+                let batch_events: Vec<_> = (i..(i + batch).min(events))
+                    .map(|j| connect_event(j, j as u64 + 1, 0))
+                    .collect();
+                tracker.record(batch_events).await.expect("record");
+                i += batch * producers;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let in_process = rate(events, started.elapsed());
+    println!(
+        "- store in-process (durable, acknowledged): {in_process:.0} events/s = {:.0} % of raw sled",
+        100.0 * in_process / raw
+    );
+    store.close().await?;
+    drop(store);
+
+    // Over gRPC: the same events through IngestEvents.
+    let dir = fresh_dir(base, "grpc-ingest")?;
+    let (_, channel, stop, server) = start_server(&dir, |_| {}).await?;
+    let requests: Vec<Vec<pb::LifecycleEvent>> = (0..events)
+        .step_by(batch)
+        .map(|i| {
+            (i..(i + batch).min(events))
+                .map(|j| pb_connect(j, j as u64 + 1))
+                .collect()
+        })
+        .collect();
+    let requests = Arc::new(tokio::sync::Mutex::new(requests));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..producers {
+        let mut client = IngestServiceClient::new(channel.clone());
+        let requests = requests.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let Some(events) = requests.lock().await.pop() else {
+                    return;
+                };
+                client
+                    .ingest_events(pb::IngestEventsRequest {
+                        broker: "bench".into(),
+                        events,
+                    })
+                    .await
+                    .expect("ingest");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let grpc = rate(events, started.elapsed());
+    println!(
+        "- gRPC IngestEvents (durable, acknowledged; client in the same process): {grpc:.0} events/s = {:.0} % of raw sled",
+        100.0 * grpc / raw
+    );
+    let _ = stop.send(());
+    server.await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Query
+// ---------------------------------------------------------------------------
+
+async fn populate(store: &Store, clients: usize) -> anyhow::Result<()> {
+    let tracker = Tracker::new(store.clone());
+    let chunk = 10_000;
+    let mut i = 0;
+    while i < clients {
+        let mut events = Vec::with_capacity(chunk * 2);
+        for j in i..(i + chunk).min(clients) {
+            // Spread connect times over the last ~11 days.
+            events.push(connect_event(j, j as u64 + 1, (j % 1_000_000) as i64));
+            // Every second client has disconnected since.
+            if j % 2 == 1 {
+                events.push(LifecycleEvent {
+                    kind: EventKind::Disconnected(DisconnectCause::SocketClosed),
+                    ..connect_event(j, j as u64 + 1, (j % 1_000_000) as i64 - 1)
+                });
+            }
+        }
+        tracker.record(events).await?;
+        i += chunk;
+    }
+    Ok(())
+}
+
+async fn query(base: &Path, clients: usize, requests: usize) -> anyhow::Result<()> {
+    println!("## query: {clients} stored clients, {requests} requests per measurement");
+    let dir = base.join(format!("query-{clients}"));
+    let marker = dir.join("populated");
+    if !marker.exists() {
+        let dir = fresh_dir(base, &format!("query-{clients}"))?;
+        let store = Store::open(&dir, StoreOptions::default())?;
+        let started = Instant::now();
+        populate(&store, clients).await?;
+        println!(
+            "- populated {clients} clients in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        store.close().await?;
+        std::fs::write(&marker, b"")?;
+    }
+
+    // Start-up: open the store and recover nothing (every client there was
+    // already recorded as disconnected by the previous run's recovery or
+    // by population), then with 10 % connected clients to recover.
+    let started = Instant::now();
+    let store = Store::open(&dir, StoreOptions::default())?;
+    let open = started.elapsed();
+    let recovered = Tracker::new(store.clone()).recover_connected().await?;
+    let startup = started.elapsed();
+    println!(
+        "- start-up: store open {:.2} s, recovery of {recovered} connected clients {:.2} s, total {:.2} s",
+        open.as_secs_f64(),
+        (startup - open).as_secs_f64(),
+        startup.as_secs_f64()
+    );
+    // Put the connected half back for the queries below.
+    let tracker = Tracker::new(store.clone());
+    for chunk in (0..clients).step_by(2).collect::<Vec<_>>().chunks(10_000) {
+        let events = chunk
+            .iter()
+            .map(|&j| connect_event(j, (clients + j) as u64 + 1, (j % 1_000_000) as i64))
+            .collect();
+        tracker.record(events).await?;
+    }
+
+    // In-process Get.
+    let ids: Vec<ClientId> = (0..requests)
+        .map(|k| ClientId::new(client_name((k * 7919) % clients)).unwrap())
+        .collect();
+    let mut lat = Latencies(Vec::with_capacity(requests));
+    for id in &ids {
+        let t = Instant::now();
+        let state = store.get_state(id)?;
+        lat.0.push(t.elapsed());
+        assert!(state.is_some());
+    }
+    println!("- GetConnectionState in-process: {}", lat.line());
+
+    // In-process List: connected devices of one type, by last activity.
+    let filter = StateFilter {
+        status: Some(ConnectionStatus::Connected),
+        client_type: Some(connstate::domain::ClientType::Device),
+        ..Default::default()
+    };
+    let order = StateOrder {
+        field: SortField::LastActivityTime,
+        descending: true,
+    };
+    let mut lat = Latencies(Vec::new());
+    let mut cursor: Option<Vec<u8>> = None;
+    for _ in 0..(requests / 20).max(100) {
+        let t = Instant::now();
+        let page = store.list_states(&filter, order, 100, cursor.as_deref(), 200_000)?;
+        lat.0.push(t.elapsed());
+        assert_eq!(page.states.len(), 100);
+        cursor = page.cursor;
+    }
+    println!(
+        "- List in-process (connected devices, last_activity_time desc, page 100, paging on): {}",
+        lat.line()
+    );
+    store.close().await?;
+    drop(store);
+    drop(tracker);
+
+    // Over gRPC, server in this process.
+    let (_, channel, stop, server) = start_server(&dir, |_| {}).await?;
+    let started = Instant::now();
+    let mut client = ConnectionStateServiceClient::new(channel.clone());
+    // Wait until serving (recovery of the connected half runs first).
+    client
+        .get_connection_state(pb::GetConnectionStateRequest {
+            client_id: client_name(0),
+        })
+        .await?;
+    println!(
+        "- start-up of the whole server with {} connected clients to recover: {:.2} s to first answer",
+        clients / 2,
+        started.elapsed().as_secs_f64()
+    );
+    let mut lat = Latencies(Vec::with_capacity(requests));
+    for id in &ids {
+        let t = Instant::now();
+        client
+            .get_connection_state(pb::GetConnectionStateRequest {
+                client_id: id.to_string(),
+            })
+            .await?;
+        lat.0.push(t.elapsed());
+    }
+    println!("- GetConnectionState over gRPC, one at a time: {}", lat.line());
+
+    let concurrency = 16;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..concurrency {
+        let mut client = ConnectionStateServiceClient::new(channel.clone());
+        let ids: Vec<String> = ids
+            .iter()
+            .skip(c)
+            .step_by(concurrency)
+            .map(|i| i.to_string())
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            for id in ids {
+                client
+                    .get_connection_state(pb::GetConnectionStateRequest { client_id: id })
+                    .await
+                    .expect("get");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    println!(
+        "- GetConnectionState over gRPC, {concurrency} concurrent: {:.0} req/s",
+        rate(ids.len(), started.elapsed())
+    );
+
+    let mut lat = Latencies(Vec::new());
+    let mut token = String::new();
+    for _ in 0..(requests / 20).max(100) {
+        let t = Instant::now();
+        let page = client
+            .list_connection_states(pb::ListConnectionStatesRequest {
+                filter: Some(pb::ConnectionStateFilter {
+                    connection_status: pb::ConnectionStatus::Connected as i32,
+                    client_type: pb::ClientType::Device as i32,
+                    ..Default::default()
+                }),
+                order_by: "last_activity_time desc".into(),
+                page_size: 100,
+                page_token: token.clone(),
+            })
+            .await?
+            .into_inner();
+        lat.0.push(t.elapsed());
+        anyhow::ensure!(page.states.len() == 100, "short page");
+        token = page.next_page_token;
+    }
+    println!("- List over gRPC (same query, page 100, paging on): {}", lat.line());
+    let _ = stop.send(());
+    server.await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Watch
+// ---------------------------------------------------------------------------
+
+async fn watch(base: &Path, watchers: usize, change_rate: usize, seconds: u64) -> anyhow::Result<()> {
+    println!("## watch: {watchers} watchers, {change_rate} changes/s for {seconds} s");
+    let dir = fresh_dir(base, "watch")?;
+    let (addr, channel, stop, server) = start_server(&dir, |c| c.watch_buffer = 4096).await?;
+    // Several HTTP/2 connections, as many independent subscribers would use.
+    let mut channels = vec![channel.clone()];
+    for _ in 1..8 {
+        channels.push(
+            Channel::from_shared(format!("http://{addr}"))?
+                .connect()
+                .await?,
+        );
+    }
+    let total = change_rate * seconds as usize;
+    let mut readers = Vec::new();
+    for w in 0..watchers {
+        let mut client = ConnectionStateServiceClient::new(channels[w % channels.len()].clone());
+        let mut stream = client
+            .watch_connections(pb::WatchConnectionsRequest::default())
+            .await
+            .context("watch")?
+            .into_inner();
+        readers.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(total);
+            let mut last = 0u64;
+            let mut gaps = 0usize;
+            while lat.len() < total {
+                match tokio::time::timeout(Duration::from_secs(30), stream.next()).await {
+                    Ok(Some(Ok(pb::WatchConnectionsResponse {
+                        event: Some(pb::watch_connections_response::Event::Change(c)),
+                    }))) => {
+                        let now = Utc::now();
+                        let committed = c.commit_time.unwrap();
+                        let committed = chrono::DateTime::from_timestamp(
+                            committed.seconds,
+                            committed.nanos as u32,
+                        )
+                        .unwrap();
+                        if last != 0 && c.revision != last + 1 {
+                            gaps += 1;
+                        }
+                        last = c.revision;
+                        lat.push((now - committed).to_std().unwrap_or_default());
+                    }
+                    Ok(Some(Ok(_))) => {}
+                    Ok(Some(Err(status))) => {
+                        eprintln!("watcher {w} ended: {status}");
+                        break;
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            (lat, gaps)
+        }));
+    }
+    // The producer: batches every 10 ms to reach the rate.
+    let mut ingest = IngestServiceClient::new(channel.clone());
+    let per_tick = (change_rate / 100).max(1);
+    let mut ticker = tokio::time::interval(Duration::from_millis(10));
+    let started = Instant::now();
+    let mut sent = 0;
+    while sent < total {
+        ticker.tick().await;
+        let n = per_tick.min(total - sent);
+        let events = (sent..sent + n)
+            .map(|i| pb_connect(i % 100_000, i as u64 + 1))
+            .collect();
+        ingest
+            .ingest_events(pb::IngestEventsRequest {
+                broker: "bench".into(),
+                events,
+            })
+            .await?;
+        sent += n;
+    }
+    let produced_in = started.elapsed();
+    let mut all = Latencies(Vec::with_capacity(total * watchers));
+    let mut received = 0usize;
+    let mut gaps = 0usize;
+    for r in readers {
+        let (lat, g) = r.await?;
+        received += lat.len();
+        gaps += g;
+        all.0.extend(lat);
+    }
+    println!(
+        "- produced {total} changes in {:.1} s ({:.0}/s)",
+        produced_in.as_secs_f64(),
+        rate(total, produced_in)
+    );
+    println!(
+        "- delivered {received} of {} ({} lost), {gaps} revision gaps",
+        total * watchers,
+        total * watchers - received
+    );
+    println!("- commit-to-delivery latency: {}", all.line());
+    let _ = stop.send(());
+    server.await?;
+    Ok(())
+}
