@@ -428,8 +428,8 @@ async fn settings_updates_are_validated() {
             pb::UpdateSettingsRequest {
                 settings: Some(pb::Settings {
                     log_max_age: Some(prost_types::Duration {
-                        seconds: 5,
-                        nanos: 0,
+                        seconds: 0,
+                        nanos: 5_000_000,
                     }),
                     ..Default::default()
                 }),

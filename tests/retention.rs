@@ -1,5 +1,5 @@
-//! Retention deletes old log entries by age and beyond the per-client
-//! count, in the background, while the records stay.
+//! Retention deletes log entries beyond the per-client count and older than
+//! the maximum age, in the background, while the records stay.
 
 mod common;
 
@@ -8,34 +8,36 @@ use std::time::Duration;
 use common::*;
 use connstate::pb;
 
-#[tokio::test]
-async fn old_and_excess_log_entries_are_removed() {
-    let server = TestServer::start_with(|c| c.retention_interval = Duration::from_millis(50)).await;
+async fn set_log_retention(server: &TestServer, max_age: Duration, max_entries: u32) {
     server
         .admin()
         .update_settings(pb::UpdateSettingsRequest {
             settings: Some(pb::Settings {
                 log_max_age: Some(prost_types::Duration {
-                    seconds: 24 * 3600,
+                    seconds: max_age.as_secs() as i64,
                     nanos: 0,
                 }),
-                log_max_entries_per_client: 4,
+                log_max_entries_per_client: max_entries,
                 ..Default::default()
             }),
             update_mask: vec!["log_max_age".into(), "log_max_entries_per_client".into()],
         })
         .await
         .unwrap();
+}
 
-    // Two days ago: older than the one-day limit.
-    let old = -2 * 24 * 3600;
+#[tokio::test]
+async fn excess_and_then_old_log_entries_are_removed() {
+    let server = TestServer::start_with(|c| c.retention_interval = Duration::from_millis(50)).await;
+    set_log_retention(&server, Duration::from_secs(24 * 3600), 4).await;
+
     server
         .ingest(vec![
-            connected("d:local:t:old", 1, old),
+            connected("d:local:t:quiet", 1, 0),
             disconnected(
-                "d:local:t:old",
+                "d:local:t:quiet",
                 1,
-                old + 5,
+                5,
                 pb::DisconnectCause::ClientDisconnect,
                 None,
             ),
@@ -57,15 +59,30 @@ async fn old_and_excess_log_entries_are_removed() {
 
     let chatty = eventually(Duration::from_secs(10), || async {
         let logs = server.logs("d:local:t:chatty").await;
-        let old_gone = server.logs("d:local:t:old").await.is_empty();
-        (logs.len() == 4 && old_gone).then_some(logs)
+        (logs.len() == 4).then_some(logs)
     })
     .await;
-    // The newest four are kept.
+    // The newest four are kept; the quiet client keeps both of its entries.
     assert_eq!(chatty[0].timestamp, Some(at(95)));
     assert_eq!(chatty[3].timestamp, Some(at(80)));
+    assert_eq!(server.logs("d:local:t:quiet").await.len(), 2);
+
+    // With a one-second age limit everything recorded so far goes.
+    set_log_retention(&server, Duration::from_secs(1), 4).await;
+    eventually(Duration::from_secs(10), || async {
+        let all = server
+            .states()
+            .list_connection_logs(pb::ListConnectionLogsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .entries;
+        all.is_empty().then_some(())
+    })
+    .await;
+    assert!(server.logs("d:local:t:chatty").await.is_empty());
     // Records are not subject to retention.
-    let state = server.get("d:local:t:old").await;
+    let state = server.get("d:local:t:quiet").await;
     assert_eq!(
         state.connection_status,
         pb::ConnectionStatus::Disconnected as i32

@@ -773,11 +773,8 @@ pub fn parse_settings_update(
             None => Ok(None),
             Some(d) => {
                 let d = parse_duration(&format!("settings.{field}"), d)?;
-                if d < Duration::from_secs(60) {
-                    return Err(invalid(
-                        format!("settings.{field}"),
-                        "must be at least 60 s",
-                    ));
+                if d < Duration::from_secs(1) {
+                    return Err(invalid(format!("settings.{field}"), "must be at least 1 s"));
                 }
                 Ok(Some(d))
             }

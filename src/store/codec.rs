@@ -88,7 +88,7 @@ pub(super) struct LogRecord {
     #[prost(string, tag = "2")]
     message: String,
     #[prost(int64, tag = "3")]
-    pub(super) time_ms: i64,
+    time_ms: i64,
     #[prost(uint32, tag = "4")]
     kind: u32,
     #[prost(uint32, tag = "5")]
@@ -125,6 +125,32 @@ pub(super) struct ChangeRecord {
     log_entry: Option<LogRecord>,
     #[prost(int64, tag = "6")]
     pub(super) commit_ms: i64,
+}
+
+/// The changes of one commit: the value of an `f` key.
+#[derive(Clone, PartialEq, Message)]
+pub(super) struct FeedBatchRecord {
+    #[prost(int64, tag = "1")]
+    pub(super) commit_ms: i64,
+    #[prost(message, repeated, tag = "2")]
+    pub(super) changes: Vec<ChangeRecord>,
+}
+
+/// Where the log entries of one commit are: the value of a `g` key.
+#[derive(Clone, PartialEq, Message)]
+pub(super) struct LogBatchRecord {
+    #[prost(int64, tag = "1")]
+    pub(super) commit_ms: i64,
+    #[prost(message, repeated, tag = "2")]
+    pub(super) entries: Vec<LogRef>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub(super) struct LogRef {
+    #[prost(uint64, tag = "1")]
+    pub(super) revision: u64,
+    #[prost(string, tag = "2")]
+    pub(super) client_id: String,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -477,6 +503,15 @@ pub(super) fn decode_log(bytes: &[u8]) -> Result<LogEntry, StoreError> {
     LogEntry::try_from(decode::<LogRecord>(bytes)?)
 }
 
-pub(super) fn decode_change(bytes: &[u8]) -> Result<Change, StoreError> {
-    Change::try_from(decode::<ChangeRecord>(bytes)?)
+/// The changes of a stored feed batch, oldest first.
+pub(super) fn decode_feed_batch(bytes: &[u8]) -> Result<Vec<Change>, StoreError> {
+    decode::<FeedBatchRecord>(bytes)?
+        .changes
+        .into_iter()
+        .map(Change::try_from)
+        .collect()
+}
+
+pub(super) fn encode_log(entry: &LogEntry) -> Vec<u8> {
+    LogRecord::from(entry).encode_to_vec()
 }

@@ -1,16 +1,22 @@
 //! Key layout of the single sled tree. One tree keeps every commit one
-//! atomic batch: a state record, its index entries, its log entry and its
-//! change either all land or none does.
+//! atomic batch: the state records, log entries and changes of a group
+//! commit either all land or none does.
 //!
 //! | prefix | key | value |
 //! |---|---|---|
 //! | `m` | `m` name | metadata (revision, settings, clearing flag) |
 //! | `s` | `s` client | state record |
-//! | `a`, `c`, `d` | prefix, time (8), client | empty: index by last activity, connect, disconnect time |
-//! | `t` | `t` status (1), client | empty: index by connection status |
-//! | `l` | `l` revision (8) | log entry (all clients, in commit order) |
-//! | `p` | `p` client, 0x00, revision (8) | time (8): one client's log entries |
-//! | `f` | `f` revision (8) | change (the change feed) |
+//! | `p` | `p` client, 0x00, revision (8) | log entry of one client |
+//! | `g` | `g` first revision (8) | the log entries (revision, client) of one commit |
+//! | `f` | `f` first revision (8) | the changes of one commit (the change feed) |
+//!
+//! The secondary indexes of state records live in memory
+//! ([`super::index`]) with their own prefixes, never written to sled:
+//!
+//! | prefix | key |
+//! |---|---|
+//! | `a`, `c`, `d` | prefix, time (8), client: by last activity, connect, disconnect time |
+//! | `t` | `t`, status (1), client: by connection status |
 //!
 //! Times are Unix milliseconds with the sign bit flipped, big-endian, so that
 //! byte order is time order. Client ids never contain 0x00.
@@ -22,25 +28,17 @@ pub const BY_ACTIVITY: u8 = b'a';
 pub const BY_CONNECT: u8 = b'c';
 pub const BY_DISCONNECT: u8 = b'd';
 pub const BY_STATUS: u8 = b't';
-pub const LOG: u8 = b'l';
 pub const CLIENT_LOG: u8 = b'p';
+pub const LOG_BATCH: u8 = b'g';
 pub const FEED: u8 = b'f';
 
 pub const META_REVISION: &[u8] = b"mrevision";
 pub const META_SETTINGS: &[u8] = b"msettings";
 pub const META_CLEARING: &[u8] = b"mclearing";
 
-/// Every prefix that holds client data (what turning the feature off clears).
-pub const DATA_PREFIXES: [u8; 8] = [
-    STATE,
-    BY_ACTIVITY,
-    BY_CONNECT,
-    BY_DISCONNECT,
-    BY_STATUS,
-    LOG,
-    CLIENT_LOG,
-    FEED,
-];
+/// Every sled prefix that holds client data (what turning the feature off
+/// clears).
+pub const DATA_PREFIXES: [u8; 4] = [STATE, CLIENT_LOG, LOG_BATCH, FEED];
 
 pub fn encode_time(ms: i64) -> [u8; 8] {
     ((ms as u64) ^ (1 << 63)).to_be_bytes()
@@ -90,7 +88,7 @@ pub fn revision_key(prefix: u8, revision: Revision) -> [u8; 9] {
     key
 }
 
-/// The revision of an `l` or `f` key.
+/// The revision of a `g` or `f` key.
 pub fn revision_of(key: &[u8]) -> Option<Revision> {
     Some(Revision::from_be_bytes(key.get(1..9)?.try_into().ok()?))
 }

@@ -5,12 +5,14 @@
 //! commands from a channel, runs each event through the tracker's rules,
 //! applies a whole group of commands as one atomic batch, flushes once
 //! (group commit), and only then publishes the committed revision, sends the
-//! changes to the live feed and acknowledges. Readers read sled directly and
-//! never wait for the writer. Retention ([`retention`]) deletes old log
-//! entries and feed records from its own thread; the writer never touches
-//! those keys again, so the two never conflict.
+//! changes to the live feed and acknowledges. Readers read sled (and the
+//! in-memory indexes, [`index`]) directly and never wait for the writer.
+//! Retention ([`retention`]) deletes old log entries and feed records from
+//! its own thread; the writer never touches those keys again, so the two
+//! never conflict.
 
 mod codec;
+mod index;
 mod keys;
 mod retention;
 mod scan;
@@ -114,6 +116,7 @@ struct Inner {
     failed: AtomicBool,
     settings: RwLock<Settings>,
     feed: broadcast::Sender<CommittedBatch>,
+    index: index::StateIndex,
     commands: mpsc::Sender<writer::Command>,
     /// Clients whose log grew since the last retention pass.
     grown_logs: Mutex<HashSet<ClientId>>,
@@ -149,6 +152,7 @@ impl Store {
                 failed: AtomicBool::new(false),
                 settings: RwLock::new(settings),
                 feed,
+                index: index::StateIndex::default(),
                 commands,
                 grown_logs: Mutex::new(HashSet::new()),
                 writer_thread: Mutex::new(None),
@@ -156,6 +160,7 @@ impl Store {
         };
         let mut writer = writer::Writer::new(store.clone(), committed, options.max_batch_events);
         writer.finish_interrupted_clear()?;
+        store.rebuild_index()?;
         let thread = std::thread::Builder::new()
             .name("connstate-writer".into())
             .spawn(move || writer.run(receiver))
@@ -243,18 +248,25 @@ impl Store {
 
     /// Ids of every client recorded as connected.
     pub fn connected_clients(&self) -> Result<Vec<ClientId>, StoreError> {
-        let prefix = [
-            keys::BY_STATUS,
-            keys::status_byte(crate::domain::ConnectionStatus::Connected),
-        ];
+        let status = keys::status_byte(crate::domain::ConnectionStatus::Connected);
+        let start = vec![keys::BY_STATUS, status];
+        let end = keys::prefix_end(&start).expect("status prefix has an end");
+        let mut lower = std::ops::Bound::Included(start);
+        let upper = std::ops::Bound::Excluded(end);
         let mut clients = Vec::new();
-        for item in self.inner.db.scan_prefix(prefix) {
-            let (key, _) = item?;
-            let id =
-                keys::client_of_index(&key).ok_or_else(|| StoreError::Corrupt("index".into()))?;
-            clients.push(ClientId::new(id).map_err(|_| StoreError::Corrupt("index".into()))?);
+        loop {
+            let chunk = self.inner.index.chunk(&lower, &upper, false);
+            let Some(last) = chunk.last() else {
+                return Ok(clients);
+            };
+            lower = std::ops::Bound::Excluded(last.to_vec());
+            for key in &chunk {
+                let id = keys::client_of_index(key)
+                    .and_then(|id| ClientId::new(id).ok())
+                    .ok_or_else(|| StoreError::Corrupt("index".into()))?;
+                clients.push(id);
+            }
         }
-        Ok(clients)
     }
 
     /// The oldest revision still in the change feed, if any.
@@ -265,25 +277,56 @@ impl Store {
         }
     }
 
-    /// Committed changes after `after`, oldest first, at most `limit`.
+    /// Committed changes after `after`, oldest first: at least one whole
+    /// commit, and no more commits once `limit` changes are reached.
     pub fn changes_after(&self, after: Revision, limit: usize) -> Result<Vec<Change>, StoreError> {
         let committed = self.committed_revision();
         if after >= committed {
             return Ok(Vec::new());
         }
-        let start = keys::revision_key(keys::FEED, after + 1);
+        let db = &self.inner.db;
+        // The commit holding `after + 1` starts at or before it.
+        let wanted = keys::revision_key(keys::FEED, after + 1);
+        let start = match db
+            .range(keys::revision_key(keys::FEED, 0)..=wanted)
+            .next_back()
+        {
+            Some(item) => item?.0.to_vec(),
+            None => wanted.to_vec(),
+        };
         let end = keys::revision_key(keys::FEED, committed);
         let mut changes = Vec::new();
-        for item in self.inner.db.range(start..=end).take(limit) {
+        for item in db.range(start..=end.to_vec()) {
             let (_, value) = item?;
-            changes.push(codec::decode_change(&value)?);
+            for change in codec::decode_feed_batch(&value)? {
+                if change.revision > after && change.revision <= committed {
+                    changes.push(change);
+                }
+            }
+            if changes.len() >= limit {
+                break;
+            }
         }
         Ok(changes)
     }
 
-    /// Number of state records (a full count: cheap only for small stores).
+    /// Rebuilds the in-memory indexes from the state records.
+    fn rebuild_index(&self) -> Result<(), StoreError> {
+        let mut keys = Vec::new();
+        for item in self.inner.db.scan_prefix([keys::STATE]) {
+            let (_, value) = item?;
+            keys.extend(index::keys_of(&codec::decode_state(&value)?));
+            if keys.len() >= 64 * 1024 {
+                self.inner.index.insert_all(keys.drain(..));
+            }
+        }
+        self.inner.index.insert_all(keys);
+        Ok(())
+    }
+
+    /// Number of state records.
     pub fn count_states(&self) -> usize {
-        self.inner.db.scan_prefix([keys::STATE]).count()
+        self.inner.index.len() / 4
     }
 
     fn mark_failed(&self) {

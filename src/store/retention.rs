@@ -1,19 +1,21 @@
-//! Retention: deletes connection-log entries older than the maximum age or
-//! beyond the per-client count, and changes older than the feed's maximum
-//! age or beyond its maximum size.
+//! Retention: deletes connection-log entries recorded longer ago than the
+//! maximum age or beyond the per-client count, and commits older than the
+//! feed's maximum age or beyond its maximum size.
 //!
 //! Runs on its own (blocking) thread, in small batches, and only ever
 //! deletes keys the writer never writes again, so writes never wait for it.
-//! The feed is trimmed from its oldest end only: it stays one contiguous run
-//! of revisions, which is what lets a watcher resume without a silent gap.
+//! Ages count from when an entry was recorded (its commit), which keeps the
+//! walk in commit order and lets it stop at the first young commit. The
+//! feed is trimmed from its oldest end only: it stays one contiguous run of
+//! revisions, which is what lets a watcher resume without a silent gap.
 
 use chrono::Utc;
 
 use super::{Store, StoreError, codec, keys};
-use crate::domain::Revision;
+use crate::domain::{ClientId, Revision};
 
-/// Keys deleted per batch.
-const CHUNK: usize = 1000;
+/// Commits handled per sled batch.
+const CHUNK: usize = 256;
 
 /// What one retention pass deleted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,10 +30,11 @@ impl Store {
     pub fn run_retention(&self) -> Result<RetentionReport, StoreError> {
         let settings = self.settings();
         let now_ms = Utc::now().timestamp_millis();
-        let mut report = RetentionReport::default();
-
-        let log_cutoff = now_ms.saturating_sub(millis(settings.log_max_age));
-        report.log_entries_by_age = self.trim_logs_by_age(log_cutoff)?;
+        let mut report = RetentionReport {
+            log_entries_by_age: self
+                .trim_logs_by_age(now_ms.saturating_sub(millis(settings.log_max_age)))?,
+            ..Default::default()
+        };
         let max = settings.log_max_entries_per_client as usize;
         for client in self.take_grown_logs() {
             report.log_entries_by_count += self.trim_client_log(&client, max)?;
@@ -41,91 +44,98 @@ impl Store {
         Ok(report)
     }
 
-    /// Deletes log entries older than `cutoff_ms`, oldest revision first,
-    /// stopping at the first younger entry.
+    /// Deletes the log entries of commits older than `cutoff_ms`.
     fn trim_logs_by_age(&self, cutoff_ms: i64) -> Result<usize, StoreError> {
         let db = &self.inner.db;
         let mut deleted = 0;
         loop {
             let mut batch = sled::Batch::default();
-            let mut in_batch = 0;
+            let mut commits = 0;
             let mut reached_young = false;
-            for item in db.scan_prefix([keys::LOG]).take(CHUNK) {
+            for item in db.scan_prefix([keys::LOG_BATCH]).take(CHUNK) {
                 let (key, value) = item?;
-                let entry = codec::decode_log(&value)?;
-                if entry.time.timestamp_millis() >= cutoff_ms {
+                let record: codec::LogBatchRecord = codec::decode(&value)?;
+                if record.commit_ms >= cutoff_ms {
                     reached_young = true;
                     break;
                 }
+                for log_ref in &record.entries {
+                    if let Ok(client) = ClientId::new(log_ref.client_id.as_str()) {
+                        batch.remove(keys::client_log(&client, log_ref.revision));
+                        deleted += 1;
+                    }
+                }
                 batch.remove(key);
-                batch.remove(keys::client_log(&entry.client_id, entry.revision));
-                in_batch += 1;
+                commits += 1;
             }
-            if in_batch > 0 {
+            if commits > 0 {
                 db.apply_batch(batch)?;
-                deleted += in_batch;
             }
-            if reached_young || in_batch < CHUNK {
+            if reached_young || commits < CHUNK {
                 return Ok(deleted);
             }
         }
     }
 
     /// Keeps only the newest `max` log entries of one client.
-    fn trim_client_log(
-        &self,
-        client: &crate::domain::ClientId,
-        max: usize,
-    ) -> Result<usize, StoreError> {
+    fn trim_client_log(&self, client: &ClientId, max: usize) -> Result<usize, StoreError> {
         let db = &self.inner.db;
         let prefix = keys::client_log_prefix(client);
-        let count = db.scan_prefix(&prefix).count();
+        let count = db.scan_prefix(&prefix).keys().count();
         if count <= max {
             return Ok(0);
         }
         let excess = count - max;
         let mut batch = sled::Batch::default();
-        for item in db.scan_prefix(&prefix).keys().take(excess) {
-            let key = item?;
-            if let Some(revision) = keys::client_log_revision(&key) {
-                batch.remove(&keys::revision_key(keys::LOG, revision));
-            }
-            batch.remove(key);
+        for key in db.scan_prefix(&prefix).keys().take(excess) {
+            batch.remove(key?);
         }
         db.apply_batch(batch)?;
         Ok(excess)
     }
 
-    /// Deletes changes committed before `cutoff_ms` and the oldest ones
-    /// beyond `max_entries`.
+    /// Deletes commits made before `cutoff_ms`, and the oldest ones while
+    /// the feed holds more than `max_entries` changes.
     fn trim_feed(&self, cutoff_ms: i64, max_entries: u64) -> Result<usize, StoreError> {
         let db = &self.inner.db;
         let committed = self.committed_revision();
-        // Revisions at or below this one are beyond the size limit.
+        // Changes at or below this revision are beyond the size limit.
         let size_floor: Revision = committed.saturating_sub(max_entries);
         let mut deleted = 0;
         loop {
             let mut batch = sled::Batch::default();
-            let mut in_batch = 0;
-            let mut reached_young = false;
-            for item in db.scan_prefix([keys::FEED]).take(CHUNK) {
+            let mut commits = 0;
+            let mut keep = false;
+            let mut items = db.scan_prefix([keys::FEED]).take(CHUNK + 1).peekable();
+            while let Some(item) = items.next() {
                 let (key, value) = item?;
-                let revision = keys::revision_of(&key).unwrap_or(0);
-                if revision > size_floor {
-                    let record: codec::ChangeRecord = codec::decode(&value)?;
+                let first = keys::revision_of(&key).unwrap_or(0);
+                // The commit ends where the next one starts (or at the
+                // committed revision for the newest).
+                let next_first = match items.peek() {
+                    Some(Ok((next, _))) => keys::revision_of(next).unwrap_or(first + 1),
+                    Some(Err(_)) | None => committed + 1,
+                };
+                let last = next_first.saturating_sub(1);
+                let too_many = last <= size_floor;
+                if !too_many {
+                    let record: codec::FeedBatchRecord = codec::decode(&value)?;
                     if record.commit_ms >= cutoff_ms {
-                        reached_young = true;
+                        keep = true;
                         break;
                     }
                 }
                 batch.remove(key);
-                in_batch += 1;
+                deleted += (last + 1).saturating_sub(first) as usize;
+                commits += 1;
+                if commits == CHUNK {
+                    break;
+                }
             }
-            if in_batch > 0 {
+            if commits > 0 {
                 db.apply_batch(batch)?;
-                deleted += in_batch;
             }
-            if reached_young || in_batch < CHUNK {
+            if keep || commits < CHUNK {
                 return Ok(deleted);
             }
         }

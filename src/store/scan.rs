@@ -119,7 +119,6 @@ impl Store {
         budget: usize,
     ) -> Result<StatePage, StoreError> {
         let revision = self.committed_revision();
-        let db = &self.inner.db;
         let (start, end) = key_range(filter, order.field);
         let mut lower = Bound::Included(start);
         let mut upper = end.map_or(Bound::Unbounded, Bound::Excluded);
@@ -130,69 +129,64 @@ impl Store {
                 lower = Bound::Excluded(cursor.to_vec());
             }
         }
+        let mut page = PageBuilder {
+            states: Vec::with_capacity(limit.min(1024)),
+            limit,
+            budget,
+            scanned: 0,
+            last_key: None,
+        };
         if let (Bound::Included(l) | Bound::Excluded(l), Bound::Excluded(u)) = (&lower, &upper)
             && l >= u
         {
-            return Ok(StatePage {
-                states: Vec::new(),
-                cursor: None,
-                revision,
-            });
+            return Ok(page.finish(None, revision));
         }
-        let iter = db.range::<Vec<u8>, _>((lower, upper));
-        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
-            if order.descending {
-                Box::new(iter.rev())
-            } else {
-                Box::new(iter)
+        if order.field == SortField::ClientId {
+            // Records are stored in client id order: walk them directly.
+            let iter = self.inner.db.range::<Vec<u8>, _>((lower, upper));
+            let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
+                if order.descending {
+                    Box::new(iter.rev())
+                } else {
+                    Box::new(iter)
+                };
+            for item in iter {
+                let (key, value) = item?;
+                let state = codec::decode_state(&value)?;
+                if let Some(done) = page.offer(&key, filter.matches(&state).then_some(state)) {
+                    return Ok(page.finish(Some(done), revision));
+                }
+            }
+            return Ok(page.finish(None, revision));
+        }
+        // Other orders walk an in-memory index, a chunk at a time.
+        loop {
+            let chunk = self.inner.index.chunk(&lower, &upper, order.descending);
+            let Some(last) = chunk.last() else {
+                return Ok(page.finish(None, revision));
             };
-        let mut states = Vec::with_capacity(limit.min(1024));
-        let mut last_key: Option<Vec<u8>> = None;
-        let mut scanned = 0;
-        for item in iter {
-            let (key, value) = item?;
-            scanned += 1;
-            let state = if order.field == SortField::ClientId {
-                codec::decode_state(&value)?
+            let next = Bound::Excluded(last.to_vec());
+            if order.descending {
+                upper = next;
             } else {
-                let Some(id) = keys::client_of_index(&key) else {
-                    return Err(StoreError::Corrupt("index key".into()));
-                };
-                let Ok(id) = ClientId::new(id) else {
-                    return Err(StoreError::Corrupt("index key".into()));
-                };
-                match self.get_state(&id)? {
+                lower = next;
+            }
+            for key in &chunk {
+                let id = keys::client_of_index(key)
+                    .and_then(|id| ClientId::new(id).ok())
+                    .ok_or_else(|| StoreError::Corrupt("index key".into()))?;
+                let state = match self.get_state(&id)? {
                     // The record changed since the index was read: it is
                     // listed at its new place, not here.
-                    Some(state) if index_key(order.field, &state) == key.as_ref() => state,
-                    _ => continue,
+                    Some(state) if index_key(order.field, &state) == key.as_ref() => Some(state),
+                    _ => None,
+                };
+                let matching = state.filter(|s| filter.matches(s));
+                if let Some(done) = page.offer(key, matching) {
+                    return Ok(page.finish(Some(done), revision));
                 }
-            };
-            if filter.matches(&state) {
-                if states.len() == limit {
-                    // One more match exists: the page is full and has a next.
-                    return Ok(StatePage {
-                        states,
-                        cursor: last_key,
-                        revision,
-                    });
-                }
-                states.push(state);
-            }
-            last_key = Some(key.to_vec());
-            if scanned >= budget {
-                return Ok(StatePage {
-                    states,
-                    cursor: last_key,
-                    revision,
-                });
             }
         }
-        Ok(StatePage {
-            states,
-            cursor: None,
-            revision,
-        })
     }
 
     /// One page of log entries, newest first, of one client or of all,
@@ -210,63 +204,122 @@ impl Store {
         let below = cursor
             .unwrap_or(Revision::MAX)
             .min(revision.saturating_add(1));
-        let mut entries = Vec::with_capacity(limit.min(1024));
-        let mut last: Option<Revision> = None;
-        let mut scanned = 0;
-        let mut visit =
-            |rev: Revision, value: Option<sled::IVec>| -> Result<Option<bool>, StoreError> {
-                scanned += 1;
-                let value = match value {
-                    Some(v) => v,
-                    None => match db.get(keys::revision_key(keys::LOG, rev))? {
-                        Some(v) => v,
-                        // Removed by retention after the index was read.
-                        None => return Ok(None),
-                    },
-                };
-                let entry = codec::decode_log(&value)?;
-                if filter.matches(&entry) {
-                    if entries.len() == limit {
-                        return Ok(Some(true));
-                    }
-                    entries.push(entry);
-                }
-                last = Some(rev);
-                Ok(Some(scanned >= budget))
-            };
-        let mut stopped_early = false;
+        let mut page = LogPageBuilder {
+            entries: Vec::with_capacity(limit.min(1024)),
+            limit,
+            budget,
+            scanned: 0,
+            last: None,
+        };
         match client {
             Some(client) => {
                 let start = keys::client_log_prefix(client);
                 let end = keys::client_log(client, below);
                 for item in db.range(start..end).rev() {
-                    let (key, _) = item?;
+                    let (key, value) = item?;
                     let rev = keys::client_log_revision(&key)
-                        .ok_or_else(|| StoreError::Corrupt("log index key".into()))?;
-                    if let Some(true) = visit(rev, None)? {
-                        stopped_early = true;
-                        break;
+                        .ok_or_else(|| StoreError::Corrupt("log key".into()))?;
+                    let entry = codec::decode_log(&value)?;
+                    if page.offer(rev, filter.matches(&entry).then_some(entry)) {
+                        return Ok(page.finish(true, revision));
                     }
                 }
             }
             None => {
-                let start = keys::revision_key(keys::LOG, 0);
-                let end = keys::revision_key(keys::LOG, below);
+                let start = keys::revision_key(keys::LOG_BATCH, 0);
+                let end = keys::revision_key(keys::LOG_BATCH, below);
                 for item in db.range(start..end).rev() {
-                    let (key, value) = item?;
-                    let rev = keys::revision_of(&key)
-                        .ok_or_else(|| StoreError::Corrupt("log key".into()))?;
-                    if let Some(true) = visit(rev, Some(value))? {
-                        stopped_early = true;
-                        break;
+                    let (_, value) = item?;
+                    let batch: codec::LogBatchRecord = codec::decode(&value)?;
+                    for log_ref in batch.entries.iter().rev() {
+                        if log_ref.revision >= below {
+                            continue;
+                        }
+                        let id = ClientId::new(log_ref.client_id.as_str())
+                            .map_err(|_| StoreError::Corrupt("log reference".into()))?;
+                        let entry = match db.get(keys::client_log(&id, log_ref.revision))? {
+                            Some(v) => Some(codec::decode_log(&v)?),
+                            // Trimmed by retention or deleted with its client.
+                            None => None,
+                        };
+                        let matching = entry.filter(|e| filter.matches(e));
+                        if page.offer(log_ref.revision, matching) {
+                            return Ok(page.finish(true, revision));
+                        }
                     }
                 }
             }
         }
-        Ok(LogPage {
-            entries,
-            cursor: if stopped_early { last } else { None },
+        Ok(page.finish(false, revision))
+    }
+}
+
+/// Collects one page of states: stops at one match past the page, or when
+/// the budget of keys is spent.
+struct PageBuilder {
+    states: Vec<ConnectionState>,
+    limit: usize,
+    budget: usize,
+    scanned: usize,
+    last_key: Option<Vec<u8>>,
+}
+
+/// The page is done; continue after this key.
+struct Done(Vec<u8>);
+
+impl PageBuilder {
+    fn offer(&mut self, key: &[u8], matching: Option<ConnectionState>) -> Option<Done> {
+        self.scanned += 1;
+        if let Some(state) = matching {
+            if self.states.len() == self.limit {
+                // One more match exists: the page is full and has a next.
+                return Some(Done(self.last_key.take().unwrap_or_default()));
+            }
+            self.states.push(state);
+        }
+        self.last_key = Some(key.to_vec());
+        if self.scanned >= self.budget {
+            return Some(Done(self.last_key.take().unwrap_or_default()));
+        }
+        None
+    }
+
+    fn finish(self, done: Option<Done>, revision: Revision) -> StatePage {
+        StatePage {
+            states: self.states,
+            cursor: done.map(|Done(key)| key).filter(|k| !k.is_empty()),
             revision,
-        })
+        }
+    }
+}
+
+struct LogPageBuilder {
+    entries: Vec<LogEntry>,
+    limit: usize,
+    budget: usize,
+    scanned: usize,
+    last: Option<Revision>,
+}
+
+impl LogPageBuilder {
+    /// True when the page is done and more may follow.
+    fn offer(&mut self, revision: Revision, matching: Option<LogEntry>) -> bool {
+        self.scanned += 1;
+        if let Some(entry) = matching {
+            if self.entries.len() == self.limit {
+                return true;
+            }
+            self.entries.push(entry);
+        }
+        self.last = Some(revision);
+        self.scanned >= self.budget
+    }
+
+    fn finish(self, more: bool, revision: Revision) -> LogPage {
+        LogPage {
+            entries: self.entries,
+            cursor: if more { self.last } else { None },
+            revision,
+        }
     }
 }

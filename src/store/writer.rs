@@ -6,6 +6,9 @@
 //! by one flush. Only after the flush does it publish the new committed
 //! revision, send the changes to the live feed and acknowledge the commands:
 //! nobody hears of a change that a crash could still lose.
+//!
+//! A group commit writes one key per client it changed, one per log entry,
+//! and one feed record and one log batch record for the whole group.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -13,7 +16,7 @@ use chrono::Utc;
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Settings, Store, StoreError, codec, keys};
+use super::{Settings, Store, StoreError, codec, index, keys};
 use crate::{
     domain::{Change, ChangeKind, ClientId, ConnectionState, LifecycleEvent, Revision},
     tracker::rules,
@@ -42,6 +45,12 @@ pub(super) enum Command {
 /// Keys deleted per batch when clearing all data.
 const CLEAR_CHUNK: usize = 10_000;
 
+/// A record before the open batch and as the batch leaves it.
+struct Touched {
+    before: Option<ConnectionState>,
+    after: Option<ConnectionState>,
+}
+
 pub(super) struct Writer {
     store: Store,
     /// The last revision handed out (committed or in the open batch).
@@ -49,9 +58,9 @@ pub(super) struct Writer {
     max_batch_events: usize,
     /// The open batch.
     batch: sled::Batch,
-    /// Records changed in the open batch (`None`: deleted).
-    touched: HashMap<ClientId, Option<ConnectionState>>,
+    touched: HashMap<ClientId, Touched>,
     changes: Vec<Arc<Change>>,
+    log_refs: Vec<codec::LogRef>,
     acks: Vec<(Ack, Result<Revision, StoreError>)>,
     grown_logs: Vec<ClientId>,
 }
@@ -65,6 +74,7 @@ impl Writer {
             batch: sled::Batch::default(),
             touched: HashMap::new(),
             changes: Vec::new(),
+            log_refs: Vec::new(),
             acks: Vec::new(),
             grown_logs: Vec::new(),
         }
@@ -136,9 +146,22 @@ impl Writer {
 
     fn current(&self, client: &ClientId) -> Result<Option<ConnectionState>, StoreError> {
         match self.touched.get(client) {
-            Some(state) => Ok(state.clone()),
+            Some(t) => Ok(t.after.clone()),
             None => self.store.get_state(client),
         }
+    }
+
+    /// Records that the batch leaves `client` at `after`.
+    fn touch(
+        &mut self,
+        client: &ClientId,
+        before: Option<ConnectionState>,
+        after: Option<ConnectionState>,
+    ) {
+        self.touched
+            .entry(client.clone())
+            .and_modify(|t| t.after = after.clone())
+            .or_insert(Touched { before, after });
     }
 
     fn apply_events(&mut self, events: &[LifecycleEvent]) -> Result<Revision, StoreError> {
@@ -156,92 +179,31 @@ impl Writer {
             self.revision = revision;
             last = revision;
             if let Some(state) = &outcome.state {
-                self.put_state(current.as_ref(), state);
+                self.batch
+                    .insert(keys::state(&state.client_id), codec::encode_state(state));
+                self.touch(&event.client_id, current.clone(), Some(state.clone()));
             }
             if let Some(entry) = &outcome.log_entry {
                 self.batch.insert(
-                    &keys::revision_key(keys::LOG, revision),
-                    codec::LogRecord::from(entry).encode_to_vec(),
-                );
-                self.batch.insert(
                     keys::client_log(&entry.client_id, revision),
-                    &keys::encode_time(entry.time.timestamp_millis()),
+                    codec::encode_log(entry),
                 );
+                self.log_refs.push(codec::LogRef {
+                    revision,
+                    client_id: entry.client_id.as_str().to_owned(),
+                });
                 self.grown_logs.push(entry.client_id.clone());
             }
-            self.push_change(Change {
+            self.changes.push(Arc::new(Change {
                 revision,
                 kind: outcome.kind,
                 client_id: Some(event.client_id.clone()),
                 state: outcome.state.or(current),
                 log_entry: outcome.log_entry,
                 commit_time,
-            });
+            }));
         }
         Ok(last)
-    }
-
-    /// Writes `new` and moves its index entries away from `old`'s.
-    fn put_state(&mut self, old: Option<&ConnectionState>, new: &ConnectionState) {
-        let client = &new.client_id;
-        let times = |s: &ConnectionState| {
-            [
-                (keys::BY_ACTIVITY, Some(s.last_activity_time)),
-                (keys::BY_CONNECT, Some(s.last_connect_time)),
-                (keys::BY_DISCONNECT, s.last_disconnect_time()),
-            ]
-        };
-        for (i, (prefix, time)) in times(new).into_iter().enumerate() {
-            let old_time = old.map(|o| times(o)[i].1);
-            if old_time != Some(time) {
-                if let Some(old_time) = old_time {
-                    self.batch
-                        .remove(keys::time_index(prefix, old_time, client));
-                }
-                self.batch
-                    .insert(keys::time_index(prefix, time, client), &[][..]);
-            }
-        }
-        if old.map(|o| o.status) != Some(new.status) {
-            if let Some(o) = old {
-                self.batch.remove(keys::status_index(o.status, client));
-            }
-            self.batch
-                .insert(keys::status_index(new.status, client), &[][..]);
-        }
-        self.batch
-            .insert(keys::state(client), codec::encode_state(new));
-        self.touched.insert(client.clone(), Some(new.clone()));
-    }
-
-    fn remove_state(&mut self, old: &ConnectionState) {
-        let client = &old.client_id;
-        self.batch.remove(keys::state(client));
-        self.batch.remove(keys::time_index(
-            keys::BY_ACTIVITY,
-            Some(old.last_activity_time),
-            client,
-        ));
-        self.batch.remove(keys::time_index(
-            keys::BY_CONNECT,
-            Some(old.last_connect_time),
-            client,
-        ));
-        self.batch.remove(keys::time_index(
-            keys::BY_DISCONNECT,
-            old.last_disconnect_time(),
-            client,
-        ));
-        self.batch.remove(keys::status_index(old.status, client));
-        self.touched.insert(client.clone(), None);
-    }
-
-    fn push_change(&mut self, change: Change) {
-        self.batch.insert(
-            &keys::revision_key(keys::FEED, change.revision),
-            codec::ChangeRecord::from(&change).encode_to_vec(),
-        );
-        self.changes.push(Arc::new(change));
     }
 
     fn delete(&mut self, client: &ClientId) -> Result<Revision, StoreError> {
@@ -251,28 +213,26 @@ impl Writer {
         let Some(old) = self.store.get_state(client)? else {
             return Err(StoreError::NotFound);
         };
-        self.remove_state(&old);
-        for item in self
+        self.batch.remove(keys::state(client));
+        self.touch(client, Some(old), None);
+        for key in self
             .store
             .inner
             .db
             .scan_prefix(keys::client_log_prefix(client))
+            .keys()
         {
-            let (key, _) = item?;
-            if let Some(revision) = keys::client_log_revision(&key) {
-                self.batch.remove(&keys::revision_key(keys::LOG, revision));
-            }
-            self.batch.remove(key);
+            self.batch.remove(key?);
         }
         self.revision += 1;
-        self.push_change(Change {
+        self.changes.push(Arc::new(Change {
             revision: self.revision,
             kind: ChangeKind::Deleted,
             client_id: Some(client.clone()),
             state: None,
             log_entry: None,
             commit_time: Utc::now(),
-        });
+        }));
         Ok(self.revision)
     }
 
@@ -323,16 +283,17 @@ impl Writer {
                 db.apply_batch(batch)?;
             }
         }
+        self.store.inner.index.clear();
         self.store.take_grown_logs();
         self.revision += 1;
-        self.push_change(Change {
+        self.changes.push(Arc::new(Change {
             revision: self.revision,
             kind: ChangeKind::AllDeleted,
             client_id: None,
             state: None,
             log_entry: None,
             commit_time: Utc::now(),
-        });
+        }));
         self.batch.remove(keys::META_CLEARING);
         self.commit();
         if self.store.is_healthy() {
@@ -344,24 +305,66 @@ impl Writer {
 
     /// Applies the open batch, flushes, then publishes and acknowledges.
     fn commit(&mut self) {
-        let batch = std::mem::take(&mut self.batch);
+        let mut batch = std::mem::take(&mut self.batch);
         let changes = std::mem::take(&mut self.changes);
         let acks = std::mem::take(&mut self.acks);
-        self.touched.clear();
+        let touched = std::mem::take(&mut self.touched);
+        let log_refs = std::mem::take(&mut self.log_refs);
         let grown = std::mem::take(&mut self.grown_logs);
         // Every write to the batch comes with a change.
-        if changes.is_empty() {
+        let Some(first) = changes.first().map(|c| c.revision) else {
             for (ack, result) in acks {
                 let _ = ack.send(result);
             }
             return;
+        };
+        let commit_ms = changes[0].commit_time.timestamp_millis();
+        let feed = codec::FeedBatchRecord {
+            commit_ms,
+            changes: changes
+                .iter()
+                .map(|c| codec::ChangeRecord::from(c.as_ref()))
+                .collect(),
+        };
+        batch.insert(&keys::revision_key(keys::FEED, first), feed.encode_to_vec());
+        if !log_refs.is_empty() {
+            let logs = codec::LogBatchRecord {
+                commit_ms,
+                entries: log_refs,
+            };
+            batch.insert(
+                &keys::revision_key(keys::LOG_BATCH, first),
+                logs.encode_to_vec(),
+            );
         }
-        let mut batch = batch;
         batch.insert(keys::META_REVISION, &self.revision.to_be_bytes());
+
+        // New index keys go in before the records change, old ones out
+        // after: a reader always finds the key matching the record it reads.
+        let mut added = Vec::new();
+        let mut removed = Vec::new();
+        for t in touched.values() {
+            let before = t.before.as_ref().map(index::keys_of);
+            let after = t.after.as_ref().map(index::keys_of);
+            for key in after.iter().flatten() {
+                if !before.iter().flatten().any(|k| k == key) {
+                    added.push(key.clone());
+                }
+            }
+            for key in before.iter().flatten() {
+                if !after.iter().flatten().any(|k| k == key) {
+                    removed.push(key.clone());
+                }
+            }
+        }
+        let index = &self.store.inner.index;
+        index.insert_all(added.iter().cloned());
+
         let db = &self.store.inner.db;
         let durable = db.apply_batch(batch).and_then(|()| db.flush().map(drop));
         match durable {
             Ok(()) => {
+                index.remove_all(&removed);
                 self.store
                     .inner
                     .committed
@@ -375,6 +378,7 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, "store write failed; refusing further writes");
+                index.remove_all(&added);
                 self.store.mark_failed();
                 self.revision = self.store.committed_revision();
                 for (ack, _) in acks {
