@@ -132,7 +132,7 @@ fn connect_event(i: usize, connection_id: u64, secs_ago: i64) -> LifecycleEvent 
         kind: EventKind::Connected(ConnectionInfo {
             addr: IpAddr::from([10, 0, (i >> 8) as u8, i as u8]),
             port: 40_000 + (i % 20_000) as u16,
-            secure: i % 2 == 0,
+            secure: i.is_multiple_of(2),
             username: "use-token-auth".into(),
             protocol: Some(MqttProtocol::V3_1_1),
             keep_alive: 60,
