@@ -9,7 +9,7 @@
 use std::{future::Future, time::Duration};
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic_health::server::HealthReporter;
 
@@ -134,7 +134,12 @@ pub async fn run(
         .add_service(IngestServiceServer::new(api.clone()))
         .add_service(AdminServiceServer::new(api))
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listeners.grpc),
+            TcpListenerStream::new(listeners.grpc).map(|accepted| {
+                // Small responses must not wait for delayed ACKs.
+                accepted.inspect(|stream| {
+                    let _ = stream.set_nodelay(true);
+                })
+            }),
             stop.clone().cancelled_owned(),
         );
     set_health(&reporter, store.is_healthy()).await;

@@ -121,16 +121,19 @@ struct Inner {
     /// Clients whose log grew since the last retention pass.
     grown_logs: Mutex<HashSet<ClientId>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    path: std::path::PathBuf,
 }
 
 impl Store {
     /// Opens (or creates) the store in `path` and starts its writer thread.
     /// A clear of all data interrupted by a crash is finished first.
     pub fn open(path: &Path, options: StoreOptions) -> Result<Store, StoreError> {
+        let started = std::time::Instant::now();
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(options.cache_capacity)
             .open()?;
+        let sled_open = started.elapsed();
         let committed = match db.get(keys::META_REVISION)? {
             Some(v) => Revision::from_be_bytes(
                 v.as_ref()
@@ -156,11 +159,25 @@ impl Store {
                 commands,
                 grown_logs: Mutex::new(HashSet::new()),
                 writer_thread: Mutex::new(None),
+                path: path.to_owned(),
             }),
         };
         let mut writer = writer::Writer::new(store.clone(), committed, options.max_batch_events);
         writer.finish_interrupted_clear()?;
-        store.rebuild_index()?;
+        let from_snapshot = store
+            .inner
+            .index
+            .load_snapshot(path, store.committed_revision());
+        if !from_snapshot {
+            store.rebuild_index()?;
+        }
+        tracing::info!(
+            sled_open_ms = sled_open.as_millis() as u64,
+            index_ms = (started.elapsed() - sled_open).as_millis() as u64,
+            records = store.count_states(),
+            from_snapshot,
+            "store opened"
+        );
         let thread = std::thread::Builder::new()
             .name("connstate-writer".into())
             .spawn(move || writer.run(receiver))
@@ -235,6 +252,20 @@ impl Store {
                 .ok();
         }
         self.inner.db.flush_async().await?;
+        // Nothing writes any more: the indexes match the committed revision.
+        if self.is_healthy() {
+            let store = self.clone();
+            let saved = tokio::task::spawn_blocking(move || {
+                store
+                    .inner
+                    .index
+                    .save_snapshot(&store.inner.path, store.committed_revision())
+            })
+            .await;
+            if let Ok(Err(e)) = saved {
+                tracing::warn!(error = %e, "could not save the index snapshot; the next start rebuilds it");
+            }
+        }
         Ok(())
     }
 

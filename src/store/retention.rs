@@ -47,6 +47,7 @@ impl Store {
     /// Deletes the log entries of commits older than `cutoff_ms`.
     fn trim_logs_by_age(&self, cutoff_ms: i64) -> Result<usize, StoreError> {
         let db = &self.inner.db;
+        let committed = self.committed_revision();
         let mut deleted = 0;
         loop {
             let mut batch = sled::Batch::default();
@@ -55,7 +56,8 @@ impl Store {
             for item in db.scan_prefix([keys::LOG_BATCH]).take(CHUNK) {
                 let (key, value) = item?;
                 let record: codec::LogBatchRecord = codec::decode(&value)?;
-                if record.commit_ms >= cutoff_ms {
+                let in_flight = keys::revision_of(&key).is_none_or(|first| first > committed);
+                if in_flight || record.commit_ms >= cutoff_ms {
                     reached_young = true;
                     break;
                 }
@@ -110,6 +112,11 @@ impl Store {
             while let Some(item) = items.next() {
                 let (key, value) = item?;
                 let first = keys::revision_of(&key).unwrap_or(0);
+                if first > committed {
+                    // Being committed right now: not ours to judge yet.
+                    keep = true;
+                    break;
+                }
                 // The commit ends where the next one starts (or at the
                 // committed revision for the newest).
                 let next_first = match items.peek() {

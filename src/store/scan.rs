@@ -152,8 +152,17 @@ impl Store {
                 };
             for item in iter {
                 let (key, value) = item?;
-                let state = codec::decode_state(&value)?;
-                if let Some(done) = page.offer(&key, filter.matches(&state).then_some(state)) {
+                let id_matches = std::str::from_utf8(&key[1..])
+                    .ok()
+                    .and_then(|id| ClientId::new(id).ok())
+                    .is_some_and(|id| filter.matches_client_id(&id));
+                let matching = if id_matches {
+                    let state = codec::decode_state(&value)?;
+                    filter.matches(&state).then_some(state)
+                } else {
+                    None
+                };
+                if let Some(done) = page.offer(&key, matching) {
                     return Ok(page.finish(Some(done), revision));
                 }
             }
@@ -175,6 +184,13 @@ impl Store {
                 let id = keys::client_of_index(key)
                     .and_then(|id| ClientId::new(id).ok())
                     .ok_or_else(|| StoreError::Corrupt("index key".into()))?;
+                // What the id alone rules out needs no read of the record.
+                if !filter.matches_client_id(&id) {
+                    if let Some(done) = page.offer(key, None) {
+                        return Ok(page.finish(Some(done), revision));
+                    }
+                    continue;
+                }
                 let state = match self.get_state(&id)? {
                     // The record changed since the index was read: it is
                     // listed at its new place, not here.
