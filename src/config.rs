@@ -18,6 +18,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// gRPC listener.
     pub grpc_listen: SocketAddr,
+    /// REST (v0002) listener.
+    pub rest_listen: SocketAddr,
     /// The organisation this server serves (platform client ids).
     pub org_id: String,
     /// Activity (publish, subscribe, ping) is written through at most this
@@ -48,6 +50,7 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("connstate-data"),
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            rest_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             org_id: "local".to_owned(),
             activity_interval: Duration::from_secs(1),
             heartbeat_interval: Duration::from_secs(10),
@@ -90,6 +93,9 @@ pub struct ConfigLayer {
     /// gRPC listen address [default: 127.0.0.1:50051]
     #[arg(long, env = "CONNSTATE_GRPC_LISTEN")]
     pub grpc_listen: Option<SocketAddr>,
+    /// REST (v0002) listen address [default: 127.0.0.1:8080]
+    #[arg(long, env = "CONNSTATE_REST_LISTEN")]
+    pub rest_listen: Option<SocketAddr>,
     /// Organisation id of platform client ids [default: local]
     #[arg(long, env = "CONNSTATE_ORG_ID")]
     pub org_id: Option<String>,
@@ -168,6 +174,9 @@ impl Config {
             if let Some(v) = l.grpc_listen {
                 c.grpc_listen = v;
             }
+            if let Some(v) = l.rest_listen {
+                c.rest_listen = v;
+            }
             if let Some(v) = &l.org_id {
                 c.org_id = v.clone();
             }
@@ -216,15 +225,19 @@ impl Config {
         };
         // Authentication arrives with the registry; until then every
         // listener must stay on loopback, where open mode is safe.
-        if !self.grpc_listen.ip().is_loopback() {
-            return invalid(
-                "grpc_listen",
-                &format!(
-                    "{} is not a loopback address; without authentication the API may only \
-                     listen on loopback (127.0.0.1 or ::1)",
-                    self.grpc_listen
-                ),
-            );
+        for (field, addr) in [
+            ("grpc_listen", self.grpc_listen),
+            ("rest_listen", self.rest_listen),
+        ] {
+            if !addr.ip().is_loopback() {
+                return invalid(
+                    field,
+                    &format!(
+                        "{addr} is not a loopback address; without authentication the API may only \
+                         listen on loopback (127.0.0.1 or ::1)"
+                    ),
+                );
+            }
         }
         let org_ok = !self.org_id.is_empty()
             && self.org_id.len() <= 36

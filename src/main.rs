@@ -58,9 +58,27 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let grpc = tokio::net::TcpListener::bind(config.grpc_listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.grpc_listen))?;
-    // A stable line for scripts and tests that start the binary on port 0.
-    println!("connstate grpc listening on {}", grpc.local_addr()?);
-    connstate::run(Listeners { grpc }, config, shutdown_signal()).await?;
+    let rest = tokio::net::TcpListener::bind(config.rest_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.rest_listen))?;
+    // Stable lines for scripts and tests that start the binary on port 0.
+    // A reader that stopped listening must not stop the server.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "connstate grpc listening on {}", grpc.local_addr()?);
+        let _ = writeln!(out, "connstate rest listening on {}", rest.local_addr()?);
+        let _ = out.flush();
+    }
+    connstate::run(
+        Listeners {
+            grpc,
+            rest: Some(rest),
+        },
+        config,
+        shutdown_signal(),
+    )
+    .await?;
     Ok(())
 }
 

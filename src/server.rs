@@ -29,6 +29,8 @@ use crate::{
 /// Listeners bound by the caller (tests bind port 0 and read it back).
 pub struct Listeners {
     pub grpc: TcpListener,
+    /// The REST gateway; `None` serves gRPC only.
+    pub rest: Option<TcpListener>,
 }
 
 /// Why the server stopped with an error.
@@ -115,6 +117,17 @@ pub async fn run(
         },
         stop.clone(),
     );
+    let rest = listeners.rest.map(|listener| {
+        let router = crate::api::rest::router(query.clone());
+        let stop = stop.clone();
+        let addr = listener.local_addr().ok();
+        tracing::info!(rest = ?addr, "REST gateway");
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        })
+    });
     let api = GrpcApi::new(query);
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
@@ -163,6 +176,13 @@ pub async fn run(
     };
     stop.cancel();
     set_health(&reporter, false).await;
+    if let Some(rest) = rest {
+        match tokio::time::timeout(config.shutdown_grace, rest).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "REST gateway stopped with an error"),
+            Err(_) => tracing::warn!("REST requests still running after the grace period"),
+            _ => {}
+        }
+    }
     let _ = flusher.await;
     let _ = retention.await;
     let _ = watchdog.await;

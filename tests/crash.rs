@@ -20,7 +20,14 @@ use tonic::transport::Channel;
 /// Starts the real binary on port 0 and reads back its address.
 fn spawn_server(data_dir: &std::path::Path) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_connstate"))
-        .args(["serve", "--grpc-listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--rest-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(data_dir)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())

@@ -17,6 +17,8 @@ use tonic::transport::Channel;
 /// A running server; dropping it without [`TestServer::stop`] aborts it.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// `http://127.0.0.1:PORT` of the REST gateway.
+    pub rest: String,
     pub data_dir: PathBuf,
     channel: Channel,
     shutdown: Option<oneshot::Sender<()>>,
@@ -42,6 +44,7 @@ impl TestServer {
         let mut config = Config {
             data_dir: data_dir.clone(),
             grpc_listen: "127.0.0.1:0".parse().unwrap(),
+            rest_listen: "127.0.0.1:0".parse().unwrap(),
             ..Config::default()
         };
         tune(&mut config);
@@ -49,10 +52,21 @@ impl TestServer {
             .await
             .expect("bind");
         let addr = grpc.local_addr().unwrap();
+        let rest = tokio::net::TcpListener::bind(config.rest_listen)
+            .await
+            .expect("bind");
+        let rest_url = format!("http://{}", rest.local_addr().unwrap());
         let (tx, rx) = oneshot::channel();
-        let handle = tokio::spawn(connstate::run(Listeners { grpc }, config, async {
-            let _ = rx.await;
-        }));
+        let handle = tokio::spawn(connstate::run(
+            Listeners {
+                grpc,
+                rest: Some(rest),
+            },
+            config,
+            async {
+                let _ = rx.await;
+            },
+        ));
         let channel = Channel::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect()
@@ -60,6 +74,7 @@ impl TestServer {
             .expect("connect");
         TestServer {
             addr,
+            rest: rest_url,
             data_dir,
             channel,
             shutdown: Some(tx),

@@ -1,0 +1,156 @@
+//! The platform's error body, produced in one place for every 4xx and 5xx:
+//! `{"message": "CUDCS0404E: text", "exception": {"id": "CUDCS0404E",
+//! "properties": [...]}, "violations": [...]}` (`violations` on 400 only).
+
+use axum::{
+    Json,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+
+use crate::query::QueryError;
+
+/// An error answered in the platform's body.
+#[derive(Debug)]
+pub enum ApiError {
+    /// A request parameter or body field is invalid.
+    BadParameter {
+        name: String,
+        reason: String,
+    },
+    /// No record for this client id.
+    ClientNotFound(String),
+    /// The feature is switched off.
+    Disabled,
+    /// No such path.
+    NoRoute(String),
+    /// The path exists but not with this method.
+    MethodNotAllowed(String),
+    Unavailable,
+    Internal,
+}
+
+#[derive(Serialize)]
+struct Body {
+    message: String,
+    exception: Exception,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    violations: Vec<Violation>,
+}
+
+#[derive(Serialize)]
+struct Exception {
+    id: &'static str,
+    properties: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Violation {
+    message: String,
+    exception: Exception,
+}
+
+impl ApiError {
+    pub fn bad(name: impl Into<String>, reason: impl Into<String>) -> Self {
+        ApiError::BadParameter {
+            name: name.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        match e {
+            QueryError::InvalidArgument { field, reason } => {
+                // The query service names fields as gRPC does; the REST
+                // edge validated its own parameters first, so this is a
+                // page token (bookmark) or an internal mismatch.
+                let name = if field == "page_token" {
+                    "_bookmark".to_owned()
+                } else {
+                    field
+                };
+                ApiError::BadParameter { name, reason }
+            }
+            QueryError::NotFound(id) => ApiError::ClientNotFound(id),
+            QueryError::Disabled => ApiError::Disabled,
+            QueryError::OutOfRange { .. } | QueryError::ShuttingDown => ApiError::Unavailable,
+            QueryError::Internal(cause) => {
+                tracing::error!(error = %cause, "request failed");
+                ApiError::Internal
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, id, text, properties, violations) = match self {
+            ApiError::BadParameter { name, reason } => (
+                StatusCode::BAD_REQUEST,
+                "CUDCS0400E",
+                "The request is not valid. Review the constraint violations provided.".to_owned(),
+                vec![name.clone()],
+                vec![Violation {
+                    message: format!(
+                        "CUDCS0401E: The value of parameter {name} is not valid: {reason}"
+                    ),
+                    exception: Exception {
+                        id: "CUDCS0401E",
+                        properties: vec![name, reason],
+                    },
+                }],
+            ),
+            ApiError::ClientNotFound(id) => (
+                StatusCode::NOT_FOUND,
+                "CUDCS0404E",
+                format!("No connection state was found for client id {id}."),
+                vec![id],
+                vec![],
+            ),
+            ApiError::Disabled => (
+                StatusCode::FORBIDDEN,
+                "CUDCS0403E",
+                "Client connection state is disabled for this organization.".to_owned(),
+                vec![],
+                vec![],
+            ),
+            ApiError::NoRoute(path) => (
+                StatusCode::NOT_FOUND,
+                "CUDCS0405E",
+                format!("There is no resource at {path}."),
+                vec![path],
+                vec![],
+            ),
+            ApiError::MethodNotAllowed(method) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "CUDCS0406E",
+                format!("The method {method} is not allowed on this resource."),
+                vec![method],
+                vec![],
+            ),
+            ApiError::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "CUDCS0503E",
+                "The service is shutting down; try again.".to_owned(),
+                vec![],
+                vec![],
+            ),
+            ApiError::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "CUDCS0500E",
+                "An internal error occurred.".to_owned(),
+                vec![],
+                vec![],
+            ),
+        };
+        let body = Body {
+            message: format!("{id}: {text}"),
+            exception: Exception { id, properties },
+            violations,
+        };
+        (status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,424 @@
+//! The REST gateway: the v0002 paths of Watson IoT Platform's client
+//! connection state and connection log APIs, over the same query service
+//! as gRPC, so that existing platform clients work by changing the host.
+//!
+//! Parameters are validated here (each error names its parameter) and every
+//! error leaves in the platform's body ([`error`]). JSON shapes are in
+//! [`json`]; time parameters in [`params`].
+
+pub mod error;
+pub mod json;
+pub mod params;
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State, rejection::JsonRejection},
+    http::{Method, StatusCode, Uri, header},
+    response::{IntoResponse, Response},
+    routing::{MethodRouter, get},
+};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+
+use self::{
+    error::ApiError,
+    json::{ListJson, LogJson, MetaJson, PlatformLogJson, StateJson},
+    params::parse_time,
+};
+use crate::{
+    domain::{
+        ClientId, ClientType, ConnectionStatus, DisconnectInitiator, LogFilter, LogKind,
+        StateFilter, TimeRange, Timestamp,
+    },
+    query::{ListLogs, ListStates, MAX_PAGE_SIZE, QueryService},
+    store::Settings,
+};
+
+/// The OpenAPI 3 document of these paths, kept in the repository.
+pub const OPENAPI: &str = include_str!("../../../openapi/v0002.json");
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Every path of the gateway with its handlers. The router is built from
+/// this table, and a test checks it against the OpenAPI document.
+pub fn routes() -> Vec<(&'static str, MethodRouter<QueryService>)> {
+    vec![
+        ("/api/v0002/clientconnectionstates", get(list_states)),
+        (
+            "/api/v0002/clientconnectionstates/{clientId}",
+            get(get_state).delete(delete_state),
+        ),
+        ("/api/v0002/logs/connection", get(platform_logs)),
+        ("/api/v0002/clientconnectionlogs", get(logs)),
+        (
+            "/api/v0002/config/clientstate",
+            get(get_config).put(put_config),
+        ),
+        ("/api/v0002/openapi.json", get(openapi)),
+    ]
+}
+
+/// The gateway's router.
+pub fn router(query: QueryService) -> Router {
+    let mut router = Router::new();
+    for (path, methods) in routes() {
+        router = router.route(path, methods);
+    }
+    router
+        .fallback(|uri: Uri| async move { ApiError::NoRoute(uri.path().to_owned()) })
+        .method_not_allowed_fallback(|method: Method| async move {
+            ApiError::MethodNotAllowed(method.to_string())
+        })
+        .with_state(query)
+}
+
+/// Query parameters; empty values count as absent (client libraries send
+/// `_bookmark=` on the first page) and unknown names are ignored.
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn from_query(
+        query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+    ) -> ApiResult<Params> {
+        match query {
+            Ok(Query(pairs)) => Ok(Params(pairs)),
+            Err(e) => Err(ApiError::bad("query", e.body_text())),
+        }
+    }
+
+    /// The last non-empty value of the first of `names` that has one.
+    fn get(&self, names: &[&'static str]) -> Option<(&'static str, &str)> {
+        names.iter().find_map(|&name| {
+            self.0
+                .iter()
+                .rev()
+                .find(|(k, v)| k == name && !v.trim().is_empty())
+                .map(|(_, v)| (name, v.as_str()))
+        })
+    }
+
+    fn text(&self, name: &'static str) -> ApiResult<Option<String>> {
+        match self.get(&[name]) {
+            Some((_, v)) if v.len() > crate::domain::MAX_CLIENT_ID_LEN => {
+                Err(ApiError::bad(name, "is longer than 256 characters"))
+            }
+            Some((_, v)) => Ok(Some(v.to_owned())),
+            None => Ok(None),
+        }
+    }
+
+    fn time(&self, names: &[&'static str], now: Timestamp) -> ApiResult<Option<Timestamp>> {
+        match self.get(names) {
+            Some((name, v)) => parse_time(v, now)
+                .map(|t| Some(crate::domain::truncate_to_millis(t)))
+                .map_err(|reason| ApiError::bad(name, reason)),
+            None => Ok(None),
+        }
+    }
+
+    fn range(
+        &self,
+        after: &[&'static str],
+        before: &[&'static str],
+        now: Timestamp,
+    ) -> ApiResult<TimeRange> {
+        let range = TimeRange {
+            after: self.time(after, now)?,
+            before: self.time(before, now)?,
+        };
+        if let (Some(a), Some(b)) = (range.after, range.before)
+            && a > b
+        {
+            let name = self.get(after).map_or(after[0], |(n, _)| n);
+            return Err(ApiError::bad(
+                name,
+                "is later than the matching ...Before parameter",
+            ));
+        }
+        Ok(range)
+    }
+
+    fn number(
+        &self,
+        name: &'static str,
+        min: usize,
+        max: usize,
+        default: usize,
+    ) -> ApiResult<usize> {
+        match self.get(&[name]) {
+            None => Ok(default),
+            Some((_, v)) => match v.trim().parse::<usize>() {
+                Ok(n) if (min..=max).contains(&n) => Ok(n),
+                _ => Err(ApiError::bad(
+                    name,
+                    format!("must be a whole number from {min} to {max}"),
+                )),
+            },
+        }
+    }
+}
+
+fn parse_client_id(value: &str) -> ApiResult<ClientId> {
+    ClientId::new(value).map_err(|e| ApiError::bad("clientId", e.to_string()))
+}
+
+async fn get_state(
+    State(query): State<QueryService>,
+    Path(client_id): Path<String>,
+) -> ApiResult<Json<StateJson>> {
+    let client = parse_client_id(&client_id)?;
+    let state = query.get_state(&client)?;
+    Ok(Json(StateJson::from(&state)))
+}
+
+async fn delete_state(
+    State(query): State<QueryService>,
+    Path(client_id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let client = parse_client_id(&client_id)?;
+    query.delete_state(client).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_states(
+    State(query): State<QueryService>,
+    raw: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<ListJson<StateJson>>> {
+    let p = Params::from_query(raw)?;
+    let now = Utc::now();
+    let status = match p.get(&["connectionStatus"]) {
+        None => None,
+        Some((_, v)) if v.eq_ignore_ascii_case("connected") => Some(ConnectionStatus::Connected),
+        Some((_, v)) if v.eq_ignore_ascii_case("disconnected") => {
+            Some(ConnectionStatus::Disconnected)
+        }
+        Some((name, _)) => return Err(ApiError::bad(name, "must be connected or disconnected")),
+    };
+    let client_type = match p.get(&["clientType"]) {
+        None => None,
+        Some((name, v)) => Some(match v.to_ascii_lowercase().as_str() {
+            "device" => ClientType::Device,
+            "gateway" => ClientType::Gateway,
+            "application" => ClientType::Application,
+            "unknown" => ClientType::Unknown,
+            _ => {
+                return Err(ApiError::bad(
+                    name,
+                    "must be device, gateway, application or unknown",
+                ));
+            }
+        }),
+    };
+    let filter = StateFilter {
+        status,
+        client_type,
+        type_id: p.text("deviceType")?,
+        device_id: p.text("deviceId")?,
+        app_id: p.text("appId")?,
+        client_id_prefix: p.text("clientIdPrefix")?,
+        connected: p.range(
+            &["connectedAfter", "lastConnectedAfter"],
+            &["connectedBefore", "lastConnectedBefore"],
+            now,
+        )?,
+        disconnected: p.range(
+            &["disconnectedAfter", "lastDisconnectedAfter"],
+            &["disconnectedBefore", "lastDisconnectedBefore"],
+            now,
+        )?,
+        active: p.range(
+            &["activeAfter", "lastActivityAfter"],
+            &["activeBefore", "lastActivityBefore"],
+            now,
+        )?,
+    };
+    let order = match p.get(&["_sort"]) {
+        None => Default::default(),
+        Some((_, v)) => crate::api::convert::parse_order_by("_sort", v)?,
+    };
+    let unfiltered = filter == StateFilter::default();
+    let limit = p.number("_limit", 1, MAX_PAGE_SIZE, 25)?;
+    let page = query
+        .list_states(ListStates {
+            filter,
+            order,
+            page_size: Some(limit),
+            page_token: p.get(&["_bookmark"]).map(|(_, v)| v.to_owned()),
+        })
+        .await?;
+    Ok(Json(ListJson {
+        results: page.states.iter().map(StateJson::from).collect(),
+        bookmark: page.next_page_token,
+        meta: unfiltered.then(|| MetaJson {
+            total_rows: query.store().count_states(),
+        }),
+    }))
+}
+
+/// The device (or, failing that, gateway) of this organisation named by
+/// `typeId` and `deviceId`.
+fn device_client(query: &QueryService, type_id: &str, device_id: &str) -> ApiResult<ClientId> {
+    let org = &query.options().org_id;
+    let device = ClientId::new(format!("d:{org}:{type_id}:{device_id}"))
+        .map_err(|e| ApiError::bad("deviceId", e.to_string()))?;
+    if device.kind().client_type() != ClientType::Device {
+        return Err(ApiError::bad(
+            "deviceId",
+            "typeId and deviceId must be 1 to 36 characters of A-Z, a-z, 0-9, '.', '_', '-'",
+        ));
+    }
+    let gateway = ClientId::new(format!("g:{org}:{type_id}:{device_id}"))
+        .map_err(|e| ApiError::bad("deviceId", e.to_string()))?;
+    let exists = |id: &ClientId| matches!(query.store().get_state(id), Ok(Some(_)));
+    Ok(if !exists(&device) && exists(&gateway) {
+        gateway
+    } else {
+        device
+    })
+}
+
+/// `GET /api/v0002/logs/connection?typeId=&deviceId=`: a bare array of
+/// `{message, timestamp}`, newest first.
+async fn platform_logs(
+    State(query): State<QueryService>,
+    raw: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Vec<PlatformLogJson>>> {
+    let p = Params::from_query(raw)?;
+    let now = Utc::now();
+    let Some((_, type_id)) = p.get(&["typeId"]) else {
+        return Err(ApiError::bad("typeId", "is required"));
+    };
+    let Some((_, device_id)) = p.get(&["deviceId"]) else {
+        return Err(ApiError::bad("deviceId", "is required"));
+    };
+    let client = device_client(&query, type_id, device_id)?;
+    let limit = p.number("limit", 1, 20, 20)?;
+    let offset = p.number("offset", 0, MAX_PAGE_SIZE - 20, 0)?;
+    let from = p.time(&["fromTime"], now)?;
+    let to = p.time(&["toTime"], now)?;
+    let time = match (from, to) {
+        (Some(a), Some(b)) if a > b => {
+            return Err(ApiError::bad("fromTime", "is later than toTime"));
+        }
+        (Some(_), None) => return Err(ApiError::bad("toTime", "is required with fromTime")),
+        (None, Some(_)) => return Err(ApiError::bad("fromTime", "is required with toTime")),
+        (after, before) => TimeRange { after, before },
+    };
+    let page = query
+        .list_logs(ListLogs {
+            client: Some(client),
+            filter: LogFilter {
+                time,
+                ..Default::default()
+            },
+            page_size: Some(offset + limit),
+            page_token: None,
+        })
+        .await?;
+    Ok(Json(
+        page.entries
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .map(PlatformLogJson::from)
+            .collect(),
+    ))
+}
+
+/// `GET /api/v0002/clientconnectionlogs`: every structured field, all
+/// clients or one, with filters and bookmarks.
+async fn logs(
+    State(query): State<QueryService>,
+    raw: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<ListJson<LogJson>>> {
+    let p = Params::from_query(raw)?;
+    let now = Utc::now();
+    let client = match (
+        p.get(&["clientId"]),
+        p.get(&["typeId"]),
+        p.get(&["deviceId"]),
+    ) {
+        (Some((_, id)), None, None) => Some(parse_client_id(id)?),
+        (None, Some((_, t)), Some((_, d))) => Some(device_client(&query, t, d)?),
+        (None, None, None) => None,
+        (Some(_), _, _) => {
+            return Err(ApiError::bad(
+                "clientId",
+                "give either clientId or typeId and deviceId",
+            ));
+        }
+        (None, Some(_), None) => return Err(ApiError::bad("deviceId", "is required with typeId")),
+        (None, None, Some(_)) => return Err(ApiError::bad("typeId", "is required with deviceId")),
+    };
+    let kinds = match p.get(&["kind"]) {
+        None => Vec::new(),
+        Some((name, v)) => v
+            .split(',')
+            .map(|k| match k.trim() {
+                "connected" => Ok(LogKind::Connected),
+                "connectFailed" => Ok(LogKind::ConnectFailed),
+                "disconnected" => Ok(LogKind::Disconnected),
+                _ => Err(ApiError::bad(
+                    name,
+                    "must be a comma list of connected, connectFailed, disconnected",
+                )),
+            })
+            .collect::<ApiResult<_>>()?,
+    };
+    let initiator = match p.get(&["initiator"]) {
+        None => None,
+        Some((_, "client")) => Some(DisconnectInitiator::Client),
+        Some((_, "server")) => Some(DisconnectInitiator::Server),
+        Some((_, "network")) => Some(DisconnectInitiator::Network),
+        Some((name, _)) => return Err(ApiError::bad(name, "must be client, server or network")),
+    };
+    let time = p.range(&["fromTime"], &["toTime"], now)?;
+    let page = query
+        .list_logs(ListLogs {
+            client,
+            filter: LogFilter {
+                kinds,
+                initiator,
+                time,
+            },
+            page_size: Some(p.number("_limit", 1, MAX_PAGE_SIZE, 100)?),
+            page_token: p.get(&["_bookmark"]).map(|(_, v)| v.to_owned()),
+        })
+        .await?;
+    Ok(Json(ListJson {
+        results: page.entries.iter().map(LogJson::from).collect(),
+        bookmark: page.next_page_token,
+        meta: None,
+    }))
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeatureJson {
+    enabled: bool,
+}
+
+async fn get_config(State(query): State<QueryService>) -> Json<FeatureJson> {
+    Json(FeatureJson {
+        enabled: query.settings().enabled,
+    })
+}
+
+async fn put_config(
+    State(query): State<QueryService>,
+    body: Result<Json<FeatureJson>, JsonRejection>,
+) -> ApiResult<Json<FeatureJson>> {
+    let Json(body) = body.map_err(|e| ApiError::bad("enabled", e.body_text()))?;
+    let settings = Settings {
+        enabled: body.enabled,
+        ..query.settings()
+    };
+    let settings = query.update_settings(settings).await?;
+    Ok(Json(FeatureJson {
+        enabled: settings.enabled,
+    }))
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
