@@ -410,3 +410,103 @@ async fn the_openapi_document_lists_exactly_the_routes() {
     assert_eq!(doc, kept);
     server.stop().await;
 }
+
+/// Reads server-sent events until one named `name` arrives; returns its
+/// id and data.
+async fn next_sse(
+    response: &mut reqwest::Response,
+    buffer: &mut String,
+    name: &str,
+) -> (Option<String>, Value) {
+    loop {
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let mut event = None;
+            let mut id = None;
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    event = Some(v.trim().to_owned());
+                } else if let Some(v) = line.strip_prefix("id:") {
+                    id = Some(v.trim().to_owned());
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim());
+                }
+            }
+            if event.as_deref() == Some(name) {
+                return (id, serde_json::from_str(&data).unwrap());
+            }
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(10), response.chunk())
+            .await
+            .expect("an event within 10 s")
+            .unwrap()
+            .expect("stream open");
+        buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+}
+
+#[tokio::test]
+async fn server_sent_events_resume_with_last_event_id() {
+    let server = TestServer::start().await;
+    let url = format!(
+        "{}/api/v0002/stream/clientconnectionstates?clientType=device",
+        server.rest
+    );
+    let client = reqwest::Client::new();
+    let mut response = client.get(&url).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut buffer = String::new();
+    server
+        .ingest(vec![
+            connected("a:local:app", 1, 0),
+            connected("d:local:t:first", 2, 0),
+        ])
+        .await;
+    let (id, data) = next_sse(&mut response, &mut buffer, "change").await;
+    assert_eq!(
+        data["clientId"], "d:local:t:first",
+        "the application was filtered out"
+    );
+    assert_eq!(data["kind"], "connected");
+    assert_eq!(data["state"]["connectionStatus"], "connected");
+    let id = id.expect("changes carry their revision as id");
+    assert_eq!(id, data["revision"].to_string());
+    drop(response);
+
+    // Changes while the browser is away arrive after it reconnects.
+    server
+        .ingest(vec![disconnected(
+            "d:local:t:first",
+            2,
+            5,
+            DisconnectCause::SocketClosed,
+            None,
+        )])
+        .await;
+    let mut response = client
+        .get(&url)
+        .header("Last-Event-ID", &id)
+        .send()
+        .await
+        .unwrap();
+    let mut buffer = String::new();
+    let (next_id, data) = next_sse(&mut response, &mut buffer, "change").await;
+    assert_eq!(
+        next_id.unwrap().parse::<u64>().unwrap(),
+        id.parse::<u64>().unwrap() + 1
+    );
+    assert_eq!(data["kind"], "disconnected");
+    assert_eq!(data["logEntry"]["closeCode"], 91);
+
+    let bad = client
+        .get(&url)
+        .header("Last-Event-ID", "yesterday")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+    drop(response);
+    server.stop().await;
+}

@@ -191,8 +191,11 @@ impl Watcher {
                         }
                     },
                     _ = ticker.tick() => {
+                        // The watcher's own position, not the store's: every
+                        // change up to it was sent or did not match, so a
+                        // client may resume from it.
                         let item = WatchItem::Heartbeat {
-                            revision: self.service.store.committed_revision(),
+                            revision: self.last,
                             time: Utc::now(),
                         };
                         self.send(item).await?;

@@ -27,6 +27,10 @@ pub enum ApiError {
     NoRoute(String),
     /// The path exists but not with this method.
     MethodNotAllowed(String),
+    /// A stream asked to resume from a revision no longer kept.
+    Gone {
+        oldest: u64,
+    },
     Unavailable,
     Internal,
 }
@@ -76,7 +80,8 @@ impl From<QueryError> for ApiError {
             }
             QueryError::NotFound(id) => ApiError::ClientNotFound(id),
             QueryError::Disabled => ApiError::Disabled,
-            QueryError::OutOfRange { .. } | QueryError::ShuttingDown => ApiError::Unavailable,
+            QueryError::OutOfRange { oldest, .. } => ApiError::Gone { oldest },
+            QueryError::ShuttingDown => ApiError::Unavailable,
             QueryError::Internal(cause) => {
                 tracing::error!(error = %cause, "request failed");
                 ApiError::Internal
@@ -129,6 +134,16 @@ impl IntoResponse for ApiError {
                 "CUDCS0406E",
                 format!("The method {method} is not allowed on this resource."),
                 vec![method],
+                vec![],
+            ),
+            ApiError::Gone { oldest } => (
+                StatusCode::GONE,
+                "CUDCS0410E",
+                format!(
+                    "The changes after that revision are no longer kept (the oldest is {oldest}); \
+                     reconnect with snapshot=true and without Last-Event-ID."
+                ),
+                vec![oldest.to_string()],
                 vec![],
             ),
             ApiError::Unavailable => (

@@ -9,6 +9,7 @@
 pub mod error;
 pub mod json;
 pub mod params;
+mod stream;
 
 use axum::{
     Json, Router,
@@ -54,6 +55,10 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<QueryService>)> {
             "/api/v0002/config/clientstate",
             get(get_config).put(put_config),
         ),
+        (
+            "/api/v0002/stream/clientconnectionstates",
+            get(stream::stream_states),
+        ),
         ("/api/v0002/openapi.json", get(openapi)),
     ]
 }
@@ -74,10 +79,10 @@ pub fn router(query: QueryService) -> Router {
 
 /// Query parameters; empty values count as absent (client libraries send
 /// `_bookmark=` on the first page) and unknown names are ignored.
-struct Params(Vec<(String, String)>);
+pub(crate) struct Params(Vec<(String, String)>);
 
 impl Params {
-    fn from_query(
+    pub(crate) fn from_query(
         query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
     ) -> ApiResult<Params> {
         match query {
@@ -87,7 +92,7 @@ impl Params {
     }
 
     /// The last non-empty value of the first of `names` that has one.
-    fn get(&self, names: &[&'static str]) -> Option<(&'static str, &str)> {
+    pub(crate) fn get(&self, names: &[&'static str]) -> Option<(&'static str, &str)> {
         names.iter().find_map(|&name| {
             self.0
                 .iter()
@@ -158,6 +163,60 @@ impl Params {
     }
 }
 
+/// The state filter of a listing (`with_times`) or a stream.
+fn state_filter(p: &Params, now: Timestamp, with_times: bool) -> ApiResult<StateFilter> {
+    let status = match p.get(&["connectionStatus"]) {
+        None => None,
+        Some((_, v)) if v.eq_ignore_ascii_case("connected") => Some(ConnectionStatus::Connected),
+        Some((_, v)) if v.eq_ignore_ascii_case("disconnected") => {
+            Some(ConnectionStatus::Disconnected)
+        }
+        Some((name, _)) => return Err(ApiError::bad(name, "must be connected or disconnected")),
+    };
+    let client_type = match p.get(&["clientType"]) {
+        None => None,
+        Some((name, v)) => Some(match v.to_ascii_lowercase().as_str() {
+            "device" => ClientType::Device,
+            "gateway" => ClientType::Gateway,
+            "application" => ClientType::Application,
+            "unknown" => ClientType::Unknown,
+            _ => {
+                return Err(ApiError::bad(
+                    name,
+                    "must be device, gateway, application or unknown",
+                ));
+            }
+        }),
+    };
+    let mut filter = StateFilter {
+        status,
+        client_type,
+        type_id: p.text("deviceType")?,
+        device_id: p.text("deviceId")?,
+        app_id: p.text("appId")?,
+        client_id_prefix: p.text("clientIdPrefix")?,
+        ..Default::default()
+    };
+    if with_times {
+        filter.connected = p.range(
+            &["connectedAfter", "lastConnectedAfter"],
+            &["connectedBefore", "lastConnectedBefore"],
+            now,
+        )?;
+        filter.disconnected = p.range(
+            &["disconnectedAfter", "lastDisconnectedAfter"],
+            &["disconnectedBefore", "lastDisconnectedBefore"],
+            now,
+        )?;
+        filter.active = p.range(
+            &["activeAfter", "lastActivityAfter"],
+            &["activeBefore", "lastActivityBefore"],
+            now,
+        )?;
+    }
+    Ok(filter)
+}
+
 fn parse_client_id(value: &str) -> ApiResult<ClientId> {
     ClientId::new(value).map_err(|e| ApiError::bad("clientId", e.to_string()))
 }
@@ -185,53 +244,7 @@ async fn list_states(
     raw: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<ListJson<StateJson>>> {
     let p = Params::from_query(raw)?;
-    let now = Utc::now();
-    let status = match p.get(&["connectionStatus"]) {
-        None => None,
-        Some((_, v)) if v.eq_ignore_ascii_case("connected") => Some(ConnectionStatus::Connected),
-        Some((_, v)) if v.eq_ignore_ascii_case("disconnected") => {
-            Some(ConnectionStatus::Disconnected)
-        }
-        Some((name, _)) => return Err(ApiError::bad(name, "must be connected or disconnected")),
-    };
-    let client_type = match p.get(&["clientType"]) {
-        None => None,
-        Some((name, v)) => Some(match v.to_ascii_lowercase().as_str() {
-            "device" => ClientType::Device,
-            "gateway" => ClientType::Gateway,
-            "application" => ClientType::Application,
-            "unknown" => ClientType::Unknown,
-            _ => {
-                return Err(ApiError::bad(
-                    name,
-                    "must be device, gateway, application or unknown",
-                ));
-            }
-        }),
-    };
-    let filter = StateFilter {
-        status,
-        client_type,
-        type_id: p.text("deviceType")?,
-        device_id: p.text("deviceId")?,
-        app_id: p.text("appId")?,
-        client_id_prefix: p.text("clientIdPrefix")?,
-        connected: p.range(
-            &["connectedAfter", "lastConnectedAfter"],
-            &["connectedBefore", "lastConnectedBefore"],
-            now,
-        )?,
-        disconnected: p.range(
-            &["disconnectedAfter", "lastDisconnectedAfter"],
-            &["disconnectedBefore", "lastDisconnectedBefore"],
-            now,
-        )?,
-        active: p.range(
-            &["activeAfter", "lastActivityAfter"],
-            &["activeBefore", "lastActivityBefore"],
-            now,
-        )?,
-    };
+    let filter = state_filter(&p, Utc::now(), true)?;
     let order = match p.get(&["_sort"]) {
         None => Default::default(),
         Some((_, v)) => crate::api::convert::parse_order_by("_sort", v)?,

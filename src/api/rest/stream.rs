@@ -1,0 +1,135 @@
+//! `GET /api/v0002/stream/clientconnectionstates`: the change feed as
+//! Server-Sent Events for browsers. Each change is an event with the
+//! revision as its id, so a browser's `EventSource` resumes after a
+//! reconnect with `Last-Event-ID` and misses nothing.
+
+use std::convert::Infallible;
+
+use axum::{
+    extract::{Query, State, rejection::QueryRejection},
+    http::HeaderMap,
+    response::sse::{Event, KeepAlive, Sse},
+};
+use chrono::Utc;
+use serde::Serialize;
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+
+use super::{
+    ApiResult, Params,
+    error::ApiError,
+    json::{LogJson, StateJson},
+    state_filter,
+};
+use crate::{
+    domain::{Change, ChangeKind},
+    query::{QueryService, WatchEnd, WatchItem, WatchRequest},
+};
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ChangeJson {
+    revision: u64,
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<StateJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_entry: Option<LogJson>,
+}
+
+fn kind_name(kind: ChangeKind) -> &'static str {
+    match kind {
+        ChangeKind::Connected => "connected",
+        ChangeKind::ConnectFailed => "connectFailed",
+        ChangeKind::Disconnected => "disconnected",
+        ChangeKind::Stale => "stale",
+        ChangeKind::Activity => "activity",
+        ChangeKind::Deleted => "deleted",
+        ChangeKind::AllDeleted => "allDeleted",
+    }
+}
+
+impl From<&Change> for ChangeJson {
+    fn from(c: &Change) -> Self {
+        ChangeJson {
+            revision: c.revision,
+            kind: kind_name(c.kind),
+            client_id: c.client_id.as_ref().map(|id| id.to_string()),
+            state: c.state.as_ref().map(StateJson::from),
+            log_entry: c.log_entry.as_ref().map(LogJson::from),
+        }
+    }
+}
+
+fn json_event(name: &str, data: &impl Serialize) -> Event {
+    Event::default()
+        .event(name)
+        .json_data(data)
+        .unwrap_or_else(|_| Event::default().event(name))
+}
+
+fn sse_event(item: Result<WatchItem, WatchEnd>) -> Event {
+    match item {
+        Ok(WatchItem::Change(change)) => {
+            json_event("change", &ChangeJson::from(change.as_ref())).id(change.revision.to_string())
+        }
+        Ok(WatchItem::Snapshot(state)) => json_event("snapshot", &StateJson::from(state.as_ref())),
+        Ok(WatchItem::SnapshotComplete(revision)) => json_event(
+            "snapshotComplete",
+            &serde_json::json!({ "revision": revision }),
+        )
+        .id(revision.to_string()),
+        Ok(WatchItem::Heartbeat { revision, .. }) => {
+            Event::default().comment(format!("heartbeat {revision}"))
+        }
+        Err(end) => {
+            let (reason, revision) = match end {
+                WatchEnd::Lagged { last_delivered } => ("lagged", last_delivered),
+                WatchEnd::OutOfRange { oldest, .. } => ("outOfRange", oldest),
+                WatchEnd::ShuttingDown { last_delivered } => ("shuttingDown", last_delivered),
+                WatchEnd::Failed { last_delivered } => ("failed", last_delivered),
+            };
+            json_event(
+                "end",
+                &serde_json::json!({ "reason": reason, "revision": revision }),
+            )
+        }
+    }
+}
+
+pub(super) async fn stream_states(
+    State(query): State<QueryService>,
+    headers: HeaderMap,
+    raw: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let p = Params::from_query(raw)?;
+    let filter = state_filter(&p, Utc::now(), false)?;
+    let last_event_id = match headers.get("last-event-id") {
+        Some(v) => Some(("Last-Event-ID", v.to_str().unwrap_or("").to_owned())),
+        None => p.get(&["lastEventId"]).map(|(n, v)| (n, v.to_owned())),
+    };
+    let start_revision = match last_event_id {
+        None => None,
+        Some((name, v)) => Some(
+            v.trim()
+                .parse::<u64>()
+                .map_err(|_| ApiError::bad(name, "must be a revision (a whole number)"))?,
+        ),
+    };
+    let include_snapshot = match p.get(&["snapshot"]) {
+        None => false,
+        Some((_, "true")) => start_revision.is_none(),
+        Some((_, "false")) => false,
+        Some((name, _)) => return Err(ApiError::bad(name, "must be true or false")),
+    };
+    let items = query.watch(WatchRequest {
+        filter,
+        start_revision,
+        include_snapshot,
+        kinds: Vec::new(),
+        heartbeat_interval: None,
+    })?;
+    let events = ReceiverStream::new(items).map(|item| Ok(sse_event(item)));
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
