@@ -13,7 +13,10 @@ mod stream;
 
 use axum::{
     Json, Router,
-    extract::{Path, Query, State, rejection::JsonRejection},
+    extract::{
+        Path, Query, State,
+        rejection::{JsonRejection, PathRejection},
+    },
     http::{Method, StatusCode, Uri, header},
     response::{IntoResponse, Response},
     routing::{MethodRouter, get},
@@ -221,20 +224,28 @@ fn parse_client_id(value: &str) -> ApiResult<ClientId> {
     ClientId::new(value).map_err(|e| ApiError::bad("clientId", e.to_string()))
 }
 
+/// The `{clientId}` of the path, percent-decoded.
+fn path_client_id(path: Result<Path<String>, PathRejection>) -> ApiResult<ClientId> {
+    match path {
+        Ok(Path(id)) => parse_client_id(&id),
+        Err(e) => Err(ApiError::bad("clientId", e.body_text())),
+    }
+}
+
 async fn get_state(
     State(query): State<QueryService>,
-    Path(client_id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<StateJson>> {
-    let client = parse_client_id(&client_id)?;
+    let client = path_client_id(path)?;
     let state = query.get_state(&client)?;
     Ok(Json(StateJson::from(&state)))
 }
 
 async fn delete_state(
     State(query): State<QueryService>,
-    Path(client_id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<StatusCode> {
-    let client = parse_client_id(&client_id)?;
+    let client = path_client_id(path)?;
     query.delete_state(client).await?;
     Ok(StatusCode::NO_CONTENT)
 }
