@@ -43,6 +43,11 @@ pub struct Config {
     pub scan_budget: usize,
     /// Settings of a new store (an existing store keeps its own).
     pub initial_settings: Settings,
+    /// Require an API key on every API call. Required when any listener is
+    /// not on loopback; off (open mode) is for development on loopback.
+    pub auth: bool,
+    /// An administrator key created (or updated) at start-up, with its token.
+    pub admin_key: Option<(String, String)>,
 }
 
 impl Default for Config {
@@ -61,6 +66,8 @@ impl Default for Config {
             max_batch_events: 8192,
             scan_budget: 200_000,
             initial_settings: Settings::default(),
+            auth: false,
+            admin_key: None,
         }
     }
 }
@@ -129,6 +136,15 @@ pub struct ConfigLayer {
     /// Change feed retention of a new store, e.g. 7d [default: 7d]
     #[arg(long, env = "CONNSTATE_FEED_MAX_AGE")]
     pub feed_max_age: Option<String>,
+    /// Require API keys (HTTP Basic / gRPC `authorization` metadata) [default: false]
+    #[arg(long, env = "CONNSTATE_AUTH")]
+    pub auth: Option<bool>,
+    /// Administrator API key to create at start-up (with --admin-token)
+    #[arg(long, env = "CONNSTATE_ADMIN_KEY")]
+    pub admin_key: Option<String>,
+    /// Token of --admin-key (at least 18 characters)
+    #[arg(long, env = "CONNSTATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 impl ConfigLayer {
@@ -210,6 +226,25 @@ impl Config {
             if let Some(v) = &l.feed_max_age {
                 c.initial_settings.feed_max_age = duration("feed_max_age", v)?;
             }
+            if let Some(v) = l.auth {
+                c.auth = v;
+            }
+            match (&l.admin_key, &l.admin_token) {
+                (Some(key), Some(token)) => c.admin_key = Some((key.clone(), token.clone())),
+                (None, None) => {}
+                (Some(_), None) => {
+                    return Err(ConfigError::Invalid {
+                        field: "admin_token",
+                        reason: "is required with admin_key".into(),
+                    });
+                }
+                (None, Some(_)) => {
+                    return Err(ConfigError::Invalid {
+                        field: "admin_key",
+                        reason: "is required with admin_token".into(),
+                    });
+                }
+            }
         }
         c.validate()?;
         Ok(c)
@@ -223,20 +258,29 @@ impl Config {
                 reason: reason.to_owned(),
             })
         };
-        // Authentication arrives with the registry; until then every
-        // listener must stay on loopback, where open mode is safe.
-        for (field, addr) in [
-            ("grpc_listen", self.grpc_listen),
-            ("rest_listen", self.rest_listen),
-        ] {
-            if !addr.ip().is_loopback() {
-                return invalid(
-                    field,
-                    &format!(
-                        "{addr} is not a loopback address; without authentication the API may only \
-                         listen on loopback (127.0.0.1 or ::1)"
-                    ),
-                );
+        // Open mode (no API keys) is for development: only on loopback.
+        if !self.auth {
+            for (field, addr) in [
+                ("grpc_listen", self.grpc_listen),
+                ("rest_listen", self.rest_listen),
+            ] {
+                if !addr.ip().is_loopback() {
+                    return invalid(
+                        field,
+                        &format!(
+                            "{addr} is not a loopback address, and authentication is off; \
+                             turn it on (--auth true) or listen on loopback (127.0.0.1 or ::1)"
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some((key, token)) = &self.admin_key {
+            if key.is_empty() || key.len() > 64 || key.contains(':') {
+                return invalid("admin_key", "must be 1 to 64 characters without ':'");
+            }
+            if token.len() < 18 {
+                return invalid("admin_token", "must be at least 18 characters");
             }
         }
         let org_ok = !self.org_id.is_empty()
@@ -296,6 +340,22 @@ mod tests {
         let err = Config::from_layers([&layer]).unwrap_err().to_string();
         assert!(err.contains("grpc_listen"), "{err}");
         assert!(err.contains("loopback"), "{err}");
+        let with_auth = ConfigLayer {
+            auth: Some(true),
+            ..layer
+        };
+        assert!(Config::from_layers([&with_auth]).is_ok());
+    }
+
+    #[test]
+    fn an_admin_key_needs_a_long_token() {
+        let layer = ConfigLayer {
+            admin_key: Some("a-local-admin".into()),
+            admin_token: Some("short".into()),
+            ..Default::default()
+        };
+        let err = Config::from_layers([&layer]).unwrap_err().to_string();
+        assert!(err.starts_with("admin_token"), "{err}");
     }
 
     #[test]

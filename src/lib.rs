@@ -15,6 +15,7 @@
 //!   listings, the change feed and retention.
 //! - [`query`]: the query service every API edge uses, including watches.
 //! - [`api`]: gRPC edges; generated types stop there.
+//! - [`registry`]: API keys (hashed tokens, roles) that every API checks.
 //! - [`config`]: one validated configuration.
 //! - [`server`]: wires it all together: [`server::run`] takes bound
 //!   listeners, a configuration and a shutdown future.
@@ -24,6 +25,7 @@ pub mod api;
 pub mod config;
 pub mod domain;
 pub mod query;
+pub mod registry;
 pub mod server;
 pub mod store;
 pub mod tracker;

@@ -14,7 +14,10 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::server::HealthReporter;
 
 use crate::{
-    api::grpc::GrpcApi,
+    api::{
+        auth::Gate,
+        grpc::{GrpcApi, interceptor},
+    },
     config::Config,
     pb::{
         admin_service_server::AdminServiceServer,
@@ -22,6 +25,7 @@ use crate::{
         ingest_service_server::IngestServiceServer,
     },
     query::{QueryOptions, QueryService},
+    registry::{Registry, RegistryError, Role},
     store::{Store, StoreError, StoreOptions},
     tracker::Tracker,
 };
@@ -44,6 +48,37 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("registry: {0}")]
+    Registry(#[from] RegistryError),
+}
+
+/// The gate of both APIs: open mode, or API keys. With keys on and none
+/// stored yet, an administrator key is created and its token printed once.
+fn open_gate(config: &Config, registry: &Registry) -> Result<Gate, ServerError> {
+    if let Some((key, token)) = &config.admin_key {
+        registry.put_key(
+            key,
+            token,
+            Role::Admin,
+            "administrator key from the configuration",
+        )?;
+    }
+    if !config.auth {
+        tracing::warn!("authentication is off (open mode): loopback development only");
+        return Ok(Gate::open());
+    }
+    if registry.list_keys()?.is_empty() {
+        let (key, token) = registry.create_key(Role::Admin, "first administrator key")?;
+        // Shown once, like the platform does; only its digest is stored.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stdout(),
+            "connstate created administrator API key {} with token {}",
+            key.key,
+            token
+        );
+    }
+    Ok(Gate::with_registry(registry.clone()))
 }
 
 /// gRPC service names reported by health, besides the empty "whole
@@ -93,6 +128,9 @@ pub async fn run(
         "store open"
     );
 
+    let registry = Registry::new(&store, &config.org_id);
+    let gate = open_gate(&config, &registry)?;
+
     let tracker = Tracker::new(store.clone());
     let recovered = tracker.recover_connected().await?;
     if recovered > 0 {
@@ -118,7 +156,7 @@ pub async fn run(
         stop.clone(),
     );
     let rest = listeners.rest.map(|listener| {
-        let router = crate::api::rest::router(query.clone());
+        let router = crate::api::rest::router(query.clone(), gate.clone(), registry.clone());
         let stop = stop.clone();
         let addr = listener.local_addr().ok();
         tracing::info!(rest = ?addr, "REST gateway");
@@ -143,9 +181,15 @@ pub async fn run(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(ConnectionStateServiceServer::new(api.clone()))
-        .add_service(IngestServiceServer::new(api.clone()))
-        .add_service(AdminServiceServer::new(api))
+        .add_service(ConnectionStateServiceServer::with_interceptor(
+            api.clone(),
+            interceptor(gate.clone()),
+        ))
+        .add_service(IngestServiceServer::with_interceptor(
+            api.clone(),
+            interceptor(gate.clone()),
+        ))
+        .add_service(AdminServiceServer::with_interceptor(api, interceptor(gate)))
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listeners.grpc).map(|accepted| {
                 // Small responses must not wait for delayed ACKs.

@@ -7,7 +7,11 @@ use std::pin::Pin;
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
-use super::convert;
+use super::{
+    auth::{Gate, Refusal, require},
+    convert,
+};
+use crate::registry::{Principal, Role};
 use crate::{
     pb::{
         self, admin_service_server::AdminService,
@@ -27,6 +31,42 @@ impl GrpcApi {
     pub fn new(query: QueryService) -> Self {
         GrpcApi { query }
     }
+}
+
+/// Authenticates every call and leaves the caller in the request's
+/// extensions for the handlers' role checks.
+pub fn interceptor(gate: Gate) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |mut request: Request<()>| {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        let principal = gate.authenticate(header).map_err(Status::from)?;
+        request.extensions_mut().insert(principal);
+        Ok(request)
+    }
+}
+
+impl From<Refusal> for Status {
+    fn from(refusal: Refusal) -> Status {
+        match refusal {
+            Refusal::Unauthenticated => Status::unauthenticated(
+                "an API key and token are required (metadata authorization: Basic base64(key:token))",
+            ),
+            Refusal::Forbidden { needed, has } => Status::permission_denied(format!(
+                "this call needs the {needed} role; the API key has {has}"
+            )),
+        }
+    }
+}
+
+/// Checks the caller the interceptor authenticated.
+fn allow<T>(request: &Request<T>, needed: Role) -> Result<(), Status> {
+    let principal = request
+        .extensions()
+        .get::<Principal>()
+        .ok_or(Refusal::Unauthenticated)?;
+    Ok(require(principal, needed)?)
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchConnectionsResponse, Status>> + Send>>;
@@ -61,6 +101,7 @@ impl ConnectionStateService for GrpcApi {
         &self,
         request: Request<pb::GetConnectionStateRequest>,
     ) -> Result<Response<pb::ConnectionState>, Status> {
+        allow(&request, Role::ReadOnly)?;
         let client = convert::parse_client_id("client_id", &request.get_ref().client_id)?;
         let state = self.query.get_state(&client)?;
         Ok(Response::new(pb::ConnectionState::from(&state)))
@@ -71,6 +112,7 @@ impl ConnectionStateService for GrpcApi {
         &self,
         request: Request<pb::ListConnectionStatesRequest>,
     ) -> Result<Response<pb::ListConnectionStatesResponse>, Status> {
+        allow(&request, Role::ReadOnly)?;
         let list = convert::parse_list_states(request.get_ref())?;
         let page = self.query.list_states(list).await?;
         Ok(Response::new(pb::ListConnectionStatesResponse {
@@ -85,6 +127,7 @@ impl ConnectionStateService for GrpcApi {
         &self,
         request: Request<pb::ListConnectionLogsRequest>,
     ) -> Result<Response<pb::ListConnectionLogsResponse>, Status> {
+        allow(&request, Role::ReadOnly)?;
         let r = request.get_ref();
         let store = self.query.store();
         let client = convert::parse_log_client(r, &self.query.options().org_id, |id| {
@@ -106,6 +149,7 @@ impl ConnectionStateService for GrpcApi {
         &self,
         request: Request<pb::WatchConnectionsRequest>,
     ) -> Result<Response<Self::WatchConnectionsStream>, Status> {
+        allow(&request, Role::ReadOnly)?;
         let watch = convert::parse_watch(request.get_ref())?;
         let items = self.query.watch(watch)?;
         let stream = ReceiverStream::new(items).map(|item| match item {
@@ -120,6 +164,7 @@ impl ConnectionStateService for GrpcApi {
         &self,
         request: Request<pb::DeleteConnectionStateRequest>,
     ) -> Result<Response<pb::DeleteConnectionStateResponse>, Status> {
+        allow(&request, Role::Operator)?;
         let client = convert::parse_client_id("client_id", &request.get_ref().client_id)?;
         let revision = self.query.delete_state(client).await?;
         Ok(Response::new(pb::DeleteConnectionStateResponse {
@@ -135,6 +180,7 @@ impl IngestService for GrpcApi {
         &self,
         request: Request<pb::IngestEventsRequest>,
     ) -> Result<Response<pb::IngestEventsResponse>, Status> {
+        allow(&request, Role::Operator)?;
         let events = convert::parse_ingest(request.get_ref())?;
         let accepted = events.len() as u32;
         let revision = self.query.ingest(events).await?;
@@ -149,8 +195,9 @@ impl IngestService for GrpcApi {
 impl AdminService for GrpcApi {
     async fn get_settings(
         &self,
-        _request: Request<pb::GetSettingsRequest>,
+        request: Request<pb::GetSettingsRequest>,
     ) -> Result<Response<pb::Settings>, Status> {
+        allow(&request, Role::ReadOnly)?;
         Ok(Response::new(pb::Settings::from(&self.query.settings())))
     }
 
@@ -159,6 +206,7 @@ impl AdminService for GrpcApi {
         &self,
         request: Request<pb::UpdateSettingsRequest>,
     ) -> Result<Response<pb::Settings>, Status> {
+        allow(&request, Role::Admin)?;
         let settings = convert::parse_settings_update(request.get_ref(), &self.query.settings())?;
         let settings = self.query.update_settings(settings).await?;
         Ok(Response::new(pb::Settings::from(&settings)))

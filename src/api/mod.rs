@@ -2,6 +2,7 @@
 //! the same query service. Generated protobuf types and JSON shapes stop
 //! here; everything inside speaks domain types.
 
+pub mod auth;
 pub mod convert;
 pub mod error;
 pub mod grpc;

@@ -186,6 +186,11 @@ impl Store {
         Ok(store)
     }
 
+    /// The sled database, for the registry's own records (prefix `k`).
+    pub(crate) fn db(&self) -> &sled::Db {
+        &self.inner.db
+    }
+
     /// The newest revision that is durable and visible to readers.
     pub fn committed_revision(&self) -> Revision {
         self.inner.committed.load(Ordering::Acquire)

@@ -27,6 +27,15 @@ pub enum ApiError {
     NoRoute(String),
     /// The path exists but not with this method.
     MethodNotAllowed(String),
+    /// No credentials or wrong ones.
+    Unauthorized,
+    /// The API key's role does not allow the call.
+    Forbidden {
+        needed: String,
+        has: String,
+    },
+    /// No such API key.
+    KeyNotFound(String),
     /// A stream asked to resume from a revision no longer kept.
     Gone {
         oldest: u64,
@@ -134,6 +143,39 @@ impl IntoResponse for ApiError {
                 "CUDCS0406E",
                 format!("The method {method} is not allowed on this resource."),
                 vec![method],
+                vec![],
+            ),
+            ApiError::Unauthorized => {
+                let mut response = (
+                    StatusCode::UNAUTHORIZED,
+                    Json(Body {
+                        message: "CUDCS0001E: Authentication is required: HTTP Basic with an API key and its token.".to_owned(),
+                        exception: Exception {
+                            id: "CUDCS0001E",
+                            properties: vec![],
+                        },
+                        violations: vec![],
+                    }),
+                )
+                    .into_response();
+                response.headers_mut().insert(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    axum::http::HeaderValue::from_static("Basic realm=\"connstate\""),
+                );
+                return response;
+            }
+            ApiError::Forbidden { needed, has } => (
+                StatusCode::FORBIDDEN,
+                "CUDCS0002E",
+                format!("This request needs the {needed} role; the API key has the {has} role."),
+                vec![needed, has],
+                vec![],
+            ),
+            ApiError::KeyNotFound(key) => (
+                StatusCode::NOT_FOUND,
+                "CUDCS0003E",
+                format!("There is no API key {key}."),
+                vec![key],
                 vec![],
             ),
             ApiError::Gone { oldest } => (

@@ -6,6 +6,7 @@
 //! error leaves in the platform's body ([`error`]). JSON shapes are in
 //! [`json`]; time parameters in [`params`].
 
+mod apikeys;
 pub mod error;
 pub mod json;
 pub mod params;
@@ -30,11 +31,13 @@ use self::{
     params::parse_time,
 };
 use crate::{
+    api::auth::{Gate, Refusal, require},
     domain::{
         ClientId, ClientType, ConnectionStatus, DisconnectInitiator, LogFilter, LogKind,
         StateFilter, TimeRange, Timestamp,
     },
     query::{ListLogs, ListStates, MAX_PAGE_SIZE, QueryService},
+    registry::{Registry, Role},
     store::Settings,
 };
 
@@ -62,12 +65,21 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<QueryService>)> {
             "/api/v0002/stream/clientconnectionstates",
             get(stream::stream_states),
         ),
+        (
+            "/api/v0002/apikeys",
+            get(apikeys::list).post(apikeys::create),
+        ),
+        (
+            "/api/v0002/apikeys/{key}",
+            axum::routing::delete(apikeys::delete),
+        ),
         ("/api/v0002/openapi.json", get(openapi)),
     ]
 }
 
-/// The gateway's router.
-pub fn router(query: QueryService) -> Router {
+/// The gateway's router. `gate` decides who may call; `registry` holds the
+/// API keys the key-management paths change.
+pub fn router(query: QueryService, gate: Gate, registry: Registry) -> Router {
     let mut router = Router::new();
     for (path, methods) in routes() {
         router = router.route(path, methods);
@@ -77,7 +89,47 @@ pub fn router(query: QueryService) -> Router {
         .method_not_allowed_fallback(|method: Method| async move {
             ApiError::MethodNotAllowed(method.to_string())
         })
+        .layer(axum::middleware::from_fn_with_state(gate, authorise))
+        .layer(axum::Extension(registry))
         .with_state(query)
+}
+
+/// The role a request needs, by method and path.
+fn needed_role(method: &Method, path: &str) -> Role {
+    if path.starts_with("/api/v0002/apikeys") {
+        Role::Admin
+    } else if *method == Method::GET || *method == Method::HEAD {
+        Role::ReadOnly
+    } else if path.starts_with("/api/v0002/config/") {
+        Role::Admin
+    } else {
+        Role::Operator
+    }
+}
+
+/// Authenticates every request and checks its role.
+async fn authorise(
+    State(gate): State<Gate>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let principal = match gate.authenticate(header) {
+        Ok(principal) => principal,
+        Err(_) => return ApiError::Unauthorized.into_response(),
+    };
+    let needed = needed_role(request.method(), request.uri().path());
+    if let Err(Refusal::Forbidden { needed, has }) = require(&principal, needed) {
+        return ApiError::Forbidden {
+            needed: needed.to_string(),
+            has: has.to_string(),
+        }
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// Query parameters; empty values count as absent (client libraries send

@@ -1,0 +1,95 @@
+//! `/api/v0002/apikeys`: API keys and their roles (administrators only).
+//! A new key's token is in the creation response and nowhere else.
+
+use axum::{
+    Extension, Json,
+    extract::{Path, rejection::JsonRejection},
+    http::StatusCode,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiResult, error::ApiError, json::ListJson, params::format_time};
+use crate::registry::{ApiKey, Registry, RegistryError, Role};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewKey {
+    role: String,
+    #[serde(default)]
+    description: String,
+}
+
+#[derive(Serialize)]
+pub(super) struct KeyJson {
+    key: String,
+    role: &'static str,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    description: String,
+    created: String,
+    /// Only in the creation response.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+}
+
+impl KeyJson {
+    fn new(key: ApiKey, token: Option<String>) -> Self {
+        KeyJson {
+            key: key.key,
+            role: key.role.as_str(),
+            description: key.description,
+            created: format_time(key.created),
+            token,
+        }
+    }
+}
+
+fn internal(e: RegistryError) -> ApiError {
+    match e {
+        RegistryError::NotFound => ApiError::KeyNotFound(String::new()),
+        other => {
+            tracing::error!(error = %other, "registry request failed");
+            ApiError::Internal
+        }
+    }
+}
+
+pub(super) async fn create(
+    Extension(registry): Extension<Registry>,
+    body: Result<Json<NewKey>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<KeyJson>)> {
+    let Json(body) = body.map_err(|e| ApiError::bad("role", e.body_text()))?;
+    let role = Role::parse(&body.role)
+        .ok_or_else(|| ApiError::bad("role", "must be read-only, operator or admin"))?;
+    if body.description.len() > 256 {
+        return Err(ApiError::bad(
+            "description",
+            "is longer than 256 characters",
+        ));
+    }
+    let (key, token) = registry
+        .create_key(role, &body.description)
+        .map_err(internal)?;
+    Ok((StatusCode::CREATED, Json(KeyJson::new(key, Some(token)))))
+}
+
+pub(super) async fn list(
+    Extension(registry): Extension<Registry>,
+) -> ApiResult<Json<ListJson<KeyJson>>> {
+    let keys = registry.list_keys().map_err(internal)?;
+    Ok(Json(ListJson {
+        results: keys.into_iter().map(|k| KeyJson::new(k, None)).collect(),
+        bookmark: None,
+        meta: None,
+    }))
+}
+
+pub(super) async fn delete(
+    Extension(registry): Extension<Registry>,
+    Path(key): Path<String>,
+) -> ApiResult<StatusCode> {
+    match registry.delete_key(&key) {
+        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Err(RegistryError::NotFound) => Err(ApiError::KeyNotFound(key)),
+        Err(e) => Err(internal(e)),
+    }
+}

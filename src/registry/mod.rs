@@ -1,0 +1,300 @@
+//! The registry of API keys: who may call the APIs, with which role.
+//!
+//! Keys look like the platform's (`a-{org}-{random}`); tokens are random,
+//! 24 characters, shown once at creation and stored only as a SHA-256
+//! digest (tokens are long random strings, so a fast hash is the right
+//! tool; passwords would need a slow one). Digests are compared in constant
+//! time. Records live in the store's sled database under their own prefix
+//! and are written directly: they are not client state and have no
+//! revisions.
+
+use std::fmt;
+
+use prost::Message;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::store::{Store, StoreError};
+
+/// Key prefix of API key records in sled.
+const KEY_PREFIX: &[u8] = b"k";
+/// Length of generated tokens.
+const TOKEN_LEN: usize = 24;
+
+/// What an API key may do. Each role includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// Queries, logs, watches.
+    ReadOnly,
+    /// Also ingest events and delete records.
+    Operator,
+    /// Also settings, the feature switch and API keys.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::ReadOnly => "read-only",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "read-only" => Some(Role::ReadOnly),
+            "operator" => Some(Role::Operator),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+
+    fn to_u32(self) -> u32 {
+        match self {
+            Role::ReadOnly => 1,
+            Role::Operator => 2,
+            Role::Admin => 3,
+        }
+    }
+
+    fn from_u32(v: u32) -> Option<Role> {
+        match v {
+            1 => Some(Role::ReadOnly),
+            2 => Some(Role::Operator),
+            3 => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An API key as listed (never with its token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub key: String,
+    pub role: Role,
+    pub description: String,
+    pub created: crate::domain::Timestamp,
+}
+
+/// A caller that proved who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub key: String,
+    pub role: Role,
+}
+
+/// Why a registry operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("no such API key")]
+    NotFound,
+    #[error("the system has no source of randomness: {0}")]
+    Random(String),
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ApiKeyRecord {
+    #[prost(string, tag = "1")]
+    key: String,
+    #[prost(bytes = "vec", tag = "2")]
+    token_sha256: Vec<u8>,
+    #[prost(uint32, tag = "3")]
+    role: u32,
+    #[prost(string, tag = "4")]
+    description: String,
+    #[prost(int64, tag = "5")]
+    created_ms: i64,
+}
+
+fn record_key(key: &str) -> Vec<u8> {
+    let mut k = KEY_PREFIX.to_vec();
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn digest(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// `n` random characters of `[a-z0-9]` (or with upper case when `mixed`).
+fn random_chars(n: usize, mixed: bool) -> Result<String, RegistryError> {
+    const LOWER: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    const MIXED: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let alphabet = if mixed { MIXED } else { LOWER };
+    let mut out = String::with_capacity(n);
+    let mut bytes = [0u8; 64];
+    while out.len() < n {
+        getrandom::fill(&mut bytes).map_err(|e| RegistryError::Random(e.to_string()))?;
+        for &b in &bytes {
+            // Rejection sampling keeps every character equally likely.
+            let limit = 256 - 256 % alphabet.len();
+            if (b as usize) < limit && out.len() < n {
+                out.push(alphabet[b as usize % alphabet.len()] as char);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A cheap, cloneable handle to the registry.
+#[derive(Clone)]
+pub struct Registry {
+    db: sled::Db,
+    org_id: String,
+}
+
+impl Registry {
+    pub fn new(store: &Store, org_id: &str) -> Registry {
+        Registry {
+            db: store.db().clone(),
+            org_id: org_id.to_owned(),
+        }
+    }
+
+    /// Creates a key with a new random token; the token is returned here
+    /// and never again.
+    pub fn create_key(
+        &self,
+        role: Role,
+        description: &str,
+    ) -> Result<(ApiKey, String), RegistryError> {
+        let key = format!("a-{}-{}", self.org_id, random_chars(10, false)?);
+        let token = random_chars(TOKEN_LEN, true)?;
+        let api_key = self.put_key(&key, &token, role, description)?;
+        Ok((api_key, token))
+    }
+
+    /// Stores `key` with `token` (used to bootstrap an administrator key
+    /// from the configuration; replaces an existing record).
+    pub fn put_key(
+        &self,
+        key: &str,
+        token: &str,
+        role: Role,
+        description: &str,
+    ) -> Result<ApiKey, RegistryError> {
+        let created = crate::domain::truncate_to_millis(chrono::Utc::now());
+        let record = ApiKeyRecord {
+            key: key.to_owned(),
+            token_sha256: digest(token),
+            role: role.to_u32(),
+            description: description.to_owned(),
+            created_ms: created.timestamp_millis(),
+        };
+        self.db.insert(record_key(key), record.encode_to_vec())?;
+        self.db.flush()?;
+        Ok(ApiKey {
+            key: key.to_owned(),
+            role,
+            description: description.to_owned(),
+            created,
+        })
+    }
+
+    pub fn delete_key(&self, key: &str) -> Result<(), RegistryError> {
+        match self.db.remove(record_key(key))? {
+            Some(_) => {
+                self.db.flush()?;
+                Ok(())
+            }
+            None => Err(RegistryError::NotFound),
+        }
+    }
+
+    pub fn list_keys(&self) -> Result<Vec<ApiKey>, RegistryError> {
+        let mut keys = Vec::new();
+        for item in self.db.scan_prefix(KEY_PREFIX) {
+            let (_, value) = item?;
+            if let Some(k) = decode(&value) {
+                keys.push(k.0);
+            }
+        }
+        Ok(keys)
+    }
+
+    /// The caller `key` is if `token` is its token.
+    pub fn authenticate(&self, key: &str, token: &str) -> Option<Principal> {
+        let presented = digest(token);
+        let stored = self.db.get(record_key(key)).ok().flatten();
+        // Compare against something of the right length even for unknown
+        // keys, so that timing tells nothing either way.
+        let (expected, role) = match stored.as_deref().and_then(decode) {
+            Some((api_key, digest)) => (digest, Some(api_key.role)),
+            None => (vec![0u8; presented.len()], None),
+        };
+        let equal: bool = presented.ct_eq(&expected).into();
+        match (equal, role) {
+            (true, Some(role)) => Some(Principal {
+                key: key.to_owned(),
+                role,
+            }),
+            _ => None,
+        }
+    }
+}
+
+fn decode(bytes: &[u8]) -> Option<(ApiKey, Vec<u8>)> {
+    let r = ApiKeyRecord::decode(bytes).ok()?;
+    Some((
+        ApiKey {
+            key: r.key,
+            role: Role::from_u32(r.role)?,
+            description: r.description,
+            created: chrono::DateTime::from_timestamp_millis(r.created_ms)?,
+        },
+        r.token_sha256,
+    ))
+}
+
+/// Parses an `Authorization: Basic base64(key:token)` header value.
+pub fn parse_basic(header: &str) -> Option<(String, String)> {
+    use base64::{Engine, engine::general_purpose::STANDARD};
+    let encoded = header
+        .strip_prefix("Basic ")
+        .or_else(|| header.strip_prefix("basic "))?;
+    let decoded = STANDARD.decode(encoded.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (key, token) = text.split_once(':')?;
+    Some((key.to_owned(), token.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_tokens_are_long_and_different() {
+        let a = random_chars(TOKEN_LEN, true).unwrap();
+        let b = random_chars(TOKEN_LEN, true).unwrap();
+        assert_eq!(a.len(), 24);
+        assert_ne!(a, b);
+        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric()));
+    }
+
+    #[test]
+    fn basic_headers_parse() {
+        assert_eq!(
+            parse_basic("Basic YS1vcmctYWJjOnNlY3JldA=="),
+            Some(("a-org-abc".into(), "secret".into()))
+        );
+        assert_eq!(parse_basic("Bearer x"), None);
+        assert_eq!(parse_basic("Basic !!!"), None);
+    }
+
+    #[test]
+    fn roles_order_by_power() {
+        assert!(Role::Admin > Role::Operator && Role::Operator > Role::ReadOnly);
+        assert_eq!(Role::parse("operator"), Some(Role::Operator));
+    }
+}

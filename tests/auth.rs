@@ -1,0 +1,208 @@
+//! With authentication on, both APIs take API keys (HTTP Basic, or gRPC
+//! `authorization` metadata with the same value) and apply roles.
+
+mod common;
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use common::*;
+use connstate::pb;
+use serde_json::Value;
+use tonic::{Code, Request, metadata::MetadataValue};
+
+const ADMIN: (&str, &str) = ("a-local-admin", "admin-token-0123456789");
+
+fn basic((key, token): (&str, &str)) -> String {
+    format!("Basic {}", STANDARD.encode(format!("{key}:{token}")))
+}
+
+fn with_auth<T>(message: T, credentials: Option<(&str, &str)>) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Some(c) = credentials {
+        let value = MetadataValue::try_from(basic(c)).unwrap();
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
+async fn secured() -> TestServer {
+    TestServer::start_with(|c| {
+        c.auth = true;
+        c.admin_key = Some((ADMIN.0.into(), ADMIN.1.into()));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn rest_needs_a_key_and_the_right_role() {
+    let server = secured().await;
+    let http = reqwest::Client::new();
+    let state_url = format!(
+        "{}/api/v0002/clientconnectionstates/d:local:t:x",
+        server.rest
+    );
+
+    let anonymous = http.get(&state_url).send().await.unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+    assert_eq!(
+        anonymous.headers()["www-authenticate"],
+        "Basic realm=\"connstate\""
+    );
+    let body: Value = anonymous.json().await.unwrap();
+    assert!(body["message"].as_str().unwrap().starts_with("CUDCS0001E"));
+    let wrong = http
+        .get(&state_url)
+        .header("authorization", basic((ADMIN.0, "not-the-token-at-all")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status().as_u16(), 401);
+
+    // The administrator creates a read-only key; its token is shown once.
+    let created: Value = http
+        .post(format!("{}/api/v0002/apikeys", server.rest))
+        .header("authorization", basic(ADMIN))
+        .json(&serde_json::json!({"role": "read-only", "description": "dashboard"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = created["key"].as_str().unwrap().to_owned();
+    let token = created["token"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("a-local-"), "{key}");
+    assert!(token.len() >= 18);
+    let listed: Value = http
+        .get(format!("{}/api/v0002/apikeys", server.rest))
+        .header("authorization", basic(ADMIN))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entry = listed["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["key"] == key.as_str())
+        .unwrap();
+    assert_eq!(entry["role"], "read-only");
+    assert!(entry.get("token").is_none(), "tokens are never listed");
+
+    let reader = (key.as_str(), token.as_str());
+    let read = http
+        .get(&state_url)
+        .header("authorization", basic(reader))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        read.status().as_u16(),
+        404,
+        "authenticated; the client just does not exist"
+    );
+    let forbidden = http
+        .put(format!("{}/api/v0002/config/clientstate", server.rest))
+        .header("authorization", basic(reader))
+        .json(&serde_json::json!({"enabled": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forbidden.status().as_u16(), 403);
+    let body: Value = forbidden.json().await.unwrap();
+    assert_eq!(
+        body["exception"]["properties"],
+        serde_json::json!(["admin", "read-only"])
+    );
+    let keys = http
+        .get(format!("{}/api/v0002/apikeys", server.rest))
+        .header("authorization", basic(reader))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(keys.status().as_u16(), 403);
+
+    // Revoked keys stop working.
+    let deleted = http
+        .delete(format!("{}/api/v0002/apikeys/{key}", server.rest))
+        .header("authorization", basic(ADMIN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status().as_u16(), 204);
+    let after = http
+        .get(&state_url)
+        .header("authorization", basic(reader))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status().as_u16(), 401);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn grpc_takes_the_same_credentials_and_roles() {
+    let server = secured().await;
+    let created: Value = reqwest::Client::new()
+        .post(format!("{}/api/v0002/apikeys", server.rest))
+        .header("authorization", basic(ADMIN))
+        .json(&serde_json::json!({"role": "read-only"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let reader = (
+        created["key"].as_str().unwrap(),
+        created["token"].as_str().unwrap(),
+    );
+    let get = || pb::GetConnectionStateRequest {
+        client_id: "d:local:t:x".into(),
+    };
+    let ingest = || pb::IngestEventsRequest {
+        broker: "edge".into(),
+        events: vec![connected("d:local:t:x", 1, 0)],
+    };
+
+    let err = server
+        .states()
+        .get_connection_state(with_auth(get(), None))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = server
+        .states()
+        .get_connection_state(with_auth(
+            get(),
+            Some((reader.0, "wrong-token-wrong-token")),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = server
+        .ingest_client()
+        .ingest_events(with_auth(ingest(), Some(reader)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("operator"), "{}", err.message());
+
+    server
+        .ingest_client()
+        .ingest_events(with_auth(ingest(), Some(ADMIN)))
+        .await
+        .unwrap();
+    let state = server
+        .states()
+        .get_connection_state(with_auth(get(), Some(reader)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        state.connection_status,
+        pb::ConnectionStatus::Connected as i32
+    );
+    server.stop().await;
+}
