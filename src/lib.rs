@@ -16,6 +16,7 @@
 //! - [`query`]: the query service every API edge uses, including watches.
 //! - [`api`]: gRPC edges; generated types stop there.
 //! - [`registry`]: API keys (hashed tokens, roles) that every API checks.
+//! - [`metrics`]: Prometheus metrics of all of the above.
 //! - [`config`]: one validated configuration.
 //! - [`server`]: wires it all together: [`server::run`] takes bound
 //!   listeners, a configuration and a shutdown future.
@@ -24,6 +25,7 @@
 pub mod api;
 pub mod config;
 pub mod domain;
+pub mod metrics;
 pub mod query;
 pub mod registry;
 pub mod server;

@@ -510,3 +510,76 @@ async fn server_sent_events_resume_with_last_event_id() {
     drop(response);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn metrics_count_what_happened_and_readiness_needs_no_key() {
+    let server = TestServer::start_with(|c| {
+        c.auth = true;
+        c.admin_key = Some(("a-local-admin".into(), "admin-token-0123456789".into()));
+    })
+    .await;
+    let auth = ("a-local-admin", Some("admin-token-0123456789"));
+    let mut ingest = server.ingest_client();
+    let mut request = tonic::Request::new(pb::IngestEventsRequest {
+        broker: "edge".into(),
+        events: vec![
+            connected("d:local:t:a", 1, 0),
+            connected("a:local:app", 2, 0),
+            connected("d:local:t:b", 3, 0),
+            disconnected("d:local:t:b", 3, 1, DisconnectCause::KeepAliveTimeout, None),
+            connect_failed("d:local:t:c", 2, pb::ConnectFailure::BadCredentials),
+        ],
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        format!(
+            "Basic {}",
+            base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                "a-local-admin:admin-token-0123456789"
+            )
+        )
+        .parse()
+        .unwrap(),
+    );
+    ingest.ingest_events(request).await.unwrap();
+
+    let client = reqwest::Client::new();
+    let anonymous = client
+        .get(format!("{}/metrics", server.rest))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+    let text = client
+        .get(format!("{}/metrics", server.rest))
+        .basic_auth(auth.0, auth.1)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "connstate_connected_clients{client_type=\"device\"} 1",
+        "connstate_connected_clients{client_type=\"application\"} 1",
+        "connstate_connects_total 3",
+        "connstate_disconnects_total{initiator=\"network\",reason_code=\"0x8D\"} 1",
+        "connstate_failed_connects_total{reason_code=\"0x86\"} 1",
+        "connstate_events_ingested_total 5",
+        "connstate_store_batch_changes_count 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line} missing from\n{text}"
+        );
+    }
+
+    let ready = client
+        .get(format!("{}/ready", server.rest))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 200, "no credentials needed");
+    server.stop().await;
+}

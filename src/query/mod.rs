@@ -148,6 +148,11 @@ impl QueryService {
         &self.store
     }
 
+    /// Serving: the store is healthy and shutdown has not begun.
+    pub fn is_ready(&self) -> bool {
+        self.store.is_healthy() && !self.shutdown.is_cancelled()
+    }
+
     pub fn options(&self) -> &QueryOptions {
         &self.options
     }

@@ -130,10 +130,15 @@ struct Stop;
 
 impl Watcher {
     async fn run(mut self, mut live: tokio::sync::broadcast::Receiver<CommittedBatch>) {
-        let end = match self.stream(&mut live).await {
-            Ok(end) => end,
-            Err(Stop) => return,
-        };
+        let metrics = self.service.store.metrics();
+        metrics.watchers.inc();
+        let end = self.stream(&mut live).await;
+        let metrics = self.service.store.metrics();
+        metrics.watchers.dec();
+        let Ok(end) = end else { return };
+        if matches!(end, WatchEnd::Lagged { .. }) {
+            metrics.watchers_dropped.inc();
+        }
         let _ = self.tx.send(Err(end)).await;
     }
 

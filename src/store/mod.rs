@@ -117,6 +117,7 @@ struct Inner {
     settings: RwLock<Settings>,
     feed: broadcast::Sender<CommittedBatch>,
     index: index::StateIndex,
+    metrics: Arc<crate::metrics::Metrics>,
     commands: mpsc::Sender<writer::Command>,
     /// Clients whose log grew since the last retention pass.
     grown_logs: Mutex<HashSet<ClientId>>,
@@ -156,6 +157,7 @@ impl Store {
                 settings: RwLock::new(settings),
                 feed,
                 index: index::StateIndex::default(),
+                metrics: Arc::default(),
                 commands,
                 grown_logs: Mutex::new(HashSet::new()),
                 writer_thread: Mutex::new(None),
@@ -171,6 +173,12 @@ impl Store {
         if !from_snapshot {
             store.rebuild_index()?;
         }
+        for client in store.connected_clients()? {
+            store
+                .inner
+                .metrics
+                .add_connected(client.kind().client_type(), 1);
+        }
         tracing::info!(
             sled_open_ms = sled_open.as_millis() as u64,
             index_ms = (started.elapsed() - sled_open).as_millis() as u64,
@@ -184,6 +192,11 @@ impl Store {
             .map_err(|e| StoreError::Corrupt(format!("cannot start the writer: {e}")))?;
         *store.inner.writer_thread.lock().expect("writer lock") = Some(thread);
         Ok(store)
+    }
+
+    /// The metrics of this store and of everything built on it.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
     }
 
     /// The sled database, for the registry's own records (prefix `k`).

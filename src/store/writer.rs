@@ -361,10 +361,12 @@ impl Writer {
         index.insert_all(added.iter().cloned());
 
         let db = &self.store.inner.db;
+        let started = std::time::Instant::now();
         let durable = db.apply_batch(batch).and_then(|()| db.flush().map(drop));
         match durable {
             Ok(()) => {
                 index.remove_all(&removed);
+                self.count(&changes, &touched, started.elapsed());
                 self.store
                     .inner
                     .committed
@@ -384,6 +386,47 @@ impl Writer {
                 for (ack, _) in acks {
                     let _ = ack.send(Err(StoreError::Failed));
                 }
+            }
+        }
+    }
+}
+
+impl Writer {
+    /// Updates the metrics after a successful commit.
+    fn count(
+        &self,
+        changes: &[Arc<Change>],
+        touched: &HashMap<ClientId, Touched>,
+        took: std::time::Duration,
+    ) {
+        let metrics = self.store.metrics();
+        metrics.batch_events.observe(changes.len() as f64);
+        metrics.commit_seconds.observe(took.as_secs_f64());
+        for change in changes {
+            let entry = change.log_entry.as_ref();
+            match change.kind {
+                ChangeKind::Connected => {
+                    metrics.connects.inc();
+                }
+                ChangeKind::ConnectFailed => {
+                    metrics.count_failed_connect(entry.and_then(|e| e.reason_code))
+                }
+                ChangeKind::Disconnected => {
+                    if let Some(initiator) = entry.and_then(|e| e.initiator) {
+                        metrics.count_disconnect(initiator, entry.and_then(|e| e.reason_code));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let connected = |s: &Option<ConnectionState>| {
+            s.as_ref()
+                .is_some_and(|s| s.status == crate::domain::ConnectionStatus::Connected)
+        };
+        for (client, t) in touched {
+            let delta = i64::from(connected(&t.after)) - i64::from(connected(&t.before));
+            if delta != 0 {
+                metrics.add_connected(client.kind().client_type(), delta);
             }
         }
     }

@@ -52,6 +52,10 @@ impl Tracker {
         if !self.store.settings().enabled {
             return Err(StoreError::Disabled);
         }
+        self.store
+            .metrics()
+            .events_ingested
+            .inc_by(events.len() as u64);
         let mut to_commit = Vec::with_capacity(events.len());
         {
             let mut pending = self.pending_activity.lock().expect("activity lock");

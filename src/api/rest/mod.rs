@@ -74,8 +74,13 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<QueryService>)> {
             axum::routing::delete(apikeys::delete),
         ),
         ("/api/v0002/openapi.json", get(openapi)),
+        ("/metrics", get(metrics)),
+        (READY_PATH, get(ready)),
     ]
 }
+
+/// The readiness path: the one path that needs no credentials.
+const READY_PATH: &str = "/ready";
 
 /// The gateway's router. `gate` decides who may call; `registry` holds the
 /// API keys the key-management paths change.
@@ -113,6 +118,9 @@ async fn authorise(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    if request.uri().path() == READY_PATH {
+        return next.run(request).await;
+    }
     let header = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -493,6 +501,32 @@ async fn put_config(
     Ok(Json(FeatureJson {
         enabled: settings.enabled,
     }))
+}
+
+/// `GET /metrics`: Prometheus (OpenMetrics) text.
+async fn metrics(State(query): State<QueryService>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        query.store().metrics().render(),
+    )
+        .into_response()
+}
+
+/// `GET /ready`: 200 while the store is healthy and the server is not
+/// shutting down (the same truth as gRPC health), 503 otherwise.
+async fn ready(State(query): State<QueryService>) -> Response {
+    if query.is_ready() {
+        (StatusCode::OK, Json(serde_json::json!({"status": "ready"}))).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "not ready"})),
+        )
+            .into_response()
+    }
 }
 
 async fn openapi() -> Response {

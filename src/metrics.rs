@@ -1,0 +1,144 @@
+//! Operational metrics in the Prometheus (OpenMetrics) text format, served
+//! by the REST gateway at `/metrics`.
+//!
+//! One [`Metrics`] per store: the writer counts what it commits, the
+//! tracker what it is given, watches count themselves.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+use crate::domain::{ClientType, DisconnectInitiator, ReasonCode};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabel {
+    pub client_type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DisconnectLabels {
+    pub initiator: &'static str,
+    /// `0x8D`, or `none` when the socket simply closed.
+    pub reason_code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub reason_code: String,
+}
+
+/// Every metric of the service.
+pub struct Metrics {
+    registry: Registry,
+    pub connected_clients: Family<TypeLabel, Gauge>,
+    pub connects: Counter,
+    pub failed_connects: Family<FailureLabels, Counter>,
+    pub disconnects: Family<DisconnectLabels, Counter>,
+    pub events_ingested: Counter,
+    pub batch_events: Histogram,
+    pub commit_seconds: Histogram,
+    pub watchers: Gauge,
+    pub watchers_dropped: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("connstate");
+        let connected_clients = Family::<TypeLabel, Gauge>::default();
+        registry.register(
+            "connected_clients",
+            "Clients connected now, by client type",
+            connected_clients.clone(),
+        );
+        let connects = Counter::default();
+        registry.register("connects", "Connections accepted", connects.clone());
+        let failed_connects = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "failed_connects",
+            "Connection attempts refused, by CONNACK reason code",
+            failed_connects.clone(),
+        );
+        let disconnects = Family::<DisconnectLabels, Counter>::default();
+        registry.register(
+            "disconnects",
+            "Connections ended, by initiator and MQTT 5 reason code",
+            disconnects.clone(),
+        );
+        let events_ingested = Counter::default();
+        registry.register(
+            "events_ingested",
+            "Lifecycle events received by the tracker",
+            events_ingested.clone(),
+        );
+        let batch_events = Histogram::new([1.0, 10.0, 100.0, 1000.0, 4000.0, 16000.0]);
+        registry.register(
+            "store_batch_changes",
+            "Changes per group commit",
+            batch_events.clone(),
+        );
+        let commit_seconds = Histogram::new([0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]);
+        registry.register(
+            "store_commit_seconds",
+            "Time to apply and flush one group commit",
+            commit_seconds.clone(),
+        );
+        let watchers = Gauge::default();
+        registry.register("watchers", "Open watch streams", watchers.clone());
+        let watchers_dropped = Counter::default();
+        registry.register(
+            "watchers_dropped",
+            "Watch streams ended for falling behind the live feed",
+            watchers_dropped.clone(),
+        );
+        Metrics {
+            registry,
+            connected_clients,
+            connects,
+            failed_connects,
+            disconnects,
+            events_ingested,
+            batch_events,
+            commit_seconds,
+            watchers,
+            watchers_dropped,
+        }
+    }
+}
+
+impl Metrics {
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn count_disconnect(&self, initiator: DisconnectInitiator, code: Option<ReasonCode>) {
+        self.disconnects
+            .get_or_create(&DisconnectLabels {
+                initiator: initiator.as_str(),
+                reason_code: code.map_or_else(|| "none".to_owned(), |c| c.to_string()),
+            })
+            .inc();
+    }
+
+    pub fn count_failed_connect(&self, code: Option<ReasonCode>) {
+        self.failed_connects
+            .get_or_create(&FailureLabels {
+                reason_code: code.map_or_else(|| "none".to_owned(), |c| c.to_string()),
+            })
+            .inc();
+    }
+
+    /// Moves one client between the connected counts.
+    pub fn add_connected(&self, client_type: ClientType, delta: i64) {
+        self.connected_clients
+            .get_or_create(&TypeLabel {
+                client_type: client_type.as_str(),
+            })
+            .inc_by(delta);
+    }
+}
