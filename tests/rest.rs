@@ -583,3 +583,70 @@ async fn metrics_count_what_happened_and_readiness_needs_no_key() {
     assert_eq!(ready.status().as_u16(), 200, "no credentials needed");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn device_types_and_devices_register_with_a_token_shown_once() {
+    let server = TestServer::start().await;
+    let client = reqwest::Client::new();
+    let types = format!("{}/api/v0002/device/types", server.rest);
+    let created = client
+        .post(&types)
+        .json(&serde_json::json!({"id": "sensor", "description": "Thermometers"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 201);
+    let body: Value = created.json().await.unwrap();
+    assert_eq!(body["classId"], "Device");
+    let again = client
+        .post(&types)
+        .json(&serde_json::json!({"id": "sensor"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status().as_u16(), 409);
+    let bad = client
+        .post(&types)
+        .json(&serde_json::json!({"id": "no spaces"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+    let body: Value = bad.json().await.unwrap();
+    assert_eq!(body["exception"]["properties"][0], "id");
+
+    let devices = format!("{types}/sensor/devices");
+    let registered: Value = client
+        .post(&devices)
+        .json(&serde_json::json!({"deviceId": "s1", "deviceInfo": {"model": "T1"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(registered["clientId"], "d:local:sensor:s1");
+    assert!(registered["authToken"].as_str().unwrap().len() >= 18);
+    let (status, fetched) = get(&format!("{devices}/s1")).await;
+    assert_eq!(status, 200);
+    assert!(
+        fetched.get("authToken").is_none(),
+        "the token is shown only once"
+    );
+    let (_, listed) = get(&devices).await;
+    assert_eq!(listed["meta"]["total_rows"], 1);
+    let (status, missing) = get(&format!("{types}/nothing/devices")).await;
+    assert_eq!(status, 404);
+    assert!(missing["message"].as_str().unwrap().contains("nothing"));
+    let not_empty = client
+        .delete(format!("{types}/sensor"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_empty.status().as_u16(), 400);
+    let deleted = client.delete(format!("{devices}/s1")).send().await.unwrap();
+    assert_eq!(deleted.status().as_u16(), 204);
+    let (status, _) = get(&format!("{devices}/s1")).await;
+    assert_eq!(status, 404);
+    server.stop().await;
+}

@@ -1,4 +1,5 @@
-//! The registry of API keys: who may call the APIs, with which role.
+//! The registry: API keys (who may call the APIs, with which role), and
+//! device types and devices (who may connect over MQTT, with which token).
 //!
 //! Keys look like the platform's (`a-{org}-{random}`); tokens are random,
 //! 24 characters, shown once at creation and stored only as a SHA-256
@@ -18,6 +19,10 @@ use crate::store::{Store, StoreError};
 
 /// Key prefix of API key records in sled.
 const KEY_PREFIX: &[u8] = b"k";
+/// Key prefix of device type records.
+const TYPE_PREFIX: &[u8] = b"y";
+/// Key prefix of device records: type, 0x00, device.
+const DEVICE_PREFIX: &[u8] = b"v";
 /// Length of generated tokens.
 const TOKEN_LEN: usize = 24;
 
@@ -99,6 +104,14 @@ pub enum RegistryError {
     Sled(#[from] sled::Error),
     #[error("no such API key")]
     NotFound,
+    #[error("no such device type")]
+    TypeNotFound,
+    #[error("no such device")]
+    DeviceNotFound,
+    #[error("{0} already exists")]
+    Exists(&'static str),
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
     #[error("the system has no source of randomness: {0}")]
     Random(String),
 }
@@ -257,6 +270,279 @@ fn decode(bytes: &[u8]) -> Option<(ApiKey, Vec<u8>)> {
     ))
 }
 
+/// A device type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceType {
+    pub id: String,
+    pub description: String,
+    /// `Device` or `Gateway`, as on the platform.
+    pub class_id: String,
+    pub created: crate::domain::Timestamp,
+}
+
+/// A registered device (never with its token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub type_id: String,
+    pub device_id: String,
+    pub class_id: String,
+    pub created: crate::domain::Timestamp,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct DeviceTypeRecord {
+    #[prost(string, tag = "1")]
+    id: String,
+    #[prost(string, tag = "2")]
+    description: String,
+    #[prost(string, tag = "3")]
+    class_id: String,
+    #[prost(int64, tag = "4")]
+    created_ms: i64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct DeviceRecord {
+    #[prost(string, tag = "1")]
+    type_id: String,
+    #[prost(string, tag = "2")]
+    device_id: String,
+    #[prost(bytes = "vec", tag = "3")]
+    token_sha256: Vec<u8>,
+    #[prost(int64, tag = "4")]
+    created_ms: i64,
+}
+
+/// Platform ids: 1 to 36 characters of `[A-Za-z0-9._-]`.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 36
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn type_key(type_id: &str) -> Vec<u8> {
+    [TYPE_PREFIX, type_id.as_bytes()].concat()
+}
+
+fn device_key(type_id: &str, device_id: &str) -> Vec<u8> {
+    [
+        DEVICE_PREFIX,
+        type_id.as_bytes(),
+        b"\0",
+        device_id.as_bytes(),
+    ]
+    .concat()
+}
+
+fn time_ms(ms: i64) -> crate::domain::Timestamp {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+impl Registry {
+    pub fn create_type(
+        &self,
+        id: &str,
+        description: &str,
+        class_id: &str,
+    ) -> Result<DeviceType, RegistryError> {
+        if !valid_id(id) {
+            return Err(RegistryError::Invalid {
+                field: "id",
+                reason: "must be 1 to 36 characters of A-Z, a-z, 0-9, '.', '_', '-'".into(),
+            });
+        }
+        if !matches!(class_id, "Device" | "Gateway") {
+            return Err(RegistryError::Invalid {
+                field: "classId",
+                reason: "must be Device or Gateway".into(),
+            });
+        }
+        let created = crate::domain::truncate_to_millis(chrono::Utc::now());
+        let record = DeviceTypeRecord {
+            id: id.to_owned(),
+            description: description.to_owned(),
+            class_id: class_id.to_owned(),
+            created_ms: created.timestamp_millis(),
+        };
+        let inserted =
+            self.db
+                .compare_and_swap(type_key(id), None::<&[u8]>, Some(record.encode_to_vec()))?;
+        if inserted.is_err() {
+            return Err(RegistryError::Exists("the device type"));
+        }
+        self.db.flush()?;
+        Ok(DeviceType {
+            id: id.to_owned(),
+            description: description.to_owned(),
+            class_id: class_id.to_owned(),
+            created,
+        })
+    }
+
+    pub fn get_type(&self, id: &str) -> Result<DeviceType, RegistryError> {
+        let value = self
+            .db
+            .get(type_key(id))?
+            .ok_or(RegistryError::TypeNotFound)?;
+        let r =
+            DeviceTypeRecord::decode(value.as_ref()).map_err(|_| RegistryError::TypeNotFound)?;
+        Ok(DeviceType {
+            id: r.id,
+            description: r.description,
+            class_id: r.class_id,
+            created: time_ms(r.created_ms),
+        })
+    }
+
+    pub fn list_types(&self) -> Result<Vec<DeviceType>, RegistryError> {
+        let mut out = Vec::new();
+        for item in self.db.scan_prefix(TYPE_PREFIX) {
+            let (_, value) = item?;
+            if let Ok(r) = DeviceTypeRecord::decode(value.as_ref()) {
+                out.push(DeviceType {
+                    id: r.id,
+                    description: r.description,
+                    class_id: r.class_id,
+                    created: time_ms(r.created_ms),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes a device type that has no devices.
+    pub fn delete_type(&self, id: &str) -> Result<(), RegistryError> {
+        self.get_type(id)?;
+        let devices = [DEVICE_PREFIX, id.as_bytes(), b"\0"].concat();
+        if self.db.scan_prefix(devices).next().is_some() {
+            return Err(RegistryError::Invalid {
+                field: "typeId",
+                reason: "the device type still has devices".into(),
+            });
+        }
+        self.db.remove(type_key(id))?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Registers a device; with no `token` a random one is made. The token
+    /// is returned here and never again.
+    pub fn create_device(
+        &self,
+        type_id: &str,
+        device_id: &str,
+        token: Option<&str>,
+    ) -> Result<(Device, String), RegistryError> {
+        let device_type = self.get_type(type_id)?;
+        if !valid_id(device_id) {
+            return Err(RegistryError::Invalid {
+                field: "deviceId",
+                reason: "must be 1 to 36 characters of A-Z, a-z, 0-9, '.', '_', '-'".into(),
+            });
+        }
+        let token = match token {
+            Some(t) if t.len() < 8 || t.len() > 128 => {
+                return Err(RegistryError::Invalid {
+                    field: "authToken",
+                    reason: "must be 8 to 128 characters".into(),
+                });
+            }
+            Some(t) => t.to_owned(),
+            None => random_chars(TOKEN_LEN, true)?,
+        };
+        let created = crate::domain::truncate_to_millis(chrono::Utc::now());
+        let record = DeviceRecord {
+            type_id: type_id.to_owned(),
+            device_id: device_id.to_owned(),
+            token_sha256: digest(&token),
+            created_ms: created.timestamp_millis(),
+        };
+        let inserted = self.db.compare_and_swap(
+            device_key(type_id, device_id),
+            None::<&[u8]>,
+            Some(record.encode_to_vec()),
+        )?;
+        if inserted.is_err() {
+            return Err(RegistryError::Exists("the device"));
+        }
+        self.db.flush()?;
+        Ok((
+            Device {
+                type_id: type_id.to_owned(),
+                device_id: device_id.to_owned(),
+                class_id: device_type.class_id,
+                created,
+            },
+            token,
+        ))
+    }
+
+    pub fn get_device(&self, type_id: &str, device_id: &str) -> Result<Device, RegistryError> {
+        let device_type = self.get_type(type_id)?;
+        let value = self
+            .db
+            .get(device_key(type_id, device_id))?
+            .ok_or(RegistryError::DeviceNotFound)?;
+        let r = DeviceRecord::decode(value.as_ref()).map_err(|_| RegistryError::DeviceNotFound)?;
+        Ok(Device {
+            type_id: r.type_id,
+            device_id: r.device_id,
+            class_id: device_type.class_id,
+            created: time_ms(r.created_ms),
+        })
+    }
+
+    pub fn list_devices(&self, type_id: &str) -> Result<Vec<Device>, RegistryError> {
+        let device_type = self.get_type(type_id)?;
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .scan_prefix([DEVICE_PREFIX, type_id.as_bytes(), b"\0"].concat())
+        {
+            let (_, value) = item?;
+            if let Ok(r) = DeviceRecord::decode(value.as_ref()) {
+                out.push(Device {
+                    type_id: r.type_id,
+                    device_id: r.device_id,
+                    class_id: device_type.class_id.clone(),
+                    created: time_ms(r.created_ms),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn delete_device(&self, type_id: &str, device_id: &str) -> Result<(), RegistryError> {
+        match self.db.remove(device_key(type_id, device_id))? {
+            Some(_) => {
+                self.db.flush()?;
+                Ok(())
+            }
+            None => Err(RegistryError::DeviceNotFound),
+        }
+    }
+
+    /// Whether `token` is the token of the device (for MQTT `use-token-auth`).
+    /// Compared in constant time; unknown devices take the same path.
+    pub fn authenticate_device(&self, type_id: &str, device_id: &str, token: &str) -> bool {
+        let presented = digest(token);
+        let stored = self
+            .db
+            .get(device_key(type_id, device_id))
+            .ok()
+            .flatten()
+            .and_then(|v| DeviceRecord::decode(v.as_ref()).ok());
+        let (expected, known) = match stored {
+            Some(r) => (r.token_sha256, true),
+            None => (vec![0u8; presented.len()], false),
+        };
+        let equal: bool = presented.ct_eq(&expected).into();
+        equal && known
+    }
+}
+
 /// Parses an `Authorization: Basic base64(key:token)` header value.
 pub fn parse_basic(header: &str) -> Option<(String, String)> {
     use base64::{Engine, engine::general_purpose::STANDARD};
@@ -290,6 +576,38 @@ mod tests {
         );
         assert_eq!(parse_basic("Bearer x"), None);
         assert_eq!(parse_basic("Basic !!!"), None);
+    }
+
+    #[test]
+    fn devices_register_once_and_authenticate_by_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        let registry = Registry::new(&store, "org1");
+        registry
+            .create_type("sensor", "a sensor", "Device")
+            .unwrap();
+        assert!(matches!(
+            registry.create_type("sensor", "", "Device"),
+            Err(RegistryError::Exists(_))
+        ));
+        let (device, token) = registry.create_device("sensor", "s1", None).unwrap();
+        assert_eq!(device.device_id, "s1");
+        assert!(token.len() >= 18);
+        assert!(registry.authenticate_device("sensor", "s1", &token));
+        assert!(!registry.authenticate_device("sensor", "s1", "wrong-token"));
+        assert!(!registry.authenticate_device("sensor", "nobody", &token));
+        let (_, chosen) = registry
+            .create_device("sensor", "s2", Some("my-own-token"))
+            .unwrap();
+        assert_eq!(chosen, "my-own-token");
+        assert_eq!(registry.list_devices("sensor").unwrap().len(), 2);
+        assert!(registry.delete_type("sensor").is_err(), "devices remain");
+        registry.delete_device("sensor", "s1").unwrap();
+        assert!(!registry.authenticate_device("sensor", "s1", &token));
+        assert!(matches!(
+            registry.create_device("nope", "x", None),
+            Err(RegistryError::TypeNotFound)
+        ));
     }
 
     #[test]

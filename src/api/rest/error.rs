@@ -36,6 +36,10 @@ pub enum ApiError {
     },
     /// No such API key.
     KeyNotFound(String),
+    /// No such device type or device (the text names it).
+    RegistryNotFound(String),
+    /// It exists already.
+    Conflict(String),
     /// A stream asked to resume from a revision no longer kept.
     Gone {
         oldest: u64,
@@ -176,6 +180,20 @@ impl IntoResponse for ApiError {
                 "CUDCS0003E",
                 format!("There is no API key {key}."),
                 vec![key],
+                vec![],
+            ),
+            ApiError::RegistryNotFound(what) => (
+                StatusCode::NOT_FOUND,
+                "CUDCS0004E",
+                format!("There is no {what}."),
+                vec![what],
+                vec![],
+            ),
+            ApiError::Conflict(what) => (
+                StatusCode::CONFLICT,
+                "CUDCS0409E",
+                format!("{what} already exists."),
+                vec![what],
                 vec![],
             ),
             ApiError::Gone { oldest } => (

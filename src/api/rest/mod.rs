@@ -7,6 +7,7 @@
 //! [`json`]; time parameters in [`params`].
 
 mod apikeys;
+mod devices;
 pub mod error;
 pub mod json;
 pub mod params;
@@ -72,6 +73,22 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<QueryService>)> {
         (
             "/api/v0002/apikeys/{key}",
             axum::routing::delete(apikeys::delete),
+        ),
+        (
+            "/api/v0002/device/types",
+            get(devices::list_types).post(devices::create_type),
+        ),
+        (
+            "/api/v0002/device/types/{typeId}",
+            get(devices::get_type).delete(devices::delete_type),
+        ),
+        (
+            "/api/v0002/device/types/{typeId}/devices",
+            get(devices::list_devices).post(devices::create_device),
+        ),
+        (
+            "/api/v0002/device/types/{typeId}/devices/{deviceId}",
+            get(devices::get_device).delete(devices::delete_device),
         ),
         ("/api/v0002/openapi.json", get(openapi)),
         ("/metrics", get(metrics)),
