@@ -48,6 +48,9 @@ pub struct Config {
     pub auth: bool,
     /// An administrator key created (or updated) at start-up, with its token.
     pub admin_key: Option<(String, String)>,
+    /// Certificate chain and private key (PEM files): the REST gateway
+    /// serves HTTPS when set.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for Config {
@@ -68,6 +71,7 @@ impl Default for Config {
             initial_settings: Settings::default(),
             auth: false,
             admin_key: None,
+            tls: None,
         }
     }
 }
@@ -145,6 +149,12 @@ pub struct ConfigLayer {
     /// Token of --admin-key (at least 18 characters)
     #[arg(long, env = "CONNSTATE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// PEM certificate chain: with --tls-key, REST serves HTTPS
+    #[arg(long, env = "CONNSTATE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert
+    #[arg(long, env = "CONNSTATE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl ConfigLayer {
@@ -228,6 +238,22 @@ impl Config {
             }
             if let Some(v) = l.auth {
                 c.auth = v;
+            }
+            match (&l.tls_cert, &l.tls_key) {
+                (Some(cert), Some(key)) => c.tls = Some((cert.clone(), key.clone())),
+                (None, None) => {}
+                (Some(_), None) => {
+                    return Err(ConfigError::Invalid {
+                        field: "tls_key",
+                        reason: "is required with tls_cert".into(),
+                    });
+                }
+                (None, Some(_)) => {
+                    return Err(ConfigError::Invalid {
+                        field: "tls_cert",
+                        reason: "is required with tls_key".into(),
+                    });
+                }
             }
             match (&l.admin_key, &l.admin_token) {
                 (Some(key), Some(token)) => c.admin_key = Some((key.clone(), token.clone())),

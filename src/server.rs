@@ -50,6 +50,46 @@ pub enum ServerError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("registry: {0}")]
     Registry(#[from] RegistryError),
+    #[error("TLS: {0}")]
+    Tls(std::io::Error),
+    #[error("REST listener: {0}")]
+    Listener(std::io::Error),
+}
+
+/// Serves the REST gateway on `listener`, over HTTPS when a certificate is
+/// configured, until `stop`.
+async fn spawn_rest(
+    listener: TcpListener,
+    router: axum::Router,
+    tls: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+    grace: Duration,
+    stop: CancellationToken,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, ServerError> {
+    let addr = listener.local_addr().ok();
+    let Some((cert, key)) = tls else {
+        tracing::info!(rest = ?addr, "REST gateway (HTTP)");
+        return Ok(tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        }));
+    };
+    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+        .await
+        .map_err(ServerError::Tls)?;
+    let listener = listener.into_std().map_err(ServerError::Listener)?;
+    let handle = axum_server::Handle::new();
+    let server = axum_server::from_tcp_rustls(listener, tls)
+        .map_err(ServerError::Listener)?
+        .handle(handle.clone());
+    tracing::info!(rest = ?addr, "REST gateway (HTTPS)");
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        handle.graceful_shutdown(Some(grace));
+    });
+    Ok(tokio::spawn(async move {
+        server.serve(router.into_make_service()).await
+    }))
 }
 
 /// The gate of both APIs: open mode, or API keys. With keys on and none
@@ -155,17 +195,19 @@ pub async fn run(
         },
         stop.clone(),
     );
-    let rest = listeners.rest.map(|listener| {
-        let router = crate::api::rest::router(query.clone(), gate.clone(), registry.clone());
-        let stop = stop.clone();
-        let addr = listener.local_addr().ok();
-        tracing::info!(rest = ?addr, "REST gateway");
-        tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        })
-    });
+    let rest = match listeners.rest {
+        None => None,
+        Some(listener) => Some(
+            spawn_rest(
+                listener,
+                crate::api::rest::router(query.clone(), gate.clone(), registry.clone()),
+                config.tls.as_ref(),
+                config.shutdown_grace,
+                stop.clone(),
+            )
+            .await?,
+        ),
+    };
     let api = GrpcApi::new(query);
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
