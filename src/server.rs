@@ -68,6 +68,10 @@ async fn spawn_rest(
     let addr = listener.local_addr().ok();
     let Some((cert, key)) = tls else {
         tracing::info!(rest = ?addr, "REST gateway (HTTP)");
+        // Small responses must not wait for delayed ACKs.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+            let _ = stream.set_nodelay(true);
+        });
         return Ok(tokio::spawn(async move {
             axum::serve(listener, router)
                 .with_graceful_shutdown(stop.cancelled_owned())
