@@ -22,7 +22,7 @@ use std::{
     io::{BufWriter, Write},
     ops::Bound,
     path::Path,
-    sync::RwLock,
+    sync::{RwLock, atomic::Ordering},
 };
 
 use super::keys;
@@ -34,6 +34,13 @@ const CHUNK: usize = 256;
 #[derive(Default)]
 pub(super) struct StateIndex {
     keys: RwLock<BTreeSet<Box<[u8]>>>,
+    /// Records indexed (kept with the keys: counting them would be a scan).
+    records: std::sync::atomic::AtomicUsize,
+}
+
+/// Every record has exactly one status key: counting them counts records.
+fn is_record_key(key: &[u8]) -> bool {
+    key.first() == Some(&keys::BY_STATUS)
 }
 
 fn as_slice(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
@@ -45,35 +52,52 @@ fn as_slice(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
 }
 
 /// The index keys of one record.
-pub(super) fn keys_of(state: &ConnectionState) -> [Box<[u8]>; 4] {
+pub(super) fn keys_of(state: &ConnectionState) -> Vec<Box<[u8]>> {
     let client = &state.client_id;
-    [
+    let mut keys: Vec<Box<[u8]>> = vec![
         keys::time_index(keys::BY_ACTIVITY, Some(state.last_activity_time), client).into(),
         keys::time_index(keys::BY_CONNECT, Some(state.last_connect_time), client).into(),
         keys::time_index(keys::BY_DISCONNECT, state.last_disconnect_time(), client).into(),
         keys::status_index(state.status, client).into(),
-    ]
+    ];
+    if let Some(type_id) = client.kind().type_id() {
+        keys.push(keys::type_index(type_id, client).into());
+    }
+    keys
 }
 
 impl StateIndex {
     pub(super) fn insert_all(&self, added: impl IntoIterator<Item = Box<[u8]>>) {
         let mut keys = self.keys.write().expect("index lock");
-        keys.extend(added);
+        let mut records = 0;
+        for key in added {
+            let record = is_record_key(&key);
+            if keys.insert(key) && record {
+                records += 1;
+            }
+        }
+        self.records.fetch_add(records, Ordering::Relaxed);
     }
 
     pub(super) fn remove_all<'a>(&self, removed: impl IntoIterator<Item = &'a Box<[u8]>>) {
         let mut keys = self.keys.write().expect("index lock");
+        let mut records = 0;
         for key in removed {
-            keys.remove(key);
+            if keys.remove(key) && is_record_key(key) {
+                records += 1;
+            }
         }
+        self.records.fetch_sub(records, Ordering::Relaxed);
     }
 
     pub(super) fn clear(&self) {
         self.keys.write().expect("index lock").clear();
+        self.records.store(0, Ordering::Relaxed);
     }
 
-    pub(super) fn len(&self) -> usize {
-        self.keys.read().expect("index lock").len()
+    /// Number of records indexed.
+    pub(super) fn records(&self) -> usize {
+        self.records.load(Ordering::Relaxed)
     }
 
     /// Up to [`CHUNK`] keys in `(lower, upper)`, in order or reversed.
@@ -95,7 +119,7 @@ impl StateIndex {
 
 /// Name of the snapshot file in the data folder.
 const SNAPSHOT_FILE: &str = "index.snapshot";
-const SNAPSHOT_MAGIC: &[u8; 8] = b"CSIDX\x00\x00\x01";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"CSIDX\x00\x00\x02";
 
 impl StateIndex {
     /// Writes the indexes to the snapshot file, stamped with `revision`
@@ -136,7 +160,9 @@ impl StateIndex {
         let _ = std::fs::remove_file(&path);
         match parse_snapshot(&bytes, revision) {
             Some(keys) => {
+                let records = keys.iter().filter(|k| is_record_key(k)).count();
                 *self.keys.write().expect("index lock") = keys;
+                self.records.store(records, Ordering::Relaxed);
                 true
             }
             None => false,
@@ -186,7 +212,7 @@ mod tests {
         assert!(!other.load_snapshot(dir.path(), 8), "wrong revision");
         index.save_snapshot(dir.path(), 7).unwrap();
         assert!(other.load_snapshot(dir.path(), 7));
-        assert_eq!(other.len(), 2);
+        assert_eq!(other.records(), 1);
         assert!(!other.load_snapshot(dir.path(), 7), "removed after loading");
 
         index.save_snapshot(dir.path(), 7).unwrap();

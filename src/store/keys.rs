@@ -17,6 +17,7 @@
 //! |---|---|
 //! | `a`, `c`, `d` | prefix, time (8), client: by last activity, connect, disconnect time |
 //! | `t` | `t`, status (1), client: by connection status |
+//! | `y` | `y`, type id, 0x00, client: devices and gateways by device type, in client id order |
 //!
 //! Times are Unix milliseconds with the sign bit flipped, big-endian, so that
 //! byte order is time order. Client ids never contain 0x00.
@@ -28,6 +29,7 @@ pub const BY_ACTIVITY: u8 = b'a';
 pub const BY_CONNECT: u8 = b'c';
 pub const BY_DISCONNECT: u8 = b'd';
 pub const BY_STATUS: u8 = b't';
+pub const BY_TYPE: u8 = b'y';
 pub const CLIENT_LOG: u8 = b'p';
 pub const LOG_BATCH: u8 = b'g';
 pub const FEED: u8 = b'f';
@@ -114,12 +116,27 @@ pub fn client_log_revision(key: &[u8]) -> Option<Revision> {
     Some(Revision::from_be_bytes(tail.try_into().ok()?))
 }
 
-/// The client id of a time-index key (`a`, `c`, `d`) or status key (`t`).
+/// Start of the `y` index entries of one device type.
+pub fn type_prefix(type_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + type_id.len());
+    key.push(BY_TYPE);
+    key.extend_from_slice(type_id.as_bytes());
+    key.push(0);
+    key
+}
+
+pub fn type_index(type_id: &str, client: &ClientId) -> Vec<u8> {
+    let mut key = type_prefix(type_id);
+    key.extend_from_slice(client.as_str().as_bytes());
+    key
+}
+
+/// The client id of an index key (`a`, `c`, `d`, `t` or `y`).
 pub fn client_of_index(key: &[u8]) -> Option<&str> {
-    let offset = if key.first() == Some(&BY_STATUS) {
-        2
-    } else {
-        9
+    let offset = match *key.first()? {
+        BY_STATUS => 2,
+        BY_TYPE => key.iter().position(|&b| b == 0)? + 1,
+        _ => 9,
     };
     std::str::from_utf8(key.get(offset..)?).ok()
 }
@@ -156,6 +173,7 @@ mod tests {
         assert_eq!(client_of_index(&key), Some("d:o:t:x"));
         let key = status_index(ConnectionStatus::Connected, &client);
         assert_eq!(client_of_index(&key), Some("d:o:t:x"));
+        assert_eq!(client_of_index(&type_index("t", &client)), Some("d:o:t:x"));
         assert_eq!(client_log_revision(&client_log(&client, 42)), Some(42));
     }
 

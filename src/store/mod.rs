@@ -375,7 +375,7 @@ impl Store {
 
     /// Number of state records.
     pub fn count_states(&self) -> usize {
-        self.inner.index.len() / 4
+        self.inner.index.records()
     }
 
     fn mark_failed(&self) {

@@ -49,7 +49,11 @@ fn index_prefix(field: SortField) -> u8 {
 fn index_key(field: SortField, state: &ConnectionState) -> Vec<u8> {
     let client = &state.client_id;
     match field {
-        SortField::ClientId => keys::state(client),
+        SortField::ClientId => match client.kind().type_id() {
+            // Id order with a type filter walks the type index.
+            Some(type_id) => keys::type_index(type_id, client),
+            None => keys::state(client),
+        },
         SortField::LastConnectTime => {
             keys::time_index(keys::BY_CONNECT, Some(state.last_connect_time), client)
         }
@@ -65,6 +69,15 @@ fn index_key(field: SortField, state: &ConnectionState) -> Vec<u8> {
 
 /// The key range of the index of `order.field` that can hold matches.
 fn key_range(filter: &StateFilter, field: SortField) -> (Vec<u8>, Option<Vec<u8>>) {
+    if field == SortField::ClientId
+        && let Some(type_id) = &filter.type_id
+    {
+        // Devices and gateways of one type, in client id order.
+        let mut start = keys::type_prefix(type_id);
+        let end = keys::prefix_end(&start);
+        start.extend_from_slice(filter.client_id_prefix.as_deref().unwrap_or("").as_bytes());
+        return (start, end);
+    }
     let prefix = index_prefix(field);
     let time_bounds = |range: &TimeRange| {
         let start = range.after.map_or_else(
@@ -141,7 +154,7 @@ impl Store {
         {
             return Ok(page.finish(None, revision));
         }
-        if order.field == SortField::ClientId {
+        if order.field == SortField::ClientId && filter.type_id.is_none() {
             // Records are stored in client id order: walk them directly.
             let iter = self.inner.db.range::<Vec<u8>, _>((lower, upper));
             let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
