@@ -404,8 +404,10 @@ async fn query(base: &Path, clients: usize, requests: usize) -> anyhow::Result<(
         std::fs::write(&marker, b"")?;
     }
 
-    // Start-up after a crash: the clients still recorded as connected are
-    // recorded as disconnected by the server before serving.
+    // Start-up after a crash: no index snapshot (a crash leaves none), and
+    // the clients still recorded as connected are recorded as disconnected
+    // by the server before serving.
+    let _ = std::fs::remove_file(dir.join("index.snapshot"));
     let started = Instant::now();
     let store = Store::open(&dir, StoreOptions::default())?;
     let open = started.elapsed();
