@@ -49,7 +49,7 @@ pub struct Config {
     /// An administrator key created (or updated) at start-up, with its token.
     pub admin_key: Option<(String, String)>,
     /// Certificate chain and private key (PEM files): the REST gateway
-    /// serves HTTPS when set.
+    /// serves HTTPS and gRPC uses TLS when set.
     pub tls: Option<(PathBuf, PathBuf)>,
 }
 
@@ -149,7 +149,7 @@ pub struct ConfigLayer {
     /// Token of --admin-key (at least 18 characters)
     #[arg(long, env = "CONNSTATE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
-    /// PEM certificate chain: with --tls-key, REST serves HTTPS
+    /// PEM certificate chain: with --tls-key, REST serves HTTPS and gRPC uses TLS
     #[arg(long, env = "CONNSTATE_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of --tls-cert

@@ -223,7 +223,22 @@ pub async fn run(
         .build_v1alpha()?;
 
     let grpc_addr = listeners.grpc.local_addr().ok();
-    let serve = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some((cert, key)) = &config.tls {
+        let identity = tonic::transport::Identity::from_pem(
+            std::fs::read(cert).map_err(ServerError::Tls)?,
+            std::fs::read(key).map_err(ServerError::Tls)?,
+        );
+        builder =
+            builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+    } else if config.auth
+        && !(config.grpc_listen.ip().is_loopback() && config.rest_listen.ip().is_loopback())
+    {
+        tracing::warn!(
+            "API tokens will cross the network in clear text: configure --tls-cert and --tls-key"
+        );
+    }
+    let serve = builder
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

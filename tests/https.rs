@@ -1,5 +1,6 @@
-//! With a certificate configured, the REST gateway serves HTTPS (rustls),
-//! and a client that trusts the certificate gets the same answers.
+//! With a certificate configured, the REST gateway serves HTTPS and gRPC
+//! uses TLS (rustls), and a client that trusts the certificate gets the same
+//! answers.
 
 mod common;
 
@@ -17,9 +18,26 @@ async fn rest_over_https_with_a_self_signed_certificate() {
 
     let server =
         TestServer::start_with(|c| c.tls = Some((cert_path.clone(), key_path.clone()))).await;
-    server
-        .ingest(vec![connected("d:local:sensor:secure", 1, 0)])
-        .await;
+    // gRPC uses the same certificate.
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(
+            certified.cert.pem(),
+        ))
+        .domain_name("localhost");
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", server.addr))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    connstate::pb::ingest_service_client::IngestServiceClient::new(channel)
+        .ingest_events(connstate::pb::IngestEventsRequest {
+            broker: "test".into(),
+            events: vec![connected("d:local:sensor:secure", 1, 0)],
+        })
+        .await
+        .unwrap();
     let port = server.rest.rsplit(':').next().unwrap().to_owned();
     let https = format!("https://localhost:{port}");
 
@@ -59,5 +77,58 @@ async fn rest_over_https_with_a_self_signed_certificate() {
         .send()
         .await;
     assert!(plain.is_err() || plain.unwrap().status().as_u16() >= 400);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn grpc_over_tls_with_the_same_certificate() {
+    use connstate::pb::{self, connection_state_service_client::ConnectionStateServiceClient};
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, certified.cert.pem()).unwrap();
+    std::fs::write(&key_path, certified.signing_key.serialize_pem()).unwrap();
+    let server =
+        TestServer::start_with(|c| c.tls = Some((cert_path.clone(), key_path.clone()))).await;
+
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(certified.cert.pem()))
+        .domain_name("localhost");
+    let channel: Channel = Endpoint::from_shared(format!("https://{}", server.addr))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .expect("TLS connect");
+    let mut client = ConnectionStateServiceClient::new(channel);
+    let err = client
+        .get_connection_state(pb::GetConnectionStateRequest {
+            client_id: "d:local:t:none".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::NotFound,
+        "answered over TLS: {err:?}"
+    );
+
+    // Plain gRPC to the TLS port gets no answer.
+    let plain = Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(channel) = plain {
+        let result = ConnectionStateServiceClient::new(channel)
+            .get_connection_state(pb::GetConnectionStateRequest {
+                client_id: "x".into(),
+            })
+            .await;
+        assert!(result.is_err());
+    }
     server.stop().await;
 }

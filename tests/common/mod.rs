@@ -67,11 +67,11 @@ impl TestServer {
                 let _ = rx.await;
             },
         ));
+        // Lazy: servers started with TLS are reached through their own
+        // channel; a plain channel to them is never used.
         let channel = Channel::from_shared(format!("http://{addr}"))
             .unwrap()
-            .connect()
-            .await
-            .expect("connect");
+            .connect_lazy();
         TestServer {
             addr,
             rest: rest_url,
