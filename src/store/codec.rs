@@ -51,6 +51,28 @@ pub(super) struct StateRecord {
     revision: u64,
 }
 
+/// The fields of a state record the indexes need, decoded without the rest
+/// (start-up rebuilds the indexes from every record).
+#[derive(Clone, PartialEq, Message)]
+pub(super) struct IndexedFields {
+    #[prost(string, tag = "1")]
+    pub(super) client_id: String,
+    #[prost(uint32, tag = "2")]
+    pub(super) status: u32,
+    #[prost(int64, tag = "3")]
+    pub(super) last_connect_ms: i64,
+    #[prost(int64, tag = "5")]
+    pub(super) last_activity_ms: i64,
+    #[prost(message, optional, tag = "15")]
+    pub(super) last_disconnect: Option<DisconnectTime>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub(super) struct DisconnectTime {
+    #[prost(int64, tag = "1")]
+    pub(super) time_ms: i64,
+}
+
 #[derive(Clone, PartialEq, Message)]
 struct DisconnectRecord {
     #[prost(int64, tag = "1")]

@@ -25,8 +25,8 @@ use std::{
     sync::{RwLock, atomic::Ordering},
 };
 
-use super::keys;
-use crate::domain::ConnectionState;
+use super::{StoreError, codec, keys};
+use crate::domain::{ClientId, ConnectionState, ConnectionStatus};
 
 /// Keys a reader copies per lock.
 const CHUNK: usize = 256;
@@ -53,12 +53,45 @@ fn as_slice(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
 
 /// The index keys of one record.
 pub(super) fn keys_of(state: &ConnectionState) -> Vec<Box<[u8]>> {
-    let client = &state.client_id;
+    index_keys(
+        &state.client_id,
+        state.status,
+        state.last_activity_time.timestamp_millis(),
+        state.last_connect_time.timestamp_millis(),
+        state.last_disconnect_time().map(|t| t.timestamp_millis()),
+    )
+}
+
+/// The index keys of a stored record, decoding only what they need.
+pub(super) fn keys_of_stored(bytes: &[u8]) -> Result<Vec<Box<[u8]>>, StoreError> {
+    let f: codec::IndexedFields = codec::decode(bytes)?;
+    let client = ClientId::new(f.client_id).map_err(|_| StoreError::Corrupt("client id".into()))?;
+    let status = match f.status {
+        1 => ConnectionStatus::Connected,
+        2 => ConnectionStatus::Disconnected,
+        _ => return Err(StoreError::Corrupt("status".into())),
+    };
+    Ok(index_keys(
+        &client,
+        status,
+        f.last_activity_ms,
+        f.last_connect_ms,
+        f.last_disconnect.map(|d| d.time_ms),
+    ))
+}
+
+fn index_keys(
+    client: &ClientId,
+    status: ConnectionStatus,
+    activity_ms: i64,
+    connect_ms: i64,
+    disconnect_ms: Option<i64>,
+) -> Vec<Box<[u8]>> {
     let mut keys: Vec<Box<[u8]>> = vec![
-        keys::time_index(keys::BY_ACTIVITY, Some(state.last_activity_time), client).into(),
-        keys::time_index(keys::BY_CONNECT, Some(state.last_connect_time), client).into(),
-        keys::time_index(keys::BY_DISCONNECT, state.last_disconnect_time(), client).into(),
-        keys::status_index(state.status, client).into(),
+        keys::time_index_ms(keys::BY_ACTIVITY, Some(activity_ms), client).into(),
+        keys::time_index_ms(keys::BY_CONNECT, Some(connect_ms), client).into(),
+        keys::time_index_ms(keys::BY_DISCONNECT, disconnect_ms, client).into(),
+        keys::status_index(status, client).into(),
     ];
     if let Some(type_id) = client.kind().type_id() {
         keys.push(keys::type_index(type_id, client).into());
@@ -200,6 +233,49 @@ fn parse_snapshot(bytes: &[u8], revision: u64) -> Option<BTreeSet<Box<[u8]>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_from_stored_bytes_equal_keys_from_the_record() {
+        use crate::{
+            domain::{ConnectionInfo, DisconnectCause, EventKind, LifecycleEvent},
+            tracker::rules,
+        };
+        let at = |s: i64| chrono::DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap();
+        for id in ["d:o:sensor:s1", "a:o:app", "plain-client"] {
+            let event = |conn, secs, kind| LifecycleEvent {
+                client_id: ClientId::new(id).unwrap(),
+                time: at(secs),
+                connection_id: conn,
+                broker: std::sync::Arc::from("t"),
+                kind,
+            };
+            let info = ConnectionInfo {
+                addr: "10.0.0.1".parse().unwrap(),
+                port: 1,
+                secure: false,
+                username: "u".into(),
+                protocol: None,
+                keep_alive: 30,
+                clean_session: true,
+            };
+            let connected = rules::apply(None, &event(1, 0, EventKind::Connected(info)), 1)
+                .unwrap()
+                .state
+                .unwrap();
+            let gone = rules::apply(
+                Some(&connected),
+                &event(1, 9, EventKind::Disconnected(DisconnectCause::SocketClosed)),
+                2,
+            )
+            .unwrap()
+            .state
+            .unwrap();
+            for state in [connected, gone] {
+                let stored = codec::encode_state(&state);
+                assert_eq!(keys_of_stored(&stored).unwrap(), keys_of(&state), "{id}");
+            }
+        }
+    }
 
     #[test]
     fn a_snapshot_loads_once_and_only_at_its_revision() {

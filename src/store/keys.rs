@@ -60,7 +60,12 @@ pub fn state(client: &ClientId) -> Vec<u8> {
 
 /// Index key: prefix, time, client. `None` (never) sorts before every time.
 pub fn time_index(prefix: u8, time: Option<Timestamp>, client: &ClientId) -> Vec<u8> {
-    let ms = time.map_or(i64::MIN, |t| t.timestamp_millis());
+    time_index_ms(prefix, time.map(|t| t.timestamp_millis()), client)
+}
+
+/// [`time_index`] from Unix milliseconds.
+pub fn time_index_ms(prefix: u8, ms: Option<i64>, client: &ClientId) -> Vec<u8> {
+    let ms = ms.unwrap_or(i64::MIN);
     let mut key = Vec::with_capacity(9 + client.as_str().len());
     key.push(prefix);
     key.extend_from_slice(&encode_time(ms));

@@ -364,7 +364,7 @@ impl Store {
         let mut keys = Vec::new();
         for item in self.inner.db.scan_prefix([keys::STATE]) {
             let (_, value) = item?;
-            keys.extend(index::keys_of(&codec::decode_state(&value)?));
+            keys.extend(index::keys_of_stored(&value)?);
             if keys.len() >= 64 * 1024 {
                 self.inner.index.insert_all(keys.drain(..));
             }
