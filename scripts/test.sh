@@ -5,8 +5,16 @@
 #    real binary);
 #  - SDKs: regenerating them from proto/ must change nothing, and each SDK's
 #    own suite runs against the real server binary.
+# It installs what it needs: the Rust components here, each SDK's pinned
+# dependencies in its own test script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null 2>&1; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+  command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust with rustup first" >&2; exit 1; }
+fi
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
