@@ -3,38 +3,14 @@
 
 mod common;
 
-use base64::{Engine, engine::general_purpose::STANDARD};
 use common::*;
 use connstate::pb;
 use serde_json::Value;
-use tonic::{Code, Request, metadata::MetadataValue};
-
-const ADMIN: (&str, &str) = ("a-local-admin", "admin-token-0123456789");
-
-fn basic((key, token): (&str, &str)) -> String {
-    format!("Basic {}", STANDARD.encode(format!("{key}:{token}")))
-}
-
-fn with_auth<T>(message: T, credentials: Option<(&str, &str)>) -> Request<T> {
-    let mut request = Request::new(message);
-    if let Some(c) = credentials {
-        let value = MetadataValue::try_from(basic(c)).unwrap();
-        request.metadata_mut().insert("authorization", value);
-    }
-    request
-}
-
-async fn secured() -> TestServer {
-    TestServer::start_with(|c| {
-        c.auth = true;
-        c.admin_key = Some((ADMIN.0.into(), ADMIN.1.into()));
-    })
-    .await
-}
+use tonic::Code;
 
 #[tokio::test]
 async fn rest_needs_a_key_and_the_right_role() {
-    let server = secured().await;
+    let server = TestServer::start_secured().await;
     let http = reqwest::Client::new();
     let state_url = format!(
         "{}/api/v0002/clientconnectionstates/d:local:t:x",
@@ -143,7 +119,7 @@ async fn rest_needs_a_key_and_the_right_role() {
 
 #[tokio::test]
 async fn grpc_takes_the_same_credentials_and_roles() {
-    let server = secured().await;
+    let server = TestServer::start_secured().await;
     let created: Value = reqwest::Client::new()
         .post(format!("{}/api/v0002/apikeys", server.rest))
         .header("authorization", basic(ADMIN))

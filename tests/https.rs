@@ -7,44 +7,52 @@ mod common;
 use common::*;
 use serde_json::Value;
 
-#[tokio::test]
-async fn rest_over_https_with_a_self_signed_certificate() {
+/// A server whose REST and gRPC listeners use a new self-signed certificate
+/// for `localhost`; returns it with the certificate (PEM) and the folder
+/// holding the files.
+async fn start_with_tls() -> (TestServer, String, tempfile::TempDir) {
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cert_path = dir.path().join("cert.pem");
     let key_path = dir.path().join("key.pem");
     std::fs::write(&cert_path, certified.cert.pem()).unwrap();
     std::fs::write(&key_path, certified.signing_key.serialize_pem()).unwrap();
+    let server = TestServer::start_with(|c| c.tls = Some((cert_path, key_path))).await;
+    (server, certified.cert.pem(), dir)
+}
 
-    let server =
-        TestServer::start_with(|c| c.tls = Some((cert_path.clone(), key_path.clone()))).await;
-    // gRPC uses the same certificate.
+/// A gRPC channel to `server` that trusts `cert_pem`.
+async fn tls_channel(server: &TestServer, cert_pem: &str) -> tonic::transport::Channel {
     let tls = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(
-            certified.cert.pem(),
-        ))
+        .ca_certificate(tonic::transport::Certificate::from_pem(cert_pem))
         .domain_name("localhost");
-    let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", server.addr))
+    tonic::transport::Endpoint::from_shared(format!("https://{}", server.addr))
         .unwrap()
         .tls_config(tls)
         .unwrap()
         .connect()
         .await
-        .unwrap();
-    connstate::pb::ingest_service_client::IngestServiceClient::new(channel)
-        .ingest_events(connstate::pb::IngestEventsRequest {
-            broker: "test".into(),
-            events: vec![connected("d:local:sensor:secure", 1, 0)],
-        })
-        .await
-        .unwrap();
+        .expect("TLS connect")
+}
+
+#[tokio::test]
+async fn rest_over_https_with_a_self_signed_certificate() {
+    let (server, cert_pem, _dir) = start_with_tls().await;
+    // gRPC uses the same certificate.
+    connstate::pb::ingest_service_client::IngestServiceClient::new(
+        tls_channel(&server, &cert_pem).await,
+    )
+    .ingest_events(connstate::pb::IngestEventsRequest {
+        broker: "test".into(),
+        events: vec![connected("d:local:sensor:secure", 1, 0)],
+    })
+    .await
+    .unwrap();
     let port = server.rest.rsplit(':').next().unwrap().to_owned();
     let https = format!("https://localhost:{port}");
 
     let trusting = reqwest::Client::builder()
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).unwrap(),
-        )
+        .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap())
         .resolve("localhost", format!("127.0.0.1:{port}").parse().unwrap())
         .build()
         .unwrap();
@@ -83,28 +91,11 @@ async fn rest_over_https_with_a_self_signed_certificate() {
 #[tokio::test]
 async fn grpc_over_tls_with_the_same_certificate() {
     use connstate::pb::{self, connection_state_service_client::ConnectionStateServiceClient};
-    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+    use tonic::transport::Endpoint;
 
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cert_path = dir.path().join("cert.pem");
-    let key_path = dir.path().join("key.pem");
-    std::fs::write(&cert_path, certified.cert.pem()).unwrap();
-    std::fs::write(&key_path, certified.signing_key.serialize_pem()).unwrap();
-    let server =
-        TestServer::start_with(|c| c.tls = Some((cert_path.clone(), key_path.clone()))).await;
+    let (server, cert_pem, _dir) = start_with_tls().await;
 
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(certified.cert.pem()))
-        .domain_name("localhost");
-    let channel: Channel = Endpoint::from_shared(format!("https://{}", server.addr))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .expect("TLS connect");
-    let mut client = ConnectionStateServiceClient::new(channel);
+    let mut client = ConnectionStateServiceClient::new(tls_channel(&server, &cert_pem).await);
     let err = client
         .get_connection_state(pb::GetConnectionStateRequest {
             client_id: "d:local:t:none".into(),

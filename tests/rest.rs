@@ -513,34 +513,20 @@ async fn server_sent_events_resume_with_last_event_id() {
 
 #[tokio::test]
 async fn metrics_count_what_happened_and_readiness_needs_no_key() {
-    let server = TestServer::start_with(|c| {
-        c.auth = true;
-        c.admin_key = Some(("a-local-admin".into(), "admin-token-0123456789".into()));
-    })
-    .await;
-    let auth = ("a-local-admin", Some("admin-token-0123456789"));
+    let server = TestServer::start_secured().await;
     let mut ingest = server.ingest_client();
-    let mut request = tonic::Request::new(pb::IngestEventsRequest {
-        broker: "edge".into(),
-        events: vec![
-            connected("d:local:t:a", 1, 0),
-            connected("a:local:app", 2, 0),
-            connected("d:local:t:b", 3, 0),
-            disconnected("d:local:t:b", 3, 1, DisconnectCause::KeepAliveTimeout, None),
-            connect_failed("d:local:t:c", 2, pb::ConnectFailure::BadCredentials),
-        ],
-    });
-    request.metadata_mut().insert(
-        "authorization",
-        format!(
-            "Basic {}",
-            base64::Engine::encode(
-                &base64::engine::general_purpose::STANDARD,
-                "a-local-admin:admin-token-0123456789"
-            )
-        )
-        .parse()
-        .unwrap(),
+    let request = with_auth(
+        pb::IngestEventsRequest {
+            broker: "edge".into(),
+            events: vec![
+                connected("d:local:t:a", 1, 0),
+                connected("a:local:app", 2, 0),
+                connected("d:local:t:b", 3, 0),
+                disconnected("d:local:t:b", 3, 1, DisconnectCause::KeepAliveTimeout, None),
+                connect_failed("d:local:t:c", 2, pb::ConnectFailure::BadCredentials),
+            ],
+        },
+        Some(ADMIN),
     );
     ingest.ingest_events(request).await.unwrap();
 
@@ -553,7 +539,7 @@ async fn metrics_count_what_happened_and_readiness_needs_no_key() {
     assert_eq!(anonymous.status().as_u16(), 401);
     let text = client
         .get(format!("{}/metrics", server.rest))
-        .basic_auth(auth.0, auth.1)
+        .basic_auth(ADMIN.0, Some(ADMIN.1))
         .send()
         .await
         .unwrap()

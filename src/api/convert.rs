@@ -6,10 +6,10 @@ use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use crate::{
     domain::{
-        ActivityKind, Change, ChangeKind, ClientId, ClientKind, ClientType, ConnectFailure,
-        ConnectionInfo, ConnectionState, ConnectionStatus, DisconnectCause, DisconnectInitiator,
-        EMBEDDED_BROKER, EventKind, LifecycleEvent, LogEntry, LogFilter, LogKind, MqttProtocol,
-        ReasonCode, SortField, StateFilter, StateOrder, TimeRange, Timestamp, truncate_to_millis,
+        ActivityKind, Change, ChangeKind, ClientId, ClientType, ConnectFailure, ConnectionInfo,
+        ConnectionState, ConnectionStatus, DisconnectCause, DisconnectInitiator, EMBEDDED_BROKER,
+        EventKind, LifecycleEvent, LogEntry, LogFilter, LogKind, MqttProtocol, ReasonCode,
+        SortField, StateFilter, StateOrder, TimeRange, Timestamp, truncate_to_millis,
     },
     pb,
     query::{MAX_INGEST_BATCH, MAX_PAGE_SIZE, QueryError},
@@ -459,12 +459,10 @@ pub fn parse_log_filter(r: &pb::ListConnectionLogsRequest) -> Result<LogFilter> 
 }
 
 /// The client a log request names: `client_id`, or `type_id` + `device_id`
-/// of the server's organisation (a device, or failing that a gateway, as
-/// `exists` tells).
+/// resolved by `device` (the query service's device lookup).
 pub fn parse_log_client(
     r: &pb::ListConnectionLogsRequest,
-    org_id: &str,
-    exists: impl Fn(&ClientId) -> bool,
+    device: impl Fn(&str, &str) -> Option<ClientId>,
 ) -> Result<Option<ClientId>> {
     match (
         r.client_id.is_empty(),
@@ -477,27 +475,12 @@ pub fn parse_log_client(
             "client_id",
             "give either client_id or type_id and device_id, not both",
         )),
-        (true, false, false) => {
-            let device = parse_client_id(
+        (true, false, false) => device(&r.type_id, &r.device_id).map(Some).ok_or_else(|| {
+            invalid(
                 "device_id",
-                &format!("d:{org_id}:{}:{}", r.type_id, r.device_id),
-            )?;
-            if !matches!(device.kind(), ClientKind::Device { .. }) {
-                return Err(invalid(
-                    "device_id",
-                    "type_id and device_id must be 1 to 36 characters of A-Z, a-z, 0-9, '.', '_', '-'",
-                ));
-            }
-            let gateway = parse_client_id(
-                "device_id",
-                &format!("g:{org_id}:{}:{}", r.type_id, r.device_id),
-            )?;
-            Ok(Some(if !exists(&device) && exists(&gateway) {
-                gateway
-            } else {
-                device
-            }))
-        }
+                "type_id and device_id must be 1 to 36 characters of A-Z, a-z, 0-9, '.', '_', '-'",
+            )
+        }),
         (true, true, false) => Err(invalid("type_id", "is required with device_id")),
         (true, false, true) => Err(invalid("device_id", "is required with type_id")),
     }

@@ -129,10 +129,7 @@ impl ConnectionStateService for GrpcApi {
     ) -> Result<Response<pb::ListConnectionLogsResponse>, Status> {
         allow(&request, Role::ReadOnly)?;
         let r = request.get_ref();
-        let store = self.query.store();
-        let client = convert::parse_log_client(r, &self.query.options().org_id, |id| {
-            matches!(store.get_state(id), Ok(Some(_)))
-        })?;
+        let client = convert::parse_log_client(r, |t, d| self.query.device_client_id(t, d))?;
         let list = convert::parse_list_logs(r, client)?;
         let page = self.query.list_logs(list).await?;
         Ok(Response::new(pb::ListConnectionLogsResponse {

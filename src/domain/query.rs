@@ -45,25 +45,8 @@ pub struct StateFilter {
 
 impl StateFilter {
     pub fn matches(&self, s: &ConnectionState) -> bool {
-        let kind = s.client_id.kind();
         self.status.is_none_or(|v| v == s.status)
-            && self.client_type.is_none_or(|v| v == kind.client_type())
-            && self
-                .type_id
-                .as_deref()
-                .is_none_or(|v| kind.type_id() == Some(v))
-            && self
-                .device_id
-                .as_deref()
-                .is_none_or(|v| kind.device_id() == Some(v))
-            && self
-                .app_id
-                .as_deref()
-                .is_none_or(|v| kind.app_id() == Some(v))
-            && self
-                .client_id_prefix
-                .as_deref()
-                .is_none_or(|p| s.client_id.as_str().starts_with(p))
+            && self.matches_client_id(&s.client_id)
             && self.connected.contains(Some(s.last_connect_time))
             && self.disconnected.contains(s.last_disconnect_time())
             && self.active.contains(Some(s.last_activity_time))

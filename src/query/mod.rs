@@ -148,6 +148,24 @@ impl QueryService {
         &self.store
     }
 
+    /// The client `type_id` + `device_id` name in this server's organisation:
+    /// the device, or the gateway when only a gateway of that name has a
+    /// record. `None` when the ids are not platform ids.
+    pub fn device_client_id(&self, type_id: &str, device_id: &str) -> Option<ClientId> {
+        let org = &self.options.org_id;
+        let device = ClientId::new(format!("d:{org}:{type_id}:{device_id}")).ok()?;
+        if device.kind().client_type() != crate::domain::ClientType::Device {
+            return None;
+        }
+        let gateway = ClientId::new(format!("g:{org}:{type_id}:{device_id}")).ok()?;
+        let exists = |id: &ClientId| matches!(self.store.get_state(id), Ok(Some(_)));
+        Some(if !exists(&device) && exists(&gateway) {
+            gateway
+        } else {
+            device
+        })
+    }
+
     /// Serving: the store is healthy and shutdown has not begun.
     pub fn is_ready(&self) -> bool {
         self.store.is_healthy() && !self.shutdown.is_cancelled()

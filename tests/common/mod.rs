@@ -252,6 +252,36 @@ pub fn connect_failed(
     }
 }
 
+/// The administrator key of [`TestServer::start_secured`].
+pub const ADMIN: (&str, &str) = ("a-local-admin", "admin-token-0123456789");
+
+/// `Basic base64(key:token)`: the HTTP header and gRPC metadata value.
+pub fn basic((key, token): (&str, &str)) -> String {
+    use base64::{Engine, engine::general_purpose::STANDARD};
+    format!("Basic {}", STANDARD.encode(format!("{key}:{token}")))
+}
+
+/// A gRPC request carrying `credentials`, if any.
+pub fn with_auth<T>(message: T, credentials: Option<(&str, &str)>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(c) = credentials {
+        let value = tonic::metadata::MetadataValue::try_from(basic(c)).unwrap();
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
+impl TestServer {
+    /// A server with API keys required and [`ADMIN`] as administrator.
+    pub async fn start_secured() -> TestServer {
+        Self::start_with(|c| {
+            c.auth = true;
+            c.admin_key = Some((ADMIN.0.into(), ADMIN.1.into()));
+        })
+        .await
+    }
+}
+
 /// Polls `check` every 20 ms until it returns `Some`, for at most `limit`.
 pub async fn eventually<T, F, Fut>(limit: Duration, mut check: F) -> T
 where

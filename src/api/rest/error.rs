@@ -149,25 +149,13 @@ impl IntoResponse for ApiError {
                 vec![method],
                 vec![],
             ),
-            ApiError::Unauthorized => {
-                let mut response = (
-                    StatusCode::UNAUTHORIZED,
-                    Json(Body {
-                        message: "CUDCS0001E: Authentication is required: HTTP Basic with an API key and its token.".to_owned(),
-                        exception: Exception {
-                            id: "CUDCS0001E",
-                            properties: vec![],
-                        },
-                        violations: vec![],
-                    }),
-                )
-                    .into_response();
-                response.headers_mut().insert(
-                    axum::http::header::WWW_AUTHENTICATE,
-                    axum::http::HeaderValue::from_static("Basic realm=\"connstate\""),
-                );
-                return response;
-            }
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "CUDCS0001E",
+                "Authentication is required: HTTP Basic with an API key and its token.".to_owned(),
+                vec![],
+                vec![],
+            ),
             ApiError::Forbidden { needed, has } => (
                 StatusCode::FORBIDDEN,
                 "CUDCS0002E",
@@ -226,6 +214,13 @@ impl IntoResponse for ApiError {
             exception: Exception { id, properties },
             violations,
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Basic realm=\"connstate\""),
+            );
+        }
+        response
     }
 }

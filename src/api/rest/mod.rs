@@ -359,22 +359,11 @@ async fn list_states(
 /// The device (or, failing that, gateway) of this organisation named by
 /// `typeId` and `deviceId`.
 fn device_client(query: &QueryService, type_id: &str, device_id: &str) -> ApiResult<ClientId> {
-    let org = &query.options().org_id;
-    let device = ClientId::new(format!("d:{org}:{type_id}:{device_id}"))
-        .map_err(|e| ApiError::bad("deviceId", e.to_string()))?;
-    if device.kind().client_type() != ClientType::Device {
-        return Err(ApiError::bad(
+    query.device_client_id(type_id, device_id).ok_or_else(|| {
+        ApiError::bad(
             "deviceId",
             "typeId and deviceId must be 1 to 36 characters of A-Z, a-z, 0-9, '.', '_', '-'",
-        ));
-    }
-    let gateway = ClientId::new(format!("g:{org}:{type_id}:{device_id}"))
-        .map_err(|e| ApiError::bad("deviceId", e.to_string()))?;
-    let exists = |id: &ClientId| matches!(query.store().get_state(id), Ok(Some(_)));
-    Ok(if !exists(&device) && exists(&gateway) {
-        gateway
-    } else {
-        device
+        )
     })
 }
 
