@@ -20,6 +20,18 @@ pub struct Config {
     pub grpc_listen: SocketAddr,
     /// REST (v0002) listener.
     pub rest_listen: SocketAddr,
+    /// MQTT over TCP.
+    pub mqtt_listen: SocketAddr,
+    /// MQTT over TLS (bound only when a certificate is configured).
+    pub mqtt_tls_listen: SocketAddr,
+    /// MQTT over WebSocket, path `/mqtt`.
+    pub mqtt_ws_listen: SocketAddr,
+    /// Largest MQTT packet accepted from a client, in bytes.
+    pub mqtt_max_packet_size: u32,
+    /// QoS 1 and 2 messages queued per MQTT client beyond those in flight.
+    pub mqtt_max_queued_messages: usize,
+    /// QoS 1 and 2 messages in flight per MQTT client.
+    pub mqtt_max_inflight_messages: u16,
     /// The organisation this server serves (platform client ids).
     pub org_id: String,
     /// Activity (publish, subscribe, ping) is written through at most this
@@ -59,6 +71,12 @@ impl Default for Config {
             data_dir: PathBuf::from("connstate-data"),
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             rest_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            mqtt_tls_listen: SocketAddr::from(([127, 0, 0, 1], 8883)),
+            mqtt_ws_listen: SocketAddr::from(([127, 0, 0, 1], 8083)),
+            mqtt_max_packet_size: 1 << 20,
+            mqtt_max_queued_messages: 1000,
+            mqtt_max_inflight_messages: 20,
             org_id: "local".to_owned(),
             activity_interval: Duration::from_secs(1),
             heartbeat_interval: Duration::from_secs(10),
@@ -107,6 +125,24 @@ pub struct ConfigLayer {
     /// REST (v0002) listen address [default: 127.0.0.1:8080]
     #[arg(long, env = "CONNSTATE_REST_LISTEN")]
     pub rest_listen: Option<SocketAddr>,
+    /// MQTT listen address [default: 127.0.0.1:1883]
+    #[arg(long, env = "CONNSTATE_MQTT_LISTEN")]
+    pub mqtt_listen: Option<SocketAddr>,
+    /// MQTT over TLS listen address, used with --tls-cert [default: 127.0.0.1:8883]
+    #[arg(long, env = "CONNSTATE_MQTT_TLS_LISTEN")]
+    pub mqtt_tls_listen: Option<SocketAddr>,
+    /// MQTT over WebSocket (path /mqtt) listen address [default: 127.0.0.1:8083]
+    #[arg(long, env = "CONNSTATE_MQTT_WS_LISTEN")]
+    pub mqtt_ws_listen: Option<SocketAddr>,
+    /// Largest MQTT packet accepted, in bytes [default: 1048576]
+    #[arg(long, env = "CONNSTATE_MQTT_MAX_PACKET_SIZE")]
+    pub mqtt_max_packet_size: Option<u32>,
+    /// QoS 1/2 messages queued per MQTT client [default: 1000]
+    #[arg(long, env = "CONNSTATE_MQTT_MAX_QUEUED_MESSAGES")]
+    pub mqtt_max_queued_messages: Option<usize>,
+    /// QoS 1/2 messages in flight per MQTT client [default: 20]
+    #[arg(long, env = "CONNSTATE_MQTT_MAX_INFLIGHT_MESSAGES")]
+    pub mqtt_max_inflight_messages: Option<u16>,
     /// Organisation id of platform client ids [default: local]
     #[arg(long, env = "CONNSTATE_ORG_ID")]
     pub org_id: Option<String>,
@@ -203,6 +239,24 @@ impl Config {
             if let Some(v) = l.rest_listen {
                 c.rest_listen = v;
             }
+            if let Some(v) = l.mqtt_listen {
+                c.mqtt_listen = v;
+            }
+            if let Some(v) = l.mqtt_tls_listen {
+                c.mqtt_tls_listen = v;
+            }
+            if let Some(v) = l.mqtt_ws_listen {
+                c.mqtt_ws_listen = v;
+            }
+            if let Some(v) = l.mqtt_max_packet_size {
+                c.mqtt_max_packet_size = v;
+            }
+            if let Some(v) = l.mqtt_max_queued_messages {
+                c.mqtt_max_queued_messages = v;
+            }
+            if let Some(v) = l.mqtt_max_inflight_messages {
+                c.mqtt_max_inflight_messages = v;
+            }
             if let Some(v) = &l.org_id {
                 c.org_id = v.clone();
             }
@@ -286,10 +340,16 @@ impl Config {
         };
         // Open mode (no API keys) is for development: only on loopback.
         if !self.auth {
-            for (field, addr) in [
+            let mut listeners = vec![
                 ("grpc_listen", self.grpc_listen),
                 ("rest_listen", self.rest_listen),
-            ] {
+                ("mqtt_listen", self.mqtt_listen),
+                ("mqtt_ws_listen", self.mqtt_ws_listen),
+            ];
+            if self.tls.is_some() {
+                listeners.push(("mqtt_tls_listen", self.mqtt_tls_listen));
+            }
+            for (field, addr) in listeners {
                 if !addr.ip().is_loopback() {
                     return invalid(
                         field,
@@ -320,6 +380,12 @@ impl Config {
                 "org_id",
                 "must be 1 to 36 characters of A-Z, a-z, 0-9, '.', '_', '-'",
             );
+        }
+        if self.mqtt_max_packet_size < 64 {
+            return invalid("mqtt_max_packet_size", "must be at least 64 bytes");
+        }
+        if self.mqtt_max_inflight_messages == 0 {
+            return invalid("mqtt_max_inflight_messages", "must be at least 1");
         }
         if self.watch_buffer < 16 {
             return invalid("watch_buffer", "must be at least 16");

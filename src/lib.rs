@@ -16,6 +16,8 @@
 //! - [`query`]: the query service every API edge uses, including watches.
 //! - [`api`]: gRPC edges; generated types stop there.
 //! - [`registry`]: API keys (hashed tokens, roles) that every API checks.
+//! - [`mqtt`]: the embedded MQTT 3.1/3.1.1/5.0 broker, which reports every
+//!   client lifecycle event to the tracker.
 //! - [`metrics`]: Prometheus metrics of all of the above.
 //! - [`config`]: one validated configuration.
 //! - [`server`]: wires it all together: [`server::run`] takes bound
@@ -26,6 +28,7 @@ pub mod api;
 pub mod config;
 pub mod domain;
 pub mod metrics;
+pub mod mqtt;
 pub mod query;
 pub mod registry;
 pub mod server;

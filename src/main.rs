@@ -5,7 +5,7 @@ use std::{io::IsTerminal, path::PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use connstate::{Config, Listeners, config::ConfigLayer};
+use connstate::{Config, Listeners, config::ConfigLayer, mqtt::MqttListeners};
 
 #[derive(Parser)]
 #[command(
@@ -61,6 +61,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let rest = tokio::net::TcpListener::bind(config.rest_listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.rest_listen))?;
+    let bind = |addr: std::net::SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))
+    };
+    let mqtt = MqttListeners {
+        tcp: Some(bind(config.mqtt_listen).await?),
+        tls: match config.tls {
+            Some(_) => Some(bind(config.mqtt_tls_listen).await?),
+            None => None,
+        },
+        ws: Some(bind(config.mqtt_ws_listen).await?),
+    };
     // Stable lines for scripts and tests that start the binary on port 0.
     // A reader that stopped listening must not stop the server.
     {
@@ -68,12 +81,22 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "connstate grpc listening on {}", grpc.local_addr()?);
         let _ = writeln!(out, "connstate rest listening on {}", rest.local_addr()?);
+        for (name, listener) in [
+            ("mqtt", &mqtt.tcp),
+            ("mqtt-tls", &mqtt.tls),
+            ("mqtt-ws", &mqtt.ws),
+        ] {
+            if let Some(l) = listener {
+                let _ = writeln!(out, "connstate {name} listening on {}", l.local_addr()?);
+            }
+        }
         let _ = out.flush();
     }
     connstate::run(
         Listeners {
             grpc,
             rest: Some(rest),
+            mqtt,
         },
         config,
         shutdown_signal(),

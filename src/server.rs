@@ -19,6 +19,7 @@ use crate::{
         grpc::{GrpcApi, interceptor},
     },
     config::Config,
+    mqtt::{Broker, BrokerOptions, MqttListeners},
     pb::{
         admin_service_server::AdminServiceServer,
         connection_state_service_server::ConnectionStateServiceServer,
@@ -35,6 +36,9 @@ pub struct Listeners {
     pub grpc: TcpListener,
     /// The REST gateway; `None` serves gRPC only.
     pub rest: Option<TcpListener>,
+    /// The embedded MQTT broker's listeners; all `None` runs no broker
+    /// listener.
+    pub mqtt: MqttListeners,
 }
 
 /// Why the server stopped with an error.
@@ -185,6 +189,31 @@ pub async fn run(
     }
 
     let stop = CancellationToken::new();
+    let (broker, pump) = Broker::new(
+        BrokerOptions {
+            org_id: config.org_id.clone(),
+            auth: config.auth,
+            max_packet_size: config.mqtt_max_packet_size,
+            max_queued_messages: config.mqtt_max_queued_messages,
+            max_inflight_messages: config.mqtt_max_inflight_messages,
+            activity_report_interval: (config.activity_interval / 4)
+                .min(Duration::from_millis(250)),
+            ..BrokerOptions::default()
+        },
+        store.clone(),
+        tracker.clone(),
+        registry.clone(),
+        stop.clone(),
+    );
+    let mqtt_tls = match (&config.tls, listeners.mqtt.tls.is_some()) {
+        (Some((cert, key)), true) => Some(
+            crate::mqtt::tls_config(cert, key)
+                .await
+                .map_err(ServerError::Tls)?,
+        ),
+        _ => None,
+    };
+    let mqtt_listeners = crate::mqtt::spawn_listeners(&broker, listeners.mqtt, mqtt_tls);
     let flusher = tracker.spawn_activity_flusher(config.activity_interval, stop.clone());
     let retention = spawn_retention(store.clone(), config.retention_interval, stop.clone());
     let watchdog = spawn_store_watchdog(store.clone(), reporter.clone(), stop.clone());
@@ -288,6 +317,13 @@ pub async fn run(
             _ => {}
         }
     }
+    for task in mqtt_listeners {
+        let _ = task.await;
+    }
+    if !broker.wait_closed(config.shutdown_grace).await {
+        tracing::warn!("MQTT connections still open after the grace period");
+    }
+    pump.finish().await;
     let _ = flusher.await;
     let _ = retention.await;
     let _ = watchdog.await;

@@ -26,6 +26,10 @@ fn spawn_server(data_dir: &std::path::Path) -> (Child, String) {
             "127.0.0.1:0",
             "--rest-listen",
             "127.0.0.1:0",
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--mqtt-ws-listen",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(data_dir)

@@ -215,9 +215,17 @@ async fn start_server(
     let addr = grpc.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let handle = tokio::spawn(async move {
-        if let Err(e) = connstate::run(Listeners { grpc, rest: None }, config, async {
-            let _ = rx.await;
-        })
+        if let Err(e) = connstate::run(
+            Listeners {
+                grpc,
+                rest: None,
+                mqtt: Default::default(),
+            },
+            config,
+            async {
+                let _ = rx.await;
+            },
+        )
         .await
         {
             eprintln!("server failed: {e}");

@@ -19,6 +19,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// `http://127.0.0.1:PORT` of the REST gateway.
     pub rest: String,
+    /// The MQTT (TCP) listener.
+    pub mqtt: SocketAddr,
     pub data_dir: PathBuf,
     channel: Channel,
     shutdown: Option<oneshot::Sender<()>>,
@@ -56,11 +58,19 @@ impl TestServer {
             .await
             .expect("bind");
         let rest_url = format!("http://{}", rest.local_addr().unwrap());
+        let mqtt = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mqtt_addr = mqtt.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
         let handle = tokio::spawn(connstate::run(
             Listeners {
                 grpc,
                 rest: Some(rest),
+                mqtt: connstate::mqtt::MqttListeners {
+                    tcp: Some(mqtt),
+                    ..Default::default()
+                },
             },
             config,
             async {
@@ -75,6 +85,7 @@ impl TestServer {
         TestServer {
             addr,
             rest: rest_url,
+            mqtt: mqtt_addr,
             data_dir,
             channel,
             shutdown: Some(tx),

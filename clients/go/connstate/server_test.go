@@ -97,7 +97,7 @@ func (s *testServer) start() {
 	t.Helper()
 	// The REST listener is not used here; port 0 keeps tests from
 	// colliding on its default port.
-	args := append([]string{"serve", "--grpc-listen", s.addr, "--rest-listen", "127.0.0.1:0", "--data-dir", s.dataDir}, s.args...)
+	args := append([]string{"serve", "--grpc-listen", s.addr, "--rest-listen", "127.0.0.1:0", "--mqtt-listen", "127.0.0.1:0", "--mqtt-ws-listen", "127.0.0.1:0", "--data-dir", s.dataDir}, s.args...)
 	cmd := exec.Command(serverBinary(t), args...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {

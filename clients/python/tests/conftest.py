@@ -89,6 +89,9 @@ class Server:
         if server_has_flag("--rest-listen"):
             # The REST gateway listens too (8080 by default): any free port.
             cmd += ["--rest-listen", "127.0.0.1:0"]
+        if server_has_flag("--mqtt-listen"):
+            # So does the MQTT broker (1883 and 8083 by default).
+            cmd += ["--mqtt-listen", "127.0.0.1:0", "--mqtt-ws-listen", "127.0.0.1:0"]
         if server_supports_auth():
             cmd += ["--auth", "true", "--admin-key", AUTH["api_key"], "--admin-token", AUTH["token"]]
         log = open(self.log_path, "ab")

@@ -63,9 +63,15 @@ export class TestServer {
     const listen = `127.0.0.1:${options.port ?? 0}`;
     const child = spawn(serverBinary, ["serve", "--grpc-listen", listen, "--data-dir", dataDir, ...args], {
       stdio: ["ignore", "pipe", "pipe"],
-      // Newer builds also serve REST (default 127.0.0.1:8080): any free port,
-      // so that several servers can run at once. Older builds ignore it.
-      env: { ...process.env, CONNSTATE_REST_LISTEN: "127.0.0.1:0" },
+      // Newer builds also serve REST (default 127.0.0.1:8080) and MQTT
+      // (1883, and 8083 over WebSocket): any free port, so that several
+      // servers can run at once. Older builds ignore these.
+      env: {
+        ...process.env,
+        CONNSTATE_REST_LISTEN: "127.0.0.1:0",
+        CONNSTATE_MQTT_LISTEN: "127.0.0.1:0",
+        CONNSTATE_MQTT_WS_LISTEN: "127.0.0.1:0",
+      },
     });
     let stderr = "";
     child.stderr?.setEncoding("utf8");

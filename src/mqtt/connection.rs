@@ -1,0 +1,1318 @@
+//! One task per network connection, from CONNECT to close.
+//!
+//! The task owns the socket, the codec, the packets in flight and the
+//! keepalive timer. Other parts of the broker reach it through its
+//! [`Outbound`] queue. Every way it can end is one [`DisconnectCause`],
+//! reported to the tracker once, after the v5 DISCONNECT (when the server
+//! ends the connection) and before the session is handed back.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    net::SocketAddr,
+    num::{NonZeroU16, NonZeroU32},
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
+use chrono::Utc;
+use rmqtt_codec::{
+    error::DecodeError,
+    types::{Publish, QoS},
+    v3, v5,
+    version::{ProtocolVersion, VersionCodec},
+};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    sync::mpsc,
+};
+use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Broker, Delivery, Message, Outbound, SubOptions,
+    identity::Identity,
+    monitor::{Action, Origin, Traffic},
+    session::{self, Carried, Inflight, Session},
+    topic,
+};
+use crate::domain::{
+    ActivityKind, ClientId, ConnectFailure, ConnectionInfo, DisconnectCause, EMBEDDED_BROKER,
+    EventKind, LifecycleEvent, MqttProtocol, ReasonCode, Timestamp, truncate_to_millis,
+};
+
+/// How the client reached the broker.
+#[derive(Debug, Clone, Copy)]
+pub struct Transport {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub secure: bool,
+}
+
+fn now() -> Timestamp {
+    truncate_to_millis(Utc::now())
+}
+
+enum Codec {
+    V3(v3::Codec),
+    V5(v5::Codec),
+}
+
+/// A decoded packet, the same for both protocol versions.
+enum In {
+    Connect,
+    Publish(Box<Publish>),
+    PubAck(NonZeroU16),
+    PubRec(NonZeroU16),
+    PubRel(NonZeroU16),
+    PubComp(NonZeroU16),
+    Subscribe {
+        packet_id: NonZeroU16,
+        id: Option<NonZeroU32>,
+        filters: Vec<(ByteString, v5::SubscriptionOptions)>,
+    },
+    Unsubscribe {
+        packet_id: NonZeroU16,
+        filters: Vec<ByteString>,
+    },
+    PingReq,
+    Disconnect {
+        reason: u8,
+        session_expiry: Option<u32>,
+    },
+    /// A packet only a server sends, or AUTH (not supported).
+    Unexpected,
+}
+
+impl Codec {
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<In>, DecodeError> {
+        Ok(Some(match self {
+            Codec::V3(c) => match c.decode(buf)? {
+                None => return Ok(None),
+                Some((p, _)) => match p {
+                    v3::Packet::Connect(_) => In::Connect,
+                    v3::Packet::Publish(p) => In::Publish(p),
+                    v3::Packet::PublishAck { packet_id } => In::PubAck(packet_id),
+                    v3::Packet::PublishReceived { packet_id } => In::PubRec(packet_id),
+                    v3::Packet::PublishRelease { packet_id } => In::PubRel(packet_id),
+                    v3::Packet::PublishComplete { packet_id } => In::PubComp(packet_id),
+                    v3::Packet::Subscribe {
+                        packet_id,
+                        topic_filters,
+                    } => In::Subscribe {
+                        packet_id,
+                        id: None,
+                        filters: topic_filters
+                            .into_iter()
+                            .map(|(f, qos)| {
+                                (
+                                    f,
+                                    v5::SubscriptionOptions {
+                                        qos,
+                                        // MQTT 3 subscriptions pass the retain
+                                        // flag on as published (Mosquitto).
+                                        retain_as_published: false,
+                                        ..Default::default()
+                                    },
+                                )
+                            })
+                            .collect(),
+                    },
+                    v3::Packet::Unsubscribe {
+                        packet_id,
+                        topic_filters,
+                    } => In::Unsubscribe {
+                        packet_id,
+                        filters: topic_filters,
+                    },
+                    v3::Packet::PingRequest => In::PingReq,
+                    v3::Packet::Disconnect => In::Disconnect {
+                        reason: 0,
+                        session_expiry: None,
+                    },
+                    _ => In::Unexpected,
+                },
+            },
+            Codec::V5(c) => match c.decode(buf)? {
+                None => return Ok(None),
+                Some((p, _)) => match p {
+                    v5::Packet::Connect(_) => In::Connect,
+                    v5::Packet::Publish(p) => In::Publish(p),
+                    v5::Packet::PublishAck(a) => In::PubAck(a.packet_id),
+                    v5::Packet::PublishReceived(a) => In::PubRec(a.packet_id),
+                    v5::Packet::PublishRelease(a) => In::PubRel(a.packet_id),
+                    v5::Packet::PublishComplete(a) => In::PubComp(a.packet_id),
+                    v5::Packet::Subscribe(s) => In::Subscribe {
+                        packet_id: s.packet_id,
+                        id: s.id,
+                        filters: s.topic_filters,
+                    },
+                    v5::Packet::Unsubscribe(u) => In::Unsubscribe {
+                        packet_id: u.packet_id,
+                        filters: u.topic_filters,
+                    },
+                    v5::Packet::PingRequest => In::PingReq,
+                    v5::Packet::Disconnect(d) => In::Disconnect {
+                        reason: d.reason_code.into(),
+                        session_expiry: d.session_expiry_interval_secs,
+                    },
+                    _ => In::Unexpected,
+                },
+            },
+        }))
+    }
+}
+
+/// The CONNECT packet, the same for both protocol versions.
+struct Hello {
+    protocol: MqttProtocol,
+    client_id: String,
+    clean_start: bool,
+    keep_alive: u16,
+    username: Option<ByteString>,
+    password: Option<Bytes>,
+    will: Option<Will>,
+    session_expiry: u32,
+    receive_max: u16,
+    max_packet_size: Option<u32>,
+    auth_method: bool,
+}
+
+struct Will {
+    topic: ByteString,
+    payload: Bytes,
+    qos: QoS,
+    retain: bool,
+    properties: Option<v5::PublishProperties>,
+    delay_secs: u32,
+}
+
+impl Hello {
+    fn from_v3(c: v3::Connect) -> Hello {
+        Hello {
+            protocol: if c.protocol.level() == 3 {
+                MqttProtocol::V3_1
+            } else {
+                MqttProtocol::V3_1_1
+            },
+            client_id: c.client_id.to_string(),
+            clean_start: c.clean_session,
+            keep_alive: c.keep_alive,
+            username: c.username,
+            password: c.password,
+            will: c.last_will.map(|w| Will {
+                topic: w.topic,
+                payload: w.message,
+                qos: w.qos,
+                retain: w.retain,
+                properties: None,
+                delay_secs: 0,
+            }),
+            session_expiry: if c.clean_session { 0 } else { session::NEVER },
+            receive_max: u16::MAX,
+            max_packet_size: None,
+            auth_method: false,
+        }
+    }
+
+    fn from_v5(c: v5::Connect) -> Hello {
+        Hello {
+            protocol: MqttProtocol::V5_0,
+            client_id: c.client_id.to_string(),
+            clean_start: c.clean_start,
+            keep_alive: c.keep_alive,
+            username: c.username,
+            password: c.password,
+            will: c.last_will.map(|w| Will {
+                topic: w.topic,
+                payload: w.message,
+                qos: w.qos,
+                retain: w.retain,
+                delay_secs: w.will_delay_interval_sec.unwrap_or(0),
+                properties: Some(v5::PublishProperties {
+                    correlation_data: w.correlation_data,
+                    message_expiry_interval: w.message_expiry_interval,
+                    content_type: w.content_type,
+                    user_properties: w.user_properties,
+                    is_utf8_payload: w.is_utf8_payload.unwrap_or(false),
+                    response_topic: w.response_topic,
+                    ..Default::default()
+                }),
+            }),
+            session_expiry: c.session_expiry_interval_secs,
+            receive_max: c.receive_max.map_or(u16::MAX, NonZeroU16::get),
+            max_packet_size: c.max_packet_size.map(NonZeroU32::get),
+            auth_method: c.auth_method.is_some(),
+        }
+    }
+}
+
+/// Why the handshake did not produce a session.
+enum HandshakeEnd {
+    /// Closed, timed out or garbage before a CONNECT: nothing to record.
+    Quiet,
+    /// A CONNECT that was refused (already answered and recorded).
+    Refused,
+}
+
+/// Serves one network connection until it closes.
+pub async fn serve<S>(broker: Broker, stream: S, transport: Transport)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    broker.inner.connected.fetch_add(1, Ordering::Relaxed);
+    let (reader, writer) = tokio::io::split(stream);
+    let mut conn = Conn {
+        broker: broker.clone(),
+        reader,
+        writer,
+        transport,
+        rbuf: BytesMut::with_capacity(4096),
+        wbuf: BytesMut::with_capacity(4096),
+        codec: Codec::V3(v3::Codec::new(broker.options().max_packet_size)),
+        protocol: MqttProtocol::V3_1_1,
+        traffic: Traffic::default(),
+    };
+    let _ = conn.run().await;
+    broker.inner.connected.fetch_sub(1, Ordering::Relaxed);
+}
+
+struct Conn<S> {
+    broker: Broker,
+    reader: tokio::io::ReadHalf<S>,
+    writer: tokio::io::WriteHalf<S>,
+    transport: Transport,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    codec: Codec,
+    protocol: MqttProtocol,
+    traffic: Traffic,
+}
+
+/// State of an accepted connection.
+struct Live {
+    client_id: Arc<str>,
+    record_id: ClientId,
+    connection_id: u64,
+    identity: Identity,
+    session: Arc<Session>,
+    generation: u64,
+    keep_alive: u16,
+    connect_time: Timestamp,
+    username: String,
+    will: Option<Will>,
+    /// QoS 1/2 messages sent and not yet acknowledged, by packet id.
+    inflight: BTreeMap<u16, Inflight>,
+    max_inflight: usize,
+    /// Deliveries waiting for a free in-flight slot.
+    pending: VecDeque<Delivery>,
+    next_packet_id: u16,
+    incoming_qos2: std::collections::HashSet<NonZeroU16>,
+    aliases: HashMap<u16, ByteString>,
+    /// Session expiry of the CONNECT.
+    connect_expiry: u32,
+    backlog: session::Backlog,
+    activity: Option<(ActivityKind, Timestamp)>,
+    activity_reported: Instant,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
+    async fn run(&mut self) -> Result<(), HandshakeEnd> {
+        let stop = self.broker.inner.stop.clone();
+        let timeout = self.broker.options().connect_timeout;
+        let hello = tokio::select! {
+            hello = tokio::time::timeout(timeout, self.read_connect()) => match hello {
+                Ok(hello) => hello?,
+                Err(_) => {
+                    tracing::debug!(peer = %self.transport.peer, "no CONNECT in time");
+                    return Err(HandshakeEnd::Quiet);
+                }
+            },
+            () = stop.cancelled() => return Err(HandshakeEnd::Quiet),
+        };
+        let (mut live, rx, finished) = self.accept(hello).await?;
+        let cause = self.serve_session(&mut live, rx).await;
+        self.finish(live, cause, finished).await;
+        Ok(())
+    }
+
+    /// Reads until a whole CONNECT is decoded, choosing the codec by its
+    /// protocol level.
+    async fn read_connect(&mut self) -> Result<Hello, HandshakeEnd> {
+        let max = self.broker.options().max_packet_size;
+        let mut version = None;
+        loop {
+            if version.is_none() {
+                match VersionCodec.decode(&mut self.rbuf) {
+                    Ok(Some(v)) => {
+                        self.codec = match v {
+                            ProtocolVersion::MQTT3 => Codec::V3(v3::Codec::new(max)),
+                            ProtocolVersion::MQTT5 => Codec::V5(v5::Codec::new(max, 0)),
+                        };
+                        version = Some(v);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.refuse_unknown_protocol(&e).await;
+                        return Err(HandshakeEnd::Quiet);
+                    }
+                }
+            }
+            if version.is_some() {
+                let decoded = match &mut self.codec {
+                    Codec::V3(c) => c.decode(&mut self.rbuf).map(|p| {
+                        p.map(|(p, _)| match p {
+                            v3::Packet::Connect(c) => Some(Hello::from_v3(*c)),
+                            _ => None,
+                        })
+                    }),
+                    Codec::V5(c) => c.decode(&mut self.rbuf).map(|p| {
+                        p.map(|(p, _)| match p {
+                            v5::Packet::Connect(c) => Some(Hello::from_v5(*c)),
+                            _ => None,
+                        })
+                    }),
+                };
+                match decoded {
+                    Ok(Some(Some(hello))) => return Ok(hello),
+                    Ok(Some(None)) => return Err(HandshakeEnd::Quiet),
+                    Ok(None) => {}
+                    Err(DecodeError::InvalidClientId) => {
+                        // MQTT 3.1.1 empty client id without clean session.
+                        self.write_connack_refused(ConnectFailure::BadClientId)
+                            .await;
+                        return Err(HandshakeEnd::Quiet);
+                    }
+                    Err(e) => {
+                        tracing::debug!(peer = %self.transport.peer, error = %e, "bad CONNECT");
+                        return Err(HandshakeEnd::Quiet);
+                    }
+                }
+            }
+            match self.reader.read_buf(&mut self.rbuf).await {
+                Ok(0) | Err(_) => return Err(HandshakeEnd::Quiet),
+                Ok(n) => self.traffic.read_bytes += n as u64,
+            }
+        }
+    }
+
+    /// A CONNECT naming a protocol level we do not speak gets the MQTT 3
+    /// "unacceptable protocol version" CONNACK (MQTT-3.1.2-2).
+    async fn refuse_unknown_protocol(&mut self, e: &DecodeError) {
+        tracing::debug!(peer = %self.transport.peer, error = %e, "not an MQTT 3.1/3.1.1/5.0 CONNECT");
+        if matches!(e, DecodeError::InvalidProtocol) && self.rbuf.first() == Some(&0x10) {
+            let _ = self.writer.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
+        }
+    }
+
+    async fn write_connack_refused(&mut self, failure: ConnectFailure) {
+        match &mut self.codec {
+            Codec::V3(c) => {
+                let code = match failure {
+                    ConnectFailure::UnsupportedProtocol => {
+                        v3::ConnectAckReason::UnacceptableProtocolVersion
+                    }
+                    ConnectFailure::BadClientId => v3::ConnectAckReason::IdentifierRejected,
+                    ConnectFailure::ServerBusy => v3::ConnectAckReason::ServiceUnavailable,
+                    ConnectFailure::BadCredentials => v3::ConnectAckReason::BadUserNameOrPassword,
+                    ConnectFailure::NotAuthorized => v3::ConnectAckReason::NotAuthorized,
+                };
+                let _ = c.encode(
+                    v3::Packet::ConnectAck(v3::ConnectAck {
+                        return_code: code,
+                        session_present: false,
+                    }),
+                    &mut self.wbuf,
+                );
+            }
+            Codec::V5(c) => {
+                let code = v5::ConnectAckReason::try_from(failure.reason_code().0)
+                    .unwrap_or(v5::ConnectAckReason::UnspecifiedError);
+                let _ = c.encode(
+                    v5::Packet::ConnectAck(Box::new(v5::ConnectAck {
+                        reason_code: code,
+                        ..Default::default()
+                    })),
+                    &mut self.wbuf,
+                );
+            }
+        }
+        let _ = self.flush().await;
+    }
+
+    fn connection_info(&self, hello: &Hello) -> ConnectionInfo {
+        ConnectionInfo {
+            addr: self.transport.peer.ip(),
+            port: self.transport.peer.port(),
+            secure: self.transport.secure,
+            username: hello
+                .username
+                .as_ref()
+                .map(|u| u.to_string())
+                .unwrap_or_default(),
+            protocol: Some(hello.protocol),
+            keep_alive: hello.keep_alive,
+            clean_session: hello.clean_start,
+        }
+    }
+
+    fn origin<'a>(&self, client_id: &'a str, username: &'a str) -> Origin<'a> {
+        Origin {
+            client_id,
+            peer: self.transport.peer,
+            server_port: self.transport.local.port(),
+            secure: self.transport.secure,
+            protocol: self.protocol,
+            username,
+        }
+    }
+
+    /// Refuses the CONNECT: CONNACK with the failure, a log entry, a
+    /// FailedConnect monitor message.
+    async fn refuse(
+        &mut self,
+        hello: &Hello,
+        client_id: Option<ClientId>,
+        failure: ConnectFailure,
+    ) {
+        self.write_connack_refused(failure).await;
+        let Some(client_id) = client_id else {
+            return;
+        };
+        let time = now();
+        let info = self.connection_info(hello);
+        self.broker.report(LifecycleEvent {
+            client_id: client_id.clone(),
+            time,
+            connection_id: 0,
+            broker: Arc::from(EMBEDDED_BROKER),
+            kind: EventKind::ConnectFailed { info, failure },
+        });
+        let username = hello.username.as_deref().unwrap_or("").to_owned();
+        let origin = self.origin(client_id.as_str(), &username);
+        self.broker
+            .publish_monitor(&origin, &Action::FailedConnect { time, failure });
+    }
+
+    async fn accept(
+        &mut self,
+        mut hello: Hello,
+    ) -> Result<(Live, mpsc::UnboundedReceiver<Outbound>, CancellationToken), HandshakeEnd> {
+        self.protocol = hello.protocol;
+        let options = self.broker.options().clone();
+        let mut assigned = None;
+        if hello.client_id.is_empty() {
+            if options.auth || (!hello.clean_start && hello.protocol != MqttProtocol::V5_0) {
+                self.refuse(&hello, None, ConnectFailure::BadClientId).await;
+                return Err(HandshakeEnd::Refused);
+            }
+            hello.client_id = format!("auto-{:016x}", random_u64());
+            assigned = Some(hello.client_id.clone());
+        }
+        let Ok(record_id) = ClientId::new(hello.client_id.clone()) else {
+            self.refuse(&hello, None, ConnectFailure::BadClientId).await;
+            return Err(HandshakeEnd::Refused);
+        };
+        if hello.auth_method {
+            // Enhanced authentication (AUTH packets) is not offered.
+            self.refuse(&hello, Some(record_id), ConnectFailure::NotAuthorized)
+                .await;
+            return Err(HandshakeEnd::Refused);
+        }
+        let identity = if options.auth {
+            let registry = self.broker.inner.registry.clone();
+            let client_id = hello.client_id.clone();
+            let username = hello.username.as_ref().map(|u| u.to_string());
+            let password = hello.password.clone();
+            let org = options.org_id.clone();
+            // Token checks read the store: off the async workers.
+            let checked = tokio::task::spawn_blocking(move || {
+                Identity::authenticate(
+                    &registry,
+                    &org,
+                    &client_id,
+                    username.as_deref(),
+                    password.as_deref(),
+                )
+            })
+            .await
+            .unwrap_or(Err(ConnectFailure::ServerBusy));
+            match checked {
+                Ok(identity) => identity,
+                Err(failure) => {
+                    self.refuse(&hello, Some(record_id), failure).await;
+                    return Err(HandshakeEnd::Refused);
+                }
+            }
+        } else {
+            Identity::Open
+        };
+        if let Some(will) = &mut hello.will {
+            match identity.publish_topic(&will.topic) {
+                Ok(t) if topic::valid_topic_name(&t) => will.topic = t,
+                _ => {
+                    self.refuse(&hello, Some(record_id), ConnectFailure::NotAuthorized)
+                        .await;
+                    return Err(HandshakeEnd::Refused);
+                }
+            }
+        }
+        let Ok(connection_id) = self.broker.next_connection_id() else {
+            self.refuse(&hello, Some(record_id), ConnectFailure::ServerBusy)
+                .await;
+            return Err(HandshakeEnd::Refused);
+        };
+
+        let client_id: Arc<str> = Arc::from(hello.client_id.as_str());
+        let (tx, rx) = mpsc::unbounded_channel();
+        let finished = CancellationToken::new();
+        let backlog = session::Backlog::default();
+        let username = hello
+            .username
+            .as_ref()
+            .map(|u| u.to_string())
+            .unwrap_or_default();
+        let attached = self
+            .broker
+            .attach(
+                &client_id,
+                connection_id,
+                hello.clean_start,
+                hello.session_expiry,
+                &username,
+                &self.transport.peer.to_string(),
+                tx,
+                finished.clone(),
+                backlog.clone(),
+            )
+            .await;
+
+        // CONNACK
+        match &mut self.codec {
+            Codec::V3(c) => {
+                let _ = c.encode(
+                    v3::Packet::ConnectAck(v3::ConnectAck {
+                        return_code: v3::ConnectAckReason::ConnectionAccepted,
+                        session_present: attached.session_present,
+                    }),
+                    &mut self.wbuf,
+                );
+            }
+            Codec::V5(c) => {
+                if let Some(max) = hello.max_packet_size {
+                    c.set_max_outbound_size(max);
+                }
+                let _ = c.encode(
+                    v5::Packet::ConnectAck(Box::new(v5::ConnectAck {
+                        session_present: attached.session_present,
+                        assigned_client_id: assigned.map(ByteString::from),
+                        topic_alias_max: options.topic_alias_max,
+                        max_packet_size: Some(options.max_packet_size),
+                        shared_subscription_available: false,
+                        ..Default::default()
+                    })),
+                    &mut self.wbuf,
+                );
+            }
+        }
+
+        let connect_time = now();
+        let info = self.connection_info(&hello);
+        self.broker.report(LifecycleEvent {
+            client_id: record_id.clone(),
+            time: connect_time,
+            connection_id,
+            broker: Arc::from(EMBEDDED_BROKER),
+            kind: EventKind::Connected(info),
+        });
+        let origin = self.origin(&client_id, &username);
+        self.broker
+            .publish_monitor(&origin, &Action::Connect { time: connect_time });
+
+        let max_inflight = usize::from(hello.receive_max.min(options.max_inflight_messages).max(1));
+        let Carried {
+            inflight,
+            queue,
+            incoming_qos2,
+        } = attached.carried;
+        let mut live = Live {
+            client_id,
+            record_id,
+            connection_id,
+            identity,
+            session: attached.session,
+            generation: attached.generation,
+            keep_alive: hello.keep_alive,
+            connect_time,
+            username,
+            will: hello.will,
+            inflight: BTreeMap::new(),
+            max_inflight,
+            pending: queue,
+            next_packet_id: 1,
+            incoming_qos2,
+            aliases: HashMap::new(),
+            connect_expiry: hello.session_expiry,
+            backlog,
+            activity: None,
+            activity_reported: Instant::now(),
+        };
+        // Resume: unacknowledged messages again, with DUP (MQTT-4.4.0-1).
+        for f in inflight {
+            if f.released {
+                self.encode_pubrel(f.packet_id);
+            } else {
+                self.encode_publish(&live, &f.delivery, Some(f.packet_id), true);
+            }
+            live.inflight.insert(f.packet_id.get(), f);
+        }
+        self.send_pending(&mut live);
+        Ok((live, rx, finished))
+    }
+
+    /// The connected loop: packets from the client, work from the broker,
+    /// the keepalive timer and shutdown. Returns why it ended.
+    async fn serve_session(
+        &mut self,
+        live: &mut Live,
+        mut rx: mpsc::UnboundedReceiver<Outbound>,
+    ) -> (DisconnectCause, mpsc::UnboundedReceiver<Outbound>) {
+        let stop = self.broker.inner.stop.clone();
+        let keep_alive =
+            (live.keep_alive > 0).then(|| Duration::from_millis(u64::from(live.keep_alive) * 1500));
+        let far = Duration::from_secs(86400 * 365);
+        let deadline = tokio::time::sleep(keep_alive.unwrap_or(far));
+        tokio::pin!(deadline);
+        // Activity held back by the report interval is reported when it
+        // ends, even if the client goes quiet.
+        let report_interval = self.broker.options().activity_report_interval;
+        let report = tokio::time::sleep(far);
+        tokio::pin!(report);
+        // Anything that came with the CONNECT.
+        if let Err(cause) = self.process_input(live).await {
+            return (cause, rx);
+        }
+        loop {
+            if let Err(_e) = self.flush().await {
+                return (DisconnectCause::SocketClosed, rx);
+            }
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => return (DisconnectCause::ServerShuttingDown, rx),
+                outbound = rx.recv() => {
+                    let Some(first) = outbound else {
+                        return (DisconnectCause::ServerShuttingDown, rx);
+                    };
+                    let mut next = Some(first);
+                    // Take what is queued in one go: one write for many.
+                    let mut taken = 0;
+                    while let Some(item) = next {
+                        match item {
+                            Outbound::Close(cause) => return (cause, rx),
+                            Outbound::Deliver(d) => {
+                                live.backlog.fetch_sub(1, Ordering::Relaxed);
+                                self.deliver(live, d);
+                            }
+                        }
+                        taken += 1;
+                        next = if taken < 256 { rx.try_recv().ok() } else { None };
+                    }
+                }
+                read = self.reader.read_buf(&mut self.rbuf) => {
+                    match read {
+                        Ok(0) | Err(_) => return (DisconnectCause::SocketClosed, rx),
+                        Ok(n) => self.traffic.read_bytes += n as u64,
+                    }
+                    if let Some(ka) = keep_alive {
+                        deadline.as_mut().reset(tokio::time::Instant::now() + ka);
+                    }
+                    match self.process_input(live).await {
+                        Ok(()) => {}
+                        Err(cause) => return (cause, rx),
+                    }
+                }
+                () = &mut deadline => return (DisconnectCause::KeepAliveTimeout, rx),
+                () = &mut report, if live.activity.is_some() => self.report_activity(live),
+            }
+            if live.activity.is_some() {
+                let due = tokio::time::Instant::from_std(live.activity_reported + report_interval);
+                if report.deadline() != due {
+                    report.as_mut().reset(due);
+                }
+            }
+        }
+    }
+
+    /// Handles every whole packet in the read buffer.
+    async fn process_input(&mut self, live: &mut Live) -> Result<(), DisconnectCause> {
+        loop {
+            let packet = match self.codec.decode(&mut self.rbuf) {
+                Ok(Some(p)) => p,
+                Ok(None) => return Ok(()),
+                Err(DecodeError::MaxSizeExceeded { .. }) => {
+                    return Err(DisconnectCause::PacketTooLarge);
+                }
+                Err(
+                    DecodeError::InvalidProtocol
+                    | DecodeError::PacketIdRequired
+                    | DecodeError::ConnectReservedFlagSet
+                    | DecodeError::InvalidConnectFlags
+                    | DecodeError::UnsupportedPacketType,
+                ) => return Err(DisconnectCause::ProtocolError),
+                Err(_) => return Err(DisconnectCause::MalformedPacket),
+            };
+            self.handle(live, packet)?;
+        }
+    }
+
+    fn note_activity(&mut self, live: &mut Live, kind: ActivityKind) {
+        let time = now();
+        live.activity = Some((kind, time));
+        let interval = self.broker.options().activity_report_interval;
+        if live.activity_reported.elapsed() >= interval {
+            self.report_activity(live);
+        }
+    }
+
+    fn report_activity(&mut self, live: &mut Live) {
+        if let Some((kind, time)) = live.activity.take() {
+            live.activity_reported = Instant::now();
+            self.broker.report(LifecycleEvent {
+                client_id: live.record_id.clone(),
+                time,
+                connection_id: live.connection_id,
+                broker: Arc::from(EMBEDDED_BROKER),
+                kind: EventKind::Activity(kind),
+            });
+        }
+    }
+
+    fn handle(&mut self, live: &mut Live, packet: In) -> Result<(), DisconnectCause> {
+        match packet {
+            In::Publish(p) => {
+                self.traffic.read_msgs += 1;
+                self.note_activity(live, ActivityKind::Publish);
+                self.on_publish(live, *p)?;
+            }
+            In::PubAck(id) => {
+                if live
+                    .inflight
+                    .get(&id.get())
+                    .is_some_and(|f| f.delivery.qos == QoS::AtLeastOnce)
+                {
+                    live.inflight.remove(&id.get());
+                    self.send_pending(live);
+                }
+            }
+            In::PubRec(id) => {
+                if let Some(f) = live.inflight.get_mut(&id.get())
+                    && f.delivery.qos == QoS::ExactlyOnce
+                {
+                    f.released = true;
+                }
+                self.encode_pubrel(id);
+            }
+            In::PubComp(id) => {
+                if live.inflight.remove(&id.get()).is_some() {
+                    self.send_pending(live);
+                }
+            }
+            In::PubRel(id) => {
+                let known = live.incoming_qos2.remove(&id);
+                self.encode_pubcomp(id, known);
+            }
+            In::Subscribe {
+                packet_id,
+                id,
+                filters,
+            } => {
+                self.note_activity(live, ActivityKind::Subscribe);
+                self.on_subscribe(live, packet_id, id, filters);
+            }
+            In::Unsubscribe { packet_id, filters } => {
+                self.note_activity(live, ActivityKind::Unsubscribe);
+                self.on_unsubscribe(live, packet_id, filters);
+            }
+            In::PingReq => {
+                self.note_activity(live, ActivityKind::Ping);
+                self.encode_simple(v3::Packet::PingResponse, v5::Packet::PingResponse);
+            }
+            In::Disconnect {
+                reason,
+                session_expiry,
+            } => {
+                if let Some(secs) = session_expiry {
+                    // Setting an expiry on a session that had none is a
+                    // protocol error (MQTT-3.14.2-2).
+                    if live.connect_expiry == 0 && secs > 0 {
+                        return Err(DisconnectCause::ProtocolError);
+                    }
+                    live.session.set_expiry(secs);
+                }
+                if reason != ReasonCode::DISCONNECT_WITH_WILL.0 {
+                    live.will = None;
+                }
+                return Err(DisconnectCause::ClientDisconnect(ReasonCode(reason)));
+            }
+            In::Connect | In::Unexpected => return Err(DisconnectCause::ProtocolError),
+        }
+        Ok(())
+    }
+
+    fn on_publish(&mut self, live: &mut Live, mut p: Publish) -> Result<(), DisconnectCause> {
+        // v5 topic aliases (MQTT-3.3.2-7..12).
+        if let Some(props) = &mut p.properties
+            && let Some(alias) = props.topic_alias.take()
+        {
+            if alias.get() > self.broker.options().topic_alias_max {
+                return Err(DisconnectCause::ProtocolError);
+            }
+            if p.topic.is_empty() {
+                match live.aliases.get(&alias.get()) {
+                    Some(t) => p.topic = t.clone(),
+                    None => return Err(DisconnectCause::ProtocolError),
+                }
+            } else {
+                live.aliases.insert(alias.get(), p.topic.clone());
+            }
+        }
+        if !topic::valid_topic_name(&p.topic) {
+            return Err(DisconnectCause::ProtocolError);
+        }
+        if let Some(props) = &mut p.properties {
+            props.subscription_ids.clear();
+        }
+        let routed = live.identity.publish_topic(&p.topic);
+        let packet_id = p.packet_id;
+        let authorised = routed.is_ok();
+        let fresh = match (p.qos, packet_id) {
+            (QoS::ExactlyOnce, Some(id)) => live.incoming_qos2.insert(id),
+            _ => true,
+        };
+        if let Ok(topic) = routed
+            && fresh
+        {
+            self.broker.publish(Message {
+                topic,
+                payload: p.payload,
+                qos: p.qos,
+                retain: p.retain,
+                properties: p.properties,
+                publisher: Some(live.client_id.clone()),
+            });
+        }
+        match (p.qos, packet_id) {
+            (QoS::AtMostOnce, _) => {}
+            (QoS::AtLeastOnce, Some(id)) => self.encode_puback(id, authorised, false),
+            (QoS::ExactlyOnce, Some(id)) => self.encode_puback(id, authorised, true),
+            (_, None) => return Err(DisconnectCause::ProtocolError),
+        }
+        if !authorised {
+            tracing::debug!(client = %live.client_id, topic = %p.topic, "publish not authorised");
+        }
+        Ok(())
+    }
+
+    fn on_subscribe(
+        &mut self,
+        live: &mut Live,
+        packet_id: NonZeroU16,
+        id: Option<NonZeroU32>,
+        filters: Vec<(ByteString, v5::SubscriptionOptions)>,
+    ) {
+        let mut codes: Vec<Result<QoS, v5::SubscribeAckReason>> = Vec::new();
+        let mut retained = Vec::new();
+        for (filter, opts) in filters {
+            if !topic::valid_topic_filter(&filter) {
+                codes.push(Err(v5::SubscribeAckReason::TopicFilterInvalid));
+                continue;
+            }
+            if filter.starts_with("$share/") {
+                codes.push(Err(v5::SubscribeAckReason::SharedSubscriptionNotSupported));
+                continue;
+            }
+            let Ok(internal) = live.identity.subscribe_filter(&filter) else {
+                codes.push(Err(v5::SubscribeAckReason::NotAuthorized));
+                continue;
+            };
+            let options = SubOptions {
+                qos: opts.qos,
+                no_local: opts.no_local,
+                retain_as_published: opts.retain_as_published,
+                id,
+            };
+            let new = self
+                .broker
+                .add_subscription(&live.session, &internal, options);
+            let send_retained = match opts.retain_handling {
+                v5::RetainHandling::AtSubscribe => true,
+                v5::RetainHandling::AtSubscribeNew => new,
+                v5::RetainHandling::NoAtSubscribe => false,
+            };
+            if send_retained {
+                for m in self.broker.retained_matching(&internal) {
+                    retained.push(Delivery {
+                        qos: m.qos.less_value(options.qos),
+                        retain: true,
+                        subscription_id: id,
+                        message: m,
+                    });
+                }
+            }
+            codes.push(Ok(opts.qos));
+        }
+        match &mut self.codec {
+            Codec::V3(c) => {
+                let status = codes
+                    .iter()
+                    .map(|c| match c {
+                        Ok(q) => v3::SubscribeReturnCode::Success(*q),
+                        Err(_) => v3::SubscribeReturnCode::Failure,
+                    })
+                    .collect();
+                let _ = c.encode(
+                    v3::Packet::SubscribeAck { packet_id, status },
+                    &mut self.wbuf,
+                );
+            }
+            Codec::V5(c) => {
+                let status = codes
+                    .iter()
+                    .map(|c| match c {
+                        Ok(QoS::AtMostOnce) => v5::SubscribeAckReason::GrantedQos0,
+                        Ok(QoS::AtLeastOnce) => v5::SubscribeAckReason::GrantedQos1,
+                        Ok(QoS::ExactlyOnce) => v5::SubscribeAckReason::GrantedQos2,
+                        Err(e) => *e,
+                    })
+                    .collect();
+                let _ = c.encode(
+                    v5::Packet::SubscribeAck(v5::SubscribeAck {
+                        packet_id,
+                        properties: Vec::new(),
+                        reason_string: None,
+                        status,
+                    }),
+                    &mut self.wbuf,
+                );
+            }
+        }
+        // Retained messages follow the SUBACK (MQTT-3.3.1-9).
+        for d in retained {
+            self.deliver(live, d);
+        }
+    }
+
+    fn on_unsubscribe(&mut self, live: &mut Live, packet_id: NonZeroU16, filters: Vec<ByteString>) {
+        let mut status = Vec::with_capacity(filters.len());
+        for filter in filters {
+            let existed = match live.identity.subscribe_filter(&filter) {
+                Ok(internal) => self.broker.remove_subscription(&live.session, &internal),
+                Err(_) => false,
+            };
+            status.push(if existed {
+                v5::UnsubscribeAckReason::Success
+            } else {
+                v5::UnsubscribeAckReason::NoSubscriptionExisted
+            });
+        }
+        match &mut self.codec {
+            Codec::V3(c) => {
+                let _ = c.encode(v3::Packet::UnsubscribeAck { packet_id }, &mut self.wbuf);
+            }
+            Codec::V5(c) => {
+                let _ = c.encode(
+                    v5::Packet::UnsubscribeAck(v5::UnsubscribeAck {
+                        packet_id,
+                        properties: Vec::new(),
+                        reason_string: None,
+                        status,
+                    }),
+                    &mut self.wbuf,
+                );
+            }
+        }
+    }
+
+    /// Sends `d` now (QoS 0, or a free in-flight slot) or keeps it for
+    /// later.
+    fn deliver(&mut self, live: &mut Live, d: Delivery) {
+        if d.qos == QoS::AtMostOnce {
+            self.encode_publish(live, &d, None, false);
+            return;
+        }
+        if live.inflight.len() < live.max_inflight && live.pending.is_empty() {
+            self.send_inflight(live, d);
+        } else if live.pending.len() < self.broker.options().max_queued_messages {
+            live.pending.push_back(d);
+        }
+    }
+
+    fn send_pending(&mut self, live: &mut Live) {
+        while live.inflight.len() < live.max_inflight {
+            let Some(d) = live.pending.pop_front() else {
+                return;
+            };
+            if d.qos == QoS::AtMostOnce {
+                self.encode_publish(live, &d, None, false);
+            } else {
+                self.send_inflight(live, d);
+            }
+        }
+    }
+
+    fn send_inflight(&mut self, live: &mut Live, d: Delivery) {
+        let Some(packet_id) = next_free_id(live) else {
+            live.pending.push_front(d);
+            return;
+        };
+        self.encode_publish(live, &d, Some(packet_id), false);
+        live.inflight.insert(
+            packet_id.get(),
+            Inflight {
+                packet_id,
+                delivery: d,
+                released: false,
+            },
+        );
+    }
+
+    fn encode_publish(
+        &mut self,
+        live: &Live,
+        d: &Delivery,
+        packet_id: Option<NonZeroU16>,
+        dup: bool,
+    ) {
+        let m = &d.message;
+        let topic = live.identity.client_topic(&m.topic);
+        let before = self.wbuf.len();
+        let result = match &mut self.codec {
+            Codec::V3(c) => c.encode(
+                v3::Packet::Publish(Box::new(Publish {
+                    dup,
+                    retain: d.retain,
+                    qos: d.qos,
+                    topic,
+                    packet_id,
+                    payload: m.payload.clone(),
+                    properties: None,
+                })),
+                &mut self.wbuf,
+            ),
+            Codec::V5(c) => {
+                let mut properties = m.properties.clone().unwrap_or_default();
+                properties.topic_alias = None;
+                properties.subscription_ids = d.subscription_id.into_iter().collect();
+                c.encode(
+                    v5::Packet::Publish(Box::new(Publish {
+                        dup,
+                        retain: d.retain,
+                        qos: d.qos,
+                        topic,
+                        packet_id,
+                        payload: m.payload.clone(),
+                        properties: Some(properties),
+                    })),
+                    &mut self.wbuf,
+                )
+            }
+        };
+        match result {
+            Ok(()) => self.traffic.write_msgs += 1,
+            Err(_) => {
+                // Larger than the client accepts (its Maximum Packet
+                // Size): discarded as if delivered (MQTT-3.1.2-25).
+                self.wbuf.truncate(before);
+            }
+        }
+    }
+
+    fn encode_simple(&mut self, p3: v3::Packet, p5: v5::Packet) {
+        let _ = match &mut self.codec {
+            Codec::V3(c) => c.encode(p3, &mut self.wbuf),
+            Codec::V5(c) => c.encode(p5, &mut self.wbuf),
+        };
+    }
+
+    fn encode_puback(&mut self, packet_id: NonZeroU16, authorised: bool, qos2: bool) {
+        let reason = if authorised {
+            v5::PublishAckReason::Success
+        } else {
+            v5::PublishAckReason::NotAuthorized
+        };
+        let ack = v5::PublishAck {
+            packet_id,
+            reason_code: reason,
+            properties: Vec::new(),
+            reason_string: None,
+        };
+        if qos2 {
+            self.encode_simple(
+                v3::Packet::PublishReceived { packet_id },
+                v5::Packet::PublishReceived(ack),
+            );
+        } else {
+            self.encode_simple(
+                v3::Packet::PublishAck { packet_id },
+                v5::Packet::PublishAck(ack),
+            );
+        }
+    }
+
+    fn encode_pubrel(&mut self, packet_id: NonZeroU16) {
+        self.encode_simple(
+            v3::Packet::PublishRelease { packet_id },
+            v5::Packet::PublishRelease(ack2(packet_id, true)),
+        );
+    }
+
+    fn encode_pubcomp(&mut self, packet_id: NonZeroU16, known: bool) {
+        self.encode_simple(
+            v3::Packet::PublishComplete { packet_id },
+            v5::Packet::PublishComplete(ack2(packet_id, known)),
+        );
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        self.traffic.write_bytes += self.wbuf.len() as u64;
+        let result = self.writer.write_all(&self.wbuf).await;
+        self.wbuf.clear();
+        if self.wbuf.capacity() > 1 << 20 {
+            self.wbuf = BytesMut::with_capacity(4096);
+        }
+        result
+    }
+
+    /// Ends an accepted connection: goodbye to v5 clients when the server
+    /// ends it, the disconnect recorded, the session handed back, the will
+    /// and the monitor message published.
+    async fn finish(
+        &mut self,
+        mut live: Live,
+        (cause, mut rx): (DisconnectCause, mpsc::UnboundedReceiver<Outbound>),
+        finished: CancellationToken,
+    ) {
+        let server_side = !matches!(
+            cause,
+            DisconnectCause::ClientDisconnect(_) | DisconnectCause::SocketClosed
+        );
+        if server_side && let (Codec::V5(c), Some(code)) = (&mut self.codec, cause.reason_code()) {
+            let code = v5::DisconnectReasonCode::try_from(code.0)
+                .unwrap_or(v5::DisconnectReasonCode::UnspecifiedError);
+            let _ = c.encode(
+                v5::Packet::Disconnect(v5::Disconnect::new(code)),
+                &mut self.wbuf,
+            );
+        }
+        if !self.wbuf.is_empty() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.flush()).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.writer.shutdown()).await;
+
+        let time = now();
+        self.report_activity(&mut live);
+        self.broker.report(LifecycleEvent {
+            client_id: live.record_id.clone(),
+            time,
+            connection_id: live.connection_id,
+            broker: Arc::from(EMBEDDED_BROKER),
+            kind: EventKind::Disconnected(cause.clone()),
+        });
+        let origin = self.origin(&live.client_id, &live.username);
+        self.broker.publish_monitor(
+            &origin,
+            &Action::Disconnect {
+                connect_time: live.connect_time,
+                time,
+                cause: &cause,
+                keep_alive: live.keep_alive,
+                traffic: self.traffic,
+            },
+        );
+
+        // Hand the session back.
+        rx.close();
+        let mut leftovers = Vec::new();
+        while let Ok(item) = rx.try_recv() {
+            if let Outbound::Deliver(d) = item {
+                leftovers.push(d);
+            }
+        }
+        let carried = Carried {
+            inflight: std::mem::take(&mut live.inflight).into_values().collect(),
+            queue: std::mem::take(&mut live.pending),
+            incoming_qos2: std::mem::take(&mut live.incoming_qos2),
+        };
+        let expiry = self
+            .broker
+            .detach(&live.session, live.connection_id, carried, leftovers);
+        finished.cancel();
+
+        if let Some(will) = live.will.take()
+            && !matches!(cause, DisconnectCause::ServerShuttingDown)
+        {
+            self.publish_will(&live, will, expiry);
+        }
+    }
+
+    fn publish_will(&self, live: &Live, will: Will, session_expiry: u32) {
+        let message = Message {
+            topic: will.topic,
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            properties: will.properties,
+            publisher: Some(live.client_id.clone()),
+        };
+        let delay = will.delay_secs.min(session_expiry);
+        if delay == 0 {
+            self.broker.publish(message);
+            return;
+        }
+        // Delayed: not sent if the client comes back first (MQTT-3.1.3-9).
+        let broker = self.broker.clone();
+        let session = live.session.clone();
+        let generation = live.generation;
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
+            if session.generation() == generation {
+                broker.publish(message);
+            }
+        });
+    }
+}
+
+fn ack2(packet_id: NonZeroU16, known: bool) -> v5::PublishAck2 {
+    v5::PublishAck2 {
+        packet_id,
+        reason_code: if known {
+            v5::PublishAck2Reason::Success
+        } else {
+            v5::PublishAck2Reason::PacketIdNotFound
+        },
+        properties: Vec::new(),
+        reason_string: None,
+    }
+}
+
+/// The next packet id not in flight.
+fn next_free_id(live: &mut Live) -> Option<NonZeroU16> {
+    for _ in 0..u16::MAX {
+        let id = live.next_packet_id;
+        live.next_packet_id = live.next_packet_id.checked_add(1).unwrap_or(1);
+        if !live.inflight.contains_key(&id) {
+            return NonZeroU16::new(id);
+        }
+    }
+    None
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    u64::from_le_bytes(b)
+}

@@ -1,0 +1,206 @@
+//! The broker's listeners: MQTT over TCP, over TLS, and over WebSocket
+//! (path `/mqtt`, subprotocol `mqtt`).
+
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    extract::{
+        ConnectInfo, State,
+        ws::{Message as WsMessage, WebSocket, WebSocketUpgrade},
+    },
+    response::Response,
+    routing::get,
+};
+use bytes::BytesMut;
+use futures_util::{SinkExt, StreamExt};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+    task::JoinHandle,
+};
+use tokio_rustls::{TlsAcceptor, rustls};
+
+use super::{
+    Broker,
+    connection::{self, Transport},
+};
+
+/// Listeners bound by the caller; `None` leaves that transport off.
+#[derive(Default)]
+pub struct MqttListeners {
+    pub tcp: Option<TcpListener>,
+    /// Served only when a certificate is configured.
+    pub tls: Option<TcpListener>,
+    pub ws: Option<TcpListener>,
+}
+
+/// The rustls configuration of the MQTT TLS listener, from PEM files.
+pub async fn tls_config(cert: &Path, key: &Path) -> std::io::Result<Arc<rustls::ServerConfig>> {
+    let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key).await?;
+    // The HTTP listener's ALPN list (h2, http/1.1) would refuse MQTT
+    // clients that offer ALPN "mqtt".
+    let mut server = (*config.get_inner()).clone();
+    server.alpn_protocols.clear();
+    Ok(Arc::new(server))
+}
+
+/// Starts one accept loop per listener; each ends when the broker stops.
+pub fn spawn_listeners(
+    broker: &Broker,
+    listeners: MqttListeners,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    if let Some(listener) = listeners.tcp {
+        tasks.push(tokio::spawn(accept_tcp(broker.clone(), listener, None)));
+    }
+    if let (Some(listener), Some(tls)) = (listeners.tls, tls) {
+        tasks.push(tokio::spawn(accept_tcp(
+            broker.clone(),
+            listener,
+            Some(TlsAcceptor::from(tls)),
+        )));
+    }
+    if let Some(listener) = listeners.ws {
+        tasks.push(tokio::spawn(serve_ws(broker.clone(), listener)));
+    }
+    tasks
+}
+
+async fn accept_tcp(broker: Broker, listener: TcpListener, tls: Option<TlsAcceptor>) {
+    let stop = broker.inner.stop.clone();
+    let Ok(local) = listener.local_addr() else {
+        return;
+    };
+    tracing::info!(mqtt = %local, tls = tls.is_some(), "MQTT listener");
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = stop.cancelled() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly.
+                tracing::warn!(error = %e, "MQTT accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let transport = Transport {
+            peer,
+            local,
+            secure: tls.is_some(),
+        };
+        let broker2 = broker.clone();
+        match &tls {
+            None => {
+                broker
+                    .inner
+                    .connections
+                    .spawn(connection::serve(broker2, stream, transport));
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                broker.inner.connections.spawn(async move {
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
+                    match handshake.await {
+                        Ok(Ok(stream)) => connection::serve(broker2, stream, transport).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+struct WsState {
+    broker: Broker,
+    local: SocketAddr,
+}
+
+async fn serve_ws(broker: Broker, listener: TcpListener) {
+    let Ok(local) = listener.local_addr() else {
+        return;
+    };
+    tracing::info!(mqtt_ws = %local, "MQTT over WebSocket listener (path /mqtt)");
+    let stop = broker.inner.stop.clone();
+    let router = Router::new()
+        .route("/mqtt", get(upgrade))
+        .with_state(WsState { broker, local });
+    let served = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop.cancelled_owned())
+    .await;
+    if let Err(e) = served {
+        tracing::warn!(error = %e, "MQTT WebSocket listener stopped");
+    }
+}
+
+async fn upgrade(
+    State(state): State<WsState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    ws.protocols(["mqtt"]).on_upgrade(move |socket| {
+        let transport = Transport {
+            peer,
+            local: state.local,
+            secure: false,
+        };
+        let tracker = state.broker.inner.connections.clone();
+        tracker.track_future(bridge(state.broker, socket, transport))
+    })
+}
+
+/// Runs a connection over a WebSocket: binary frames carry the MQTT byte
+/// stream in both directions.
+async fn bridge(broker: Broker, socket: WebSocket, transport: Transport) {
+    let (mqtt_side, ws_side) = tokio::io::duplex(64 * 1024);
+    let (mut to_client, mut from_client) = socket.split();
+    let (mut pipe_read, mut pipe_write) = tokio::io::split(ws_side);
+    let inbound = async move {
+        while let Some(Ok(frame)) = from_client.next().await {
+            let written = match frame {
+                WsMessage::Binary(data) => pipe_write.write_all(&data).await,
+                WsMessage::Close(_) => break,
+                _ => Ok(()),
+            };
+            if written.is_err() {
+                break;
+            }
+        }
+        let _ = pipe_write.shutdown().await;
+    };
+    let outbound = async move {
+        let mut buf = BytesMut::with_capacity(8192);
+        loop {
+            buf.clear();
+            match pipe_read.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if to_client
+                        .send(WsMessage::Binary(buf.split().freeze()))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to_client.close().await;
+    };
+    // The client may never answer our close frame: the inbound half is
+    // dropped once the connection and the outbound half are done.
+    let inbound = tokio::spawn(inbound);
+    tokio::join!(connection::serve(broker, mqtt_side, transport), outbound);
+    inbound.abort();
+}

@@ -1,0 +1,354 @@
+//! The embedded MQTT 3.1, 3.1.1 and 5.0 broker.
+//!
+//! Packets are encoded and decoded by `rmqtt-codec`; everything else is
+//! here: sessions, routing, retained messages, wills, keepalive, takeover,
+//! platform identities and monitor topics. The broker observes every
+//! connection first-hand and reports each lifecycle event to the tracker
+//! through one ordered queue; it never writes the store itself.
+//!
+//! - [`topic`]: topic names, filters and the subscription tree.
+//! - `identity`: who a client is (open mode, device, gateway, application)
+//!   and which topics it may use.
+//! - `session`: sessions that outlive connections, queued messages, expiry.
+//! - `connection`: one task per network connection, from CONNECT to close.
+//! - `monitor`: the Connect / Disconnect / FailedConnect monitor messages.
+//! - `listener`: TCP, TLS and WebSocket listeners.
+
+mod connection;
+mod identity;
+mod listener;
+mod monitor;
+mod session;
+pub mod topic;
+
+use std::{
+    collections::HashMap,
+    num::NonZeroU32,
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use bytestring::ByteString;
+use rmqtt_codec::{types::QoS, v5::PublishProperties};
+use tokio::sync::mpsc;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+pub use listener::{MqttListeners, spawn_listeners, tls_config};
+
+use crate::{
+    domain::{ClientId, DisconnectCause, LifecycleEvent},
+    registry::Registry,
+    store::{Store, StoreError},
+    tracker::Tracker,
+};
+use session::Session;
+use topic::SubscriptionTree;
+
+/// Broker settings (see [`crate::Config`] for their defaults).
+#[derive(Debug, Clone)]
+pub struct BrokerOptions {
+    /// Organisation of platform client ids.
+    pub org_id: String,
+    /// Platform identities and topic rules; off is open mode.
+    pub auth: bool,
+    /// Largest packet accepted from a client, in bytes.
+    pub max_packet_size: u32,
+    /// QoS 1 and 2 messages kept per client beyond those in flight (and
+    /// for offline persistent sessions), as Mosquitto's
+    /// `max_queued_messages`.
+    pub max_queued_messages: usize,
+    /// QoS 1 and 2 messages in flight per client.
+    pub max_inflight_messages: u16,
+    /// Messages waiting for a connection's writer before QoS 0 messages are
+    /// dropped for it.
+    pub outbound_buffer: usize,
+    /// Topic aliases a v5 client may use towards the broker.
+    pub topic_alias_max: u16,
+    /// How often a busy connection reports activity to the tracker (which
+    /// coalesces further).
+    pub activity_report_interval: Duration,
+    /// Time a new connection has to send CONNECT.
+    pub connect_timeout: Duration,
+}
+
+impl Default for BrokerOptions {
+    fn default() -> Self {
+        BrokerOptions {
+            org_id: "local".into(),
+            auth: false,
+            max_packet_size: 1 << 20,
+            max_queued_messages: 1000,
+            max_inflight_messages: 20,
+            outbound_buffer: 10_000,
+            topic_alias_max: 10,
+            activity_report_interval: Duration::from_millis(250),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// An application message as the broker routes it. Topics are internal:
+/// a device's `iot-2/evt/...` is routed as `iot-2/type/{t}/id/{d}/evt/...`.
+#[derive(Debug)]
+pub(crate) struct Message {
+    pub topic: ByteString,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// v5 properties as published (without topic alias and subscription
+    /// ids), passed on to v5 subscribers.
+    pub properties: Option<PublishProperties>,
+    /// Client id of the publisher, for no-local; `None` for the broker's
+    /// own messages.
+    pub publisher: Option<Arc<str>>,
+}
+
+/// One message on its way to one subscription.
+#[derive(Debug, Clone)]
+pub(crate) struct Delivery {
+    pub message: Arc<Message>,
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_id: Option<NonZeroU32>,
+}
+
+/// What a subscription asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SubOptions {
+    pub qos: QoS,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    pub id: Option<NonZeroU32>,
+}
+
+/// Work for a connection's task from elsewhere in the broker.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    Deliver(Delivery),
+    /// End the connection for this cause (takeover, kick, revocation).
+    Close(DisconnectCause),
+}
+
+pub(crate) struct Subscriber {
+    session: Arc<Session>,
+    options: SubOptions,
+}
+
+/// A cheap, cloneable handle to the broker.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    options: BrokerOptions,
+    store: Store,
+    registry: Registry,
+    events: mpsc::UnboundedSender<LifecycleEvent>,
+    sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    subscriptions: RwLock<SubscriptionTree<Arc<str>, Subscriber>>,
+    retained: RwLock<HashMap<ByteString, Arc<Message>>>,
+    /// Cancelled when the server shuts down: connections say goodbye.
+    stop: CancellationToken,
+    connections: TaskTracker,
+    connected: AtomicUsize,
+}
+
+/// The task that hands lifecycle events to the tracker in order, and the
+/// token that tells it to finish once the connections are gone.
+pub struct EventPump {
+    handle: tokio::task::JoinHandle<()>,
+    drain: CancellationToken,
+}
+
+impl EventPump {
+    /// Records what is queued, then ends.
+    pub async fn finish(self) {
+        self.drain.cancel();
+        let _ = self.handle.await;
+    }
+}
+
+impl Broker {
+    /// A broker reporting to `tracker`; `stop` starts its shutdown.
+    pub fn new(
+        options: BrokerOptions,
+        store: Store,
+        tracker: Tracker,
+        registry: Registry,
+        stop: CancellationToken,
+    ) -> (Broker, EventPump) {
+        let (events, rx) = mpsc::unbounded_channel();
+        let drain = CancellationToken::new();
+        let handle = tokio::spawn(pump_events(tracker, rx, drain.clone()));
+        let broker = Broker {
+            inner: Arc::new(Inner {
+                options,
+                store,
+                registry,
+                events,
+                sessions: Mutex::default(),
+                subscriptions: RwLock::new(SubscriptionTree::new()),
+                retained: RwLock::default(),
+                stop,
+                connections: TaskTracker::new(),
+                connected: AtomicUsize::new(0),
+            }),
+        };
+        (broker, EventPump { handle, drain })
+    }
+
+    pub fn options(&self) -> &BrokerOptions {
+        &self.inner.options
+    }
+
+    /// Connections open right now.
+    pub fn connected(&self) -> usize {
+        self.inner.connected.load(Ordering::Relaxed)
+    }
+
+    /// Waits until every connection has said goodbye and reported its
+    /// disconnect, at most `grace`. Call after the stop token fired.
+    pub async fn wait_closed(&self, grace: Duration) -> bool {
+        self.inner.connections.close();
+        tokio::time::timeout(grace, self.inner.connections.wait())
+            .await
+            .is_ok()
+    }
+
+    /// Ends the connection of `client_id`, if any, for `cause` (an
+    /// administrator's kick or revoked credentials). Returns whether a
+    /// connection was found.
+    pub fn disconnect(&self, client_id: &str, cause: DisconnectCause) -> bool {
+        let session = self.session(client_id);
+        session.is_some_and(|s| s.close(cause))
+    }
+
+    /// Ends every connection whose credentials match `revoked` (a device
+    /// deleted, an API key deleted).
+    pub fn revoke(&self, revoked: impl Fn(&ClientId, &str) -> bool) -> usize {
+        let sessions: Vec<Arc<Session>> = self
+            .inner
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .values()
+            .cloned()
+            .collect();
+        sessions
+            .into_iter()
+            .filter(|s| s.online_matches(&revoked))
+            .filter(|s| s.close(DisconnectCause::CredentialsRevoked))
+            .count()
+    }
+
+    fn session(&self, client_id: &str) -> Option<Arc<Session>> {
+        self.inner
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .get(client_id)
+            .cloned()
+    }
+
+    fn report(&self, event: LifecycleEvent) {
+        // The pump outlives every connection; a send after it stopped has
+        // nowhere to go anyway.
+        let _ = self.inner.events.send(event);
+    }
+
+    fn next_connection_id(&self) -> Result<u64, StoreError> {
+        self.inner.store.next_connection_id()
+    }
+
+    /// Routes `message` to every matching subscription and keeps it when
+    /// retained. Returns the number of subscriptions it went to.
+    pub(crate) fn publish(&self, message: Message) -> usize {
+        let message = Arc::new(message);
+        if message.retain {
+            let mut retained = self.inner.retained.write().expect("retained lock");
+            if message.payload.is_empty() {
+                retained.remove(&message.topic);
+            } else {
+                retained.insert(message.topic.clone(), message.clone());
+            }
+        }
+        let mut targets: Vec<(Arc<Session>, SubOptions)> = Vec::new();
+        self.inner
+            .subscriptions
+            .read()
+            .expect("subscriptions lock")
+            .for_each_match(&message.topic, |_, sub| {
+                targets.push((sub.session.clone(), sub.options));
+            });
+        let mut delivered = 0;
+        for (session, options) in targets {
+            if options.no_local
+                && message
+                    .publisher
+                    .as_deref()
+                    .is_some_and(|p| p == &*session.client_id)
+            {
+                continue;
+            }
+            let delivery = Delivery {
+                qos: message.qos.less_value(options.qos),
+                retain: options.retain_as_published && message.retain,
+                subscription_id: options.id,
+                message: message.clone(),
+            };
+            session.deliver(delivery, &self.inner.options);
+            delivered += 1;
+        }
+        delivered
+    }
+
+    /// Removes the retained message of `topic`.
+    pub(crate) fn clear_retained(&self, topic: &str) {
+        self.inner
+            .retained
+            .write()
+            .expect("retained lock")
+            .remove(topic);
+    }
+
+    /// Retained messages matching `filter`.
+    fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
+        self.inner
+            .retained
+            .read()
+            .expect("retained lock")
+            .iter()
+            .filter(|(topic, _)| topic::matches(filter, topic))
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+}
+
+async fn pump_events(
+    tracker: Tracker,
+    mut rx: mpsc::UnboundedReceiver<LifecycleEvent>,
+    drain: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(1024);
+    loop {
+        let received = tokio::select! {
+            n = rx.recv_many(&mut batch, 4096) => n,
+            () = drain.cancelled() => {
+                rx.close();
+                rx.recv_many(&mut batch, 4096).await
+            }
+        };
+        if received == 0 {
+            return;
+        }
+        match tracker.record(std::mem::take(&mut batch)).await {
+            Ok(_) | Err(StoreError::Disabled) => {}
+            Err(e) => tracing::error!(error = %e, "recording lifecycle events failed"),
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! Sessions: what a client id keeps between connections (subscriptions,
+//! queued and unacknowledged messages), takeover, and expiry.
+//!
+//! Lock order: the sessions map, then a session's state, then the
+//! subscription tree. Routing collects its targets from the tree and
+//! releases it before it locks any session.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    num::NonZeroU16,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Broker, BrokerOptions, Delivery, Outbound, SubOptions, Subscriber};
+use crate::domain::{ClientId, DisconnectCause};
+use rmqtt_codec::types::QoS;
+
+/// Session expiry meaning "never" (MQTT 3 persistent sessions, v5
+/// 0xFFFFFFFF).
+pub const NEVER: u32 = u32::MAX;
+
+/// A QoS 1 or 2 message sent to the client and not yet acknowledged.
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    pub packet_id: NonZeroU16,
+    pub delivery: Delivery,
+    /// QoS 2: PUBREC received, PUBREL sent.
+    pub released: bool,
+}
+
+/// What one connection of a session hands back when it ends, and gets
+/// when it resumes.
+#[derive(Debug, Default)]
+pub struct Carried {
+    pub inflight: Vec<Inflight>,
+    pub queue: VecDeque<Delivery>,
+    /// QoS 2 packet ids received and not yet released by the client.
+    pub incoming_qos2: HashSet<NonZeroU16>,
+}
+
+pub struct Session {
+    pub client_id: Arc<str>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    online: Option<Online>,
+    subscriptions: HashMap<String, SubOptions>,
+    carried: Carried,
+    expiry_secs: u32,
+    /// Grows with every connection; timers of an older one do nothing.
+    generation: u64,
+    /// Credentials of the current connection (user name), for revocation.
+    username: String,
+}
+
+struct Online {
+    connection_id: u64,
+    tx: mpsc::UnboundedSender<Outbound>,
+    /// Cancelled by the connection once it has handed its state back.
+    finished: CancellationToken,
+    backlog: Arc<AtomicUsize>,
+}
+
+/// The attached end of a session, held by its connection.
+pub struct Attached {
+    pub session: Arc<Session>,
+    pub session_present: bool,
+    pub carried: Carried,
+    pub generation: u64,
+}
+
+impl Session {
+    fn new(client_id: Arc<str>) -> Session {
+        Session {
+            client_id,
+            state: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("session lock")
+    }
+
+    /// Hands `delivery` to the connection, or queues it while offline.
+    pub fn deliver(&self, delivery: Delivery, options: &BrokerOptions) {
+        let mut state = self.lock();
+        let mut delivery = delivery;
+        if let Some(online) = &state.online {
+            if online.backlog.load(Ordering::Relaxed) >= options.outbound_buffer {
+                // A client that does not read loses what it cannot take,
+                // as on Mosquitto; the broker never waits for it.
+                return;
+            }
+            online.backlog.fetch_add(1, Ordering::Relaxed);
+            match online.tx.send(Outbound::Deliver(delivery)) {
+                Ok(()) => return,
+                // The connection is ending: keep it with the session.
+                Err(mpsc::error::SendError(Outbound::Deliver(d))) => delivery = d,
+                Err(_) => return,
+            }
+        }
+        if delivery.qos != QoS::AtMostOnce
+            && state.carried.queue.len() < options.max_queued_messages
+        {
+            state.carried.queue.push_back(delivery);
+        }
+    }
+
+    /// Asks the connection to close for `cause`; false when offline.
+    pub fn close(&self, cause: DisconnectCause) -> bool {
+        let state = self.lock();
+        match &state.online {
+            Some(online) => online.tx.send(Outbound::Close(cause)).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Whether a connection is online and `matches` its client id and user.
+    pub fn online_matches(&self, matches: impl Fn(&ClientId, &str) -> bool) -> bool {
+        let state = self.lock();
+        state.online.is_some()
+            && ClientId::new(&*self.client_id).is_ok_and(|id| matches(&id, &state.username))
+    }
+
+    pub fn subscribe(&self, filter: &str, options: SubOptions) -> bool {
+        self.lock()
+            .subscriptions
+            .insert(filter.to_owned(), options)
+            .is_none()
+    }
+
+    pub fn unsubscribe(&self, filter: &str) -> bool {
+        self.lock().subscriptions.remove(filter).is_some()
+    }
+
+    pub fn set_expiry(&self, secs: u32) {
+        self.lock().expiry_secs = secs;
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+}
+
+/// Backlog counter of a connection: the task decrements it as it takes
+/// deliveries off its queue.
+pub type Backlog = Arc<AtomicUsize>;
+
+impl Broker {
+    /// Attaches a new connection to the session of `client_id`, taking
+    /// over a connection still attached (it is sent `Close(taken over)`
+    /// and has up to five seconds to hand its state back).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn attach(
+        &self,
+        client_id: &Arc<str>,
+        connection_id: u64,
+        clean_start: bool,
+        expiry_secs: u32,
+        username: &str,
+        by: &str,
+        tx: mpsc::UnboundedSender<Outbound>,
+        finished: CancellationToken,
+        backlog: Backlog,
+    ) -> Attached {
+        for _ in 0..3 {
+            let Some(session) = self.session(client_id) else {
+                break;
+            };
+            let old = {
+                let state = session.lock();
+                state
+                    .online
+                    .as_ref()
+                    .map(|o| (o.tx.clone(), o.finished.clone()))
+            };
+            let Some((old_tx, old_finished)) = old else {
+                break;
+            };
+            let _ = old_tx.send(Outbound::Close(DisconnectCause::SessionTakenOver {
+                by: by.to_owned(),
+            }));
+            if tokio::time::timeout(Duration::from_secs(5), old_finished.cancelled())
+                .await
+                .is_err()
+            {
+                tracing::warn!(client = %client_id, "taken-over connection did not close in time");
+            }
+        }
+        let mut sessions = self.inner.sessions.lock().expect("sessions lock");
+        let session = sessions
+            .entry(client_id.clone())
+            .or_insert_with(|| Arc::new(Session::new(client_id.clone())))
+            .clone();
+        let mut state = session.lock();
+        if let Some(old) = state.online.take() {
+            // Lost a race with another new connection: the newest wins.
+            let _ = old
+                .tx
+                .send(Outbound::Close(DisconnectCause::SessionTakenOver {
+                    by: by.to_owned(),
+                }));
+        }
+        let existed = !state.subscriptions.is_empty()
+            || !state.carried.queue.is_empty()
+            || !state.carried.inflight.is_empty()
+            || state.generation > 0;
+        let mut dropped_filters = Vec::new();
+        if clean_start {
+            dropped_filters.extend(state.subscriptions.drain().map(|(f, _)| f));
+            state.carried = Carried::default();
+        }
+        state.generation += 1;
+        state.expiry_secs = expiry_secs;
+        state.username = username.to_owned();
+        state.online = Some(Online {
+            connection_id,
+            tx,
+            finished,
+            backlog,
+        });
+        let attached = Attached {
+            session: session.clone(),
+            session_present: existed && !clean_start,
+            carried: std::mem::take(&mut state.carried),
+            generation: state.generation,
+        };
+        drop(state);
+        drop(sessions);
+        self.drop_subscriptions(client_id, &dropped_filters);
+        attached
+    }
+
+    /// Detaches connection `connection_id` from `session`, keeping what it
+    /// carried when the session outlives it. Returns the session's expiry.
+    pub(crate) fn detach(
+        &self,
+        session: &Arc<Session>,
+        connection_id: u64,
+        mut carried: Carried,
+        leftovers: Vec<Delivery>,
+    ) -> u32 {
+        let (expiry, generation) = {
+            let mut state = session.lock();
+            if state
+                .online
+                .as_ref()
+                .is_none_or(|o| o.connection_id != connection_id)
+            {
+                return state.expiry_secs;
+            }
+            state.online = None;
+            if state.expiry_secs > 0 {
+                // What the connection held, what was still on its way to
+                // it, then what arrived while it was closing.
+                let limit = self.inner.options.max_queued_messages;
+                let arrived_late = std::mem::take(&mut state.carried.queue);
+                for d in leftovers.into_iter().chain(arrived_late) {
+                    if d.qos != QoS::AtMostOnce && carried.queue.len() < limit {
+                        carried.queue.push_back(d);
+                    }
+                }
+                state.carried = carried;
+            }
+            (state.expiry_secs, state.generation)
+        };
+        match expiry {
+            0 => self.discard_if_idle(session, generation),
+            NEVER => {}
+            secs => {
+                let broker = self.clone();
+                let session = session.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(u64::from(secs))).await;
+                    broker.discard_if_idle(&session, generation);
+                });
+            }
+        }
+        expiry
+    }
+
+    /// Ends `session` if no connection came back since `generation`.
+    fn discard_if_idle(&self, session: &Arc<Session>, generation: u64) {
+        let filters: Vec<String> = {
+            let mut sessions = self.inner.sessions.lock().expect("sessions lock");
+            let mut state = session.lock();
+            if state.online.is_some() || state.generation != generation {
+                return;
+            }
+            if sessions
+                .get(&session.client_id)
+                .is_some_and(|s| Arc::ptr_eq(s, session))
+            {
+                sessions.remove(&session.client_id);
+            }
+            state.carried = Carried::default();
+            state.subscriptions.drain().map(|(f, _)| f).collect()
+        };
+        self.drop_subscriptions(&session.client_id, &filters);
+    }
+
+    fn drop_subscriptions(&self, client_id: &Arc<str>, filters: &[String]) {
+        if filters.is_empty() {
+            return;
+        }
+        let mut tree = self
+            .inner
+            .subscriptions
+            .write()
+            .expect("subscriptions lock");
+        for filter in filters {
+            tree.remove(filter, client_id);
+        }
+    }
+
+    /// Adds or replaces a subscription; true when it is new.
+    pub(crate) fn add_subscription(
+        &self,
+        session: &Arc<Session>,
+        filter: &str,
+        options: SubOptions,
+    ) -> bool {
+        let new = session.subscribe(filter, options);
+        self.inner
+            .subscriptions
+            .write()
+            .expect("subscriptions lock")
+            .insert(
+                filter,
+                session.client_id.clone(),
+                Subscriber {
+                    session: session.clone(),
+                    options,
+                },
+            );
+        new
+    }
+
+    pub(crate) fn remove_subscription(&self, session: &Arc<Session>, filter: &str) -> bool {
+        let existed = session.unsubscribe(filter);
+        self.inner
+            .subscriptions
+            .write()
+            .expect("subscriptions lock")
+            .remove(filter, &session.client_id);
+        existed
+    }
+}
