@@ -41,6 +41,12 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     pub watchers: Gauge,
     pub watchers_dropped: Counter,
+    pub mqtt_connections: Gauge,
+    pub mqtt_received_messages: Counter,
+    pub mqtt_sent_messages: Counter,
+    pub mqtt_received_bytes: Counter,
+    pub mqtt_sent_bytes: Counter,
+    pub mqtt_dropped_messages: Counter,
 }
 
 impl Default for Metrics {
@@ -92,8 +98,50 @@ impl Default for Metrics {
             "Watch streams ended for falling behind the live feed",
             watchers_dropped.clone(),
         );
+        let mqtt_connections = Gauge::default();
+        registry.register(
+            "mqtt_connections",
+            "Network connections open on the embedded MQTT broker",
+            mqtt_connections.clone(),
+        );
+        let mqtt_received_messages = Counter::default();
+        registry.register(
+            "mqtt_received_messages",
+            "PUBLISH packets received by the embedded broker",
+            mqtt_received_messages.clone(),
+        );
+        let mqtt_sent_messages = Counter::default();
+        registry.register(
+            "mqtt_sent_messages",
+            "PUBLISH packets sent by the embedded broker",
+            mqtt_sent_messages.clone(),
+        );
+        let mqtt_received_bytes = Counter::default();
+        registry.register(
+            "mqtt_received_bytes",
+            "Bytes received by the embedded broker",
+            mqtt_received_bytes.clone(),
+        );
+        let mqtt_sent_bytes = Counter::default();
+        registry.register(
+            "mqtt_sent_bytes",
+            "Bytes sent by the embedded broker",
+            mqtt_sent_bytes.clone(),
+        );
+        let mqtt_dropped_messages = Counter::default();
+        registry.register(
+            "mqtt_dropped_messages",
+            "Messages dropped for clients that could not take them (queue full)",
+            mqtt_dropped_messages.clone(),
+        );
         Metrics {
             registry,
+            mqtt_connections,
+            mqtt_received_messages,
+            mqtt_sent_messages,
+            mqtt_received_bytes,
+            mqtt_sent_bytes,
+            mqtt_dropped_messages,
             connected_clients,
             connects,
             failed_connects,

@@ -233,7 +233,12 @@ pub async fn run(
         Some(listener) => Some(
             spawn_rest(
                 listener,
-                crate::api::rest::router(query.clone(), gate.clone(), registry.clone()),
+                crate::api::rest::router(
+                    query.clone(),
+                    gate.clone(),
+                    registry.clone(),
+                    Some(broker.clone()),
+                ),
                 config.tls.as_ref(),
                 config.shutdown_grace,
                 stop.clone(),

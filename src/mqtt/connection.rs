@@ -262,6 +262,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     broker.inner.connected.fetch_add(1, Ordering::Relaxed);
+    broker.metrics().mqtt_connections.inc();
     let (reader, writer) = tokio::io::split(stream);
     let mut conn = Conn {
         broker: broker.clone(),
@@ -273,8 +274,11 @@ where
         codec: Codec::V3(v3::Codec::new(broker.options().max_packet_size)),
         protocol: MqttProtocol::V3_1_1,
         traffic: Traffic::default(),
+        counted: Traffic::default(),
     };
     let _ = conn.run().await;
+    conn.count_traffic();
+    broker.metrics().mqtt_connections.dec();
     broker.inner.connected.fetch_sub(1, Ordering::Relaxed);
 }
 
@@ -288,6 +292,8 @@ struct Conn<S> {
     codec: Codec,
     protocol: MqttProtocol,
     traffic: Traffic,
+    /// The part of `traffic` already added to the metrics.
+    counted: Traffic,
 }
 
 /// State of an accepted connection.
@@ -1045,6 +1051,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             self.send_inflight(live, d);
         } else if live.pending.len() < self.broker.options().max_queued_messages {
             live.pending.push_back(d);
+        } else {
+            self.broker.metrics().mqtt_dropped_messages.inc();
         }
     }
 
@@ -1174,10 +1182,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         );
     }
 
+    /// Adds the traffic since the last call to the broker's metrics.
+    fn count_traffic(&mut self) {
+        let (now, then) = (self.traffic, self.counted);
+        let m = self.broker.metrics();
+        m.mqtt_received_bytes
+            .inc_by(now.read_bytes - then.read_bytes);
+        m.mqtt_received_messages
+            .inc_by(now.read_msgs - then.read_msgs);
+        m.mqtt_sent_bytes.inc_by(now.write_bytes - then.write_bytes);
+        m.mqtt_sent_messages
+            .inc_by(now.write_msgs - then.write_msgs);
+        self.counted = now;
+    }
+
     async fn flush(&mut self) -> std::io::Result<()> {
         if self.wbuf.is_empty() {
             return Ok(());
         }
+        self.count_traffic();
         self.traffic.write_bytes += self.wbuf.len() as u64;
         let result = self.writer.write_all(&self.wbuf).await;
         self.wbuf.clear();

@@ -255,6 +255,10 @@ impl Broker {
             .cloned()
     }
 
+    fn metrics(&self) -> &crate::metrics::Metrics {
+        self.inner.store.metrics()
+    }
+
     fn report(&self, event: LifecycleEvent) {
         // The pump outlives every connection; a send after it stopped has
         // nowhere to go anyway.
@@ -301,8 +305,11 @@ impl Broker {
                 subscription_id: options.id,
                 message: message.clone(),
             };
-            session.deliver(delivery, &self.inner.options);
-            delivered += 1;
+            if session.deliver(delivery, &self.inner.options) {
+                delivered += 1;
+            } else {
+                self.metrics().mqtt_dropped_messages.inc();
+            }
         }
         delivered
     }

@@ -91,28 +91,33 @@ impl Session {
     }
 
     /// Hands `delivery` to the connection, or queues it while offline.
-    pub fn deliver(&self, delivery: Delivery, options: &BrokerOptions) {
+    /// Returns false when the message had to be dropped.
+    pub fn deliver(&self, delivery: Delivery, options: &BrokerOptions) -> bool {
         let mut state = self.lock();
         let mut delivery = delivery;
         if let Some(online) = &state.online {
             if online.backlog.load(Ordering::Relaxed) >= options.outbound_buffer {
                 // A client that does not read loses what it cannot take,
                 // as on Mosquitto; the broker never waits for it.
-                return;
+                return false;
             }
             online.backlog.fetch_add(1, Ordering::Relaxed);
             match online.tx.send(Outbound::Deliver(delivery)) {
-                Ok(()) => return,
+                Ok(()) => return true,
                 // The connection is ending: keep it with the session.
                 Err(mpsc::error::SendError(Outbound::Deliver(d))) => delivery = d,
-                Err(_) => return,
+                Err(_) => return false,
             }
         }
-        if delivery.qos != QoS::AtMostOnce
-            && state.carried.queue.len() < options.max_queued_messages
-        {
-            state.carried.queue.push_back(delivery);
+        if delivery.qos == QoS::AtMostOnce {
+            // Offline sessions keep QoS 1 and 2 only (as Mosquitto does).
+            return true;
         }
+        if state.carried.queue.len() < options.max_queued_messages {
+            state.carried.queue.push_back(delivery);
+            return true;
+        }
+        false
     }
 
     /// Asks the connection to close for `cause`; false when offline.

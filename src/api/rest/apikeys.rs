@@ -9,7 +9,11 @@ use axum::{
 use serde::{Deserialize, Serialize};
 
 use super::{ApiResult, error::ApiError, json::ListJson, params::format_time};
-use crate::registry::{ApiKey, Registry, RegistryError, Role};
+use crate::{
+    domain::ClientKind,
+    mqtt::Broker,
+    registry::{ApiKey, Registry, RegistryError, Role},
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -85,10 +89,19 @@ pub(super) async fn list(
 
 pub(super) async fn delete(
     Extension(registry): Extension<Registry>,
+    Extension(broker): Extension<Option<Broker>>,
     Path(key): Path<String>,
 ) -> ApiResult<StatusCode> {
     match registry.delete_key(&key) {
-        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Ok(()) => {
+            // Applications connected with this key lose their connection.
+            if let Some(broker) = broker {
+                broker.revoke(|client, user| {
+                    matches!(client.kind(), ClientKind::Application { .. }) && user == key
+                });
+            }
+            Ok(StatusCode::NO_CONTENT)
+        }
         Err(RegistryError::NotFound) => Err(ApiError::KeyNotFound(key)),
         Err(e) => Err(internal(e)),
     }

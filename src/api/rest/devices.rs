@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiResult, error::ApiError, json::ListJson, params::format_time};
 use crate::{
+    domain::ClientKind,
+    mqtt::Broker,
     query::QueryService,
     registry::{Device, DeviceType, Registry, RegistryError},
 };
@@ -201,10 +203,22 @@ pub(super) async fn get_device(
 
 pub(super) async fn delete_device(
     Extension(registry): Extension<Registry>,
+    Extension(broker): Extension<Option<Broker>>,
     Path((type_id, device_id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     registry
         .delete_device(&type_id, &device_id)
         .map_err(|e| registry_error(e, &type_id, Some(&device_id)))?;
+    // Its token is gone: so is its connection (0x98, credentials revoked).
+    if let Some(broker) = broker {
+        broker.revoke(|client, _| {
+            matches!(
+                client.kind(),
+                ClientKind::Device { type_id: t, device_id: d, .. }
+                | ClientKind::Gateway { type_id: t, device_id: d, .. }
+                if t == type_id && d == device_id
+            )
+        });
+    }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -37,6 +37,7 @@ use crate::{
         ClientId, ClientType, ConnectionStatus, DisconnectInitiator, LogFilter, LogKind,
         StateFilter, TimeRange, Timestamp,
     },
+    mqtt::Broker,
     query::{ListLogs, ListStates, MAX_PAGE_SIZE, QueryService},
     registry::{Registry, Role},
     store::Settings,
@@ -55,6 +56,10 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<QueryService>)> {
         (
             "/api/v0002/clientconnectionstates/{clientId}",
             get(get_state).delete(delete_state),
+        ),
+        (
+            "/api/v0002/clientconnectionstates/{clientId}/disconnect",
+            axum::routing::post(disconnect_client),
         ),
         ("/api/v0002/logs/connection", get(platform_logs)),
         ("/api/v0002/clientconnectionlogs", get(logs)),
@@ -101,7 +106,12 @@ const READY_PATH: &str = "/ready";
 
 /// The gateway's router. `gate` decides who may call; `registry` holds the
 /// API keys the key-management paths change.
-pub fn router(query: QueryService, gate: Gate, registry: Registry) -> Router {
+pub fn router(
+    query: QueryService,
+    gate: Gate,
+    registry: Registry,
+    broker: Option<Broker>,
+) -> Router {
     let mut router = Router::new();
     for (path, methods) in routes() {
         router = router.route(path, methods);
@@ -113,6 +123,7 @@ pub fn router(query: QueryService, gate: Gate, registry: Registry) -> Router {
         })
         .layer(axum::middleware::from_fn_with_state(gate, authorise))
         .layer(axum::Extension(registry))
+        .layer(axum::Extension(broker))
         .with_state(query)
 }
 
@@ -316,6 +327,26 @@ async fn get_state(
     let client = path_client_id(path)?;
     let state = query.get_state(&client)?;
     Ok(Json(StateJson::from(&state)))
+}
+
+/// An administrator's kick: the embedded broker ends the client's
+/// connection (0x98, close code 94).
+async fn disconnect_client(
+    axum::Extension(broker): axum::Extension<Option<Broker>>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<StatusCode> {
+    let client = path_client_id(path)?;
+    let kicked = broker.is_some_and(|b| {
+        b.disconnect(
+            client.as_str(),
+            crate::domain::DisconnectCause::AdministrativeAction,
+        )
+    });
+    if kicked {
+        Ok(StatusCode::ACCEPTED)
+    } else {
+        Err(ApiError::ClientNotFound(client.as_str().to_owned()))
+    }
 }
 
 async fn delete_state(
