@@ -21,6 +21,8 @@ pub struct TestServer {
     pub rest: String,
     /// The MQTT (TCP) listener.
     pub mqtt: SocketAddr,
+    /// The MQTT over TLS listener, when a certificate is configured.
+    pub mqtt_tls: Option<SocketAddr>,
     pub data_dir: PathBuf,
     channel: Channel,
     shutdown: Option<oneshot::Sender<()>>,
@@ -62,6 +64,15 @@ impl TestServer {
             .await
             .expect("bind");
         let mqtt_addr = mqtt.local_addr().unwrap();
+        let mqtt_tls = match config.tls {
+            Some(_) => Some(
+                tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind"),
+            ),
+            None => None,
+        };
+        let mqtt_tls_addr = mqtt_tls.as_ref().map(|l| l.local_addr().unwrap());
         let (tx, rx) = oneshot::channel();
         let handle = tokio::spawn(connstate::run(
             Listeners {
@@ -69,7 +80,8 @@ impl TestServer {
                 rest: Some(rest),
                 mqtt: connstate::mqtt::MqttListeners {
                     tcp: Some(mqtt),
-                    ..Default::default()
+                    tls: mqtt_tls,
+                    ws: None,
                 },
             },
             config,
@@ -86,6 +98,7 @@ impl TestServer {
             addr,
             rest: rest_url,
             mqtt: mqtt_addr,
+            mqtt_tls: mqtt_tls_addr,
             data_dir,
             channel,
             shutdown: Some(tx),
