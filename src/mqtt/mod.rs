@@ -133,9 +133,48 @@ pub(crate) enum Outbound {
     Close(DisconnectCause),
 }
 
-pub(crate) struct Subscriber {
-    session: Arc<Session>,
-    options: SubOptions,
+/// Who gets the messages of one filter: a session, or one of the
+/// instances of a shared application (`A:{org}:{appId}[:{instance}]`).
+pub(crate) enum Subscriber {
+    One {
+        session: Arc<Session>,
+        options: SubOptions,
+    },
+    Shared {
+        members: Vec<(Arc<Session>, SubOptions)>,
+        next: AtomicUsize,
+    },
+}
+
+impl Subscriber {
+    /// The session a message goes to: round robin over the connected
+    /// instances of a shared application (any instance when none is).
+    fn pick(&self) -> Option<(Arc<Session>, SubOptions)> {
+        match self {
+            Subscriber::One { session, options } => Some((session.clone(), *options)),
+            Subscriber::Shared { members, next } => {
+                let start = next.fetch_add(1, Ordering::Relaxed);
+                let n = members.len();
+                (0..n)
+                    .map(|i| &members[(start + i) % n])
+                    .find(|(s, _)| s.is_online())
+                    .or_else(|| members.get(start % n.max(1)))
+                    .map(|(s, o)| (s.clone(), *o))
+            }
+        }
+    }
+}
+
+/// The subscription key of a shared application's instances.
+fn shared_group(client_id: &str) -> Option<Arc<str>> {
+    match crate::domain::ClientKind::parse(client_id) {
+        crate::domain::ClientKind::Application {
+            org,
+            app_id,
+            shared: true,
+        } => Some(Arc::from(format!("A:{org}:{app_id}"))),
+        _ => None,
+    }
 }
 
 /// A cheap, cloneable handle to the broker.
@@ -287,7 +326,7 @@ impl Broker {
             .read()
             .expect("subscriptions lock")
             .for_each_match(&message.topic, |_, sub| {
-                targets.push((sub.session.clone(), sub.options));
+                targets.extend(sub.pick());
             });
         let mut delivered = 0;
         for (session, options) in targets {

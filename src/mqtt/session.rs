@@ -151,6 +151,10 @@ impl Session {
         self.lock().expiry_secs = secs;
     }
 
+    pub fn is_online(&self) -> bool {
+        self.lock().online.is_some()
+    }
+
     pub fn generation(&self) -> u64 {
         self.lock().generation
     }
@@ -317,13 +321,32 @@ impl Broker {
         if filters.is_empty() {
             return;
         }
+        let group = super::shared_group(client_id);
         let mut tree = self
             .inner
             .subscriptions
             .write()
             .expect("subscriptions lock");
         for filter in filters {
-            tree.remove(filter, client_id);
+            match &group {
+                None => {
+                    tree.remove(filter, client_id);
+                }
+                Some(group) => {
+                    if let Some(Subscriber::Shared { mut members, next }) =
+                        tree.remove(filter, group)
+                    {
+                        members.retain(|(s, _)| s.client_id != *client_id);
+                        if !members.is_empty() {
+                            tree.insert(
+                                filter,
+                                group.clone(),
+                                Subscriber::Shared { members, next },
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -335,28 +358,38 @@ impl Broker {
         options: SubOptions,
     ) -> bool {
         let new = session.subscribe(filter, options);
-        self.inner
+        let mut tree = self
+            .inner
             .subscriptions
             .write()
-            .expect("subscriptions lock")
-            .insert(
-                filter,
-                session.client_id.clone(),
-                Subscriber {
-                    session: session.clone(),
-                    options,
-                },
-            );
+            .expect("subscriptions lock");
+        match super::shared_group(&session.client_id) {
+            None => {
+                tree.insert(
+                    filter,
+                    session.client_id.clone(),
+                    Subscriber::One {
+                        session: session.clone(),
+                        options,
+                    },
+                );
+            }
+            Some(group) => {
+                let (mut members, next) = match tree.remove(filter, &group) {
+                    Some(Subscriber::Shared { members, next }) => (members, next),
+                    _ => (Vec::new(), AtomicUsize::new(0)),
+                };
+                members.retain(|(s, _)| s.client_id != session.client_id);
+                members.push((session.clone(), options));
+                tree.insert(filter, group, Subscriber::Shared { members, next });
+            }
+        }
         new
     }
 
     pub(crate) fn remove_subscription(&self, session: &Arc<Session>, filter: &str) -> bool {
         let existed = session.unsubscribe(filter);
-        self.inner
-            .subscriptions
-            .write()
-            .expect("subscriptions lock")
-            .remove(filter, &session.client_id);
+        self.drop_subscriptions(&session.client_id, &[filter.to_owned()]);
         existed
     }
 }
