@@ -614,7 +614,7 @@ fn parse_cause(field: &str, d: &pb::Disconnected) -> Result<DisconnectCause> {
             }
         }
         C::MalformedPacket => DisconnectCause::MalformedPacket,
-        C::ProtocolError => DisconnectCause::ProtocolError,
+        C::ProtocolError => DisconnectCause::ProtocolError(ReasonCode::PROTOCOL_ERROR),
         C::PacketTooLarge => DisconnectCause::PacketTooLarge,
         C::AdministrativeAction => DisconnectCause::AdministrativeAction,
         C::CredentialsRevoked => DisconnectCause::CredentialsRevoked,

@@ -23,6 +23,8 @@ impl ReasonCode {
     pub const SERVER_SHUTTING_DOWN: Self = Self(0x8B);
     pub const KEEP_ALIVE_TIMEOUT: Self = Self(0x8D);
     pub const SESSION_TAKEN_OVER: Self = Self(0x8E);
+    pub const TOPIC_NAME_INVALID: Self = Self(0x90);
+    pub const TOPIC_ALIAS_INVALID: Self = Self(0x94);
     pub const PACKET_TOO_LARGE: Self = Self(0x95);
     pub const ADMINISTRATIVE_ACTION: Self = Self(0x98);
 
@@ -127,7 +129,9 @@ pub enum DisconnectCause {
         by: String,
     },
     MalformedPacket,
-    ProtocolError,
+    /// The client broke the protocol; the code says how (0x82 protocol
+    /// error, 0x94 topic alias invalid, 0x90 topic name invalid, ...).
+    ProtocolError(ReasonCode),
     PacketTooLarge,
     /// An administrator kicked the client.
     AdministrativeAction,
@@ -158,7 +162,7 @@ impl DisconnectCause {
             DisconnectCause::KeepAliveTimeout => ReasonCode::KEEP_ALIVE_TIMEOUT,
             DisconnectCause::SessionTakenOver { .. } => ReasonCode::SESSION_TAKEN_OVER,
             DisconnectCause::MalformedPacket => ReasonCode::MALFORMED_PACKET,
-            DisconnectCause::ProtocolError => ReasonCode::PROTOCOL_ERROR,
+            DisconnectCause::ProtocolError(code) => *code,
             DisconnectCause::PacketTooLarge => ReasonCode::PACKET_TOO_LARGE,
             DisconnectCause::AdministrativeAction | DisconnectCause::CredentialsRevoked => {
                 ReasonCode::ADMINISTRATIVE_ACTION
@@ -175,7 +179,7 @@ impl DisconnectCause {
             DisconnectCause::SocketClosed => CloseCode::SOCKET_CLOSED,
             DisconnectCause::KeepAliveTimeout => CloseCode::KEEP_ALIVE_TIMEOUT,
             DisconnectCause::SessionTakenOver { .. } => CloseCode::SESSION_TAKEN_OVER,
-            DisconnectCause::MalformedPacket | DisconnectCause::ProtocolError => {
+            DisconnectCause::MalformedPacket | DisconnectCause::ProtocolError(_) => {
                 CloseCode::PROTOCOL_ERROR
             }
             DisconnectCause::PacketTooLarge => CloseCode::PACKET_TOO_LARGE,
@@ -205,7 +209,7 @@ impl DisconnectCause {
                 format!("session taken over by a new connection from {by}")
             }
             DisconnectCause::MalformedPacket => "malformed packet".to_owned(),
-            DisconnectCause::ProtocolError => "protocol error".to_owned(),
+            DisconnectCause::ProtocolError(code) => code.description().to_owned(),
             DisconnectCause::PacketTooLarge => "packet too large".to_owned(),
             DisconnectCause::AdministrativeAction => "disconnected by an administrator".to_owned(),
             DisconnectCause::CredentialsRevoked => "credentials revoked".to_owned(),
@@ -285,7 +289,18 @@ mod tests {
                 288,
             ),
             (MalformedPacket, I::Server, Some(0x81), 105),
-            (ProtocolError, I::Server, Some(0x82), 105),
+            (
+                ProtocolError(ReasonCode::PROTOCOL_ERROR),
+                I::Server,
+                Some(0x82),
+                105,
+            ),
+            (
+                ProtocolError(ReasonCode::TOPIC_ALIAS_INVALID),
+                I::Server,
+                Some(0x94),
+                105,
+            ),
             (PacketTooLarge, I::Server, Some(0x95), 287),
             (AdministrativeAction, I::Server, Some(0x98), 94),
             (CredentialsRevoked, I::Server, Some(0x98), 94),

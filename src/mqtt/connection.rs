@@ -404,12 +404,53 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
     }
 
     /// A CONNECT naming a protocol level we do not speak gets the MQTT 3
-    /// "unacceptable protocol version" CONNACK (MQTT-3.1.2-2).
+    /// "unacceptable protocol version" CONNACK (MQTT-3.1.2-2), and, when it
+    /// names its client, a failed connect in that client's log.
     async fn refuse_unknown_protocol(&mut self, e: &DecodeError) {
         tracing::debug!(peer = %self.transport.peer, error = %e, "not an MQTT 3.1/3.1.1/5.0 CONNECT");
-        if matches!(e, DecodeError::InvalidProtocol) && self.rbuf.first() == Some(&0x10) {
-            let _ = self.writer.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
+        if !matches!(e, DecodeError::InvalidProtocol) || self.rbuf.first() != Some(&0x10) {
+            return;
         }
+        let _ = self.writer.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
+        let sniffed = loop {
+            if let Some(found) = sniff_connect(&self.rbuf) {
+                break found;
+            }
+            if self.rbuf.len() > 64 * 1024 {
+                return;
+            }
+            match tokio::time::timeout(Duration::from_secs(1), self.reader.read_buf(&mut self.rbuf))
+                .await
+            {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+        };
+        let Some((client_id, keep_alive, clean_session)) = sniffed else {
+            return;
+        };
+        let Ok(client_id) = ClientId::new(client_id) else {
+            return;
+        };
+        let failure = ConnectFailure::UnsupportedProtocol;
+        self.broker.report(LifecycleEvent {
+            client_id,
+            time: now(),
+            connection_id: 0,
+            broker: Arc::from(EMBEDDED_BROKER),
+            kind: EventKind::ConnectFailed {
+                info: ConnectionInfo {
+                    addr: self.transport.peer.ip(),
+                    port: self.transport.peer.port(),
+                    secure: self.transport.secure,
+                    username: String::new(),
+                    protocol: None,
+                    keep_alive,
+                    clean_session,
+                },
+                failure,
+            },
+        });
     }
 
     async fn write_connack_refused(&mut self, failure: ConnectFailure) {
@@ -765,7 +806,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                     | DecodeError::ConnectReservedFlagSet
                     | DecodeError::InvalidConnectFlags
                     | DecodeError::UnsupportedPacketType,
-                ) => return Err(DisconnectCause::ProtocolError),
+                ) => return Err(DisconnectCause::ProtocolError(ReasonCode::PROTOCOL_ERROR)),
                 Err(_) => return Err(DisconnectCause::MalformedPacket),
             };
             self.handle(live, packet)?;
@@ -852,7 +893,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                     // Setting an expiry on a session that had none is a
                     // protocol error (MQTT-3.14.2-2).
                     if live.connect_expiry == 0 && secs > 0 {
-                        return Err(DisconnectCause::ProtocolError);
+                        return Err(DisconnectCause::ProtocolError(ReasonCode::PROTOCOL_ERROR));
                     }
                     live.session.set_expiry(secs);
                 }
@@ -861,7 +902,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                 }
                 return Err(DisconnectCause::ClientDisconnect(ReasonCode(reason)));
             }
-            In::Connect | In::Unexpected => return Err(DisconnectCause::ProtocolError),
+            In::Connect | In::Unexpected => {
+                return Err(DisconnectCause::ProtocolError(ReasonCode::PROTOCOL_ERROR));
+            }
         }
         Ok(())
     }
@@ -872,19 +915,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             && let Some(alias) = props.topic_alias.take()
         {
             if alias.get() > self.broker.options().topic_alias_max {
-                return Err(DisconnectCause::ProtocolError);
+                return Err(DisconnectCause::ProtocolError(
+                    ReasonCode::TOPIC_ALIAS_INVALID,
+                ));
             }
             if p.topic.is_empty() {
                 match live.aliases.get(&alias.get()) {
                     Some(t) => p.topic = t.clone(),
-                    None => return Err(DisconnectCause::ProtocolError),
+                    // An alias the client never set.
+                    None => return Err(DisconnectCause::ProtocolError(ReasonCode::PROTOCOL_ERROR)),
                 }
             } else {
                 live.aliases.insert(alias.get(), p.topic.clone());
             }
         }
+        if p.topic.contains('\0') {
+            // U+0000 in a UTF-8 string makes the packet malformed
+            // (MQTT-1.5.4-2).
+            return Err(DisconnectCause::MalformedPacket);
+        }
         if !topic::valid_topic_name(&p.topic) {
-            return Err(DisconnectCause::ProtocolError);
+            return Err(DisconnectCause::ProtocolError(
+                ReasonCode::TOPIC_NAME_INVALID,
+            ));
         }
         if let Some(props) = &mut p.properties {
             props.subscription_ids.clear();
@@ -906,13 +959,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                 retain: p.retain,
                 properties: p.properties,
                 publisher: Some(live.client_id.clone()),
+                received: Instant::now(),
             });
         }
         match (p.qos, packet_id) {
             (QoS::AtMostOnce, _) => {}
             (QoS::AtLeastOnce, Some(id)) => self.encode_puback(id, authorised, false),
             (QoS::ExactlyOnce, Some(id)) => self.encode_puback(id, authorised, true),
-            (_, None) => return Err(DisconnectCause::ProtocolError),
+            (_, None) => return Err(DisconnectCause::ProtocolError(ReasonCode::PROTOCOL_ERROR)),
         }
         if !authorised {
             tracing::debug!(client = %live.client_id, topic = %p.topic, "publish not authorised");
@@ -1043,6 +1097,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
     /// Sends `d` now (QoS 0, or a free in-flight slot) or keeps it for
     /// later.
     fn deliver(&mut self, live: &mut Live, d: Delivery) {
+        if d.message.is_expired() {
+            return;
+        }
         if d.qos == QoS::AtMostOnce {
             self.encode_publish(live, &d, None, false);
             return;
@@ -1061,6 +1118,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             let Some(d) = live.pending.pop_front() else {
                 return;
             };
+            if d.message.is_expired() {
+                continue;
+            }
             if d.qos == QoS::AtMostOnce {
                 self.encode_publish(live, &d, None, false);
             } else {
@@ -1111,6 +1171,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             Codec::V5(c) => {
                 let mut properties = m.properties.clone().unwrap_or_default();
                 properties.topic_alias = None;
+                // What is left of the expiry interval (MQTT-3.3.2-6).
+                properties.message_expiry_interval = m.expiry_left().and_then(NonZeroU32::new);
                 properties.subscription_ids = d.subscription_id.into_iter().collect();
                 c.encode(
                     v5::Packet::Publish(Box::new(Publish {
@@ -1290,6 +1352,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             retain: will.retain,
             properties: will.properties,
             publisher: Some(live.client_id.clone()),
+            received: Instant::now(),
         };
         let delay = will.delay_secs.min(session_expiry);
         if delay == 0 {
@@ -1307,6 +1370,46 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             }
         });
     }
+}
+
+/// Reads the client id, keepalive and clean flag of a whole CONNECT of any
+/// protocol level in `buf`: `None` while incomplete, `Some(None)` when it is
+/// not an MQTT CONNECT at all.
+#[allow(clippy::type_complexity)]
+fn sniff_connect(buf: &[u8]) -> Option<Option<(String, u16, bool)>> {
+    fn varint(buf: &[u8]) -> Option<(usize, usize)> {
+        let mut value = 0usize;
+        for (i, b) in buf.iter().take(4).enumerate() {
+            value |= usize::from(b & 0x7F) << (7 * i);
+            if b & 0x80 == 0 {
+                return Some((value, i + 1));
+            }
+        }
+        None
+    }
+    let (length, used) = varint(buf.get(1..)?)?;
+    let body = buf.get(1 + used..1 + used + length)?;
+    // Levels other than 5 are read without properties first (MQTT 3
+    // layout), then with them.
+    let parse = |properties: bool| -> Option<(String, u16, bool)> {
+        let name_len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
+        let name = body.get(2..2 + name_len)?;
+        if name != b"MQTT" && name != b"MQIsdp" {
+            return None;
+        }
+        let mut at = 2 + name_len;
+        let flags = *body.get(at + 1)?;
+        let keep_alive = u16::from_be_bytes([*body.get(at + 2)?, *body.get(at + 3)?]);
+        at += 4;
+        if properties {
+            let (props, used) = varint(body.get(at..)?)?;
+            at += used + props;
+        }
+        let id_len = usize::from(u16::from_be_bytes([*body.get(at)?, *body.get(at + 1)?]));
+        let id = std::str::from_utf8(body.get(at + 2..at + 2 + id_len)?).ok()?;
+        Some((id.to_owned(), keep_alive, flags & 0x02 != 0))
+    };
+    Some(parse(false).or_else(|| parse(true)))
 }
 
 fn ack2(packet_id: NonZeroU16, known: bool) -> v5::PublishAck2 {

@@ -22,7 +22,7 @@ mod session;
 pub mod topic;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     num::NonZeroU32,
     sync::{
         Arc, Mutex, RwLock,
@@ -105,6 +105,23 @@ pub(crate) struct Message {
     /// Client id of the publisher, for no-local; `None` for the broker's
     /// own messages.
     pub publisher: Option<Arc<str>>,
+    /// When the broker received it, for the v5 message expiry interval.
+    pub received: std::time::Instant,
+}
+
+impl Message {
+    /// The v5 message expiry interval left, in seconds: `None` when the
+    /// message does not expire, `Some(0)` once it has expired (then it is
+    /// no longer delivered, MQTT-3.3.2-5).
+    pub fn expiry_left(&self) -> Option<u32> {
+        let interval = self.properties.as_ref()?.message_expiry_interval?.get();
+        let waited = u32::try_from(self.received.elapsed().as_secs()).unwrap_or(u32::MAX);
+        Some(interval.saturating_sub(waited))
+    }
+
+    pub fn is_expired(&self) -> bool {
+        self.expiry_left() == Some(0)
+    }
 }
 
 /// One message on its way to one subscription.
@@ -190,7 +207,9 @@ struct Inner {
     events: mpsc::UnboundedSender<LifecycleEvent>,
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     subscriptions: RwLock<SubscriptionTree<Arc<str>, Subscriber>>,
-    retained: RwLock<HashMap<ByteString, Arc<Message>>>,
+    /// Retained messages by topic; sorted, so that the messages under a
+    /// filter's literal prefix are one range.
+    retained: RwLock<BTreeMap<ByteString, Arc<Message>>>,
     /// Cancelled when the server shuts down: connections say goodbye.
     stop: CancellationToken,
     connections: TaskTracker,
@@ -364,12 +383,19 @@ impl Broker {
 
     /// Retained messages matching `filter`.
     fn retained_matching(&self, filter: &str) -> Vec<Arc<Message>> {
+        // Only topics starting with the part before the first wildcard can
+        // match: one range of the sorted map, not the whole map.
+        let literal = &filter[..filter.find(['+', '#']).unwrap_or(filter.len())];
         self.inner
             .retained
             .read()
             .expect("retained lock")
-            .iter()
-            .filter(|(topic, _)| topic::matches(filter, topic))
+            .range::<str, _>((
+                std::ops::Bound::Included(literal),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(topic, _)| topic.starts_with(literal))
+            .filter(|(topic, m)| topic::matches(filter, topic) && !m.is_expired())
             .map(|(_, m)| m.clone())
             .collect()
     }

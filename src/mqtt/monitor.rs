@@ -167,6 +167,7 @@ impl Broker {
                 retain,
                 properties: None,
                 publisher: None,
+                received: std::time::Instant::now(),
             });
         }
     }
