@@ -110,8 +110,8 @@ impl Codec {
                                     f,
                                     v5::SubscriptionOptions {
                                         qos,
-                                        // MQTT 3 subscriptions pass the retain
-                                        // flag on as published (Mosquitto).
+                                        // MQTT 3.1.1 clears the retain flag on
+                                        // live deliveries (MQTT-3.3.1-9).
                                         retain_as_published: false,
                                         ..Default::default()
                                     },
