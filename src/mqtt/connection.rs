@@ -269,8 +269,10 @@ where
         reader,
         writer,
         transport,
-        rbuf: BytesMut::with_capacity(4096),
-        wbuf: BytesMut::with_capacity(4096),
+        // Small to start: most clients send small packets, and 10,000s of
+        // idle connections should cost little. Both grow on demand.
+        rbuf: BytesMut::new(),
+        wbuf: BytesMut::new(),
         codec: Codec::V3(v3::Codec::new(broker.options().max_packet_size)),
         protocol: MqttProtocol::V3_1_1,
         traffic: Traffic::default(),
@@ -396,6 +398,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                     }
                 }
             }
+            make_room(&mut self.rbuf);
             match self.reader.read_buf(&mut self.rbuf).await {
                 Ok(0) | Err(_) => return Err(HandshakeEnd::Quiet),
                 Ok(n) => self.traffic.read_bytes += n as u64,
@@ -419,6 +422,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             if self.rbuf.len() > 64 * 1024 {
                 return;
             }
+            make_room(&mut self.rbuf);
             match tokio::time::timeout(Duration::from_secs(1), self.reader.read_buf(&mut self.rbuf))
                 .await
             {
@@ -744,6 +748,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             if let Err(_e) = self.flush().await {
                 return (DisconnectCause::SocketClosed, rx);
             }
+            make_room(&mut self.rbuf);
             tokio::select! {
                 biased;
                 () = stop.cancelled() => return (DisconnectCause::ServerShuttingDown, rx),
@@ -1266,8 +1271,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         self.traffic.write_bytes += self.wbuf.len() as u64;
         let result = self.writer.write_all(&self.wbuf).await;
         self.wbuf.clear();
-        if self.wbuf.capacity() > 1 << 20 {
-            self.wbuf = BytesMut::with_capacity(4096);
+        if self.wbuf.capacity() > 64 * 1024 {
+            self.wbuf = BytesMut::new();
         }
         result
     }
@@ -1410,6 +1415,18 @@ fn sniff_connect(buf: &[u8]) -> Option<Option<(String, u16, bool)>> {
         Some((id.to_owned(), keep_alive, flags & 0x02 != 0))
     };
     Some(parse(false).or_else(|| parse(true)))
+}
+
+/// Makes sure a read has room to put bytes (a read into a full buffer
+/// would return 0, which means end of stream). Idle connections with an
+/// empty buffer give their memory back.
+fn make_room(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > 64 * 1024 {
+        *buf = BytesMut::new();
+    }
+    if buf.capacity() - buf.len() < 512 {
+        buf.reserve(2048);
+    }
 }
 
 fn ack2(packet_id: NonZeroU16, known: bool) -> v5::PublishAck2 {
