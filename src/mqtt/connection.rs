@@ -1290,6 +1290,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             cause,
             DisconnectCause::ClientDisconnect(_) | DisconnectCause::SocketClosed
         );
+        if matches!(
+            cause,
+            DisconnectCause::MalformedPacket
+                | DisconnectCause::ProtocolError(_)
+                | DisconnectCause::PacketTooLarge
+        ) {
+            tracing::info!(
+                client = %live.client_id,
+                peer = %self.transport.peer,
+                reason = %cause.log_message(live.keep_alive),
+                "closing an MQTT connection that broke the protocol"
+            );
+        }
         if server_side && let (Codec::V5(c), Some(code)) = (&mut self.codec, cause.reason_code()) {
             let code = v5::DisconnectReasonCode::try_from(code.0)
                 .unwrap_or(v5::DisconnectReasonCode::UnspecifiedError);
