@@ -1,0 +1,3 @@
+module connstate.local/bench/mqttload
+
+go 1.22
