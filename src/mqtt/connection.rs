@@ -23,10 +23,7 @@ use rmqtt_codec::{
     v3, v5,
     version::{ProtocolVersion, VersionCodec},
 };
-use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    sync::mpsc,
-};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 
@@ -34,7 +31,7 @@ use super::{
     Broker, Delivery, Message, Outbound, SubOptions,
     identity::Identity,
     monitor::{Action, Origin, Traffic},
-    session::{self, Carried, Inflight, Session},
+    session::{self, Carried, Inflight, Mailbox, Session},
     topic,
 };
 use crate::domain::{
@@ -320,7 +317,6 @@ struct Live {
     aliases: HashMap<u16, ByteString>,
     /// Session expiry of the CONNECT.
     connect_expiry: u32,
-    backlog: session::Backlog,
     activity: Option<(ActivityKind, Timestamp)>,
     activity_reported: Instant,
 }
@@ -330,7 +326,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         let stop = self.broker.inner.stop.clone();
         let timeout = self.broker.options().connect_timeout;
         let hello = tokio::select! {
-            hello = tokio::time::timeout(timeout, self.read_connect()) => match hello {
+            hello = tokio::time::timeout(timeout, Box::pin(self.read_connect())) => match hello {
                 Ok(hello) => hello?,
                 Err(_) => {
                     tracing::debug!(peer = %self.transport.peer, "no CONNECT in time");
@@ -339,9 +335,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             },
             () = stop.cancelled() => return Err(HandshakeEnd::Quiet),
         };
-        let (mut live, rx, finished) = self.accept(hello).await?;
+        // The handshake and the goodbye are boxed: a connection's task then
+        // carries only the state of the connected loop for its whole life,
+        // which matters with 100,000s of them.
+        let (mut live, rx, finished) = Box::pin(self.accept(hello)).await?;
         let cause = self.serve_session(&mut live, rx).await;
-        self.finish(live, cause, finished).await;
+        Box::pin(self.finish(live, cause, finished)).await;
         Ok(())
     }
 
@@ -549,7 +548,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
     async fn accept(
         &mut self,
         mut hello: Hello,
-    ) -> Result<(Live, mpsc::UnboundedReceiver<Outbound>, CancellationToken), HandshakeEnd> {
+    ) -> Result<(Live, Arc<Mailbox>, CancellationToken), HandshakeEnd> {
         self.protocol = hello.protocol;
         let options = self.broker.options().clone();
         let mut assigned = None;
@@ -565,6 +564,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             self.refuse(&hello, None, ConnectFailure::BadClientId).await;
             return Err(HandshakeEnd::Refused);
         };
+        if hello.protocol != MqttProtocol::V5_0
+            && hello.password.is_some()
+            && hello.username.is_none()
+        {
+            // MQTT 3 needs a user name with a password (MQTT-3.1.2-22).
+            self.refuse(&hello, Some(record_id), ConnectFailure::BadCredentials)
+                .await;
+            return Err(HandshakeEnd::Refused);
+        }
         if hello.auth_method {
             // Enhanced authentication (AUTH packets) is not offered.
             self.refuse(&hello, Some(record_id), ConnectFailure::NotAuthorized)
@@ -616,9 +624,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         };
 
         let client_id: Arc<str> = Arc::from(hello.client_id.as_str());
-        let (tx, rx) = mpsc::unbounded_channel();
+        let mailbox = Arc::new(Mailbox::default());
         let finished = CancellationToken::new();
-        let backlog = session::Backlog::default();
         let username = hello
             .username
             .as_ref()
@@ -633,9 +640,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                 hello.session_expiry,
                 &username,
                 &self.transport.peer.to_string(),
-                tx,
+                mailbox.clone(),
                 finished.clone(),
-                backlog.clone(),
             )
             .await;
 
@@ -705,7 +711,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             incoming_qos2,
             aliases: HashMap::new(),
             connect_expiry: hello.session_expiry,
-            backlog,
             activity: None,
             activity_reported: Instant::now(),
         };
@@ -719,7 +724,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             live.inflight.insert(f.packet_id.get(), f);
         }
         self.send_pending(&mut live);
-        Ok((live, rx, finished))
+        Ok((live, mailbox, finished))
     }
 
     /// The connected loop: packets from the client, work from the broker,
@@ -727,8 +732,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
     async fn serve_session(
         &mut self,
         live: &mut Live,
-        mut rx: mpsc::UnboundedReceiver<Outbound>,
-    ) -> (DisconnectCause, mpsc::UnboundedReceiver<Outbound>) {
+        mailbox: Arc<Mailbox>,
+    ) -> (DisconnectCause, Arc<Mailbox>) {
+        let rx = mailbox;
+        let mut batch = Vec::new();
         let stop = self.broker.inner.stop.clone();
         let keep_alive =
             (live.keep_alive > 0).then(|| Duration::from_millis(u64::from(live.keep_alive) * 1500));
@@ -752,23 +759,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             tokio::select! {
                 biased;
                 () = stop.cancelled() => return (DisconnectCause::ServerShuttingDown, rx),
-                outbound = rx.recv() => {
-                    let Some(first) = outbound else {
-                        return (DisconnectCause::ServerShuttingDown, rx);
-                    };
-                    let mut next = Some(first);
-                    // Take what is queued in one go: one write for many.
-                    let mut taken = 0;
-                    while let Some(item) = next {
+                () = rx.recv(&mut batch, 256) => {
+                    // Taken in one go: one write for many.
+                    for item in batch.drain(..) {
                         match item {
                             Outbound::Close(cause) => return (cause, rx),
-                            Outbound::Deliver(d) => {
-                                live.backlog.fetch_sub(1, Ordering::Relaxed);
-                                self.deliver(live, d);
-                            }
+                            Outbound::Deliver(d) => self.deliver(live, d),
                         }
-                        taken += 1;
-                        next = if taken < 256 { rx.try_recv().ok() } else { None };
                     }
                 }
                 read = self.reader.read_buf(&mut self.rbuf) => {
@@ -1283,7 +1280,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
     async fn finish(
         &mut self,
         mut live: Live,
-        (cause, mut rx): (DisconnectCause, mpsc::UnboundedReceiver<Outbound>),
+        (cause, mailbox): (DisconnectCause, Arc<Mailbox>),
         finished: CancellationToken,
     ) {
         let server_side = !matches!(
@@ -1338,13 +1335,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         );
 
         // Hand the session back.
-        rx.close();
-        let mut leftovers = Vec::new();
-        while let Ok(item) = rx.try_recv() {
-            if let Outbound::Deliver(d) = item {
-                leftovers.push(d);
-            }
-        }
+        let leftovers = mailbox
+            .close()
+            .into_iter()
+            .filter_map(|item| match item {
+                Outbound::Deliver(d) => Some(d),
+                Outbound::Close(_) => None,
+            })
+            .collect();
         let carried = Carried {
             inflight: std::mem::take(&mut live.inflight).into_values().collect(),
             queue: std::mem::take(&mut live.pending),
@@ -1434,11 +1432,13 @@ fn sniff_connect(buf: &[u8]) -> Option<Option<(String, u16, bool)>> {
 /// would return 0, which means end of stream). Idle connections with an
 /// empty buffer give their memory back.
 fn make_room(buf: &mut BytesMut) {
-    if buf.is_empty() && buf.capacity() > 64 * 1024 {
+    if buf.is_empty() && buf.capacity() > 4096 {
         *buf = BytesMut::new();
     }
-    if buf.capacity() - buf.len() < 512 {
-        buf.reserve(2048);
+    if buf.capacity() - buf.len() < 128 {
+        // 512 bytes hold a typical CONNECT or small PUBLISH; busier
+        // clients grow it (the codec reserves whole packets).
+        buf.reserve(if buf.is_empty() { 512 } else { 4096 });
     }
 }
 

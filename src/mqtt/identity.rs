@@ -84,6 +84,11 @@ impl Identity {
 
     /// The internal topic a PUBLISH to `topic` is routed as.
     pub fn publish_topic(&self, topic: &ByteString) -> Result<ByteString, NotAuthorized> {
+        if topic.starts_with('$') {
+            // `$` topics are the broker's own (its monitor messages among
+            // them): no client may publish there (MQTT 4.7.2).
+            return Err(NotAuthorized);
+        }
         match self {
             Identity::Open => Ok(topic.clone()),
             Identity::Device { namespace, gateway } => {

@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{Broker, BrokerOptions, Delivery, Outbound, SubOptions, Subscriber};
@@ -64,10 +64,65 @@ struct State {
 
 struct Online {
     connection_id: u64,
-    tx: mpsc::UnboundedSender<Outbound>,
+    mailbox: Arc<Mailbox>,
     /// Cancelled by the connection once it has handed its state back.
     finished: CancellationToken,
-    backlog: Arc<AtomicUsize>,
+}
+
+/// A connection's inbox: deliveries and commands from the rest of the
+/// broker. Unlike a channel it allocates nothing while empty, which keeps
+/// 100,000s of idle connections cheap.
+#[derive(Default)]
+pub struct Mailbox {
+    queue: Mutex<VecDeque<Outbound>>,
+    closed: std::sync::atomic::AtomicBool,
+    notify: Notify,
+}
+
+impl Mailbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Outbound>> {
+        self.queue.lock().expect("mailbox lock")
+    }
+
+    /// Queues `item`, unless the mailbox is closed or holds `limit`
+    /// deliveries already (commands always get in).
+    fn send(&self, item: Outbound, limit: usize) -> Result<(), Outbound> {
+        let mut queue = self.lock();
+        if self.closed.load(Ordering::Relaxed)
+            || (matches!(item, Outbound::Deliver(_)) && queue.len() >= limit)
+        {
+            return Err(item);
+        }
+        queue.push_back(item);
+        drop(queue);
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    /// Waits for work and moves up to `max` items into `out`. Cancel-safe.
+    pub async fn recv(&self, out: &mut Vec<Outbound>, max: usize) {
+        loop {
+            {
+                let mut queue = self.lock();
+                if !queue.is_empty() {
+                    let n = queue.len().min(max);
+                    out.extend(queue.drain(..n));
+                    if queue.is_empty() && queue.capacity() > 1024 {
+                        queue.shrink_to_fit();
+                    }
+                    return;
+                }
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    /// Closes the mailbox and returns what is still in it.
+    pub fn close(&self) -> Vec<Outbound> {
+        let mut queue = self.lock();
+        self.closed.store(true, Ordering::Relaxed);
+        queue.drain(..).collect()
+    }
 }
 
 /// The attached end of a session, held by its connection.
@@ -96,16 +151,17 @@ impl Session {
         let mut state = self.lock();
         let mut delivery = delivery;
         if let Some(online) = &state.online {
-            if online.backlog.load(Ordering::Relaxed) >= options.outbound_buffer {
-                // A client that does not read loses what it cannot take,
-                // as on Mosquitto; the broker never waits for it.
-                return false;
-            }
-            online.backlog.fetch_add(1, Ordering::Relaxed);
-            match online.tx.send(Outbound::Deliver(delivery)) {
+            // A client that does not read loses what it cannot take, as on
+            // Mosquitto; the broker never waits for it.
+            match online
+                .mailbox
+                .send(Outbound::Deliver(delivery), options.outbound_buffer)
+            {
                 Ok(()) => return true,
                 // The connection is ending: keep it with the session.
-                Err(mpsc::error::SendError(Outbound::Deliver(d))) => delivery = d,
+                Err(Outbound::Deliver(d)) if online.mailbox.closed.load(Ordering::Relaxed) => {
+                    delivery = d
+                }
                 Err(_) => return false,
             }
         }
@@ -124,7 +180,7 @@ impl Session {
     pub fn close(&self, cause: DisconnectCause) -> bool {
         let state = self.lock();
         match &state.online {
-            Some(online) => online.tx.send(Outbound::Close(cause)).is_ok(),
+            Some(online) => online.mailbox.send(Outbound::Close(cause), 0).is_ok(),
             None => false,
         }
     }
@@ -160,10 +216,6 @@ impl Session {
     }
 }
 
-/// Backlog counter of a connection: the task decrements it as it takes
-/// deliveries off its queue.
-pub type Backlog = Arc<AtomicUsize>;
-
 impl Broker {
     /// Attaches a new connection to the session of `client_id`, taking
     /// over a connection still attached (it is sent `Close(taken over)`
@@ -177,9 +229,8 @@ impl Broker {
         expiry_secs: u32,
         username: &str,
         by: &str,
-        tx: mpsc::UnboundedSender<Outbound>,
+        mailbox: Arc<Mailbox>,
         finished: CancellationToken,
-        backlog: Backlog,
     ) -> Attached {
         for _ in 0..3 {
             let Some(session) = self.session(client_id) else {
@@ -190,14 +241,15 @@ impl Broker {
                 state
                     .online
                     .as_ref()
-                    .map(|o| (o.tx.clone(), o.finished.clone()))
+                    .map(|o| (o.mailbox.clone(), o.finished.clone()))
             };
-            let Some((old_tx, old_finished)) = old else {
+            let Some((old_mailbox, old_finished)) = old else {
                 break;
             };
-            let _ = old_tx.send(Outbound::Close(DisconnectCause::SessionTakenOver {
-                by: by.to_owned(),
-            }));
+            let _ = old_mailbox.send(
+                Outbound::Close(DisconnectCause::SessionTakenOver { by: by.to_owned() }),
+                0,
+            );
             if tokio::time::timeout(Duration::from_secs(5), old_finished.cancelled())
                 .await
                 .is_err()
@@ -213,11 +265,10 @@ impl Broker {
         let mut state = session.lock();
         if let Some(old) = state.online.take() {
             // Lost a race with another new connection: the newest wins.
-            let _ = old
-                .tx
-                .send(Outbound::Close(DisconnectCause::SessionTakenOver {
-                    by: by.to_owned(),
-                }));
+            let _ = old.mailbox.send(
+                Outbound::Close(DisconnectCause::SessionTakenOver { by: by.to_owned() }),
+                0,
+            );
         }
         let existed = !state.subscriptions.is_empty()
             || !state.carried.queue.is_empty()
@@ -233,9 +284,8 @@ impl Broker {
         state.username = username.to_owned();
         state.online = Some(Online {
             connection_id,
-            tx,
+            mailbox,
             finished,
-            backlog,
         });
         let attached = Attached {
             session: session.clone(),
