@@ -54,6 +54,10 @@ fn main() -> anyhow::Result<()> {
         .block_on(serve(config))
 }
 
+/// Pending connections each MQTT listener queues (capped by the kernel's
+/// `net.core.somaxconn`).
+const MQTT_ACCEPT_BACKLOG: u32 = 1024;
+
 async fn serve(config: Config) -> anyhow::Result<()> {
     let grpc = tokio::net::TcpListener::bind(config.grpc_listen)
         .await
@@ -61,9 +65,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let rest = tokio::net::TcpListener::bind(config.rest_listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.rest_listen))?;
+    // MQTT listeners get a deep accept queue: when a fleet reconnects at
+    // once, a full queue drops SYNs and each costs its client a second.
     let bind = |addr: std::net::SocketAddr| async move {
-        tokio::net::TcpListener::bind(addr)
-            .await
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }?;
+        socket.set_reuseaddr(true)?;
+        socket
+            .bind(addr)
+            .and_then(|()| socket.listen(MQTT_ACCEPT_BACKLOG))
             .with_context(|| format!("cannot listen on {addr}"))
     };
     let mqtt = MqttListeners {
