@@ -3,6 +3,7 @@
 #  - Rust: formatting, lints, unit and integration tests (real servers on
 #    port 0, real gRPC and HTTP clients, a SIGKILL crash test against the
 #    real binary);
+#  - MQTT: the embedded broker against paho-mqtt (v3.1.1 and v5) clients;
 #  - SDKs: regenerating them from proto/ must change nothing, and each SDK's
 #    own suite runs against the real server binary.
 # It installs what it needs: the Rust components here, each SDK's pinned
@@ -28,6 +29,9 @@ if ! git diff --exit-code --stat -- clients || [ -n "$(git status --porcelain --
   git status --porcelain -- clients >&2
   exit 1
 fi
+
+echo "== testing the MQTT broker with paho-mqtt (tests/mqtt)"
+tests/mqtt/test.sh
 
 for sdk in python typescript go; do
   echo "== testing clients/$sdk"
