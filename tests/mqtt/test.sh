@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# MQTT integration tests: paho-mqtt against the real broker. Installs the
+# pinned test dependencies and the project's Python SDK into .venv
+# (git-ignored), then runs pytest against $CONNSTATE_BIN (by default
+# <repo>/target/debug/connstate; build it with `cargo build --bin connstate`).
+# MQTT_TEST_BROKER=mosquitto runs the broker-behaviour tests against a
+# Mosquitto 2.x on the PATH instead. Extra arguments go to pytest.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$here"
+
+export CONNSTATE_BIN="${CONNSTATE_BIN:-$here/../../target/debug/connstate}"
+if [ "${MQTT_TEST_BROKER:-connstate}" = "connstate" ] && [ ! -x "$CONNSTATE_BIN" ]; then
+  echo "connstate server binary not found at $CONNSTATE_BIN (build it with: cargo build --bin connstate)" >&2
+  exit 1
+fi
+
+python="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+"${pip[@]}" -r requirements.txt
+# The SDK, installed from the checkout (its build leaves files behind: remove them).
+sdk=../../clients/python
+rm -rf "$sdk/build" "$sdk"/*.egg-info
+"${pip[@]}" --force-reinstall --no-deps "$sdk"
+"${pip[@]}" "$sdk"
+rm -rf "$sdk/build" "$sdk"/*.egg-info
+
+exec .venv/bin/pytest -q "$@"
