@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use common::{TestServer, eventually};
+use common::{Rng, TestServer, eventually};
 use connstate::pb;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -23,19 +23,7 @@ use tokio::{
 
 static PANICS: AtomicUsize = AtomicUsize::new(0);
 
-/// xorshift64*: small, seedable, good enough to pick bytes.
-struct Rng(u64);
-
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
     fn bytes(&mut self, n: usize) -> Vec<u8> {
         (0..n).map(|_| self.next() as u8).collect()
     }

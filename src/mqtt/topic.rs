@@ -187,31 +187,31 @@ fn visit<K, V>(
         return;
     };
     if let Some(child) = node.children.get(*level) {
-        if below.is_empty() {
-            for (k, v) in &child.here {
-                found(k, v);
-            }
-            for (k, v) in &child.rest {
-                found(k, v);
-            }
-        } else {
-            visit(child, below, depth + 1, dollar, found);
-        }
+        visit_child(child, below, depth, dollar, found);
     }
     if !(dollar && depth == 0)
         && *level != "+"
         && let Some(child) = node.children.get("+")
     {
-        if below.is_empty() {
-            for (k, v) in &child.here {
-                found(k, v);
-            }
-            for (k, v) in &child.rest {
-                found(k, v);
-            }
-        } else {
-            visit(child, below, depth + 1, dollar, found);
+        visit_child(child, below, depth, dollar, found);
+    }
+}
+
+/// A child that matched this level: the topic ends there (its own and its
+/// `#` subscribers match) or goes on below it.
+fn visit_child<K, V>(
+    child: &Node<K, V>,
+    below: &[&str],
+    depth: usize,
+    dollar: bool,
+    found: &mut impl FnMut(&K, &V),
+) {
+    if below.is_empty() {
+        for (k, v) in child.here.iter().chain(&child.rest) {
+            found(k, v);
         }
+    } else {
+        visit(child, below, depth + 1, dollar, found);
     }
 }
 
