@@ -6,8 +6,10 @@
 //! `iot-2/app/{appId}/mon`, Connect retained and cleared by the Disconnect,
 //! which is not retained. FailedConnect is never retained. Every client,
 //! platform id or not, also has `$SYS/clients/{clientId}/mon` with the same
-//! messages and the retain rules of its type (plain ids as devices), so
-//! that open-mode fleets can watch any client.
+//! messages, so that open-mode fleets can watch any client; there the
+//! Connect is retained only while the client is connected (the application
+//! rule), so that clients with random ids, one per connection, do not pile
+//! up retained messages for ever.
 
 use std::net::SocketAddr;
 
@@ -117,10 +119,10 @@ pub fn payload(origin: &Origin<'_>, action: &Action<'_>) -> Value {
 }
 
 /// The topics of `client_id`'s monitor messages, each with whether it
-/// follows the application rules.
+/// follows the application rule (Connect retained only while connected).
 fn topics(client_id: &str) -> Vec<(String, bool)> {
     let mut out = Vec::with_capacity(2);
-    let application = match ClientKind::parse(client_id) {
+    match ClientKind::parse(client_id) {
         ClientKind::Device {
             type_id, device_id, ..
         }
@@ -128,16 +130,14 @@ fn topics(client_id: &str) -> Vec<(String, bool)> {
             type_id, device_id, ..
         } => {
             out.push((format!("iot-2/type/{type_id}/id/{device_id}/mon"), false));
-            false
         }
         ClientKind::Application { app_id, .. } => {
             out.push((format!("iot-2/app/{app_id}/mon"), true));
-            true
         }
-        ClientKind::Unknown => false,
-    };
+        ClientKind::Unknown => {}
+    }
     if !client_id.contains(['+', '#', '\0']) {
-        out.push((format!("$SYS/clients/{client_id}/mon"), application));
+        out.push((format!("$SYS/clients/{client_id}/mon"), true));
     }
     out
 }
@@ -183,7 +183,7 @@ mod tests {
             topics("d:org:sensor:d1"),
             [
                 ("iot-2/type/sensor/id/d1/mon".to_owned(), false),
-                ("$SYS/clients/d:org:sensor:d1/mon".to_owned(), false)
+                ("$SYS/clients/d:org:sensor:d1/mon".to_owned(), true)
             ]
         );
         assert_eq!(
@@ -195,7 +195,7 @@ mod tests {
         );
         assert_eq!(
             topics("plain"),
-            [("$SYS/clients/plain/mon".to_owned(), false)]
+            [("$SYS/clients/plain/mon".to_owned(), true)]
         );
         assert!(topics("bad+id").is_empty());
     }

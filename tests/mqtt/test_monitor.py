@@ -154,6 +154,27 @@ def test_application_connect_is_retained_and_cleared_at_disconnect(server, peers
     assert [decode(m)["Action"] for m in late.quiet(0.5)] == []
 
 
+def test_sys_monitor_connect_is_retained_only_while_connected(server, peers):
+    """Plain clients often take a new random id per connection: their
+    `$SYS/clients/{id}/mon` Connect is retained while they are connected
+    and cleared when they go, so retained messages do not pile up."""
+    cid = unique("plain")
+    topic = f"$SYS/clients/{cid}/mon"
+    client = peers(server, cid, version=V311)
+    server.wait_connected(cid)
+
+    early = peers(server, unique("early"), version=V5)
+    early.subscribe_ok(topic, 0)
+    msg = early.expect(topic=topic)
+    assert msg.retain is True and decode(msg)["Action"] == "Connect"
+
+    client.disconnect()
+    server.wait_disconnected(cid)
+    late = peers(server, unique("late"), version=V5)
+    late.subscribe_ok(topic, 0)
+    assert [decode(m)["Action"] for m in late.quiet(0.5)] == []
+
+
 def test_takeover_disconnect_is_not_retained(server, peers):
     device = unique("dev")
     cid = f"d:local:sensor:{device}"
