@@ -1472,3 +1472,34 @@ fn random_u64() -> u64 {
     let _ = getrandom::fill(&mut b);
     u64::from_le_bytes(b)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connect(level: u8, properties: &[u8], client_id: &str) -> Vec<u8> {
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', level, 0x02, 0, 60];
+        body.extend_from_slice(properties);
+        body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+        body.extend_from_slice(client_id.as_bytes());
+        let mut packet = vec![0x10, body.len() as u8];
+        packet.extend(body);
+        packet
+    }
+
+    #[test]
+    fn the_client_of_an_unsupported_level_is_found() {
+        let want = Some(Some(("dev-1".to_owned(), 60, true)));
+        assert_eq!(sniff_connect(&connect(6, &[], "dev-1")), want);
+        assert_eq!(sniff_connect(&connect(7, &[2, 0x21, 0], "dev-1")), want);
+    }
+
+    #[test]
+    fn an_incomplete_or_foreign_packet_names_no_client() {
+        let whole = connect(6, &[], "dev-1");
+        assert_eq!(sniff_connect(&whole[..whole.len() - 1]), None, "incomplete");
+        let mut foreign = whole.clone();
+        foreign[4] = b'X';
+        assert_eq!(sniff_connect(&foreign), Some(None), "not MQTT");
+    }
+}
