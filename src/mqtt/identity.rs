@@ -84,9 +84,9 @@ impl Identity {
 
     /// The internal topic a PUBLISH to `topic` is routed as.
     pub fn publish_topic(&self, topic: &ByteString) -> Result<ByteString, NotAuthorized> {
-        if topic.starts_with('$') {
-            // `$` topics are the broker's own (its monitor messages among
-            // them): no client may publish there (MQTT 4.7.2).
+        if topic.starts_with('$') || is_monitor_topic(topic) {
+            // `$` topics are the broker's own (MQTT 4.7.2), and so are the
+            // monitor topics: no client may forge a device's state there.
             return Err(NotAuthorized);
         }
         match self {
@@ -147,6 +147,15 @@ impl Identity {
         }
         topic.clone()
     }
+}
+
+/// `iot-2/type/{t}/id/{d}/mon` or `iot-2/app/{a}/mon`.
+fn is_monitor_topic(topic: &str) -> bool {
+    is_device_topic(topic, |rest| rest == "mon")
+        || matches!(
+            topic.split('/').collect::<Vec<_>>()[..],
+            ["iot-2", "app", _, "mon"]
+        )
 }
 
 /// `evt/{e}/fmt/{f}`

@@ -175,6 +175,24 @@ def test_sys_monitor_connect_is_retained_only_while_connected(server, peers):
     assert [decode(m)["Action"] for m in late.quiet(0.5)] == []
 
 
+@pytest.mark.parametrize("topic", ["iot-2/type/sensor/id/{id}/mon", "iot-2/app/{id}/mon"])
+def test_clients_cannot_forge_monitor_messages(server, peers, topic):
+    """Monitor topics are the broker's own, in open mode too: a client's
+    publish there reaches no one and leaves no retained message."""
+    topic = topic.format(id=unique("victim"))
+    watcher = peers(server, f"a:local:{unique('watch')}", version=V5)
+    watcher.subscribe_ok(topic, 0)
+    forger = peers(server, unique("forger"), version=V5)
+    forger.client.publish(topic, b'{"Action":"Connect","forged":true}', qos=1, retain=True).wait_for_publish(5)
+    marker = f"marker/{unique()}"
+    watcher.subscribe_ok(marker, 0)
+    forger.publish(marker, b"m", qos=1)
+    assert [m.topic for m in watcher.until(marker, timeout=10) if b"forged" in m.payload] == []
+    late = peers(server, f"a:local:{unique('late')}", version=V5)
+    late.subscribe_ok(topic, 0)
+    assert late.quiet(0.5) == []
+
+
 def test_takeover_disconnect_is_not_retained(server, peers):
     device = unique("dev")
     cid = f"d:local:sensor:{device}"
