@@ -154,19 +154,9 @@ async fn random_packets_never_break_the_broker() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(4);
-    let seed: u64 = std::env::var("MQTT_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    println!("MQTT_FUZZ_SEED={seed}");
     let server = TestServer::start().await;
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_env("MQTT_FUZZ_SEED");
+    let seed = rng.0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
     let mut accepted = 0usize;
     let mut rounds = 0usize;

@@ -109,18 +109,7 @@ async fn random_requests_never_get_a_server_error() {
             connected("a:local:app", 2, 0),
         ])
         .await;
-    let seed = std::env::var("CONNSTATE_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    println!("CONNSTATE_FUZZ_SEED={seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_env("CONNSTATE_FUZZ_SEED");
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()

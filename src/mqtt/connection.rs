@@ -10,7 +10,7 @@ use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     net::SocketAddr,
     num::{NonZeroU16, NonZeroU32},
-    sync::{Arc, atomic::Ordering},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -35,8 +35,8 @@ use super::{
     topic,
 };
 use crate::domain::{
-    ActivityKind, ClientId, ConnectFailure, ConnectionInfo, DisconnectCause, EMBEDDED_BROKER,
-    EventKind, LifecycleEvent, MqttProtocol, ReasonCode, Timestamp, truncate_to_millis,
+    ActivityKind, ClientId, ConnectFailure, ConnectionInfo, DisconnectCause, EventKind,
+    MqttProtocol, ReasonCode, Timestamp, truncate_to_millis,
 };
 
 /// How the client reached the broker.
@@ -258,7 +258,6 @@ pub async fn serve<S>(broker: Broker, stream: S, transport: Transport)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    broker.inner.connected.fetch_add(1, Ordering::Relaxed);
     broker.metrics().mqtt_connections.inc();
     let (reader, writer) = tokio::io::split(stream);
     let mut conn = Conn {
@@ -278,7 +277,6 @@ where
     let _ = conn.run().await;
     conn.count_traffic();
     broker.metrics().mqtt_connections.dec();
-    broker.inner.connected.fetch_sub(1, Ordering::Relaxed);
 }
 
 struct Conn<S> {
@@ -436,12 +434,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             return;
         };
         let failure = ConnectFailure::UnsupportedProtocol;
-        self.broker.report(LifecycleEvent {
-            client_id,
-            time: now(),
-            connection_id: 0,
-            broker: Arc::from(EMBEDDED_BROKER),
-            kind: EventKind::ConnectFailed {
+        self.broker.report(
+            &client_id,
+            now(),
+            0,
+            EventKind::ConnectFailed {
                 info: ConnectionInfo {
                     addr: self.transport.peer.ip(),
                     port: self.transport.peer.port(),
@@ -453,7 +450,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                 },
                 failure,
             },
-        });
+        );
     }
 
     async fn write_connack_refused(&mut self, failure: ConnectFailure) {
@@ -532,13 +529,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         };
         let time = now();
         let info = self.connection_info(hello);
-        self.broker.report(LifecycleEvent {
-            client_id: client_id.clone(),
+        self.broker.report(
+            &client_id,
             time,
-            connection_id: 0,
-            broker: Arc::from(EMBEDDED_BROKER),
-            kind: EventKind::ConnectFailed { info, failure },
-        });
+            0,
+            EventKind::ConnectFailed { info, failure },
+        );
         let username = hello.username.as_deref().unwrap_or("").to_owned();
         let origin = self.origin(client_id.as_str(), &username);
         self.broker
@@ -676,13 +672,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
 
         let connect_time = now();
         let info = self.connection_info(&hello);
-        self.broker.report(LifecycleEvent {
-            client_id: record_id.clone(),
-            time: connect_time,
+        self.broker.report(
+            &record_id,
+            connect_time,
             connection_id,
-            broker: Arc::from(EMBEDDED_BROKER),
-            kind: EventKind::Connected(info),
-        });
+            EventKind::Connected(info),
+        );
         let origin = self.origin(&client_id, &username);
         self.broker
             .publish_monitor(&origin, &Action::Connect { time: connect_time });
@@ -827,13 +822,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
     fn report_activity(&mut self, live: &mut Live) {
         if let Some((kind, time)) = live.activity.take() {
             live.activity_reported = Instant::now();
-            self.broker.report(LifecycleEvent {
-                client_id: live.record_id.clone(),
+            self.broker.report(
+                &live.record_id,
                 time,
-                connection_id: live.connection_id,
-                broker: Arc::from(EMBEDDED_BROKER),
-                kind: EventKind::Activity(kind),
-            });
+                live.connection_id,
+                EventKind::Activity(kind),
+            );
         }
     }
 
@@ -1315,13 +1309,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
 
         let time = now();
         self.report_activity(&mut live);
-        self.broker.report(LifecycleEvent {
-            client_id: live.record_id.clone(),
+        self.broker.report(
+            &live.record_id,
             time,
-            connection_id: live.connection_id,
-            broker: Arc::from(EMBEDDED_BROKER),
-            kind: EventKind::Disconnected(cause.clone()),
-        });
+            live.connection_id,
+            EventKind::Disconnected(cause.clone()),
+        );
         let origin = self.origin(&live.client_id, &live.username);
         self.broker.publish_monitor(
             &origin,

@@ -213,7 +213,9 @@ struct Inner {
     /// Cancelled when the server shuts down: connections say goodbye.
     stop: CancellationToken,
     connections: TaskTracker,
-    connected: AtomicUsize,
+    /// The broker name of every event, shared rather than allocated per
+    /// event.
+    name: Arc<str>,
 }
 
 /// The task that hands lifecycle events to the tracker in order, and the
@@ -254,7 +256,7 @@ impl Broker {
                 retained: RwLock::default(),
                 stop,
                 connections: TaskTracker::new(),
-                connected: AtomicUsize::new(0),
+                name: Arc::from(crate::domain::EMBEDDED_BROKER),
             }),
         };
         (broker, EventPump { handle, drain })
@@ -262,11 +264,6 @@ impl Broker {
 
     pub fn options(&self) -> &BrokerOptions {
         &self.inner.options
-    }
-
-    /// Connections open right now.
-    pub fn connected(&self) -> usize {
-        self.inner.connected.load(Ordering::Relaxed)
     }
 
     /// Waits until every connection has said goodbye and reported its
@@ -317,10 +314,24 @@ impl Broker {
         self.inner.store.metrics()
     }
 
-    fn report(&self, event: LifecycleEvent) {
+    /// Hands an event of `client_id`'s connection `connection_id` (0 for
+    /// a refused connect) to the tracker.
+    fn report(
+        &self,
+        client_id: &ClientId,
+        time: crate::domain::Timestamp,
+        connection_id: u64,
+        kind: crate::domain::EventKind,
+    ) {
         // The pump outlives every connection; a send after it stopped has
         // nowhere to go anyway.
-        let _ = self.inner.events.send(event);
+        let _ = self.inner.events.send(LifecycleEvent {
+            client_id: client_id.clone(),
+            time,
+            connection_id,
+            broker: self.inner.name.clone(),
+            kind,
+        });
     }
 
     fn next_connection_id(&self) -> Result<u64, StoreError> {
