@@ -113,6 +113,10 @@ pub struct Store {
 struct Inner {
     db: sled::Db,
     committed: AtomicU64,
+    /// The newest revision readers may find in sled: `committed`, or the
+    /// batch being written (sled shows a batch to readers once it is
+    /// applied, before it is flushed).
+    readable: AtomicU64,
     failed: AtomicBool,
     settings: RwLock<Settings>,
     feed: broadcast::Sender<CommittedBatch>,
@@ -153,6 +157,7 @@ impl Store {
             inner: Arc::new(Inner {
                 db,
                 committed: AtomicU64::new(committed),
+                readable: AtomicU64::new(committed),
                 failed: AtomicBool::new(false),
                 settings: RwLock::new(settings),
                 feed,
@@ -207,6 +212,13 @@ impl Store {
     /// The newest revision that is durable and visible to readers.
     pub fn committed_revision(&self) -> Revision {
         self.inner.committed.load(Ordering::Acquire)
+    }
+
+    /// The newest revision readers may find in sled (see `Inner::readable`).
+    /// Log listings stop here rather than at `committed`, so that they show
+    /// every entry of the state a read just before them returned.
+    pub(crate) fn readable_revision(&self) -> Revision {
+        self.inner.readable.load(Ordering::Acquire)
     }
 
     /// False once a write failed; the store then refuses writes.

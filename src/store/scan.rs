@@ -232,7 +232,7 @@ impl Store {
         let db = &self.inner.db;
         let below = cursor
             .unwrap_or(Revision::MAX)
-            .min(revision.saturating_add(1));
+            .min(self.readable_revision().saturating_add(1));
         let mut page = LogPageBuilder {
             entries: Vec::with_capacity(limit.min(1024)),
             limit,

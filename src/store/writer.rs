@@ -362,6 +362,10 @@ impl Writer {
 
         let db = &self.store.inner.db;
         let started = std::time::Instant::now();
+        self.store
+            .inner
+            .readable
+            .store(self.revision, std::sync::atomic::Ordering::Release);
         let durable = db.apply_batch(batch).and_then(|()| db.flush().map(drop));
         match durable {
             Ok(()) => {

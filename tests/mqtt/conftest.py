@@ -358,22 +358,15 @@ class ConnstateServer(Broker):
             client_id, lambda s: s.connection_status == pb.CONNECTION_STATUS_DISCONNECTED, what="disconnected", **kw
         )
 
-    def latest_log(self, client_id: str, kind: int, timeout: float = 10) -> Any:
-        """The newest log entry of ``client_id``, once it is of ``kind``.
+    def latest_log(self, client_id: str, kind: int) -> Any:
+        """The newest log entry of ``client_id``, which must be of ``kind``.
 
-        (Polled: a log listing may briefly lag the state record read just
-        before it.)"""
-        seen: list[Any] = []
-
-        def probe() -> Any:
-            entries = self.logs(client_id)
-            seen[:] = entries[:1]
-            return entries[0] if entries and entries[0].kind == kind else None
-
-        try:
-            return eventually(probe, timeout=timeout)
-        except AssertionError:
-            raise AssertionError(f"newest log entry of {client_id!r} is not of kind {kind}: {seen}") from None
+        Read once, not polled: callers have just read the state this entry
+        belongs to, and a log listing shows every entry of a state already
+        read."""
+        entries = self.logs(client_id)
+        assert entries and entries[0].kind == kind, f"newest log entry of {client_id!r} is not of kind {kind}: {entries[:1]}"
+        return entries[0]
 
     def logs(self, client_id: str) -> list[Any]:
         """The connection log of ``client_id``, newest first."""
