@@ -100,8 +100,9 @@ pub(crate) struct Message {
     pub qos: QoS,
     pub retain: bool,
     /// v5 properties as published (without topic alias and subscription
-    /// ids), passed on to v5 subscribers.
-    pub properties: Option<PublishProperties>,
+    /// ids), passed on to v5 subscribers. Boxed: most messages have none,
+    /// and retained and queued messages live long.
+    pub properties: Option<Box<PublishProperties>>,
     /// Client id of the publisher, for no-local; `None` for the broker's
     /// own messages.
     pub publisher: Option<Arc<str>>,

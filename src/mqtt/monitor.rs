@@ -146,7 +146,10 @@ impl Broker {
     /// Publishes the monitor message of `action` on every topic of the
     /// client, with the retain rules of its type.
     pub(crate) fn publish_monitor(&self, origin: &Origin<'_>, action: &Action<'_>) {
-        let body = Bytes::from(payload(origin, action).to_string());
+        let mut body = payload(origin, action).to_string().into_bytes();
+        // Retained for as long as the client is connected: no spare capacity.
+        body.shrink_to_fit();
+        let body = Bytes::from(body);
         for (topic, application) in topics(origin.client_id) {
             let retain = match action {
                 Action::Connect { .. } => true,

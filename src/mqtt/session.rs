@@ -6,7 +6,7 @@
 //! releases it before it locks any session.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{BTreeSet, HashMap, VecDeque},
     num::NonZeroU16,
     sync::{
         Arc, Mutex,
@@ -42,7 +42,7 @@ pub struct Carried {
     pub inflight: Vec<Inflight>,
     pub queue: VecDeque<Delivery>,
     /// QoS 2 packet ids received and not yet released by the client.
-    pub incoming_qos2: HashSet<NonZeroU16>,
+    pub incoming_qos2: BTreeSet<NonZeroU16>,
 }
 
 pub struct Session {

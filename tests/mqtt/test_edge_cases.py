@@ -10,7 +10,7 @@ import time
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 
-from conftest import DISCONNECT, PUBLISH, SUBACK, V5, V311, mqtt_str, packet, props, publish_packet, subscribe_packet, unique, varint
+from conftest import DISCONNECT, PINGREQ, PINGRESP, PUBLISH, SUBACK, V5, V311, mqtt_str, packet, props, publish_packet, subscribe_packet, unique, varint
 from test_delivery import PUBCOMP, PUBREC, PUBREL, ack, parse_publish
 
 SESSION_300 = b"\x11\x00\x00\x01\x2c"  # Session Expiry Interval 300 s (raw property)
@@ -230,3 +230,34 @@ def test_v311_will_topic_with_wildcard_is_refused(broker, raw):
     got = c.read_until_closed(timeout=5)
     assert all(t >> 4 == 2 and b[1] != 0 for t, b in got), got
 
+
+
+def test_packets_after_a_quiet_spell_are_read_whole(broker, raw):
+    """A connection quiet for a while may give its buffers back (connstate
+    does after a second): packets that then arrive in pieces, several in
+    one segment, or larger than any small read are still read whole."""
+    topic = f"quiet/{unique()}"
+    c = raw(broker)
+    assert c.connect(unique("quiet"))[1] == 0
+    c.send(subscribe_packet([(topic, 0)]))
+    assert c.read_packet()[0] == SUBACK << 4
+
+    payload = bytes(range(256)) * 12
+    message = publish_packet(topic, payload)
+    time.sleep(1.3)
+    for piece in (message[:3], message[3:13], message[13:]):
+        c.send(piece)
+        time.sleep(0.1)
+    first, body = c.read_packet()
+    assert first >> 4 == PUBLISH
+    assert parse_publish(first, body, 4) == (topic, None, payload)
+
+    time.sleep(1.3)
+    c.send(packet(PINGREQ << 4, b"") + publish_packet(topic, b"after the ping"))
+    got = [c.read_packet(), c.read_packet()]
+    assert got[0] == (PINGRESP << 4, b"")
+    assert parse_publish(got[1][0], got[1][1], 4) == (topic, None, b"after the ping")
+
+    time.sleep(1.3)
+    c.send(packet(PINGREQ << 4, b""))
+    assert c.read_packet() == (PINGRESP << 4, b"")
