@@ -758,6 +758,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         if let Err(cause) = self.process_input(live) {
             return (cause, rx);
         }
+        // Connected clients mostly wait: start idle unless more is pending.
+        if self.rbuf.is_empty() {
+            self.idle = true;
+            self.rbuf = BytesMut::new();
+        }
         loop {
             if let Err(_e) = self.flush().await {
                 return (DisconnectCause::SocketClosed, rx);
