@@ -23,6 +23,8 @@
 #   RUNS [3]              runs of the connect and fan-in scenarios (the table shows the median
 #                         and the range); the hold scenario runs once
 #   SOURCE_IPS [127.0.0.2-127.0.0.9]  loopback source addresses of the hold clients
+#   TRACKING [on]         off: connstate runs with its client-state feature switched off
+#                         (PUT /api/v0002/config/clientstate), to measure the broker alone
 #   MOSQUITTO_MAX_QUEUED [0]  Mosquitto's max_queued_messages; 0 = no limit, see the config below
 #   OUT_DIR [a new /tmp/connstate-mqtt-bench.*]  raw output of every run, broker logs, the table
 #   CARGO_TARGET_DIR      honoured when building connstate
@@ -52,6 +54,7 @@ E2E=${E2E:-8}
 RUNS=${RUNS:-3}
 SOURCE_IPS=${SOURCE_IPS:-127.0.0.2-127.0.0.9}
 MOSQUITTO_MAX_QUEUED=${MOSQUITTO_MAX_QUEUED:-0}
+TRACKING=${TRACKING:-on}
 BROKERS=${BROKERS:-mosquitto connstate}
 SCENARIOS=${SCENARIOS:-connect fanin-qos0 fanin-qos1 hold}
 [[ $DURATION =~ ^[0-9]+$ ]] && DURATION="${DURATION}s"
@@ -158,6 +161,13 @@ EOF
         kill -0 "$broker_pid" 2>/dev/null || break
         sleep 0.1
       done
+      if [[ -n $broker_addr && $TRACKING == off ]]; then
+        # The client-state feature switched off: the broker alone.
+        local rest
+        rest=$(sed -n 's/^connstate rest listening on \(127\.0\.0\.1:[0-9]*\).*/\1/p' "$dir/stdout" | head -1)
+        curl -fsS -X PUT -H 'content-type: application/json' -d '{"enabled":false}' \
+          "http://$rest/api/v0002/config/clientstate" >/dev/null || { stop_broker; return 1; }
+      fi
       ;;
   esac
   if ! kill -0 "$broker_pid" 2>/dev/null || [[ -z $broker_addr ]]; then
