@@ -778,7 +778,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                 .activity
                 .is_some()
                 .then(|| tokio::time::Instant::from_std(live.activity_reported + report_interval));
-            let release_at = (!self.idle).then_some(last_busy + IDLE_RELEASE);
+            // (Not while part of a packet waits: that would wake the timer again
+            // and again.)
+            let release_at =
+                (!self.idle && self.rbuf.is_empty()).then_some(last_busy + IDLE_RELEASE);
             let wake = [silent_until, report_at, release_at]
                 .into_iter()
                 .flatten()
@@ -833,7 +836,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                     if report_at.is_some_and(|t| t <= now) {
                         self.report_activity(live);
                     }
-                    if release_at.is_some_and(|t| t <= now) && self.rbuf.is_empty() {
+                    if release_at.is_some_and(|t| t <= now) {
                         self.idle = true;
                         self.rbuf = BytesMut::new();
                         if self.wbuf.is_empty() {

@@ -4,6 +4,7 @@ will properties and will timing, UTF-8 topics."""
 
 from __future__ import annotations
 
+import os
 import struct
 import time
 
@@ -245,7 +246,15 @@ def test_packets_after_a_quiet_spell_are_read_whole(broker, raw):
     payload = bytes(range(256)) * 12
     message = publish_packet(topic, payload)
     time.sleep(1.3)
-    for piece in (message[:3], message[3:13], message[13:]):
+    c.send(message[:3])
+    time.sleep(0.1)
+    c.send(message[3:40])
+    # Part of a packet waiting for longer than the quiet second: the
+    # broker waits for the rest without spinning.
+    cpu = cpu_seconds(broker.proc.pid)
+    time.sleep(2.5)
+    assert cpu_seconds(broker.proc.pid) - cpu < 0.75, "the broker was busy while waiting for the rest of a packet"
+    for piece in (message[40:50], message[50:]):
         c.send(piece)
         time.sleep(0.1)
     first, body = c.read_packet()
@@ -261,3 +270,10 @@ def test_packets_after_a_quiet_spell_are_read_whole(broker, raw):
     time.sleep(1.3)
     c.send(packet(PINGREQ << 4, b""))
     assert c.read_packet() == (PINGRESP << 4, b"")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
