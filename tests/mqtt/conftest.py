@@ -133,6 +133,15 @@ def props(packet_type: int, **values: Any) -> Properties:
     return p
 
 
+SESSION_300 = b"\x11\x00\x00\x01\x2c"  # raw v5 CONNECT property: Session Expiry Interval 300 s
+
+
+def session_300(version: int) -> Properties | None:
+    """Paho CONNECT properties keeping a v5 client's session 300 s after it
+    disconnects; None for v3.1.1 (clean=False sessions do not expire)."""
+    return props(PacketTypes.CONNECT, SessionExpiryInterval=300) if version == V5 else None
+
+
 # ---------------------------------------------------------------------------
 # brokers
 # ---------------------------------------------------------------------------
@@ -864,13 +873,17 @@ class RawClient:
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
+    def _recv(self, deadline: float) -> bytes:
+        """The next bytes from the socket; b"" once the server closed it."""
+        self.sock.settimeout(max(0.001, deadline - time.monotonic()))
+        try:
+            return self.sock.recv(65536)
+        except ConnectionResetError:
+            return b""
+
     def _fill(self, n: int, deadline: float) -> bool:
         while len(self._buf) < n:
-            self.sock.settimeout(max(0.001, deadline - time.monotonic()))
-            try:
-                chunk = self.sock.recv(65536)
-            except ConnectionResetError:
-                chunk = b""
+            chunk = self._recv(deadline)
             if not chunk:
                 return False
             self._buf += chunk
@@ -998,11 +1011,7 @@ class RawWsClient(RawClient):
 
     def _raw_fill(self, n: int, deadline: float) -> bool:
         while len(self._raw) < n:
-            self.sock.settimeout(max(0.001, deadline - time.monotonic()))
-            try:
-                chunk = self.sock.recv(65536)
-            except ConnectionResetError:
-                chunk = b""
+            chunk = self._recv(deadline)
             if not chunk:
                 return False
             self._raw += chunk

@@ -5,10 +5,9 @@ from __future__ import annotations
 import struct
 
 import pytest
-from paho.mqtt.packettypes import PacketTypes
 
 import paho.mqtt.client as mqtt
-from conftest import DISCONNECT, V5, V311, connect_packet, disconnect_packet, mqtt_str, packet, props, unique
+from conftest import DISCONNECT, V5, V311, connect_packet, disconnect_packet, mqtt_str, packet, session_300, unique
 
 
 def test_mqtt_3_1_client(broker, peers):
@@ -47,7 +46,7 @@ def test_v5_disconnect_may_not_set_session_expiry_after_zero(broker, raw):
 @pytest.mark.parametrize("version", [V311, V5], ids=["v311", "v5"])
 def test_takeover_keeps_a_persistent_session(broker, peers, version):
     topic = f"takeover/{unique()}"
-    session = props(PacketTypes.CONNECT, SessionExpiryInterval=300) if version == V5 else None
+    session = session_300(version)
     cid = unique("keep")
     first = peers(broker, cid, version=version, clean=False, properties=session)
     first.subscribe_ok(topic, 1)

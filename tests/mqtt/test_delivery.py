@@ -14,12 +14,14 @@ from paho.mqtt.packettypes import PacketTypes
 from conftest import (
     PUBACK,
     PUBLISH,
+    SESSION_300,
     SUBACK,
     V5,
     V311,
     packet,
     props,
     publish_packet,
+    session_300,
     subscribe_packet,
     unique,
 )
@@ -80,7 +82,7 @@ def test_inbound_qos2_is_delivered_exactly_once(broker, raw, peers, version):
 def test_unacknowledged_qos1_is_resent_with_dup_after_reconnect(broker, raw, peers, version):
     topic = f"redeliver/{unique()}"
     cid = unique("redeliver")
-    session = b"\x11\x00\x00\x01\x2c" if version == 5 else b""  # Session Expiry Interval 300 s
+    session = SESSION_300 if version == 5 else b""
     c = raw(broker)
     assert c.connect(cid, version=version, clean=False, properties=session)[1] == 0
     c.send(subscribe_packet([(topic, 1)], version=version))
@@ -131,7 +133,7 @@ def test_many_queued_messages_arrive_in_order(broker, peers, version):
     """More queued QoS 1 messages than the in-flight window (20 by default
     in both brokers): all arrive, in order."""
     topic = f"order/{unique()}"
-    session = props(PacketTypes.CONNECT, SessionExpiryInterval=300) if version == V5 else None
+    session = session_300(version)
     cid = unique("order")
     sub = peers(broker, cid, version=version, clean=False, properties=session)
     sub.subscribe_ok(topic, 1)

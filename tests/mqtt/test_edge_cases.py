@@ -11,10 +11,9 @@ import time
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 
-from conftest import DISCONNECT, PINGREQ, PINGRESP, PUBLISH, SUBACK, V5, V311, mqtt_str, packet, props, publish_packet, subscribe_packet, unique, varint
+from conftest import DISCONNECT, PINGREQ, PINGRESP, PUBLISH, SESSION_300, SUBACK, V5, V311, mqtt_str, packet, props, publish_packet, subscribe_packet, unique, varint
 from test_delivery import PUBCOMP, PUBREC, PUBREL, ack, parse_publish
 
-SESSION_300 = b"\x11\x00\x00\x01\x2c"  # Session Expiry Interval 300 s (raw property)
 
 
 @pytest.mark.parametrize("version", [4, 5], ids=["v311", "v5"])

@@ -4,16 +4,15 @@ offline arrive when it comes back (MQTT 3.1.1 §3.1.2.4, §4.3; MQTT 5 §3.1.2.4
 from __future__ import annotations
 
 import pytest
-from paho.mqtt.packettypes import PacketTypes
 
-from conftest import V5, V311, props, unique
+from conftest import V5, V311, session_300, unique
 
 
 @pytest.mark.parametrize("version", [V311, V5], ids=["v311", "v5"])
 def test_queued_qos1_and_qos2_messages_arrive_after_reconnect(broker, peers, version):
     base = f"session/{unique()}"
     q1, q2 = f"{base}/q1", f"{base}/q2"
-    session = props(PacketTypes.CONNECT, SessionExpiryInterval=300) if version == V5 else None
+    session = session_300(version)
     cid = unique("persistent")
 
     sub = peers(broker, cid, version=version, clean=False, properties=session)
@@ -47,7 +46,7 @@ def test_queued_qos1_and_qos2_messages_arrive_after_reconnect(broker, peers, ver
 @pytest.mark.parametrize("version", [V311, V5], ids=["v311", "v5"])
 def test_clean_session_discards_the_old_session(broker, peers, version):
     topic = f"session/{unique()}"
-    session = props(PacketTypes.CONNECT, SessionExpiryInterval=300) if version == V5 else None
+    session = session_300(version)
     cid = unique("discard")
     sub = peers(broker, cid, version=version, clean=False, properties=session)
     sub.subscribe_ok(topic, 1)
