@@ -13,7 +13,7 @@ use bytestring::ByteString;
 
 use crate::{
     domain::{ClientKind, ConnectFailure},
-    registry::Registry,
+    registry::{DeviceClass, Registry},
 };
 
 /// The user name devices and gateways authenticate with.
@@ -61,14 +61,23 @@ impl Identity {
             | ClientKind::Gateway {
                 type_id, device_id, ..
             } => {
-                if username != Some(TOKEN_AUTH_USER)
-                    || !registry.authenticate_device(type_id, device_id, password)
-                {
-                    return Err(ConnectFailure::BadCredentials);
+                let class = match username {
+                    Some(TOKEN_AUTH_USER) => {
+                        registry.authenticate_device(type_id, device_id, password)
+                    }
+                    _ => None,
+                }
+                .ok_or(ConnectFailure::BadCredentials)?;
+                let as_gateway = matches!(kind, ClientKind::Gateway { .. });
+                // A `g:` login acts for other devices: only a device of a
+                // gateway-class type may make it. A gateway's `d:` login is
+                // allowed, as on the platform, with a device's rights.
+                if as_gateway && class != DeviceClass::Gateway {
+                    return Err(ConnectFailure::NotAuthorized);
                 }
                 Ok(Identity::Device {
                     namespace: format!("iot-2/type/{type_id}/id/{device_id}/"),
-                    gateway: matches!(kind, ClientKind::Gateway { .. }),
+                    gateway: as_gateway,
                 })
             }
             ClientKind::Application { .. } => {
@@ -268,5 +277,221 @@ mod tests {
         );
         assert!(g.subscribe_filter("iot-2/type/+/id/+/cmd/+/fmt/+").is_ok());
         assert!(g.subscribe_filter("iot-2/type/+/id/+/evt/+/fmt/+").is_err());
+    }
+
+    /// Every kind of login against the registry: who gets in, as what.
+    #[test]
+    fn logins_by_client_kind() {
+        use crate::store::Store;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        let registry = Registry::new(&store, "org1");
+        registry.create_type("sensor", "", "Device").unwrap();
+        registry.create_type("gw", "", "Gateway").unwrap();
+        let (_, device_token) = registry.create_device("sensor", "d1", None).unwrap();
+        let (_, gateway_token) = registry.create_device("gw", "g1", None).unwrap();
+        let (api_key, key_token) = registry
+            .create_key(crate::registry::Role::ReadOnly, "")
+            .unwrap();
+        let key = api_key.key;
+        let user = Some(TOKEN_AUTH_USER);
+        let device = |ns: &str, gateway| {
+            Ok(Identity::Device {
+                namespace: ns.into(),
+                gateway,
+            })
+        };
+        let key = Some(key.as_str());
+        let cases = [
+            (
+                "d:org1:sensor:d1",
+                user,
+                &device_token,
+                device("iot-2/type/sensor/id/d1/", false),
+            ),
+            // A device's token never makes a gateway.
+            (
+                "g:org1:sensor:d1",
+                user,
+                &device_token,
+                Err(ConnectFailure::NotAuthorized),
+            ),
+            (
+                "g:org1:gw:g1",
+                user,
+                &gateway_token,
+                device("iot-2/type/gw/id/g1/", true),
+            ),
+            // A gateway may log in as a device, with a device's rights.
+            (
+                "d:org1:gw:g1",
+                user,
+                &gateway_token,
+                device("iot-2/type/gw/id/g1/", false),
+            ),
+            (
+                "d:org1:sensor:d1",
+                user,
+                &gateway_token,
+                Err(ConnectFailure::BadCredentials),
+            ),
+            (
+                "d:org1:sensor:d1",
+                Some("someone"),
+                &device_token,
+                Err(ConnectFailure::BadCredentials),
+            ),
+            (
+                "d:org1:sensor:d1",
+                None,
+                &device_token,
+                Err(ConnectFailure::BadCredentials),
+            ),
+            (
+                "d:org1:sensor:nobody",
+                user,
+                &device_token,
+                Err(ConnectFailure::BadCredentials),
+            ),
+            (
+                "d:org2:sensor:d1",
+                user,
+                &device_token,
+                Err(ConnectFailure::BadClientId),
+            ),
+            ("a:org1:app1", key, &key_token, Ok(Identity::Application)),
+            ("A:org1:app1:i1", key, &key_token, Ok(Identity::Application)),
+            (
+                "a:org1:app1",
+                key,
+                &device_token,
+                Err(ConnectFailure::BadCredentials),
+            ),
+            (
+                "a:org2:app1",
+                key,
+                &key_token,
+                Err(ConnectFailure::BadClientId),
+            ),
+            (
+                "plain-client",
+                key,
+                &key_token,
+                Err(ConnectFailure::BadClientId),
+            ),
+        ];
+        for (client_id, username, password, expected) in cases {
+            let got = Identity::authenticate(
+                &registry,
+                "org1",
+                client_id,
+                username,
+                Some(password.as_bytes()),
+            );
+            assert_eq!(got, expected, "{client_id} as {username:?}");
+        }
+    }
+
+    /// Every identity against every topic rule: `Some` is the internal
+    /// topic or filter it is routed as, `None` a refusal.
+    #[test]
+    fn topic_rules_by_identity() {
+        let identities = [
+            Identity::Open,
+            device(),
+            Identity::Device {
+                namespace: "iot-2/type/gw/id/g1/".into(),
+                gateway: true,
+            },
+            Identity::Application,
+        ];
+        const SAME: Option<&str> = Some("=");
+        // Columns: open, device d1, gateway g1, application.
+        let publish: &[(&str, [Option<&str>; 4])] = &[
+            (
+                "iot-2/evt/temp/fmt/json",
+                [
+                    SAME,
+                    Some("iot-2/type/sensor/id/d1/evt/temp/fmt/json"),
+                    Some("iot-2/type/gw/id/g1/evt/temp/fmt/json"),
+                    None,
+                ],
+            ),
+            (
+                "iot-2/type/sensor/id/d2/evt/temp/fmt/json",
+                [SAME, None, SAME, SAME],
+            ),
+            (
+                "iot-2/type/sensor/id/d1/evt/temp/fmt/json",
+                [SAME, None, SAME, SAME],
+            ),
+            (
+                "iot-2/type/sensor/id/d2/evt/temp/fmt/json/x",
+                [SAME, None, None, None],
+            ),
+            (
+                "iot-2/type/sensor/id/d2/cmd/reboot/fmt/json",
+                [SAME, None, None, SAME],
+            ),
+            ("iot-2/cmd/reboot/fmt/json", [SAME, None, None, None]),
+            ("iot-2/type/sensor/id/d2/mon", [None, None, None, None]),
+            ("iot-2/app/a1/mon", [None, None, None, None]),
+            ("$SYS/clients/x/mon", [None, None, None, None]),
+            ("$SYS/broker/uptime", [None, None, None, None]),
+            ("plain/topic", [SAME, None, None, None]),
+        ];
+        let subscribe: &[(&str, [Option<&str>; 4])] = &[
+            (
+                "iot-2/cmd/+/fmt/+",
+                [
+                    SAME,
+                    Some("iot-2/type/sensor/id/d1/cmd/+/fmt/+"),
+                    Some("iot-2/type/gw/id/g1/cmd/+/fmt/+"),
+                    SAME,
+                ],
+            ),
+            (
+                "iot-2/cmd/#",
+                [
+                    SAME,
+                    Some("iot-2/type/sensor/id/d1/cmd/#"),
+                    Some("iot-2/type/gw/id/g1/cmd/#"),
+                    SAME,
+                ],
+            ),
+            ("iot-2/type/+/id/+/cmd/+/fmt/+", [SAME, None, SAME, SAME]),
+            ("iot-2/type/+/id/+/cmd/#", [SAME, None, SAME, SAME]),
+            ("iot-2/type/+/id/+/evt/+/fmt/+", [SAME, None, None, SAME]),
+            ("iot-2/type/+/id/#", [SAME, None, None, SAME]),
+            ("iot-2/type/+/#", [SAME, None, None, SAME]),
+            ("iot-2/type/+/id/+/mon", [SAME, None, None, SAME]),
+            ("iot-2/app/+/mon", [SAME, None, None, SAME]),
+            ("$SYS/clients/+/mon", [SAME, None, None, SAME]),
+            ("$SYS/#", [SAME, None, None, None]),
+            ("iot-2/#", [SAME, None, None, SAME]),
+            ("iot-2/evt/+/fmt/+", [SAME, None, None, SAME]),
+            ("#", [SAME, None, None, None]),
+            ("+/#", [SAME, None, None, None]),
+            ("plain/topic", [SAME, None, None, None]),
+        ];
+        let expect = |topic: &str, e: Option<&str>| match e {
+            Some("=") => Ok(topic.to_owned()),
+            Some(t) => Ok(t.to_owned()),
+            None => Err(NotAuthorized),
+        };
+        for (topic, row) in publish {
+            for (identity, e) in identities.iter().zip(row) {
+                let got = identity
+                    .publish_topic(&(*topic).into())
+                    .map(|t| t.to_string());
+                assert_eq!(got, expect(topic, *e), "{identity:?} publishes {topic}");
+            }
+        }
+        for (filter, row) in subscribe {
+            for (identity, e) in identities.iter().zip(row) {
+                let got = identity.subscribe_filter(filter);
+                assert_eq!(got, expect(filter, *e), "{identity:?} subscribes {filter}");
+            }
+        }
     }
 }

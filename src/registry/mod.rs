@@ -524,9 +524,15 @@ impl Registry {
         }
     }
 
-    /// Whether `token` is the token of the device (for MQTT `use-token-auth`).
-    /// Compared in constant time; unknown devices take the same path.
-    pub fn authenticate_device(&self, type_id: &str, device_id: &str, token: &str) -> bool {
+    /// The class of the device's type if `token` is the token of the device
+    /// (for MQTT `use-token-auth`), `None` otherwise. Compared in constant
+    /// time; unknown devices take the same path.
+    pub fn authenticate_device(
+        &self,
+        type_id: &str,
+        device_id: &str,
+        token: &str,
+    ) -> Option<DeviceClass> {
         let presented = digest(token);
         let stored = self
             .db
@@ -539,7 +545,32 @@ impl Registry {
             None => (vec![0u8; presented.len()], false),
         };
         let equal: bool = presented.ct_eq(&expected).into();
-        equal && known
+        if !(equal && known) {
+            return None;
+        }
+        // A device cannot outlive its type (a type with devices is never
+        // deleted), so a missing type is a refusal, not an error.
+        let device_type = self.get_type(type_id).ok()?;
+        DeviceClass::parse(&device_type.class_id)
+    }
+}
+
+/// The class of a device type: what its devices may act as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceClass {
+    /// A device: its own events and commands only.
+    Device,
+    /// A gateway: may also act for other devices (DESIGN.md §4).
+    Gateway,
+}
+
+impl DeviceClass {
+    pub fn parse(class_id: &str) -> Option<DeviceClass> {
+        match class_id {
+            "Device" => Some(DeviceClass::Device),
+            "Gateway" => Some(DeviceClass::Gateway),
+            _ => None,
+        }
     }
 }
 
@@ -593,9 +624,24 @@ mod tests {
         let (device, token) = registry.create_device("sensor", "s1", None).unwrap();
         assert_eq!(device.device_id, "s1");
         assert!(token.len() >= 18);
-        assert!(registry.authenticate_device("sensor", "s1", &token));
-        assert!(!registry.authenticate_device("sensor", "s1", "wrong-token"));
-        assert!(!registry.authenticate_device("sensor", "nobody", &token));
+        assert_eq!(
+            registry.authenticate_device("sensor", "s1", &token),
+            Some(DeviceClass::Device)
+        );
+        assert_eq!(
+            registry.authenticate_device("sensor", "s1", "wrong-token"),
+            None
+        );
+        assert_eq!(
+            registry.authenticate_device("sensor", "nobody", &token),
+            None
+        );
+        registry.create_type("gw", "", "Gateway").unwrap();
+        let (_, gw_token) = registry.create_device("gw", "g1", None).unwrap();
+        assert_eq!(
+            registry.authenticate_device("gw", "g1", &gw_token),
+            Some(DeviceClass::Gateway)
+        );
         let (_, chosen) = registry
             .create_device("sensor", "s2", Some("my-own-token"))
             .unwrap();
@@ -603,7 +649,7 @@ mod tests {
         assert_eq!(registry.list_devices("sensor").unwrap().len(), 2);
         assert!(registry.delete_type("sensor").is_err(), "devices remain");
         registry.delete_device("sensor", "s1").unwrap();
-        assert!(!registry.authenticate_device("sensor", "s1", &token));
+        assert_eq!(registry.authenticate_device("sensor", "s1", &token), None);
         assert!(matches!(
             registry.create_device("nope", "x", None),
             Err(RegistryError::TypeNotFound)

@@ -380,3 +380,46 @@ def test_refused_connect_does_not_take_over(auth_server, peers):
     assert (s.connection_status, s.connection_id) == (pb.CONNECTION_STATUS_CONNECTED, conn)
     assert dev.connected.is_set() and not dev.disconnected.is_set()
     dev.publish("iot-2/evt/still/fmt/txt", b"here", qos=1)
+
+
+def register_typed(server, type_id: str, class_id: str) -> tuple[str, str]:
+    """Registers a device under a type of `class_id`; returns (device id, token)."""
+    status, body = server.rest("POST", "/api/v0002/device/types", {"id": type_id, "classId": class_id})
+    assert status in (201, 409), body
+    device_id = unique("c")
+    status, body = server.rest("POST", f"/api/v0002/device/types/{type_id}/devices", {"deviceId": device_id})
+    assert status == 201, body
+    return device_id, body["authToken"]
+
+
+def test_a_device_token_does_not_log_in_as_a_gateway(auth_server, peers, raw):
+    """A device of a `Device`-class type presenting its own token under a
+    `g:` client id is refused as not authorised (v5 0x87, v3 CONNACK 5),
+    and the refusal is recorded as a failed connect."""
+    device_id, token = register_typed(auth_server, "dclass", "Device")
+    cid = f"g:local:dclass:{device_id}"
+    bad = peers(auth_server, cid, version=V5, username=TOKEN_USER, password=token, expect_success=False)
+    assert bad.connack[1] == 0x87
+    c = raw(auth_server)
+    assert c.connect(cid, username=TOKEN_USER, password=token) == b"\x00\x05"
+    assert c.read_until_closed() == []
+    entry = auth_server.wait_log(cid, lambda e: e.kind == pb.LOG_KIND_CONNECT_FAILED, what="connectFailed")
+    assert entry.reason_code == 0x87, entry
+    assert not any(e.kind == pb.LOG_KIND_CONNECTED for e in auth_server.logs(cid))
+    # The same token under its `d:` id still works.
+    peers(auth_server, f"d:local:dclass:{device_id}", version=V311, username=TOKEN_USER, password=token)
+
+
+def test_a_gateway_logging_in_as_a_device_has_device_rights_only(auth_server, peers, app_key):
+    """The platform lets a gateway-class device connect with `d:`; it then
+    acts as a device: its own commands only, no other device's topics."""
+    gw_id, token = register_typed(auth_server, "gclass", "Gateway")
+    as_device = peers(auth_server, f"d:local:gclass:{gw_id}", version=V5, username=TOKEN_USER, password=token)
+    assert as_device.subscribe("iot-2/type/+/id/+/cmd/+/fmt/+", 1) == [0x87]
+    as_device.subscribe_ok("iot-2/cmd/+/fmt/+", 1)
+    app = application(auth_server, peers, app_key)
+    other = unique("other")
+    app.publish(f"iot-2/type/sensor/id/{other}/cmd/reboot/fmt/txt", b"not yours", qos=1)
+    app.publish(f"iot-2/type/gclass/id/{gw_id}/cmd/reboot/fmt/txt", b"yours", qos=1)
+    assert as_device.expect().payload == b"yours"
+    assert as_device.quiet(0.3) == []
