@@ -450,3 +450,71 @@ async fn settings_updates_are_validated() {
     }
     server.stop().await;
 }
+
+/// A client's number never meets a clock unchecked: every duration has an
+/// upper bound named in the error, and times stay inside the range protobuf
+/// defines for a Timestamp (years 1 to 9999).
+#[tokio::test]
+async fn durations_and_times_are_bounded() {
+    let server = TestServer::start().await;
+    let mut states = server.states();
+    let huge = |seconds| prost_types::Duration { seconds, nanos: 0 };
+    for seconds in [i64::MAX, 3601] {
+        let watch = states
+            .watch_connections(pb::WatchConnectionsRequest {
+                heartbeat_interval: Some(huge(seconds)),
+                ..Default::default()
+            })
+            .await;
+        expect_invalid(watch.map(|_| ()), "heartbeat_interval");
+    }
+    let mut admin = server.admin();
+    for field in ["log_max_age", "feed_max_age"] {
+        let mut settings = pb::Settings::default();
+        match field {
+            "log_max_age" => settings.log_max_age = Some(huge(i64::MAX)),
+            _ => settings.feed_max_age = Some(huge(i64::MAX)),
+        }
+        expect_invalid(
+            admin
+                .update_settings(pb::UpdateSettingsRequest {
+                    settings: Some(settings),
+                    update_mask: vec![field.into()],
+                })
+                .await,
+            &format!("settings.{field}"),
+        );
+    }
+    let mut ingest = server.ingest_client();
+    for seconds in [253_402_300_800, -62_135_596_801, i64::MAX] {
+        let mut event = connected("d:local:t:far", 1, 0);
+        event.time = Some(prost_types::Timestamp { seconds, nanos: 0 });
+        let request = pb::IngestEventsRequest {
+            broker: "b".into(),
+            events: vec![event],
+        };
+        expect_invalid(ingest.ingest_events(request).await, "events[0].time");
+    }
+    // The latest time allowed, with the longest keepalive, is recorded and
+    // its expected-alive time computed without overflow.
+    let mut last = connected("d:local:t:last", 1, 0);
+    last.time = Some(prost_types::Timestamp {
+        seconds: 253_402_300_799,
+        nanos: 0,
+    });
+    if let Some(pb::lifecycle_event::Event::Connected(c)) = &mut last.event {
+        c.info.as_mut().unwrap().keep_alive_seconds = 65_535;
+    }
+    server.ingest(vec![last]).await;
+    let state = server.get("d:local:t:last").await;
+    assert_eq!(
+        state.connection_status,
+        pb::ConnectionStatus::Connected as i32
+    );
+    // The server still serves.
+    assert_eq!(
+        server.get("d:local:t:last").await.client_id,
+        "d:local:t:last"
+    );
+    server.stop().await;
+}

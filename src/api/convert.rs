@@ -33,11 +33,28 @@ pub fn timestamp(t: Timestamp) -> prost_types::Timestamp {
     }
 }
 
-/// A request time: valid nanos, within chrono's range; kept to the
-/// millisecond.
+/// Seconds of 0001-01-01T00:00:00Z, the earliest time a protobuf
+/// Timestamp may hold.
+const MIN_TIMESTAMP_SECONDS: i64 = -62_135_596_800;
+/// Seconds of 9999-12-31T23:59:59Z, the latest.
+const MAX_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
+
+/// The longest watch heartbeat interval.
+pub const MAX_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(3600);
+/// The longest retention age (ten years).
+pub const MAX_RETENTION_AGE: Duration = Duration::from_secs(3650 * 24 * 3600);
+
+/// A request time: valid nanos, within the range protobuf defines for a
+/// Timestamp (years 1 to 9999); kept to the millisecond.
 pub fn parse_timestamp(field: &str, t: &prost_types::Timestamp) -> Result<Timestamp> {
     if !(0..1_000_000_000).contains(&t.nanos) {
         return Err(invalid(field, "nanos must be from 0 to 999,999,999"));
+    }
+    if !(MIN_TIMESTAMP_SECONDS..=MAX_TIMESTAMP_SECONDS).contains(&t.seconds) {
+        return Err(invalid(
+            field,
+            "is out of range: a time must be from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z",
+        ));
     }
     chrono::DateTime::from_timestamp(t.seconds, t.nanos as u32)
         .map(truncate_to_millis)
@@ -80,11 +97,28 @@ fn page_token(token: &str) -> Option<String> {
     (!token.is_empty()).then(|| token.to_owned())
 }
 
-fn parse_duration(field: &str, d: &prost_types::Duration) -> Result<Duration> {
+/// A duration from `min` to `max`, both named in the error.
+fn parse_duration(
+    field: &str,
+    d: &prost_types::Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration> {
     if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
         return Err(invalid(field, "must be a positive duration"));
     }
-    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+    let d = Duration::new(d.seconds as u64, d.nanos as u32);
+    if d < min || d > max {
+        return Err(invalid(
+            field,
+            format!(
+                "must be from {} to {}",
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ),
+        ));
+    }
+    Ok(d)
 }
 
 fn duration(d: Duration) -> prost_types::Duration {
@@ -508,16 +542,14 @@ pub fn parse_watch(r: &pb::WatchConnectionsRequest) -> Result<crate::query::Watc
         .collect::<Result<Vec<_>>>()?;
     let heartbeat_interval = match &r.heartbeat_interval {
         None => None,
-        Some(d) => {
-            let d = parse_duration("heartbeat_interval", d)?;
-            if d.is_zero() {
-                None
-            } else if d < Duration::from_secs(1) {
-                return Err(invalid("heartbeat_interval", "must be at least 1 s"));
-            } else {
-                Some(d)
-            }
-        }
+        // Zero means the server's default.
+        Some(d) if d.seconds == 0 && d.nanos == 0 => None,
+        Some(d) => Some(parse_duration(
+            "heartbeat_interval",
+            d,
+            Duration::from_secs(1),
+            MAX_HEARTBEAT_INTERVAL,
+        )?),
     };
     Ok(crate::query::WatchRequest {
         filter,
@@ -754,13 +786,13 @@ pub fn parse_settings_update(
         match d {
             None if named(field) => Err(invalid(format!("settings.{field}"), "is required")),
             None => Ok(None),
-            Some(d) => {
-                let d = parse_duration(&format!("settings.{field}"), d)?;
-                if d < Duration::from_secs(1) {
-                    return Err(invalid(format!("settings.{field}"), "must be at least 1 s"));
-                }
-                Ok(Some(d))
-            }
+            Some(d) => parse_duration(
+                &format!("settings.{field}"),
+                d,
+                Duration::from_secs(1),
+                MAX_RETENTION_AGE,
+            )
+            .map(Some),
         }
     };
     if (all || named("log_max_age"))

@@ -90,7 +90,8 @@ impl ConnectionState {
             return None;
         }
         let millis = i64::from(self.connection.keep_alive) * 1500;
-        Some(self.last_activity_time + chrono::Duration::milliseconds(millis))
+        self.last_activity_time
+            .checked_add_signed(chrono::Duration::milliseconds(millis))
     }
 
     pub fn last_disconnect_time(&self) -> Option<Timestamp> {

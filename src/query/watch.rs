@@ -152,8 +152,7 @@ impl Watcher {
             return Ok(end);
         }
         let shutdown = self.service.shutdown.clone();
-        let mut ticker =
-            tokio::time::interval_at(tokio::time::Instant::now() + self.heartbeat, self.heartbeat);
+        let mut ticker = tokio::time::interval_at(first_heartbeat(self.heartbeat), self.heartbeat);
         loop {
             if let Some(end) = self.replay().await? {
                 return Ok(end);
@@ -334,4 +333,12 @@ impl Watcher {
             _ = self.service.shutdown.cancelled() => Err(Stop),
         }
     }
+}
+/// When the first heartbeat is due: one interval from now, with checked
+/// arithmetic (the interval comes from a client; the edges bound it, and
+/// this never panics even if one does not).
+fn first_heartbeat(interval: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(interval)
+        .unwrap_or_else(|| now + Duration::from_secs(24 * 3600))
 }
