@@ -213,11 +213,6 @@ pub async fn run(
         ),
         _ => None,
     };
-    let mqtt_listeners = crate::mqtt::spawn_listeners(&broker, listeners.mqtt, mqtt_tls);
-    let flusher = tracker.spawn_activity_flusher(config.activity_interval, stop.clone());
-    let retention = spawn_retention(store.clone(), config.retention_interval, stop.clone());
-    let watchdog = spawn_store_watchdog(store.clone(), reporter.clone(), stop.clone());
-
     let query = QueryService::new(
         store.clone(),
         tracker.clone(),
@@ -227,7 +222,12 @@ pub async fn run(
             org_id: config.org_id.clone(),
         },
         stop.clone(),
-    );
+    )?;
+    let mqtt_listeners = crate::mqtt::spawn_listeners(&broker, listeners.mqtt, mqtt_tls);
+    let flusher = tracker.spawn_activity_flusher(config.activity_interval, stop.clone());
+    let retention = spawn_retention(store.clone(), config.retention_interval, stop.clone());
+    let watchdog = spawn_store_watchdog(store.clone(), reporter.clone(), stop.clone());
+
     let rest = match listeners.rest {
         None => None,
         Some(listener) => Some(

@@ -497,3 +497,123 @@ async fn logs_of_all_clients_newest_first_with_filters_and_paging() {
     assert_eq!(by_device[0].kind, pb::LogKind::ConnectFailed as i32);
     server.stop().await;
 }
+
+/// The parts of a page token a caller can see and edit (its seal, when it
+/// has one, is kept as it is).
+#[derive(Clone, PartialEq, prost::Message)]
+struct TokenParts {
+    #[prost(fixed64, tag = "1")]
+    fingerprint: u64,
+    #[prost(bytes = "vec", tag = "2")]
+    cursor: Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    seal: Vec<u8>,
+}
+
+/// `token` with its cursor replaced: what a read-only caller can forge.
+fn forge(token: &str, cursor: &[u8]) -> String {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    use prost::Message;
+    let mut parts = TokenParts::decode(URL_SAFE_NO_PAD.decode(token).unwrap().as_slice()).unwrap();
+    parts.cursor = cursor.to_vec();
+    URL_SAFE_NO_PAD.encode(parts.encode_to_vec())
+}
+
+/// A page token is untrusted input: an edited one is INVALID_ARGUMENT
+/// (REST: 400 naming `_bookmark`), never an internal error or a "corrupt
+/// record" alarm.
+#[tokio::test]
+async fn forged_page_tokens_are_refused_as_bad_input() {
+    let server = TestServer::start().await;
+    fleet(&server).await;
+    let mut states = server.states();
+    let cursors: [&[u8]; 5] = [
+        b"\xff",
+        b"s",
+        b"\x00\x01\x02",
+        &[b'a'; 40],
+        b"sd:local:sensor:dev00\xff",
+    ];
+    for order_by in [
+        "",
+        "last_connect_time",
+        "last_activity_time desc",
+        "last_disconnect_time",
+    ] {
+        let first = states
+            .list_connection_states(pb::ListConnectionStatesRequest {
+                page_size: 2,
+                order_by: order_by.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for cursor in cursors {
+            let status = states
+                .list_connection_states(pb::ListConnectionStatesRequest {
+                    page_size: 2,
+                    order_by: order_by.into(),
+                    page_token: forge(&first.next_page_token, cursor),
+                    ..Default::default()
+                })
+                .await
+                .expect_err("a forged token is refused");
+            assert_eq!(
+                status.code(),
+                tonic::Code::InvalidArgument,
+                "{order_by:?} {cursor:?}: {status:?}"
+            );
+            assert!(
+                status.message().starts_with("page_token"),
+                "{}",
+                status.message()
+            );
+        }
+    }
+    let first = states
+        .list_connection_logs(pb::ListConnectionLogsRequest {
+            page_size: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for cursor in [&b"\xff"[..], &[0xff; 8], &[0; 8], b"12345678901"] {
+        let status = states
+            .list_connection_logs(pb::ListConnectionLogsRequest {
+                page_size: 2,
+                page_token: forge(&first.next_page_token, cursor),
+                ..Default::default()
+            })
+            .await
+            .expect_err("a forged token is refused");
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{cursor:?}: {status:?}"
+        );
+    }
+
+    // REST: the same through `_bookmark`.
+    let http = reqwest::Client::new();
+    let url = format!(
+        "{}/api/v0002/clientconnectionstates?_limit=2&_sort=lastConnectTime",
+        server.rest
+    );
+    let page: serde_json::Value = http.get(&url).send().await.unwrap().json().await.unwrap();
+    let bookmark = page["bookmark"].as_str().expect("a bookmark").to_owned();
+    for cursor in cursors {
+        let response = http
+            .get(format!("{url}&_bookmark={}", forge(&bookmark, cursor)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{cursor:?}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        let text = body.to_string();
+        assert!(text.contains("_bookmark"), "{text}");
+        assert!(!text.contains("corrupt"), "{text}");
+    }
+    server.stop().await;
+}

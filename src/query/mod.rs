@@ -126,22 +126,26 @@ pub struct QueryService {
     store: Store,
     tracker: Tracker,
     options: Arc<QueryOptions>,
+    page_tokens: page_token::PageTokens,
     shutdown: CancellationToken,
 }
 
 impl QueryService {
+    /// Fails only if the store cannot give the page-token key.
     pub fn new(
         store: Store,
         tracker: Tracker,
         options: QueryOptions,
         shutdown: CancellationToken,
-    ) -> Self {
-        QueryService {
+    ) -> Result<Self, StoreError> {
+        let page_tokens = page_token::PageTokens::new(store.secret("page-tokens")?);
+        Ok(QueryService {
             store,
             tracker,
             options: Arc::new(options),
+            page_tokens,
             shutdown,
-        }
+        })
     }
 
     pub fn store(&self) -> &Store {
@@ -197,7 +201,7 @@ impl QueryService {
         let cursor = request
             .page_token
             .as_deref()
-            .map(|t| page_token::decode(t, fingerprint))
+            .map(|t| self.page_tokens.open(t, fingerprint))
             .transpose()?;
         let store = self.store.clone();
         let budget = self.options.scan_budget;
@@ -214,7 +218,7 @@ impl QueryService {
         .map_err(|_| QueryError::ShuttingDown)??;
         Ok(StatesPage {
             states: page.states,
-            next_page_token: page.cursor.map(|c| page_token::encode(&c, fingerprint)),
+            next_page_token: page.cursor.map(|c| self.page_tokens.seal(&c, fingerprint)),
             revision: page.revision,
         })
     }
@@ -226,7 +230,7 @@ impl QueryService {
         let cursor = request
             .page_token
             .as_deref()
-            .map(|t| page_token::decode(t, fingerprint))
+            .map(|t| self.page_tokens.open(t, fingerprint))
             .transpose()?
             .map(|bytes| {
                 <[u8; 8]>::try_from(bytes.as_slice())
@@ -251,7 +255,7 @@ impl QueryService {
             entries: page.entries,
             next_page_token: page
                 .cursor
-                .map(|c| page_token::encode(&c.to_be_bytes(), fingerprint)),
+                .map(|c| self.page_tokens.seal(&c.to_be_bytes(), fingerprint)),
             revision: page.revision,
         })
     }

@@ -4,7 +4,7 @@
 //!
 //! | prefix | key | value |
 //! |---|---|---|
-//! | `m` | `m` name | metadata (revision, settings, clearing flag) |
+//! | `m` | `m` name | metadata (revision, settings, clearing flag, secrets) |
 //! | `s` | `s` client | state record |
 //! | `p` | `p` client, 0x00, revision (8) | log entry of one client |
 //! | `g` | `g` first revision (8) | the log entries (revision, client) of one commit |
@@ -37,6 +37,8 @@ pub const FEED: u8 = b'f';
 pub const META_REVISION: &[u8] = b"mrevision";
 pub const META_SETTINGS: &[u8] = b"msettings";
 pub const META_CLEARING: &[u8] = b"mclearing";
+/// `msecret/` name: a secret key of this store.
+pub const META_SECRET: &[u8] = b"msecret/";
 
 /// Every sled prefix that holds client data (what turning the feature off
 /// clears).

@@ -209,6 +209,32 @@ impl Store {
         &self.inner.db
     }
 
+    /// This store's secret key named `name` (32 random bytes, made on first
+    /// use and kept with the data, so it outlives restarts): for example
+    /// the key that authenticates page tokens.
+    pub fn secret(&self, name: &str) -> Result<[u8; 32], StoreError> {
+        let key = [keys::META_SECRET, name.as_bytes()].concat();
+        let mut fresh = [0u8; 32];
+        getrandom::fill(&mut fresh).map_err(|e| {
+            sled::Error::Io(std::io::Error::other(format!(
+                "no source of randomness: {e}"
+            )))
+        })?;
+        // Whoever stores first wins; everyone then reads the same secret.
+        let _ = self
+            .inner
+            .db
+            .compare_and_swap(&key, None::<&[u8]>, Some(&fresh[..]))?;
+        self.inner.db.flush()?;
+        let stored = self
+            .inner
+            .db
+            .get(&key)?
+            .ok_or_else(|| StoreError::Corrupt(format!("secret {name} vanished")))?;
+        <[u8; 32]>::try_from(stored.as_ref())
+            .map_err(|_| StoreError::Corrupt(format!("secret {name} is not 32 bytes")))
+    }
+
     /// The newest revision that is durable and visible to readers.
     pub fn committed_revision(&self) -> Revision {
         self.inner.committed.load(Ordering::Acquire)
