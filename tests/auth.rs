@@ -182,3 +182,107 @@ async fn grpc_takes_the_same_credentials_and_roles() {
     );
     server.stop().await;
 }
+
+/// An administrator cannot lock every administrator out: deleting the key
+/// the request is made with, or the last admin key, is refused with 409
+/// and the platform body; with a second admin key the first can go.
+#[tokio::test]
+async fn the_last_admin_key_and_the_callers_own_key_stay() {
+    let server = TestServer::start_secured().await;
+    let http = reqwest::Client::new();
+    let keys = format!("{}/api/v0002/apikeys", server.rest);
+    let delete = |key: String, auth: (String, String)| {
+        let http = http.clone();
+        let url = format!("{keys}/{key}");
+        async move {
+            let response = http
+                .delete(url)
+                .header("authorization", basic((&auth.0, &auth.1)))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let body = response.text().await.unwrap();
+            (status, body)
+        }
+    };
+    let admin = (ADMIN.0.to_owned(), ADMIN.1.to_owned());
+
+    let (status, body) = delete(ADMIN.0.into(), admin.clone()).await;
+    assert_eq!(status, 409, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    let message = body["message"].as_str().unwrap();
+    assert!(message.starts_with("CUDCS0409E"), "{message}");
+    assert!(message.contains("own"), "names the reason: {message}");
+    assert!(body["exception"]["properties"][0] == ADMIN.0, "{body}");
+
+    // A second administrator may not delete the last other admin key
+    // either, once it is the last one; while two exist, one may go.
+    let created: Value = http
+        .post(&keys)
+        .header("authorization", basic(ADMIN))
+        .json(&serde_json::json!({"role": "admin"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let second = (
+        created["key"].as_str().unwrap().to_owned(),
+        created["token"].as_str().unwrap().to_owned(),
+    );
+    let (status, body) = delete(ADMIN.0.into(), second.clone()).await;
+    assert_eq!(status, 204, "{body}");
+    // `second` is now the only admin key: it cannot delete itself, and an
+    // operator cannot delete it (that needs admin rights anyway).
+    let (status, body) = delete(second.0.clone(), second.clone()).await;
+    assert_eq!(status, 409, "{body}");
+    let listed: Value = http
+        .get(&keys)
+        .header("authorization", basic((&second.0, &second.1)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["results"].as_array().unwrap().len(), 1, "{listed}");
+    server.stop().await;
+}
+
+/// In open mode too the last admin key stays (the data folder may be served
+/// with authentication on later).
+#[tokio::test]
+async fn open_mode_keeps_the_last_admin_key() {
+    let server = TestServer::start().await;
+    let http = reqwest::Client::new();
+    let keys = format!("{}/api/v0002/apikeys", server.rest);
+    let mut made = Vec::new();
+    for _ in 0..2 {
+        let created: Value = http
+            .post(&keys)
+            .json(&serde_json::json!({"role": "admin"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        made.push(created["key"].as_str().unwrap().to_owned());
+    }
+    let status = |r: reqwest::Response| r.status().as_u16();
+    let first = http
+        .delete(format!("{keys}/{}", made[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(first), 204);
+    let last = http
+        .delete(format!("{keys}/{}", made[1]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(last), 409);
+    server.stop().await;
+}

@@ -104,6 +104,10 @@ pub enum RegistryError {
     Sled(#[from] sled::Error),
     #[error("no such API key")]
     NotFound,
+    #[error("an API key cannot delete itself")]
+    OwnKey,
+    #[error("the last admin key cannot be deleted")]
+    LastAdmin,
     #[error("no such device type")]
     TypeNotFound,
     #[error("no such device")]
@@ -165,6 +169,9 @@ fn random_chars(n: usize, mixed: bool) -> Result<String, RegistryError> {
 pub struct Registry {
     db: sled::Db,
     org_id: String,
+    /// Serialises key deletions, so that two at once cannot both see
+    /// another admin key and together delete the last two.
+    deleting: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl Registry {
@@ -172,6 +179,7 @@ impl Registry {
         Registry {
             db: store.db().clone(),
             org_id: org_id.to_owned(),
+            deleting: Default::default(),
         }
     }
 
@@ -215,14 +223,35 @@ impl Registry {
         })
     }
 
-    pub fn delete_key(&self, key: &str) -> Result<(), RegistryError> {
-        match self.db.remove(record_key(key))? {
-            Some(_) => {
-                self.db.flush()?;
-                Ok(())
-            }
-            None => Err(RegistryError::NotFound),
+    /// Deletes `key` on behalf of the caller `by`. Nobody locks the
+    /// administrators out: a key cannot delete itself, and the last admin
+    /// key stays.
+    pub fn delete_key(&self, key: &str, by: &str) -> Result<(), RegistryError> {
+        let _one_at_a_time = self
+            .deleting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let target = self
+            .db
+            .get(record_key(key))?
+            .as_deref()
+            .and_then(decode)
+            .ok_or(RegistryError::NotFound)?
+            .0;
+        if key == by {
+            return Err(RegistryError::OwnKey);
         }
+        if target.role == Role::Admin
+            && !self
+                .list_keys()?
+                .iter()
+                .any(|k| k.role == Role::Admin && k.key != key)
+        {
+            return Err(RegistryError::LastAdmin);
+        }
+        self.db.remove(record_key(key))?;
+        self.db.flush()?;
+        Ok(())
     }
 
     pub fn list_keys(&self) -> Result<Vec<ApiKey>, RegistryError> {

@@ -12,7 +12,7 @@ use super::{ApiResult, error::ApiError, json::ListJson, params::format_time};
 use crate::{
     domain::ClientKind,
     mqtt::Broker,
-    registry::{ApiKey, Registry, RegistryError, Role},
+    registry::{ApiKey, Principal, Registry, RegistryError, Role},
 };
 
 #[derive(Deserialize)]
@@ -90,9 +90,10 @@ pub(super) async fn list(
 pub(super) async fn delete(
     Extension(registry): Extension<Registry>,
     Extension(broker): Extension<Option<Broker>>,
+    Extension(caller): Extension<Principal>,
     Path(key): Path<String>,
 ) -> ApiResult<StatusCode> {
-    match registry.delete_key(&key) {
+    match registry.delete_key(&key, &caller.key) {
         Ok(()) => {
             // Applications connected with this key lose their connection.
             if let Some(broker) = broker {
@@ -103,6 +104,15 @@ pub(super) async fn delete(
             Ok(StatusCode::NO_CONTENT)
         }
         Err(RegistryError::NotFound) => Err(ApiError::KeyNotFound(key)),
+        Err(RegistryError::OwnKey) => Err(ApiError::Refused {
+            what: key,
+            why: "a request cannot delete the API key it is made with (its own key); \
+                  delete it with another admin key",
+        }),
+        Err(RegistryError::LastAdmin) => Err(ApiError::Refused {
+            what: key,
+            why: "it is the last admin key; create another admin key first",
+        }),
         Err(e) => Err(internal(e)),
     }
 }

@@ -40,6 +40,12 @@ pub enum ApiError {
     RegistryNotFound(String),
     /// It exists already.
     Conflict(String),
+    /// The request conflicts with what must stay true (409): `what` is
+    /// the thing, `why` the reason.
+    Refused {
+        what: String,
+        why: &'static str,
+    },
     /// A stream asked to resume from a revision no longer kept.
     Gone {
         oldest: u64,
@@ -181,6 +187,13 @@ impl IntoResponse for ApiError {
                 StatusCode::CONFLICT,
                 "CUDCS0409E",
                 format!("{what} already exists."),
+                vec![what],
+                vec![],
+            ),
+            ApiError::Refused { what, why } => (
+                StatusCode::CONFLICT,
+                "CUDCS0409E",
+                format!("{what} cannot be deleted: {why}."),
                 vec![what],
                 vec![],
             ),

@@ -143,7 +143,7 @@ fn needed_role(method: &Method, path: &str) -> Role {
 /// Authenticates every request and checks its role.
 async fn authorise(
     State(gate): State<Gate>,
-    request: axum::extract::Request,
+    mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     if request.uri().path() == READY_PATH {
@@ -165,6 +165,8 @@ async fn authorise(
         }
         .into_response();
     }
+    // Handlers that act on the caller's own records read who it is.
+    request.extensions_mut().insert(principal);
     next.run(request).await
 }
 
