@@ -441,23 +441,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             return;
         };
         let failure = ConnectFailure::UnsupportedProtocol;
-        self.broker.report(
-            &client_id,
-            now(),
-            0,
-            EventKind::ConnectFailed {
-                info: ConnectionInfo {
-                    addr: self.transport.peer.ip(),
-                    port: self.transport.peer.port(),
-                    secure: self.transport.secure,
-                    username: String::new(),
-                    protocol: None,
-                    keep_alive,
-                    clean_session,
-                },
-                failure,
+        let kind = EventKind::ConnectFailed {
+            info: ConnectionInfo {
+                addr: self.transport.peer.ip(),
+                port: self.transport.peer.port(),
+                secure: self.transport.secure,
+                username: String::new(),
+                protocol: None,
+                keep_alive,
+                clean_session,
             },
-        );
+            failure,
+        };
+        log_lifecycle(&client_id, self.transport.peer, &kind, keep_alive);
+        self.broker.report(&client_id, now(), 0, kind);
     }
 
     async fn write_connack_refused(&mut self, failure: ConnectFailure) {
@@ -536,12 +533,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         };
         let time = now();
         let info = self.connection_info(hello);
-        self.broker.report(
-            &client_id,
-            time,
-            0,
-            EventKind::ConnectFailed { info, failure },
-        );
+        let kind = EventKind::ConnectFailed { info, failure };
+        log_lifecycle(&client_id, self.transport.peer, &kind, hello.keep_alive);
+        self.broker.report(&client_id, time, 0, kind);
         let username = hello.username.as_deref().unwrap_or("").to_owned();
         let origin = self.origin(client_id.as_str(), &username);
         self.broker
@@ -679,12 +673,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
 
         let connect_time = now();
         let info = self.connection_info(&hello);
-        self.broker.report(
-            &record_id,
-            connect_time,
-            connection_id,
-            EventKind::Connected(info),
-        );
+        let kind = EventKind::Connected(info);
+        log_lifecycle(&record_id, self.transport.peer, &kind, hello.keep_alive);
+        self.broker
+            .report(&record_id, connect_time, connection_id, kind);
         let origin = self.origin(&client_id, &username);
         self.broker
             .publish_monitor(&origin, &Action::Connect { time: connect_time });
@@ -1026,7 +1018,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             (_, None) => return Err(DisconnectCause::ProtocolError(ReasonCode::PROTOCOL_ERROR)),
         }
         if !authorised {
-            tracing::debug!(client = %live.client_id, topic = %p.topic, "publish not authorised");
+            tracing::debug!(client_id = %live.client_id, topic = %p.topic, "publish not authorised");
         }
         Ok(())
     }
@@ -1342,19 +1334,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             cause,
             DisconnectCause::ClientDisconnect(_) | DisconnectCause::SocketClosed
         );
-        if matches!(
-            cause,
-            DisconnectCause::MalformedPacket
-                | DisconnectCause::ProtocolError(_)
-                | DisconnectCause::PacketTooLarge
-        ) {
-            tracing::info!(
-                client = %live.client_id,
-                peer = %self.transport.peer,
-                reason = %cause.log_message(live.keep_alive),
-                "closing an MQTT connection that broke the protocol"
-            );
-        }
         if server_side && let (Codec::V5(c), Some(code)) = (&mut self.codec, cause.reason_code()) {
             let code = v5::DisconnectReasonCode::try_from(code.0)
                 .unwrap_or(v5::DisconnectReasonCode::UnspecifiedError);
@@ -1370,12 +1349,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
 
         let time = now();
         self.report_activity(&mut live);
-        self.broker.report(
-            &live.record_id,
-            time,
-            live.connection_id,
-            EventKind::Disconnected(cause.clone()),
-        );
+        let kind = EventKind::Disconnected(cause.clone());
+        log_lifecycle(&live.record_id, self.transport.peer, &kind, live.keep_alive);
+        self.broker
+            .report(&live.record_id, time, live.connection_id, kind);
         let origin = self.origin(&live.client_id, &live.username);
         self.broker.publish_monitor(
             &origin,
@@ -1556,6 +1533,44 @@ fn random_u64() -> u64 {
     let mut b = [0u8; 8];
     let _ = getrandom::fill(&mut b);
     u64::from_le_bytes(b)
+}
+
+/// One info line per connect, refused connect and disconnect, as Mosquitto
+/// logs them, with the same field names as every other log line
+/// (`client_id`, `peer`). `keep_alive` is the connection's, in seconds.
+fn log_lifecycle(client_id: &ClientId, peer: SocketAddr, kind: &EventKind, keep_alive: u16) {
+    match kind {
+        EventKind::Connected(info) => tracing::info!(
+            client_id = %client_id,
+            peer = %peer,
+            protocol = %info.protocol.map_or("?", |p| p.as_str()),
+            keep_alive = info.keep_alive,
+            clean_start = info.clean_session,
+            username = %info.username,
+            tls = info.secure,
+            "MQTT client connected"
+        ),
+        EventKind::ConnectFailed { failure, .. } => {
+            let code = failure.reason_code();
+            tracing::info!(
+                client_id = %client_id,
+                peer = %peer,
+                reason_code = %code,
+                reason = %code.description(),
+                "MQTT connect refused"
+            )
+        }
+        EventKind::Disconnected(cause) => tracing::info!(
+            client_id = %client_id,
+            peer = %peer,
+            initiator = %cause.initiator().as_str(),
+            reason_code = %cause.reason_code().map_or_else(|| "none".to_owned(), |c| c.to_string()),
+            close_code = cause.close_code().0,
+            reason = %cause.reason_text(keep_alive),
+            "MQTT client disconnected"
+        ),
+        EventKind::Activity(_) => {}
+    }
 }
 
 #[cfg(test)]

@@ -254,7 +254,7 @@ impl Broker {
                 .await
                 .is_err()
             {
-                tracing::warn!(client = %client_id, "taken-over connection did not close in time");
+                tracing::warn!(client_id = %client_id, "taken-over connection did not close in time");
             }
         }
         let mut sessions = self.inner.sessions.lock().expect("sessions lock");

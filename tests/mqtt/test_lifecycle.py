@@ -620,3 +620,31 @@ def test_metrics_follow_the_broker(make_server):
     finally:
         dev.close()
         other.close()
+
+
+def test_one_log_line_per_connect_refusal_and_disconnect(server, peers, raw):
+    """Like Mosquitto, the broker logs each connect, refused connect and
+    disconnect at info level, with `client_id` and `peer` fields (Display
+    formatted, never Debug)."""
+    cid = unique("logged")
+    p = peers(server, cid, version=V5, keepalive=30)
+    port = p.local_port
+    p.disconnect(reason=0x04)
+    server.wait_disconnected(cid)
+    c = raw(server)
+    # MQTT 3.1.1 with a password but no user name (MQTT-3.1.2-22): refused.
+    assert c.connect(cid, password="secret") == b"\x00\x04"
+
+    def lines():
+        found = [line for line in server.log_path.read_text(errors="replace").splitlines() if f"client_id={cid}" in line]
+        return found if len(found) >= 3 else None
+
+    connected, disconnected, refused = eventually(lines, what="three log lines")[:3]
+    assert "MQTT client connected" in connected and f"peer=127.0.0.1:{port}" in connected, connected
+    assert "protocol=5.0" in connected and "keep_alive=30" in connected, connected
+    assert "MQTT client disconnected" in disconnected, disconnected
+    assert "initiator=client" in disconnected and "reason_code=0x04" in disconnected, disconnected
+    assert "close_code=0" in disconnected, disconnected
+    assert "MQTT connect refused" in refused and "reason_code=0x86" in refused, refused
+    for line in (connected, disconnected, refused):
+        assert '"' not in line.split("client_id=")[1].split()[0], f"Debug-formatted field: {line}"
