@@ -176,3 +176,130 @@ async fn random_requests_never_get_a_server_error() {
     assert_eq!(response.status().as_u16(), 200);
     server.stop().await;
 }
+
+/// Paths with path parameters (device types, devices, API keys, client
+/// states), with random ids, methods, bodies and credentials: every answer
+/// that is not a success is the platform's error body — a `message` that
+/// starts with its `exception.id`, the id's properties, and `violations`
+/// on a 400 — and never a 5xx.
+#[tokio::test]
+async fn path_parameters_errors_are_the_platform_body() {
+    let server = TestServer::start_secured().await;
+    let mut rng = Rng::from_env("CONNSTATE_FUZZ_SEED");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let api = format!("{}/api/v0002", server.rest);
+    // A type and a device that exist, so that some requests get further.
+    for (url, body) in [
+        (format!("{api}/device/types"), r#"{"id":"sensor"}"#),
+        (
+            format!("{api}/device/types/sensor/devices"),
+            r#"{"deviceId":"s1"}"#,
+        ),
+    ] {
+        let response = client
+            .post(url)
+            .header("authorization", basic(ADMIN))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 201);
+    }
+    let templates = [
+        "/device/types/{}",
+        "/device/types/{}/devices",
+        "/device/types/{}/devices/{}",
+        "/device/types/sensor/devices/{}",
+        "/apikeys/{}",
+        "/clientconnectionstates/{}",
+        "/clientconnectionstates/{}/disconnect",
+    ];
+    let started = Instant::now();
+    let mut checked = 0;
+    while checked < 1000 && started.elapsed() < Duration::from_secs(20) {
+        let mut path = rng.pick(&templates).to_owned();
+        while path.contains("{}") {
+            let id = match rng.below(4) {
+                0 => rng
+                    .pick(&["sensor", "s1", "d:local:sensor:s1", ADMIN.0])
+                    .to_owned(),
+                1 => rng
+                    .pick(&["..", ".", "%2e%2e", "%2F", "%00", "%", "a%zz", "+", "%20"])
+                    .to_owned(),
+                _ => rng.value(),
+            };
+            path = path.replacen("{}", &id, 1);
+        }
+        let url = format!("{api}{path}");
+        let method = rng.pick(&["GET", "POST", "PUT", "DELETE", "PATCH"]);
+        let mut request = client.request(method.parse().unwrap(), &url);
+        request = match rng.below(4) {
+            0 => request,
+            1 => request.header("authorization", basic((ADMIN.0, "wrong-token-0000000000"))),
+            _ => request.header("authorization", basic(ADMIN)),
+        };
+        if rng.below(2) == 0 {
+            if rng.below(3) > 0 {
+                request = request.header("content-type", "application/json");
+            }
+            request = request.body(
+                rng.pick(&[
+                    r#"{"deviceId":"x1"}"#,
+                    r#"{"id":"t1","classId":"Gateway"}"#,
+                    r#"{"role":"admin"}"#,
+                    r#"{"deviceId":5}"#,
+                    "{",
+                    "[]",
+                    "null",
+                    r#"{"deviceId":"x2","colour":"red"}"#,
+                ])
+                .to_owned(),
+            );
+        }
+        let Ok(response) = request.send().await else {
+            continue;
+        };
+        let status = response.status().as_u16();
+        assert!(status < 500, "{method} {url} -> {status}");
+        let body = response.bytes().await.unwrap();
+        if status < 400 {
+            continue;
+        }
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|_| {
+            panic!(
+                "{method} {url} -> {status}: the body is not JSON: {:?}",
+                String::from_utf8_lossy(&body)
+            )
+        });
+        let id = json["exception"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{method} {url} -> {status}: no exception.id in {json}"));
+        let is_platform_id = id.len() == 10
+            && id.starts_with("CUD")
+            && id.ends_with('E')
+            && id[5..9].bytes().all(|b| b.is_ascii_digit());
+        assert!(is_platform_id, "{method} {url} -> {status}: id {id:?}");
+        let message = json["message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with(&format!("{id}: ")),
+            "{method} {url} -> {status}: message {message:?}"
+        );
+        assert!(
+            json["exception"]["properties"].is_array(),
+            "{method} {url} -> {status}: {json}"
+        );
+        if status == 400 {
+            assert!(
+                json["violations"].as_array().is_some_and(|v| !v.is_empty()),
+                "{method} {url} -> 400 without violations: {json}"
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked > 100, "checked {checked} error answers");
+    server.stop().await;
+}

@@ -1,14 +1,10 @@
 //! `/api/v0002/apikeys`: API keys and their roles (administrators only).
 //! A new key's token is in the creation response and nowhere else.
 
-use axum::{
-    Extension, Json,
-    extract::{Path, rejection::JsonRejection},
-    http::StatusCode,
-};
+use axum::{Extension, Json, extract::rejection::JsonRejection, http::StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiResult, error::ApiError, json::ListJson, params::format_time};
+use super::{ApiResult, PathParams, error::ApiError, json::ListJson, params::format_time};
 use crate::{
     domain::ClientKind,
     mqtt::Broker,
@@ -91,7 +87,7 @@ pub(super) async fn delete(
     Extension(registry): Extension<Registry>,
     Extension(broker): Extension<Option<Broker>>,
     Extension(caller): Extension<Principal>,
-    Path(key): Path<String>,
+    PathParams(key): PathParams<String>,
 ) -> ApiResult<StatusCode> {
     match registry.delete_key(&key, &caller.key) {
         Ok(()) => {

@@ -5,12 +5,12 @@
 
 use axum::{
     Extension, Json,
-    extract::{Path, State, rejection::JsonRejection},
+    extract::{State, rejection::JsonRejection},
     http::StatusCode,
 };
 use serde::{Deserialize, Serialize};
 
-use super::{ApiResult, error::ApiError, json::ListJson, params::format_time};
+use super::{ApiResult, PathParams, error::ApiError, json::ListJson, params::format_time};
 use crate::{
     domain::ClientKind,
     mqtt::Broker,
@@ -141,7 +141,7 @@ pub(super) async fn list_types(
 
 pub(super) async fn get_type(
     Extension(registry): Extension<Registry>,
-    Path(type_id): Path<String>,
+    PathParams(type_id): PathParams<String>,
 ) -> ApiResult<Json<TypeJson>> {
     let t = registry
         .get_type(&type_id)
@@ -151,7 +151,7 @@ pub(super) async fn get_type(
 
 pub(super) async fn delete_type(
     Extension(registry): Extension<Registry>,
-    Path(type_id): Path<String>,
+    PathParams(type_id): PathParams<String>,
 ) -> ApiResult<StatusCode> {
     registry
         .delete_type(&type_id)
@@ -162,7 +162,7 @@ pub(super) async fn delete_type(
 pub(super) async fn create_device(
     State(query): State<QueryService>,
     Extension(registry): Extension<Registry>,
-    Path(type_id): Path<String>,
+    PathParams(type_id): PathParams<String>,
     body: Result<Json<NewDevice>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<DeviceJson>)> {
     let Json(body) = body.map_err(|e| ApiError::bad("deviceId", e.body_text()))?;
@@ -176,7 +176,7 @@ pub(super) async fn create_device(
 pub(super) async fn list_devices(
     State(query): State<QueryService>,
     Extension(registry): Extension<Registry>,
-    Path(type_id): Path<String>,
+    PathParams(type_id): PathParams<String>,
 ) -> ApiResult<Json<ListJson<DeviceJson>>> {
     let devices = registry
         .list_devices(&type_id)
@@ -193,7 +193,7 @@ pub(super) async fn list_devices(
 pub(super) async fn get_device(
     State(query): State<QueryService>,
     Extension(registry): Extension<Registry>,
-    Path((type_id, device_id)): Path<(String, String)>,
+    PathParams((type_id, device_id)): PathParams<(String, String)>,
 ) -> ApiResult<Json<DeviceJson>> {
     let device = registry
         .get_device(&type_id, &device_id)
@@ -204,7 +204,7 @@ pub(super) async fn get_device(
 pub(super) async fn delete_device(
     Extension(registry): Extension<Registry>,
     Extension(broker): Extension<Option<Broker>>,
-    Path((type_id, device_id)): Path<(String, String)>,
+    PathParams((type_id, device_id)): PathParams<(String, String)>,
 ) -> ApiResult<StatusCode> {
     registry
         .delete_device(&type_id, &device_id)

@@ -4,6 +4,7 @@
 
 use axum::{
     Json,
+    extract::rejection::PathRejection,
     http::StatusCode,
     response::{IntoResponse, Response},
 };
@@ -75,6 +76,21 @@ struct Violation {
 }
 
 impl ApiError {
+    /// A path that does not decode: 400 naming the path parameter.
+    pub fn bad_path(rejection: PathRejection) -> Self {
+        use axum::extract::path::ErrorKind;
+        let name = match &rejection {
+            PathRejection::FailedToDeserializePathParams(e) => match e.kind() {
+                ErrorKind::InvalidUtf8InPathParam { key }
+                | ErrorKind::ParseErrorAtKey { key, .. }
+                | ErrorKind::DeserializeError { key, .. } => key.clone(),
+                _ => "path".to_owned(),
+            },
+            _ => "path".to_owned(),
+        };
+        ApiError::bad(name, rejection.body_text())
+    }
+
     pub fn bad(name: impl Into<String>, reason: impl Into<String>) -> Self {
         ApiError::BadParameter {
             name: name.into(),

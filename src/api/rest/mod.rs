@@ -170,6 +170,27 @@ async fn authorise(
     next.run(request).await
 }
 
+/// Path parameters: a path that does not decode (bad percent-encoding,
+/// invalid UTF-8) is the platform's 400 naming the parameter, like every
+/// other bad input.
+pub(crate) struct PathParams<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromRequestParts<S>
+    for PathParams<T>
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(PathParams(value)),
+            Err(rejection) => Err(ApiError::bad_path(rejection)),
+        }
+    }
+}
+
 /// Query parameters; empty values count as absent (client libraries send
 /// `_bookmark=` on the first page) and unknown names are ignored.
 pub(crate) struct Params(Vec<(String, String)>);
@@ -318,7 +339,7 @@ fn parse_client_id(value: &str) -> ApiResult<ClientId> {
 fn path_client_id(path: Result<Path<String>, PathRejection>) -> ApiResult<ClientId> {
     match path {
         Ok(Path(id)) => parse_client_id(&id),
-        Err(e) => Err(ApiError::bad("clientId", e.body_text())),
+        Err(e) => Err(ApiError::bad_path(e)),
     }
 }
 
