@@ -161,8 +161,9 @@ async fn filters_sorts_and_relative_times() {
     assert!(ids(&body).is_empty());
     let (_, body) = get(&base).await;
     assert_eq!(body["meta"]["total_rows"], 6);
-    // Meaningless extras a client library sends are ignored.
-    let (status, body) = get(&format!("{base}?_bookmark=&_limit=2&foo=bar")).await;
+    // The empty bookmark a client library sends on the first page is
+    // taken as absent.
+    let (status, body) = get(&format!("{base}?_bookmark=&_limit=2")).await;
     assert_eq!(status, 200);
     assert_eq!(ids(&body).len(), 2);
     assert!(body.get("bookmark").is_some());

@@ -168,18 +168,107 @@ async fn authorise(
     next.run(request).await
 }
 
+/// The query parameters of the state listing.
+const STATE_LIST_PARAMS: &[&str] = &[
+    "connectionStatus",
+    "clientType",
+    "deviceType",
+    "deviceId",
+    "appId",
+    "clientIdPrefix",
+    "connectedAfter",
+    "lastConnectedAfter",
+    "connectedBefore",
+    "lastConnectedBefore",
+    "disconnectedAfter",
+    "lastDisconnectedAfter",
+    "disconnectedBefore",
+    "lastDisconnectedBefore",
+    "activeAfter",
+    "lastActivityAfter",
+    "activeBefore",
+    "lastActivityBefore",
+    "_limit",
+    "_bookmark",
+    "_sort",
+];
+/// The query parameters of the platform's connection log path.
+const PLATFORM_LOG_PARAMS: &[&str] = &[
+    "typeId", "deviceId", "limit", "offset", "fromTime", "toTime",
+];
+/// The query parameters of connstate's own log listing.
+const LOG_LIST_PARAMS: &[&str] = &[
+    "clientId",
+    "typeId",
+    "deviceId",
+    "kind",
+    "initiator",
+    "fromTime",
+    "toTime",
+    "_limit",
+    "_bookmark",
+];
+/// The query parameters of the server-sent event stream (no time filters:
+/// a stream has no end to compare times with).
+const STREAM_PARAMS: &[&str] = &[
+    "lastEventId",
+    "snapshot",
+    "connectionStatus",
+    "clientType",
+    "deviceType",
+    "deviceId",
+    "appId",
+    "clientIdPrefix",
+];
+
+/// The paths that take query parameters, with the names each takes. Any
+/// other name is refused (400 naming it), as the platform does; a test
+/// checks this table against the OpenAPI document.
+pub fn query_parameters() -> Vec<(&'static str, &'static [&'static str])> {
+    vec![
+        ("/api/v0002/clientconnectionstates", STATE_LIST_PARAMS),
+        ("/api/v0002/logs/connection", PLATFORM_LOG_PARAMS),
+        ("/api/v0002/clientconnectionlogs", LOG_LIST_PARAMS),
+        ("/api/v0002/stream/clientconnectionstates", STREAM_PARAMS),
+    ]
+}
+
+/// Longest parameter name echoed back in an error.
+const MAX_ECHOED_NAME: usize = 64;
+
 /// Query parameters; empty values count as absent (client libraries send
-/// `_bookmark=` on the first page) and unknown names are ignored.
+/// `_bookmark=` on the first page). A name the path does not take is
+/// refused, with or without a value: a misspelt filter must not return
+/// every record.
 pub(crate) struct Params(Vec<(String, String)>);
 
 impl Params {
     pub(crate) fn from_query(
         query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+        known: &[&str],
     ) -> ApiResult<Params> {
-        match query {
-            Ok(Query(pairs)) => Ok(Params(pairs)),
-            Err(e) => Err(ApiError::bad("query", e.body_text())),
+        let pairs = match query {
+            Ok(Query(pairs)) => pairs,
+            Err(e) => return Err(ApiError::bad("query", e.body_text())),
+        };
+        if let Some((name, _)) = pairs.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+            let mut name = name.clone();
+            if name.len() > MAX_ECHOED_NAME {
+                let mut end = MAX_ECHOED_NAME;
+                while !name.is_char_boundary(end) {
+                    end -= 1;
+                }
+                name.truncate(end);
+            }
+            return Err(ApiError::bad(
+                name,
+                format!(
+                    "is not a parameter of this path; it takes {}",
+                    known.join(", ")
+                ),
+            ));
         }
+        Ok(Params(pairs))
     }
 
     /// The last non-empty value of the first of `names` that has one.
@@ -362,7 +451,7 @@ async fn list_states(
     State(query): State<QueryService>,
     raw: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<ListJson<StateJson>>> {
-    let p = Params::from_query(raw)?;
+    let p = Params::from_query(raw, STATE_LIST_PARAMS)?;
     let filter = state_filter(&p, Utc::now(), true)?;
     let order = match p.get(&["_sort"]) {
         None => Default::default(),
@@ -404,7 +493,7 @@ async fn platform_logs(
     State(query): State<QueryService>,
     raw: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Vec<PlatformLogJson>>> {
-    let p = Params::from_query(raw)?;
+    let p = Params::from_query(raw, PLATFORM_LOG_PARAMS)?;
     let now = Utc::now();
     let Some((_, type_id)) = p.get(&["typeId"]) else {
         return Err(ApiError::bad("typeId", "is required"));
@@ -452,7 +541,7 @@ async fn logs(
     State(query): State<QueryService>,
     raw: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<ListJson<LogJson>>> {
-    let p = Params::from_query(raw)?;
+    let p = Params::from_query(raw, LOG_LIST_PARAMS)?;
     let now = Utc::now();
     let client = match (
         p.get(&["clientId"]),

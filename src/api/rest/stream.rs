@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 
 use super::{
-    ApiResult, Params,
+    ApiResult, Params, STREAM_PARAMS,
     error::ApiError,
     json::{LogJson, StateJson},
     state_filter,
@@ -103,7 +103,7 @@ pub(super) async fn stream_states(
     headers: HeaderMap,
     raw: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    let p = Params::from_query(raw)?;
+    let p = Params::from_query(raw, STREAM_PARAMS)?;
     let filter = state_filter(&p, Utc::now(), false)?;
     let last_event_id = match headers.get("last-event-id") {
         Some(v) => Some(("Last-Event-ID", v.to_str().unwrap_or("").to_owned())),
