@@ -47,6 +47,14 @@ pub enum QueryError {
         requested: Revision,
         oldest: Revision,
     },
+    /// A watch asked to resume from a revision the store has not reached.
+    #[error(
+        "revision {requested} is ahead of the store's revision {current}; resume from {current} or earlier"
+    )]
+    AheadOfStore {
+        requested: Revision,
+        current: Revision,
+    },
     #[error("the server is shutting down")]
     ShuttingDown,
     #[error("internal error")]

@@ -94,6 +94,7 @@ impl From<QueryError> for ApiError {
             QueryError::NotFound(id) => ApiError::ClientNotFound(id),
             QueryError::Disabled => ApiError::Disabled,
             QueryError::OutOfRange { oldest, .. } => ApiError::Gone { oldest },
+            e @ QueryError::AheadOfStore { .. } => ApiError::bad("Last-Event-ID", e.to_string()),
             QueryError::ShuttingDown => ApiError::Unavailable,
             QueryError::Internal(cause) => {
                 tracing::error!(error = %cause, "request failed");

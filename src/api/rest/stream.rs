@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     domain::{Change, ChangeKind},
-    query::{QueryService, WatchEnd, WatchItem, WatchRequest},
+    query::{QueryError, QueryService, WatchEnd, WatchItem, WatchRequest},
 };
 
 #[derive(Serialize)]
@@ -109,12 +109,12 @@ pub(super) async fn stream_states(
         Some(v) => Some(("Last-Event-ID", v.to_str().unwrap_or("").to_owned())),
         None => p.get(&["lastEventId"]).map(|(n, v)| (n, v.to_owned())),
     };
-    let start_revision = match last_event_id {
+    let start_revision = match &last_event_id {
         None => None,
         Some((name, v)) => Some(
             v.trim()
                 .parse::<u64>()
-                .map_err(|_| ApiError::bad(name, "must be a revision (a whole number)"))?,
+                .map_err(|_| ApiError::bad(*name, "must be a revision (a whole number)"))?,
         ),
     };
     let include_snapshot = match p.get(&["snapshot"]) {
@@ -123,13 +123,21 @@ pub(super) async fn stream_states(
         Some((_, "false")) => false,
         Some((name, _)) => return Err(ApiError::bad(name, "must be true or false")),
     };
-    let items = query.watch(WatchRequest {
-        filter,
-        start_revision,
-        include_snapshot,
-        kinds: Vec::new(),
-        heartbeat_interval: None,
-    })?;
+    let items = query
+        .watch(WatchRequest {
+            filter,
+            start_revision,
+            include_snapshot,
+            kinds: Vec::new(),
+            heartbeat_interval: None,
+        })
+        .map_err(|e| match (e, &last_event_id) {
+            // Name the parameter the revision came in.
+            (e @ QueryError::AheadOfStore { .. }, Some((name, _))) => {
+                ApiError::bad(*name, e.to_string())
+            }
+            (e, _) => ApiError::from(e),
+        })?;
     let events = ReceiverStream::new(items).map(|item| Ok(sse_event(item)));
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
