@@ -148,3 +148,182 @@ async fn the_openapi_document_lists_the_query_parameters_the_server_takes() {
         assert_eq!(documented, expected, "{method} {path}");
     }
 }
+
+/// Asserts the platform's error body with `status` and message id `id`.
+fn assert_platform_error(status: u16, body: &Value, want_status: u16, id: &str) {
+    assert_eq!(status, want_status, "{body}");
+    assert_eq!(body["exception"]["id"], id, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{id}: ")),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn bad_bodies_are_blamed_on_the_body_or_the_field_at_fault() {
+    tokio::time::timeout(LIMIT, async {
+        let server = TestServer::start().await;
+        let http = http();
+        let rest = &server.rest;
+        let keys = format!("{rest}/api/v0002/apikeys");
+        let types = format!("{rest}/api/v0002/device/types");
+        let devices = format!("{rest}/api/v0002/device/types/sensor/devices");
+        let config = format!("{rest}/api/v0002/config/clientstate");
+        let created = http
+            .post(&types)
+            .json(&serde_json::json!({"id": "sensor"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status().as_u16(), 201);
+
+        let send = |method: &str, url: &str, content_type: Option<&str>, body: Vec<u8>| {
+            let mut request = http.request(method.parse().unwrap(), url).body(body);
+            if let Some(t) = content_type {
+                request = request.header("content-type", t);
+            }
+            request.send()
+        };
+        let json_type = Some("application/json");
+        // Not JSON at all, or not an object: the body is at fault.
+        for (method, url) in [
+            ("POST", &keys),
+            ("POST", &types),
+            ("POST", &devices),
+            ("PUT", &config),
+        ] {
+            for body in ["{\"role\":", "[1, 2]", "null", "", "{} trailing"] {
+                let (status, json_body) =
+                    json(send(method, url, json_type, body.into()).await.unwrap()).await;
+                assert_bad_parameter(status, &json_body, "body");
+            }
+            // No JSON content type: 415 in the platform's body.
+            let (status, body) = json(
+                send(method, url, None, b"{\"deviceId\":\"x\"}".to_vec())
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            assert_platform_error(status, &body, 415, "CUDCS0415E");
+            let (status, body) = json(
+                send(method, url, Some("text/plain"), b"{}".to_vec())
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            assert_platform_error(status, &body, 415, "CUDCS0415E");
+            // Far too large: 413 in the platform's body.
+            let mut big = b"{\"description\":\"".to_vec();
+            big.resize(10 << 20, b'a');
+            big.extend_from_slice(b"\"}");
+            let (status, body) = json(send(method, url, json_type, big).await.unwrap()).await;
+            assert_platform_error(status, &body, 413, "CUDCS0413E");
+        }
+        // A field that is wrong, missing or unknown is named.
+        for (method, url, body, field) in [
+            ("POST", &keys, r#"{"description": "x"}"#, "role"),
+            ("POST", &keys, r#"{"role": 7}"#, "role"),
+            (
+                "POST",
+                &keys,
+                r#"{"role": "admin", "colour": "red"}"#,
+                "colour",
+            ),
+            ("POST", &types, r#"{"id": 5}"#, "id"),
+            ("POST", &types, r#"{"description": "no id"}"#, "id"),
+            (
+                "POST",
+                &devices,
+                r#"{"deviceId": "d1", "authToken": 5}"#,
+                "authToken",
+            ),
+            ("PUT", &config, r#"{"enabled": "yes"}"#, "enabled"),
+            ("PUT", &config, r#"{}"#, "enabled"),
+            ("PUT", &config, r#"{"enabled": true, "x": 1}"#, "x"),
+        ] {
+            let (status, json_body) =
+                json(send(method, url, json_type, body.into()).await.unwrap()).await;
+            assert_bad_parameter(status, &json_body, field);
+        }
+        // A JSON media type with parameters is JSON.
+        let response = send(
+            "PUT",
+            &config,
+            Some("application/json; charset=utf-8"),
+            br#"{"enabled": true}"#.to_vec(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        server.stop().await;
+    })
+    .await
+    .expect("within the time limit");
+}
+
+#[tokio::test]
+async fn wrong_credentials_are_called_invalid_not_missing() {
+    tokio::time::timeout(LIMIT, async {
+        let server = TestServer::start_secured().await;
+        let http = http();
+        let url = format!("{}/api/v0002/clientconnectionstates", server.rest);
+        let (status, body) = json(http.get(&url).send().await.unwrap()).await;
+        assert_platform_error(status, &body, 401, "CUDCS0001E");
+        for authorization in [
+            basic((ADMIN.0, "not-the-token-at-all")),
+            basic(("a-local-nobody", ADMIN.1)),
+            "Basic !!!not-base64".to_owned(),
+            "Bearer abc".to_owned(),
+        ] {
+            let (status, body) = json(
+                http.get(&url)
+                    .header("authorization", &authorization)
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            assert_platform_error(status, &body, 401, "CUDCS0005E");
+            let message = body["message"].as_str().unwrap();
+            assert!(message.contains("nvalid credentials"), "{message}");
+            assert!(!message.contains("required"), "{message}");
+        }
+
+        let request = || pb_request();
+        let missing = server
+            .states()
+            .get_connection_state(with_auth(request(), None))
+            .await
+            .unwrap_err();
+        assert_eq!(missing.code(), tonic::Code::Unauthenticated);
+        assert!(
+            missing.message().contains("required"),
+            "{}",
+            missing.message()
+        );
+        let wrong = server
+            .states()
+            .get_connection_state(with_auth(request(), Some((ADMIN.0, "wrong-token-wrong"))))
+            .await
+            .unwrap_err();
+        assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
+        assert!(
+            wrong.message().contains("invalid credentials"),
+            "{}",
+            wrong.message()
+        );
+        assert!(!wrong.message().contains("required"), "{}", wrong.message());
+        server.stop().await;
+    })
+    .await
+    .expect("within the time limit");
+}
+
+fn pb_request() -> connstate::pb::GetConnectionStateRequest {
+    connstate::pb::GetConnectionStateRequest {
+        client_id: "d:local:t:x".into(),
+    }
+}

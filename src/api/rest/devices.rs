@@ -5,12 +5,12 @@
 
 use axum::{
     Extension, Json,
-    extract::{Path, State, rejection::JsonRejection},
+    extract::{Path, State},
     http::StatusCode,
 };
 use serde::{Deserialize, Serialize};
 
-use super::{ApiResult, error::ApiError, json::ListJson, params::format_time};
+use super::{ApiResult, body::JsonBody, error::ApiError, json::ListJson, params::format_time};
 use crate::{
     domain::ClientKind,
     mqtt::Broker,
@@ -121,9 +121,8 @@ fn list<T>(results: Vec<T>) -> ListJson<T> {
 
 pub(super) async fn create_type(
     Extension(registry): Extension<Registry>,
-    body: Result<Json<NewType>, JsonRejection>,
+    JsonBody(body): JsonBody<NewType>,
 ) -> ApiResult<(StatusCode, Json<TypeJson>)> {
-    let Json(body) = body.map_err(|e| ApiError::bad("id", e.body_text()))?;
     let created = registry
         .create_type(&body.id, &body.description, &body.class_id)
         .map_err(|e| registry_error(e, &body.id, None))?;
@@ -163,9 +162,8 @@ pub(super) async fn create_device(
     State(query): State<QueryService>,
     Extension(registry): Extension<Registry>,
     Path(type_id): Path<String>,
-    body: Result<Json<NewDevice>, JsonRejection>,
+    JsonBody(body): JsonBody<NewDevice>,
 ) -> ApiResult<(StatusCode, Json<DeviceJson>)> {
-    let Json(body) = body.map_err(|e| ApiError::bad("deviceId", e.body_text()))?;
     let (device, token) = registry
         .create_device(&type_id, &body.device_id, body.auth_token.as_deref())
         .map_err(|e| registry_error(e, &type_id, Some(&body.device_id)))?;

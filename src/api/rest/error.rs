@@ -27,8 +27,17 @@ pub enum ApiError {
     NoRoute(String),
     /// The path exists but not with this method.
     MethodNotAllowed(String),
-    /// No credentials or wrong ones.
+    /// No credentials.
     Unauthorized,
+    /// Credentials that prove nobody: an unknown key, a wrong token, or an
+    /// `Authorization` value that is not HTTP Basic.
+    InvalidCredentials,
+    /// A body without a JSON content type (the one given, if any).
+    UnsupportedMediaType(String),
+    /// A body larger than the limit, in bytes.
+    PayloadTooLarge {
+        limit: usize,
+    },
     /// The API key's role does not allow the call.
     Forbidden {
         needed: String,
@@ -155,6 +164,34 @@ impl IntoResponse for ApiError {
                 "CUDCS0001E",
                 "Authentication is required: HTTP Basic with an API key and its token.".to_owned(),
                 vec![],
+                vec![],
+            ),
+            ApiError::InvalidCredentials => (
+                StatusCode::UNAUTHORIZED,
+                "CUDCS0005E",
+                "Invalid credentials: the API key or its token is wrong.".to_owned(),
+                vec![],
+                vec![],
+            ),
+            ApiError::UnsupportedMediaType(given) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "CUDCS0415E",
+                format!(
+                    "The request body must be JSON (Content-Type: application/json); it was {}.",
+                    if given.is_empty() {
+                        "sent without a content type".to_owned()
+                    } else {
+                        format!("sent as {given}")
+                    }
+                ),
+                vec![given],
+                vec![],
+            ),
+            ApiError::PayloadTooLarge { limit } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "CUDCS0413E",
+                format!("The request body is larger than {limit} bytes."),
+                vec![limit.to_string()],
                 vec![],
             ),
             ApiError::Forbidden { needed, has } => (

@@ -7,6 +7,7 @@
 //! [`json`]; time parameters in [`params`].
 
 mod apikeys;
+pub mod body;
 mod devices;
 pub mod error;
 pub mod json;
@@ -15,10 +16,7 @@ mod stream;
 
 use axum::{
     Json, Router,
-    extract::{
-        Path, Query, State,
-        rejection::{JsonRejection, PathRejection},
-    },
+    extract::{Path, Query, State, rejection::PathRejection},
     http::{Method, StatusCode, Uri, header},
     response::{IntoResponse, Response},
     routing::{MethodRouter, get},
@@ -27,6 +25,7 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
 use self::{
+    body::JsonBody,
     error::ApiError,
     json::{ListJson, LogJson, MetaJson, PlatformLogJson, StateJson},
     params::parse_time,
@@ -155,6 +154,7 @@ async fn authorise(
         .and_then(|v| v.to_str().ok());
     let principal = match gate.authenticate(header) {
         Ok(principal) => principal,
+        Err(Refusal::InvalidCredentials) => return ApiError::InvalidCredentials.into_response(),
         Err(_) => return ApiError::Unauthorized.into_response(),
     };
     let needed = needed_role(request.method(), request.uri().path());
@@ -616,9 +616,8 @@ async fn get_config(State(query): State<QueryService>) -> Json<FeatureJson> {
 
 async fn put_config(
     State(query): State<QueryService>,
-    body: Result<Json<FeatureJson>, JsonRejection>,
+    JsonBody(body): JsonBody<FeatureJson>,
 ) -> ApiResult<Json<FeatureJson>> {
-    let Json(body) = body.map_err(|e| ApiError::bad("enabled", e.body_text()))?;
     let settings = Settings {
         enabled: body.enabled,
         ..query.settings()
