@@ -327,3 +327,49 @@ fn pb_request() -> connstate::pb::GetConnectionStateRequest {
         client_id: "d:local:t:x".into(),
     }
 }
+
+#[tokio::test]
+async fn disconnecting_a_client_that_is_not_connected_says_so() {
+    tokio::time::timeout(LIMIT, async {
+        let server = TestServer::start().await;
+        server
+            .ingest(vec![
+                connected("d:local:t:gone", 1, 0),
+                disconnected(
+                    "d:local:t:gone",
+                    1,
+                    5,
+                    connstate::pb::DisconnectCause::ClientDisconnect,
+                    Some(0),
+                ),
+                connected("d:local:t:elsewhere", 2, 0),
+            ])
+            .await;
+        let http = http();
+        let kick = |id: &str| {
+            http.post(format!(
+                "{}/api/v0002/clientconnectionstates/{id}/disconnect",
+                server.rest
+            ))
+            .send()
+        };
+        let (status, body) = json(kick("d:local:t:gone").await.unwrap()).await;
+        assert_platform_error(status, &body, 409, "CUDCS0412E");
+        assert_eq!(body["exception"]["properties"][0], "d:local:t:gone");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains("is not connected"), "{message}");
+        assert!(!message.contains("No connection state"), "{message}");
+
+        // Connected through another broker: this server cannot end it.
+        let (status, body) = json(kick("d:local:t:elsewhere").await.unwrap()).await;
+        assert_platform_error(status, &body, 409, "CUDCS0412E");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains("broker test"), "{message}");
+
+        let (status, body) = json(kick("d:local:t:never").await.unwrap()).await;
+        assert_platform_error(status, &body, 404, "CUDCS0404E");
+        server.stop().await;
+    })
+    .await
+    .expect("within the time limit");
+}

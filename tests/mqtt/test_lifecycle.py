@@ -507,9 +507,10 @@ def test_administrator_kick(server, peers, version):
     s = server.wait_disconnected(cid)
     assert last_disconnect(s) == (SERVER, 0x98, 94)
     assert s.counters.disconnects_by_server == 1
-    # Offline now: nothing to kick.
+    # Offline now: nothing to kick, and the answer says so.
     status, body = server.rest("POST", f"/api/v0002/clientconnectionstates/{cid}/disconnect")
-    assert status == 404, body
+    assert status == 409, body
+    assert "is not connected" in body["message"], body
 
 
 def test_keepalive_counts_only_what_the_client_sends(server, raw, peers):

@@ -21,6 +21,12 @@ pub enum ApiError {
     },
     /// No record for this client id.
     ClientNotFound(String),
+    /// The client is known but has no connection this server can end: it
+    /// is not connected, or connected through another broker (`elsewhere`).
+    NotConnected {
+        client: String,
+        elsewhere: Option<String>,
+    },
     /// The feature is switched off.
     Disabled,
     /// No such path.
@@ -136,6 +142,19 @@ impl IntoResponse for ApiError {
                 "CUDCS0404E",
                 format!("No connection state was found for client id {id}."),
                 vec![id],
+                vec![],
+            ),
+            ApiError::NotConnected { client, elsewhere } => (
+                StatusCode::CONFLICT,
+                "CUDCS0412E",
+                match &elsewhere {
+                    None => format!("Client {client} is not connected."),
+                    Some(broker) => format!(
+                        "Client {client} is connected through broker {broker}, not this server's; \
+                         only that broker can end its connection."
+                    ),
+                },
+                vec![client],
                 vec![],
             ),
             ApiError::Disabled => (

@@ -419,8 +419,11 @@ async fn get_state(
 }
 
 /// An administrator's kick: the embedded broker ends the client's
-/// connection (0x98, close code 94).
+/// connection (0x98, close code 94). A client the server knows but cannot
+/// end, because it is not connected or connected through another broker,
+/// is a conflict (409); a client it has never seen is not found (404).
 async fn disconnect_client(
+    State(query): State<QueryService>,
     axum::Extension(broker): axum::Extension<Option<Broker>>,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<StatusCode> {
@@ -432,10 +435,16 @@ async fn disconnect_client(
         )
     });
     if kicked {
-        Ok(StatusCode::ACCEPTED)
-    } else {
-        Err(ApiError::ClientNotFound(client.as_str().to_owned()))
+        return Ok(StatusCode::ACCEPTED);
     }
+    let state = query.get_state(&client)?;
+    let elsewhere = (state.status == ConnectionStatus::Connected
+        && state.broker != crate::domain::EMBEDDED_BROKER)
+        .then_some(state.broker);
+    Err(ApiError::NotConnected {
+        client: client.as_str().to_owned(),
+        elsewhere,
+    })
 }
 
 async fn delete_state(
