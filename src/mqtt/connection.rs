@@ -1370,10 +1370,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
 
         let time = now();
         self.report_activity(&mut live);
-        self.broker.report(
+        self.broker.report_from(
             &live.record_id,
             time,
             live.connection_id,
+            Some(self.transport.peer),
             EventKind::Disconnected(cause.clone()),
         );
         let origin = self.origin(&live.client_id, &live.username);
