@@ -7,9 +7,74 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use connstate::pb::{self, DisconnectCause, LogKind};
+use connstate::pb::{self, ConnectFailure, DisconnectCause, LogKind};
 
 const LIMIT: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn failed_connects_before_the_first_connect_are_counted() {
+    tokio::time::timeout(LIMIT, async {
+        let server = TestServer::start().await;
+        let client = "d:local:t:newcomer";
+        // Two refused attempts committed on their own, then one more in
+        // the same batch as the first successful connect.
+        server
+            .ingest(vec![connect_failed(
+                client,
+                0,
+                ConnectFailure::BadCredentials,
+            )])
+            .await;
+        server
+            .ingest(vec![connect_failed(
+                client,
+                1,
+                ConnectFailure::NotAuthorized,
+            )])
+            .await;
+        server
+            .ingest(vec![
+                connect_failed(client, 2, ConnectFailure::BadCredentials),
+                connected(client, 1, 3),
+            ])
+            .await;
+        let counters = server.get(client).await.counters.unwrap();
+        assert_eq!((counters.connects, counters.failed_connects), (1, 3));
+        // Later failures add to them, as before.
+        server
+            .ingest(vec![connect_failed(
+                client,
+                4,
+                ConnectFailure::BadCredentials,
+            )])
+            .await;
+        assert_eq!(
+            server.get(client).await.counters.unwrap().failed_connects,
+            4
+        );
+
+        // A record deleted takes its log with it: a new first connect
+        // starts from nothing.
+        server
+            .states()
+            .delete_connection_state(pb::DeleteConnectionStateRequest {
+                client_id: client.into(),
+            })
+            .await
+            .unwrap();
+        server
+            .ingest(vec![
+                connect_failed(client, 5, ConnectFailure::BadCredentials),
+                connected(client, 2, 6),
+            ])
+            .await;
+        let counters = server.get(client).await.counters.unwrap();
+        assert_eq!((counters.connects, counters.failed_connects), (1, 1));
+        server.stop().await;
+    })
+    .await
+    .expect("within the time limit");
+}
 
 #[tokio::test]
 async fn a_stale_disconnect_does_not_take_the_current_connections_address() {

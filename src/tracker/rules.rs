@@ -79,6 +79,21 @@ pub fn apply(
     }
 }
 
+/// Whether [`apply`] creates the client's first record from `event`: the
+/// failed connects logged before it had no record to count in, and the
+/// caller adds them with [`count_earlier_failures`].
+pub fn creates_first_record(current: Option<&ConnectionState>, event: &LifecycleEvent) -> bool {
+    current.is_none() && matches!(event.kind, EventKind::Connected(_))
+}
+
+/// Counts in a client's first record the `earlier` failed connects logged
+/// for it before it had one.
+pub fn count_earlier_failures(outcome: &mut Outcome, earlier: u64) {
+    if let Some(state) = &mut outcome.state {
+        state.counters.failed_connects += earlier;
+    }
+}
+
 fn connected(
     current: Option<&ConnectionState>,
     event: &LifecycleEvent,
