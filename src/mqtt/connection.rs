@@ -1319,8 +1319,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         if self.wbuf.is_empty() {
             return Ok(());
         }
-        self.count_traffic();
         self.traffic.write_bytes += self.wbuf.len() as u64;
+        self.count_traffic();
         let result = self.writer.write_all(&self.wbuf).await;
         self.wbuf.clear();
         if self.idle || self.wbuf.capacity() > 64 * 1024 {
