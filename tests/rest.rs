@@ -200,7 +200,8 @@ async fn bad_parameters_get_400_bodies_naming_them() {
         ("typeId=sensor&deviceId=s1&limit=21", "limit"),
         ("typeId=sensor&deviceId=s1&fromTime=now-1d", "toTime"),
         ("typeId=sensor&deviceId=s1&toTime=now", "fromTime"),
-        ("typeId=bad%20type&deviceId=s1", "deviceId"),
+        ("typeId=bad%20type&deviceId=s1", "typeId"),
+        ("typeId=sensor&deviceId=bad%20id", "deviceId"),
     ] {
         let (status, body) = get(&format!("{logs}?{query}")).await;
         assert_bad_parameter(status, &body, param);

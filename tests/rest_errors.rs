@@ -373,3 +373,195 @@ async fn disconnecting_a_client_that_is_not_connected_says_so() {
     .await
     .expect("within the time limit");
 }
+
+/// `path` with its `{parameters}` filled with valid sample values.
+fn sample_path(path: &str) -> String {
+    path.replace("{clientId}", "d:local:t1:d1")
+        .replace("{typeId}", "t1")
+        .replace("{deviceId}", "d1")
+        .replace("{key}", "a-local-nobody")
+}
+
+/// Every operation of the document: (path, method, operation).
+fn operations(doc: &Value) -> Vec<(String, String, Value)> {
+    let mut out = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if method != "parameters" {
+                out.push((path.clone(), method.to_uppercase(), op.clone()));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_operation_documents_401_exactly_when_it_answers_401() {
+    tokio::time::timeout(LIMIT, async {
+        let server = TestServer::start_secured().await;
+        let doc: Value = serde_json::from_str(connstate::api::rest::OPENAPI).unwrap();
+        let http = http();
+        for (path, method, op) in operations(&doc) {
+            let documented = op["responses"].get("401").is_some();
+            for credentials in [None, Some((ADMIN.0, "not-the-admin-token"))] {
+                let url = format!("{}{}", server.rest, sample_path(&path));
+                let mut request = http.request(method.parse().unwrap(), &url);
+                if op.get("requestBody").is_some() {
+                    request = request.json(&serde_json::json!({}));
+                }
+                if let Some(c) = credentials {
+                    request = request.header("authorization", basic(c));
+                }
+                let status = request.send().await.unwrap().status().as_u16();
+                assert_eq!(
+                    status == 401,
+                    documented,
+                    "{method} {path} answered {status} to {credentials:?}; 401 documented: {documented}"
+                );
+            }
+        }
+        server.stop().await;
+    })
+    .await
+    .expect("within the time limit");
+}
+
+/// A body the operation takes, to break one property at a time.
+fn valid_body(path: &str) -> Value {
+    match path {
+        "/api/v0002/apikeys" => serde_json::json!({"role": "read-only", "description": "d"}),
+        "/api/v0002/device/types" => serde_json::json!({"id": "t2", "classId": "Device"}),
+        "/api/v0002/device/types/{typeId}/devices" => {
+            serde_json::json!({"deviceId": "d2", "authToken": "token-0123456789"})
+        }
+        "/api/v0002/config/clientstate" => serde_json::json!({"enabled": true}),
+        other => panic!("no sample body for {other}"),
+    }
+}
+
+#[tokio::test]
+async fn the_documented_constraints_are_the_ones_enforced() {
+    tokio::time::timeout(LIMIT, async {
+        let server = TestServer::start().await;
+        let doc: Value = serde_json::from_str(connstate::api::rest::OPENAPI).unwrap();
+        let http = http();
+        let created = http
+            .post(format!("{}/api/v0002/device/types", server.rest))
+            .json(&serde_json::json!({"id": "t1"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status().as_u16(), 201);
+        let mut checked = 0;
+        for (path, method, op) in operations(&doc) {
+            // Path and query parameters: one byte past maxLength is a 400
+            // naming the parameter; maxLength itself is not.
+            let path_parameters = doc["paths"][&path]["parameters"].as_array().cloned();
+            let parameters = path_parameters
+                .into_iter()
+                .flatten()
+                .chain(op["parameters"].as_array().cloned().into_iter().flatten());
+            for parameter in parameters {
+                let name = parameter["name"].as_str().unwrap();
+                let Some(max) = parameter["schema"]["maxLength"].as_u64() else {
+                    continue;
+                };
+                for (length, refused) in [(max + 1, true), (max, false)] {
+                    let value = "a".repeat(length as usize);
+                    let url = match parameter["in"].as_str().unwrap() {
+                        "path" => format!(
+                            "{}{}",
+                            server.rest,
+                            sample_path(&path.replace(&format!("{{{name}}}"), &value))
+                        ),
+                        _ => {
+                            let mut query = vec![format!("{name}={value}")];
+                            for other in ["typeId", "deviceId"] {
+                                let required = path == "/api/v0002/logs/connection";
+                                let paired = path == "/api/v0002/clientconnectionlogs"
+                                    && matches!(name, "typeId" | "deviceId");
+                                if other != name && (required || paired) {
+                                    query.push(format!("{other}=d1"));
+                                }
+                            }
+                            format!("{}{}?{}", server.rest, sample_path(&path), query.join("&"))
+                        }
+                    };
+                    let mut request = http.request(method.parse().unwrap(), &url);
+                    if op.get("requestBody").is_some() {
+                        request = request.json(&valid_body(&path));
+                    }
+                    let response = request.send().await.unwrap();
+                    let status = response.status().as_u16();
+                    if refused {
+                        let (status, body) = json(response).await;
+                        assert_bad_parameter(status, &body, name);
+                    } else {
+                        assert_ne!(status, 400, "{method} {url}");
+                    }
+                    checked += 1;
+                }
+            }
+            // Bodies: no property the schema leaves out, every required
+            // one, and their lengths.
+            let Some(schema) = op["requestBody"]["content"]["application/json"]["schema"]
+                .as_object()
+                .cloned()
+            else {
+                continue;
+            };
+            let schema = match schema.get("$ref").and_then(Value::as_str) {
+                Some(reference) => {
+                    let name = reference.rsplit('/').next().unwrap();
+                    doc["components"]["schemas"][name].clone()
+                }
+                None => Value::Object(schema),
+            };
+            let base = valid_body(&path);
+            let mut broken: Vec<(Value, String)> = Vec::new();
+            if schema["additionalProperties"] == false {
+                let mut body = base.clone();
+                body["unexpected"] = serde_json::json!(1);
+                broken.push((body, "unexpected".into()));
+            }
+            for required in schema["required"].as_array().into_iter().flatten() {
+                let required = required.as_str().unwrap();
+                let mut body = base.clone();
+                body.as_object_mut().unwrap().remove(required);
+                broken.push((body, required.into()));
+            }
+            for (name, property) in schema["properties"].as_object().unwrap() {
+                if let Some(max) = property["maxLength"].as_u64() {
+                    let mut body = base.clone();
+                    body[name] = Value::String("a".repeat(max as usize + 1));
+                    broken.push((body, name.clone()));
+                }
+                if let Some(min) = property["minLength"].as_u64() {
+                    let mut body = base.clone();
+                    body[name] = Value::String("a".repeat(min as usize - 1));
+                    broken.push((body, name.clone()));
+                }
+            }
+            assert!(
+                !broken.is_empty(),
+                "{method} {path} documents no constraint"
+            );
+            for (body, field) in broken {
+                let url = format!("{}{}", server.rest, sample_path(&path));
+                let response = http
+                    .request(method.parse().unwrap(), &url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                let (status, answer) = json(response).await;
+                assert_bad_parameter(status, &answer, &field);
+                checked += 1;
+            }
+        }
+        assert!(checked > 30, "checked {checked} constraints");
+        server.stop().await;
+    })
+    .await
+    .expect("within the time limit");
+}

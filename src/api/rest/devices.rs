@@ -110,6 +110,19 @@ fn registry_error(e: RegistryError, type_id: &str, device_id: Option<&str>) -> A
     }
 }
 
+/// Refuses path ids no device type or device can have (400 naming them),
+/// rather than looking them up.
+fn check_path(type_id: &str, device_id: Option<&str>) -> ApiResult<()> {
+    const RULE: &str = "must be 1 to 36 characters of A-Z, a-z, 0-9, '.', '_', '-'";
+    if !crate::registry::valid_id(type_id) {
+        return Err(ApiError::bad("typeId", RULE));
+    }
+    if device_id.is_some_and(|d| !crate::registry::valid_id(d)) {
+        return Err(ApiError::bad("deviceId", RULE));
+    }
+    Ok(())
+}
+
 fn list<T>(results: Vec<T>) -> ListJson<T> {
     let total_rows = results.len();
     ListJson {
@@ -142,6 +155,7 @@ pub(super) async fn get_type(
     Extension(registry): Extension<Registry>,
     Path(type_id): Path<String>,
 ) -> ApiResult<Json<TypeJson>> {
+    check_path(&type_id, None)?;
     let t = registry
         .get_type(&type_id)
         .map_err(|e| registry_error(e, &type_id, None))?;
@@ -152,6 +166,7 @@ pub(super) async fn delete_type(
     Extension(registry): Extension<Registry>,
     Path(type_id): Path<String>,
 ) -> ApiResult<StatusCode> {
+    check_path(&type_id, None)?;
     registry
         .delete_type(&type_id)
         .map_err(|e| registry_error(e, &type_id, None))?;
@@ -164,6 +179,7 @@ pub(super) async fn create_device(
     Path(type_id): Path<String>,
     JsonBody(body): JsonBody<NewDevice>,
 ) -> ApiResult<(StatusCode, Json<DeviceJson>)> {
+    check_path(&type_id, None)?;
     let (device, token) = registry
         .create_device(&type_id, &body.device_id, body.auth_token.as_deref())
         .map_err(|e| registry_error(e, &type_id, Some(&body.device_id)))?;
@@ -176,6 +192,7 @@ pub(super) async fn list_devices(
     Extension(registry): Extension<Registry>,
     Path(type_id): Path<String>,
 ) -> ApiResult<Json<ListJson<DeviceJson>>> {
+    check_path(&type_id, None)?;
     let devices = registry
         .list_devices(&type_id)
         .map_err(|e| registry_error(e, &type_id, None))?;
@@ -193,6 +210,7 @@ pub(super) async fn get_device(
     Extension(registry): Extension<Registry>,
     Path((type_id, device_id)): Path<(String, String)>,
 ) -> ApiResult<Json<DeviceJson>> {
+    check_path(&type_id, Some(&device_id))?;
     let device = registry
         .get_device(&type_id, &device_id)
         .map_err(|e| registry_error(e, &type_id, Some(&device_id)))?;
@@ -204,6 +222,7 @@ pub(super) async fn delete_device(
     Extension(broker): Extension<Option<Broker>>,
     Path((type_id, device_id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
+    check_path(&type_id, Some(&device_id))?;
     registry
         .delete_device(&type_id, &device_id)
         .map_err(|e| registry_error(e, &type_id, Some(&device_id)))?;

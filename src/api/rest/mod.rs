@@ -488,12 +488,14 @@ async fn list_states(
 /// The device (or, failing that, gateway) of this organisation named by
 /// `typeId` and `deviceId`.
 fn device_client(query: &QueryService, type_id: &str, device_id: &str) -> ApiResult<ClientId> {
-    query.device_client_id(type_id, device_id).ok_or_else(|| {
-        ApiError::bad(
-            "deviceId",
-            "typeId and deviceId must be 1 to 36 characters of A-Z, a-z, 0-9, '.', '_', '-'",
-        )
-    })
+    const RULE: &str = "must be 1 to 36 characters of A-Z, a-z, 0-9, '.', '_', '-'";
+    // Blame the one that is bad.
+    if !crate::registry::valid_id(type_id) {
+        return Err(ApiError::bad("typeId", RULE));
+    }
+    query
+        .device_client_id(type_id, device_id)
+        .ok_or_else(|| ApiError::bad("deviceId", RULE))
 }
 
 /// `GET /api/v0002/logs/connection?typeId=&deviceId=`: a bare array of
