@@ -237,9 +237,8 @@ impl QueryService {
             .map(|t| page_token::decode(t, fingerprint))
             .transpose()?
             .map(|bytes| {
-                <[u8; 8]>::try_from(bytes.as_slice())
-                    .map(Revision::from_be_bytes)
-                    .map_err(|_| QueryError::invalid("page_token", "is not a valid page token"))
+                crate::store::LogCursor::from_bytes(&bytes)
+                    .ok_or_else(|| QueryError::invalid("page_token", "is not a valid page token"))
             })
             .transpose()?;
         let store = self.store.clone();
@@ -259,7 +258,7 @@ impl QueryService {
             entries: page.entries,
             next_page_token: page
                 .cursor
-                .map(|c| page_token::encode(&c.to_be_bytes(), fingerprint)),
+                .map(|c| page_token::encode(&c.to_bytes(), fingerprint)),
             revision: page.revision,
         })
     }
