@@ -265,8 +265,9 @@ async fn failed_connects_are_logged_and_counted() {
             pb::ConnectFailure::NotAuthorized,
         )])
         .await;
+    // The failure before the first connect counts too.
     let counters = server.get(client).await.counters.unwrap();
-    assert_eq!((counters.connects, counters.failed_connects), (1, 1));
+    assert_eq!((counters.connects, counters.failed_connects), (1, 2));
     server.stop().await;
 }
 

@@ -14,8 +14,11 @@ pub struct Gate {
 /// Why a call was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
-    /// No credentials, or wrong ones.
+    /// No credentials.
     Unauthenticated,
+    /// Credentials that prove nobody: an unknown key, a wrong token, or a
+    /// value that is not HTTP Basic.
+    InvalidCredentials,
     /// Valid credentials without the role the call needs.
     Forbidden { needed: Role, has: Role },
 }
@@ -43,12 +46,11 @@ impl Gate {
                 role: Role::Admin,
             });
         };
-        let (key, token) = authorization
-            .and_then(parse_basic)
-            .ok_or(Refusal::Unauthenticated)?;
+        let authorization = authorization.ok_or(Refusal::Unauthenticated)?;
+        let (key, token) = parse_basic(authorization).ok_or(Refusal::InvalidCredentials)?;
         registry
             .authenticate(&key, &token)
-            .ok_or(Refusal::Unauthenticated)
+            .ok_or(Refusal::InvalidCredentials)
     }
 }
 

@@ -721,6 +721,8 @@ fn parse_event(field: &str, e: &pb::LifecycleEvent, broker: &Arc<str>) -> Result
         connection_id: e.connection_id,
         broker: broker.clone(),
         kind,
+        // IngestEvents carries the address with connects only.
+        peer: None,
     })
 }
 

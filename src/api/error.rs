@@ -30,6 +30,7 @@ impl From<QueryError> for Status {
                 OLDEST_REVISION_TRAILER,
                 oldest,
             ),
+            QueryError::AheadOfStore { .. } => Status::out_of_range(e.to_string()),
             QueryError::ShuttingDown => Status::unavailable(e.to_string()),
             QueryError::Internal(cause) => {
                 tracing::error!(error = %cause, "request failed");

@@ -53,6 +53,9 @@ impl From<Refusal> for Status {
             Refusal::Unauthenticated => Status::unauthenticated(
                 "an API key and token are required (metadata authorization: Basic base64(key:token))",
             ),
+            Refusal::InvalidCredentials => {
+                Status::unauthenticated("invalid credentials: the API key or its token is wrong")
+            }
             Refusal::Forbidden { needed, has } => Status::permission_denied(format!(
                 "this call needs the {needed} role; the API key has {has}"
             )),

@@ -145,6 +145,7 @@ fn connect_event(i: usize, connection_id: u64, secs_ago: i64) -> LifecycleEvent 
             keep_alive: 60,
             clean_session: true,
         }),
+        peer: None,
     }
 }
 

@@ -1,6 +1,10 @@
 //! Lifecycle events: what brokers observe and report to the tracker.
 
-use std::{fmt, net::IpAddr, sync::Arc};
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use super::{ClientId, ConnectFailure, DisconnectCause, Timestamp};
 
@@ -22,6 +26,11 @@ pub struct LifecycleEvent {
     /// The broker that saw it.
     pub broker: Arc<str>,
     pub kind: EventKind,
+    /// The remote address of the connection it happened on, when the
+    /// reporter gives it with the event (the embedded broker does for
+    /// disconnects). A late disconnect of an older connection is logged
+    /// with this address, never with the current connection's.
+    pub peer: Option<SocketAddr>,
 }
 
 /// What happened.

@@ -1311,8 +1311,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         if self.wbuf.is_empty() {
             return Ok(());
         }
-        self.count_traffic();
         self.traffic.write_bytes += self.wbuf.len() as u64;
+        self.count_traffic();
         let result = self.writer.write_all(&self.wbuf).await;
         self.wbuf.clear();
         if self.idle || self.wbuf.capacity() > 64 * 1024 {
@@ -1351,8 +1351,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         self.report_activity(&mut live);
         let kind = EventKind::Disconnected(cause.clone());
         log_lifecycle(&live.record_id, self.transport.peer, &kind, live.keep_alive);
-        self.broker
-            .report(&live.record_id, time, live.connection_id, kind);
+        self.broker.report_from(
+            &live.record_id,
+            time,
+            live.connection_id,
+            Some(self.transport.peer),
+            kind,
+        );
         let origin = self.origin(&live.client_id, &live.username);
         self.broker.publish_monitor(
             &origin,

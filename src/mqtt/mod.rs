@@ -324,6 +324,18 @@ impl Broker {
         connection_id: u64,
         kind: crate::domain::EventKind,
     ) {
+        self.report_from(client_id, time, connection_id, None, kind);
+    }
+
+    /// [`Broker::report`] with the connection's remote address.
+    fn report_from(
+        &self,
+        client_id: &ClientId,
+        time: crate::domain::Timestamp,
+        connection_id: u64,
+        peer: Option<std::net::SocketAddr>,
+        kind: crate::domain::EventKind,
+    ) {
         // The pump outlives every connection; a send after it stopped has
         // nowhere to go anyway.
         let _ = self.inner.events.send(LifecycleEvent {
@@ -332,6 +344,7 @@ impl Broker {
             connection_id,
             broker: self.inner.name.clone(),
             kind,
+            peer,
         });
     }
 

@@ -47,6 +47,14 @@ pub enum QueryError {
         requested: Revision,
         oldest: Revision,
     },
+    /// A watch asked to resume from a revision the store has not reached.
+    #[error(
+        "revision {requested} is ahead of the store's revision {current}; resume from {current} or earlier"
+    )]
+    AheadOfStore {
+        requested: Revision,
+        current: Revision,
+    },
     #[error("the server is shutting down")]
     ShuttingDown,
     #[error("internal error")]
@@ -233,9 +241,8 @@ impl QueryService {
             .map(|t| self.page_tokens.open(t, fingerprint))
             .transpose()?
             .map(|bytes| {
-                <[u8; 8]>::try_from(bytes.as_slice())
-                    .map(Revision::from_be_bytes)
-                    .map_err(|_| QueryError::invalid("page_token", "is not a valid page token"))
+                crate::store::LogCursor::from_bytes(&bytes)
+                    .ok_or_else(|| QueryError::invalid("page_token", "is not a valid page token"))
             })
             .transpose()?;
         let store = self.store.clone();
@@ -255,7 +262,7 @@ impl QueryService {
             entries: page.entries,
             next_page_token: page
                 .cursor
-                .map(|c| self.page_tokens.seal(&c.to_be_bytes(), fingerprint)),
+                .map(|c| self.page_tokens.seal(&c.to_bytes(), fingerprint)),
             revision: page.revision,
         })
     }

@@ -74,7 +74,8 @@ pub enum WatchEnd {
 
 impl QueryService {
     /// Starts a watcher; items (and at the end, why it ended) arrive on the
-    /// returned channel. Fails at once when `start_revision` is too old.
+    /// returned channel. Fails at once when `start_revision` is too old or
+    /// ahead of the store.
     pub fn watch(
         &self,
         request: WatchRequest,
@@ -90,7 +91,13 @@ impl QueryService {
         if let Some(start) = request.start_revision {
             let oldest = self.store.oldest_feed_revision()?;
             let oldest_replayable = oldest.unwrap_or(committed + 1);
-            if start > committed || (start < committed && start + 1 < oldest_replayable) {
+            if start > committed {
+                return Err(QueryError::AheadOfStore {
+                    requested: start,
+                    current: committed,
+                });
+            }
+            if start < committed && start + 1 < oldest_replayable {
                 return Err(QueryError::OutOfRange {
                     requested: start,
                     oldest: oldest_replayable.saturating_sub(1),

@@ -248,6 +248,7 @@ mod tests {
                 connection_id: conn,
                 broker: std::sync::Arc::from("t"),
                 kind,
+                peer: None,
             };
             let info = ConnectionInfo {
                 addr: "10.0.0.1".parse().unwrap(),

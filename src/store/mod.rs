@@ -32,7 +32,7 @@ use prost::Message;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use retention::RetentionReport;
-pub use scan::{LogPage, StatePage};
+pub use scan::{LogCursor, LogPage, StatePage};
 
 use crate::domain::{Change, ClientId, ConnectionState, LifecycleEvent, Revision};
 

@@ -30,9 +30,47 @@ pub struct StatePage {
 #[derive(Debug, Clone)]
 pub struct LogPage {
     pub entries: Vec<LogEntry>,
-    /// The revision to continue below; `None` on the last page.
-    pub cursor: Option<Revision>,
+    /// Where to continue; `None` on the last page.
+    pub cursor: Option<LogCursor>,
     pub revision: Revision,
+}
+
+/// A place in a log listing: the entries after it in the listing's order
+/// come next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogCursor {
+    /// All clients, in commit order: continue below this revision.
+    Revision(Revision),
+    /// One client, by time: continue below this (time in Unix
+    /// milliseconds, revision).
+    Time(i64, Revision),
+}
+
+impl LogCursor {
+    /// 8 bytes for [`LogCursor::Revision`], 16 for [`LogCursor::Time`].
+    pub fn to_bytes(self) -> Vec<u8> {
+        match self {
+            LogCursor::Revision(r) => r.to_be_bytes().to_vec(),
+            LogCursor::Time(ms, r) => [keys::encode_time(ms), r.to_be_bytes()].concat(),
+        }
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Option<LogCursor> {
+        match bytes.len() {
+            8 => Some(LogCursor::Revision(Revision::from_be_bytes(
+                bytes.try_into().ok()?,
+            ))),
+            16 => {
+                // The time as keys::encode_time writes it: sign bit flipped.
+                let time = u64::from_be_bytes(bytes[..8].try_into().ok()?) ^ (1 << 63);
+                Some(LogCursor::Time(
+                    time as i64,
+                    Revision::from_be_bytes(bytes[8..].try_into().ok()?),
+                ))
+            }
+            _ => None,
+        }
+    }
 }
 
 fn index_prefix(field: SortField) -> u8 {
@@ -218,21 +256,30 @@ impl Store {
         }
     }
 
-    /// One page of log entries, newest first, of one client or of all,
-    /// continuing below revision `cursor`.
+    /// One page of log entries, newest first, continuing after `cursor`.
+    ///
+    /// One client's log is listed by event time, the revision breaking
+    /// ties: an event reported late with an older time takes its place in
+    /// time. That log is bounded by the per-client retention count, so the
+    /// listing reads it whole and sorts it. The log of all clients is
+    /// listed in commit order (by revision), which pages through any
+    /// number of entries without sorting them.
     pub fn list_logs(
         &self,
         client: Option<&ClientId>,
         filter: &LogFilter,
         limit: usize,
-        cursor: Option<Revision>,
+        cursor: Option<LogCursor>,
         budget: usize,
     ) -> Result<LogPage, StoreError> {
         let revision = self.committed_revision();
         let db = &self.inner.db;
-        let below = cursor
-            .unwrap_or(Revision::MAX)
-            .min(self.readable_revision().saturating_add(1));
+        let readable_below = self.readable_revision().saturating_add(1);
+        let below = match cursor {
+            Some(LogCursor::Revision(r)) => r,
+            _ => Revision::MAX,
+        }
+        .min(readable_below);
         let mut page = LogPageBuilder {
             entries: Vec::with_capacity(limit.min(1024)),
             limit,
@@ -243,13 +290,23 @@ impl Store {
         match client {
             Some(client) => {
                 let start = keys::client_log_prefix(client);
-                let end = keys::client_log(client, below);
-                for item in db.range(start..end).rev() {
+                let end = keys::client_log(client, readable_below);
+                let mut entries = Vec::new();
+                for item in db.range(start..end) {
                     let (key, value) = item?;
                     let rev = keys::client_log_revision(&key)
                         .ok_or_else(|| StoreError::Corrupt("log key".into()))?;
                     let entry = codec::decode_log(&value)?;
-                    if page.offer(rev, filter.matches(&entry).then_some(entry)) {
+                    let place = LogCursor::Time(entry.time.timestamp_millis(), rev);
+                    if cursor.is_none_or(|c| place < c) {
+                        entries.push((place, entry));
+                    }
+                }
+                entries.sort_unstable_by_key(|(place, _)| std::cmp::Reverse(*place));
+                // The log is read whole: the budget does not cut it short.
+                page.budget = usize::MAX;
+                for (place, entry) in entries {
+                    if page.offer(place, filter.matches(&entry).then_some(entry)) {
                         return Ok(page.finish(true, revision));
                     }
                 }
@@ -272,7 +329,7 @@ impl Store {
                             None => None,
                         };
                         let matching = entry.filter(|e| filter.matches(e));
-                        if page.offer(log_ref.revision, matching) {
+                        if page.offer(LogCursor::Revision(log_ref.revision), matching) {
                             return Ok(page.finish(true, revision));
                         }
                     }
@@ -327,12 +384,12 @@ struct LogPageBuilder {
     limit: usize,
     budget: usize,
     scanned: usize,
-    last: Option<Revision>,
+    last: Option<LogCursor>,
 }
 
 impl LogPageBuilder {
     /// True when the page is done and more may follow.
-    fn offer(&mut self, revision: Revision, matching: Option<LogEntry>) -> bool {
+    fn offer(&mut self, place: LogCursor, matching: Option<LogEntry>) -> bool {
         self.scanned += 1;
         if let Some(entry) = matching {
             if self.entries.len() == self.limit {
@@ -340,7 +397,7 @@ impl LogPageBuilder {
             }
             self.entries.push(entry);
         }
-        self.last = Some(revision);
+        self.last = Some(place);
         self.scanned >= self.budget
     }
 
@@ -350,5 +407,25 @@ impl LogPageBuilder {
             cursor: if more { self.last } else { None },
             revision,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LogCursor;
+
+    #[test]
+    fn log_cursors_round_trip_and_order_newest_last() {
+        for cursor in [
+            LogCursor::Revision(42),
+            LogCursor::Time(1_700_000_000_123, 7),
+            LogCursor::Time(-5, 1),
+        ] {
+            assert_eq!(LogCursor::from_bytes(&cursor.to_bytes()), Some(cursor));
+        }
+        assert_eq!(LogCursor::from_bytes(&[1, 2, 3]), None);
+        // Earlier time first; at the same time, the lower revision.
+        assert!(LogCursor::Time(1, 9) < LogCursor::Time(2, 1));
+        assert!(LogCursor::Time(2, 1) < LogCursor::Time(2, 3));
     }
 }

@@ -173,9 +173,13 @@ impl Writer {
         for event in events {
             let current = self.current(&event.client_id)?;
             let revision = self.revision + 1;
-            let Some(outcome) = rules::apply(current.as_ref(), event, revision) else {
+            let Some(mut outcome) = rules::apply(current.as_ref(), event, revision) else {
                 continue;
             };
+            if rules::creates_first_record(current.as_ref(), event) {
+                let earlier = self.logged_failures(&event.client_id)?;
+                rules::count_earlier_failures(&mut outcome, earlier);
+            }
             self.revision = revision;
             last = revision;
             if let Some(state) = &outcome.state {
@@ -204,6 +208,35 @@ impl Writer {
             }));
         }
         Ok(last)
+    }
+
+    /// The failed connects in `client`'s log, committed and in the open
+    /// batch, for a client without a record (its log holds nothing else of
+    /// note). A deletion in the open batch removes what came before it.
+    fn logged_failures(&self, client: &ClientId) -> Result<u64, StoreError> {
+        let mut failures = 0;
+        for change in self.changes.iter().rev() {
+            if change.client_id.as_ref() != Some(client) {
+                continue;
+            }
+            match change.kind {
+                ChangeKind::ConnectFailed => failures += 1,
+                ChangeKind::Deleted => return Ok(failures),
+                _ => {}
+            }
+        }
+        for entry in self
+            .store
+            .inner
+            .db
+            .scan_prefix(keys::client_log_prefix(client))
+            .values()
+        {
+            if codec::decode_log(&entry?)?.kind == crate::domain::LogKind::ConnectFailed {
+                failures += 1;
+            }
+        }
+        Ok(failures)
     }
 
     fn delete(&mut self, client: &ClientId) -> Result<Revision, StoreError> {

@@ -157,6 +157,10 @@ impl Tracker {
                     connection_id: state.connection_id,
                     broker: Arc::from(state.broker.as_str()),
                     kind: EventKind::Disconnected(DisconnectCause::ServerRestarted),
+                    peer: Some(std::net::SocketAddr::new(
+                        state.connection.addr,
+                        state.connection.port,
+                    )),
                 });
             }
             recovered += events.len();

@@ -79,6 +79,21 @@ pub fn apply(
     }
 }
 
+/// Whether [`apply`] creates the client's first record from `event`: the
+/// failed connects logged before it had no record to count in, and the
+/// caller adds them with [`count_earlier_failures`].
+pub fn creates_first_record(current: Option<&ConnectionState>, event: &LifecycleEvent) -> bool {
+    current.is_none() && matches!(event.kind, EventKind::Connected(_))
+}
+
+/// Counts in a client's first record the `earlier` failed connects logged
+/// for it before it had one.
+pub fn count_earlier_failures(outcome: &mut Outcome, earlier: u64) {
+    if let Some(state) = &mut outcome.state {
+        state.counters.failed_connects += earlier;
+    }
+}
+
 fn connected(
     current: Option<&ConnectionState>,
     event: &LifecycleEvent,
@@ -139,6 +154,13 @@ fn disconnected(
 ) -> Outcome {
     let initiator = cause.initiator();
     let keep_alive = current.map_or(0, |s| s.connection.keep_alive);
+    // The record describes its newest connection: its address is this
+    // event's only when the event is of that connection. Otherwise the
+    // event's own address, if it came with one, or none.
+    let same_connection = current.filter(|s| s.connection_id == event.connection_id);
+    let peer = event.peer.or_else(|| {
+        same_connection.map(|s| std::net::SocketAddr::new(s.connection.addr, s.connection.port))
+    });
     let mut log_entry = LogEntry {
         client_id: event.client_id.clone(),
         message: cause.log_message(keep_alive),
@@ -147,9 +169,9 @@ fn disconnected(
         initiator: Some(initiator),
         reason_code: cause.reason_code(),
         close_code: Some(cause.close_code()),
-        addr: current.map(|s| s.connection.addr),
-        port: current.map_or(0, |s| s.connection.port),
-        protocol: current.and_then(|s| s.connection.protocol),
+        addr: peer.map(|p| p.ip()),
+        port: peer.map_or(0, |p| p.port()),
+        protocol: same_connection.and_then(|s| s.connection.protocol),
         connection_id: event.connection_id,
         revision,
         stale: false,
@@ -259,6 +281,7 @@ mod tests {
             connection_id,
             broker: Arc::from("test"),
             kind,
+            peer: None,
         }
     }
 
@@ -333,6 +356,40 @@ mod tests {
         assert_eq!(state.connection_id, 2);
         assert_eq!(state.counters.takeovers, 1);
         assert!(out.log_entry.unwrap().stale);
+    }
+
+    #[test]
+    fn a_late_disconnect_is_logged_with_its_own_connections_address() {
+        let s1 = apply(None, &connect(1, 0), 1).unwrap().state.unwrap();
+        let mut second = connect(2, 1);
+        if let EventKind::Connected(info) = &mut second.kind {
+            info.addr = "10.0.0.2".parse().unwrap();
+            info.port = 2222;
+        }
+        let s2 = apply(Some(&s1), &second, 2).unwrap().state.unwrap();
+        let mut late = disconnect(1, 2, DisconnectCause::SocketClosed);
+        let entry = apply(Some(&s2), &late, 3).unwrap().log_entry.unwrap();
+        assert!(entry.stale);
+        assert_eq!((entry.addr, entry.port), (None, 0), "no address given");
+        late.peer = Some("127.0.0.1:53422".parse().unwrap());
+        let entry = apply(Some(&s2), &late, 3).unwrap().log_entry.unwrap();
+        assert_eq!(
+            (entry.addr, entry.port),
+            (Some("127.0.0.1".parse().unwrap()), 53422)
+        );
+        // The current connection's own disconnect has its address.
+        let entry = apply(
+            Some(&s2),
+            &disconnect(2, 3, DisconnectCause::SocketClosed),
+            4,
+        )
+        .unwrap()
+        .log_entry
+        .unwrap();
+        assert_eq!(
+            (entry.addr, entry.port),
+            (Some("10.0.0.2".parse().unwrap()), 2222)
+        );
     }
 
     #[test]

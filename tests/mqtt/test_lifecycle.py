@@ -227,6 +227,7 @@ def test_takeover(server, peers, first_version):
     cid = unique("twice")
     first = peers(server, cid, version=first_version)
     old = server.wait_connected(cid).connection_id
+    first_port = first.local_port
     second = peers(server, cid, version=V311 if first_version == V5 else V5)
 
     from_server, reason, _ = first.wait_disconnected()
@@ -237,6 +238,8 @@ def test_takeover(server, peers, first_version):
         cid, lambda e: e.kind == pb.LOG_KIND_DISCONNECTED and e.connection_id == old, what="for the taken-over connection"
     )
     assert entry_codes(entry) == (pb.LOG_KIND_DISCONNECTED, SERVER, 0x8E, 288)
+    # Stale or not, the entry is of the old connection: its address.
+    assert entry.port == first_port, entry
     s = server.wait_state(cid, lambda s: s.connection_id > old, what="new connection")
     assert s.connection_status == CONNECTED
     assert s.port == second.local_port
@@ -507,9 +510,10 @@ def test_administrator_kick(server, peers, version):
     s = server.wait_disconnected(cid)
     assert last_disconnect(s) == (SERVER, 0x98, 94)
     assert s.counters.disconnects_by_server == 1
-    # Offline now: nothing to kick.
+    # Offline now: nothing to kick, and the answer says so.
     status, body = server.rest("POST", f"/api/v0002/clientconnectionstates/{cid}/disconnect")
-    assert status == 404, body
+    assert status == 409, body
+    assert "is not connected" in body["message"], body
 
 
 def test_keepalive_counts_only_what_the_client_sends(server, raw, peers):

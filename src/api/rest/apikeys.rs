@@ -1,10 +1,12 @@
 //! `/api/v0002/apikeys`: API keys and their roles (administrators only).
 //! A new key's token is in the creation response and nowhere else.
 
-use axum::{Extension, Json, extract::rejection::JsonRejection, http::StatusCode};
+use axum::{Extension, Json, http::StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiResult, PathParams, error::ApiError, json::ListJson, params::format_time};
+use super::{
+    ApiResult, PathParams, body::JsonBody, error::ApiError, json::ListJson, params::format_time,
+};
 use crate::{
     domain::ClientKind,
     mqtt::Broker,
@@ -55,9 +57,8 @@ fn internal(e: RegistryError) -> ApiError {
 
 pub(super) async fn create(
     Extension(registry): Extension<Registry>,
-    body: Result<Json<NewKey>, JsonRejection>,
+    JsonBody(body): JsonBody<NewKey>,
 ) -> ApiResult<(StatusCode, Json<KeyJson>)> {
-    let Json(body) = body.map_err(|e| ApiError::bad("role", e.body_text()))?;
     let role = Role::parse(&body.role)
         .ok_or_else(|| ApiError::bad("role", "must be read-only, operator or admin"))?;
     if body.description.len() > 256 {

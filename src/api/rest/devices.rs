@@ -3,14 +3,12 @@
 //! its registration response and nowhere else; it is what the device gives
 //! as its MQTT password with user name `use-token-auth`.
 
-use axum::{
-    Extension, Json,
-    extract::{State, rejection::JsonRejection},
-    http::StatusCode,
-};
+use axum::{Extension, Json, extract::State, http::StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiResult, PathParams, error::ApiError, json::ListJson, params::format_time};
+use super::{
+    ApiResult, PathParams, body::JsonBody, error::ApiError, json::ListJson, params::format_time,
+};
 use crate::{
     domain::ClientKind,
     mqtt::Broker,
@@ -110,6 +108,19 @@ fn registry_error(e: RegistryError, type_id: &str, device_id: Option<&str>) -> A
     }
 }
 
+/// Refuses path ids no device type or device can have (400 naming them),
+/// rather than looking them up.
+fn check_path(type_id: &str, device_id: Option<&str>) -> ApiResult<()> {
+    const RULE: &str = "must be 1 to 36 characters of A-Z, a-z, 0-9, '.', '_', '-'";
+    if !crate::registry::valid_id(type_id) {
+        return Err(ApiError::bad("typeId", RULE));
+    }
+    if device_id.is_some_and(|d| !crate::registry::valid_id(d)) {
+        return Err(ApiError::bad("deviceId", RULE));
+    }
+    Ok(())
+}
+
 fn list<T>(results: Vec<T>) -> ListJson<T> {
     let total_rows = results.len();
     ListJson {
@@ -121,9 +132,8 @@ fn list<T>(results: Vec<T>) -> ListJson<T> {
 
 pub(super) async fn create_type(
     Extension(registry): Extension<Registry>,
-    body: Result<Json<NewType>, JsonRejection>,
+    JsonBody(body): JsonBody<NewType>,
 ) -> ApiResult<(StatusCode, Json<TypeJson>)> {
-    let Json(body) = body.map_err(|e| ApiError::bad("id", e.body_text()))?;
     let created = registry
         .create_type(&body.id, &body.description, &body.class_id)
         .map_err(|e| registry_error(e, &body.id, None))?;
@@ -143,6 +153,7 @@ pub(super) async fn get_type(
     Extension(registry): Extension<Registry>,
     PathParams(type_id): PathParams<String>,
 ) -> ApiResult<Json<TypeJson>> {
+    check_path(&type_id, None)?;
     let t = registry
         .get_type(&type_id)
         .map_err(|e| registry_error(e, &type_id, None))?;
@@ -153,6 +164,7 @@ pub(super) async fn delete_type(
     Extension(registry): Extension<Registry>,
     PathParams(type_id): PathParams<String>,
 ) -> ApiResult<StatusCode> {
+    check_path(&type_id, None)?;
     registry
         .delete_type(&type_id)
         .map_err(|e| registry_error(e, &type_id, None))?;
@@ -163,9 +175,9 @@ pub(super) async fn create_device(
     State(query): State<QueryService>,
     Extension(registry): Extension<Registry>,
     PathParams(type_id): PathParams<String>,
-    body: Result<Json<NewDevice>, JsonRejection>,
+    JsonBody(body): JsonBody<NewDevice>,
 ) -> ApiResult<(StatusCode, Json<DeviceJson>)> {
-    let Json(body) = body.map_err(|e| ApiError::bad("deviceId", e.body_text()))?;
+    check_path(&type_id, None)?;
     let (device, token) = registry
         .create_device(&type_id, &body.device_id, body.auth_token.as_deref())
         .map_err(|e| registry_error(e, &type_id, Some(&body.device_id)))?;
@@ -178,6 +190,7 @@ pub(super) async fn list_devices(
     Extension(registry): Extension<Registry>,
     PathParams(type_id): PathParams<String>,
 ) -> ApiResult<Json<ListJson<DeviceJson>>> {
+    check_path(&type_id, None)?;
     let devices = registry
         .list_devices(&type_id)
         .map_err(|e| registry_error(e, &type_id, None))?;
@@ -195,6 +208,7 @@ pub(super) async fn get_device(
     Extension(registry): Extension<Registry>,
     PathParams((type_id, device_id)): PathParams<(String, String)>,
 ) -> ApiResult<Json<DeviceJson>> {
+    check_path(&type_id, Some(&device_id))?;
     let device = registry
         .get_device(&type_id, &device_id)
         .map_err(|e| registry_error(e, &type_id, Some(&device_id)))?;
@@ -206,6 +220,7 @@ pub(super) async fn delete_device(
     Extension(broker): Extension<Option<Broker>>,
     PathParams((type_id, device_id)): PathParams<(String, String)>,
 ) -> ApiResult<StatusCode> {
+    check_path(&type_id, Some(&device_id))?;
     registry
         .delete_device(&type_id, &device_id)
         .map_err(|e| registry_error(e, &type_id, Some(&device_id)))?;

@@ -22,14 +22,29 @@ pub enum ApiError {
     },
     /// No record for this client id.
     ClientNotFound(String),
+    /// The client is known but has no connection this server can end: it
+    /// is not connected, or connected through another broker (`elsewhere`).
+    NotConnected {
+        client: String,
+        elsewhere: Option<String>,
+    },
     /// The feature is switched off.
     Disabled,
     /// No such path.
     NoRoute(String),
     /// The path exists but not with this method.
     MethodNotAllowed(String),
-    /// No credentials or wrong ones.
+    /// No credentials.
     Unauthorized,
+    /// Credentials that prove nobody: an unknown key, a wrong token, or an
+    /// `Authorization` value that is not HTTP Basic.
+    InvalidCredentials,
+    /// A body without a JSON content type (the one given, if any).
+    UnsupportedMediaType(String),
+    /// A body larger than the limit, in bytes.
+    PayloadTooLarge {
+        limit: usize,
+    },
     /// The API key's role does not allow the call.
     Forbidden {
         needed: String,
@@ -116,6 +131,7 @@ impl From<QueryError> for ApiError {
             QueryError::NotFound(id) => ApiError::ClientNotFound(id),
             QueryError::Disabled => ApiError::Disabled,
             QueryError::OutOfRange { oldest, .. } => ApiError::Gone { oldest },
+            e @ QueryError::AheadOfStore { .. } => ApiError::bad("Last-Event-ID", e.to_string()),
             QueryError::ShuttingDown => ApiError::Unavailable,
             QueryError::Internal(cause) => {
                 tracing::error!(error = %cause, "request failed");
@@ -150,6 +166,19 @@ impl IntoResponse for ApiError {
                 vec![id],
                 vec![],
             ),
+            ApiError::NotConnected { client, elsewhere } => (
+                StatusCode::CONFLICT,
+                "CUDCS0412E",
+                match &elsewhere {
+                    None => format!("Client {client} is not connected."),
+                    Some(broker) => format!(
+                        "Client {client} is connected through broker {broker}, not this server's; \
+                         only that broker can end its connection."
+                    ),
+                },
+                vec![client],
+                vec![],
+            ),
             ApiError::Disabled => (
                 StatusCode::FORBIDDEN,
                 "CUDCS0403E",
@@ -176,6 +205,34 @@ impl IntoResponse for ApiError {
                 "CUDCS0001E",
                 "Authentication is required: HTTP Basic with an API key and its token.".to_owned(),
                 vec![],
+                vec![],
+            ),
+            ApiError::InvalidCredentials => (
+                StatusCode::UNAUTHORIZED,
+                "CUDCS0005E",
+                "Invalid credentials: the API key or its token is wrong.".to_owned(),
+                vec![],
+                vec![],
+            ),
+            ApiError::UnsupportedMediaType(given) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "CUDCS0415E",
+                format!(
+                    "The request body must be JSON (Content-Type: application/json); it was {}.",
+                    if given.is_empty() {
+                        "sent without a content type".to_owned()
+                    } else {
+                        format!("sent as {given}")
+                    }
+                ),
+                vec![given],
+                vec![],
+            ),
+            ApiError::PayloadTooLarge { limit } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "CUDCS0413E",
+                format!("The request body is larger than {limit} bytes."),
+                vec![limit.to_string()],
                 vec![],
             ),
             ApiError::Forbidden { needed, has } => (

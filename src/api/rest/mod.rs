@@ -7,6 +7,7 @@
 //! [`json`]; time parameters in [`params`].
 
 mod apikeys;
+pub mod body;
 mod devices;
 pub mod error;
 pub mod json;
@@ -15,10 +16,7 @@ mod stream;
 
 use axum::{
     Json, Router,
-    extract::{
-        Path, Query, State,
-        rejection::{JsonRejection, PathRejection},
-    },
+    extract::{Path, Query, State, rejection::PathRejection},
     http::{Method, StatusCode, Uri, header},
     response::{IntoResponse, Response},
     routing::{MethodRouter, get},
@@ -27,6 +25,7 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
 use self::{
+    body::JsonBody,
     error::ApiError,
     json::{ListJson, LogJson, MetaJson, PlatformLogJson, StateJson},
     params::parse_time,
@@ -155,6 +154,7 @@ async fn authorise(
         .and_then(|v| v.to_str().ok());
     let principal = match gate.authenticate(header) {
         Ok(principal) => principal,
+        Err(Refusal::InvalidCredentials) => return ApiError::InvalidCredentials.into_response(),
         Err(_) => return ApiError::Unauthorized.into_response(),
     };
     let needed = needed_role(request.method(), request.uri().path());
@@ -191,18 +191,107 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromR
     }
 }
 
+/// The query parameters of the state listing.
+const STATE_LIST_PARAMS: &[&str] = &[
+    "connectionStatus",
+    "clientType",
+    "deviceType",
+    "deviceId",
+    "appId",
+    "clientIdPrefix",
+    "connectedAfter",
+    "lastConnectedAfter",
+    "connectedBefore",
+    "lastConnectedBefore",
+    "disconnectedAfter",
+    "lastDisconnectedAfter",
+    "disconnectedBefore",
+    "lastDisconnectedBefore",
+    "activeAfter",
+    "lastActivityAfter",
+    "activeBefore",
+    "lastActivityBefore",
+    "_limit",
+    "_bookmark",
+    "_sort",
+];
+/// The query parameters of the platform's connection log path.
+const PLATFORM_LOG_PARAMS: &[&str] = &[
+    "typeId", "deviceId", "limit", "offset", "fromTime", "toTime",
+];
+/// The query parameters of connstate's own log listing.
+const LOG_LIST_PARAMS: &[&str] = &[
+    "clientId",
+    "typeId",
+    "deviceId",
+    "kind",
+    "initiator",
+    "fromTime",
+    "toTime",
+    "_limit",
+    "_bookmark",
+];
+/// The query parameters of the server-sent event stream (no time filters:
+/// a stream has no end to compare times with).
+const STREAM_PARAMS: &[&str] = &[
+    "lastEventId",
+    "snapshot",
+    "connectionStatus",
+    "clientType",
+    "deviceType",
+    "deviceId",
+    "appId",
+    "clientIdPrefix",
+];
+
+/// The paths that take query parameters, with the names each takes. Any
+/// other name is refused (400 naming it), as the platform does; a test
+/// checks this table against the OpenAPI document.
+pub fn query_parameters() -> Vec<(&'static str, &'static [&'static str])> {
+    vec![
+        ("/api/v0002/clientconnectionstates", STATE_LIST_PARAMS),
+        ("/api/v0002/logs/connection", PLATFORM_LOG_PARAMS),
+        ("/api/v0002/clientconnectionlogs", LOG_LIST_PARAMS),
+        ("/api/v0002/stream/clientconnectionstates", STREAM_PARAMS),
+    ]
+}
+
+/// Longest parameter name echoed back in an error.
+const MAX_ECHOED_NAME: usize = 64;
+
 /// Query parameters; empty values count as absent (client libraries send
-/// `_bookmark=` on the first page) and unknown names are ignored.
+/// `_bookmark=` on the first page). A name the path does not take is
+/// refused, with or without a value: a misspelt filter must not return
+/// every record.
 pub(crate) struct Params(Vec<(String, String)>);
 
 impl Params {
     pub(crate) fn from_query(
         query: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+        known: &[&str],
     ) -> ApiResult<Params> {
-        match query {
-            Ok(Query(pairs)) => Ok(Params(pairs)),
-            Err(e) => Err(ApiError::bad("query", e.body_text())),
+        let pairs = match query {
+            Ok(Query(pairs)) => pairs,
+            Err(e) => return Err(ApiError::bad("query", e.body_text())),
+        };
+        if let Some((name, _)) = pairs.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+            let mut name = name.clone();
+            if name.len() > MAX_ECHOED_NAME {
+                let mut end = MAX_ECHOED_NAME;
+                while !name.is_char_boundary(end) {
+                    end -= 1;
+                }
+                name.truncate(end);
+            }
+            return Err(ApiError::bad(
+                name,
+                format!(
+                    "is not a parameter of this path; it takes {}",
+                    known.join(", ")
+                ),
+            ));
         }
+        Ok(Params(pairs))
     }
 
     /// The last non-empty value of the first of `names` that has one.
@@ -353,8 +442,11 @@ async fn get_state(
 }
 
 /// An administrator's kick: the embedded broker ends the client's
-/// connection (0x98, close code 94).
+/// connection (0x98, close code 94). A client the server knows but cannot
+/// end, because it is not connected or connected through another broker,
+/// is a conflict (409); a client it has never seen is not found (404).
 async fn disconnect_client(
+    State(query): State<QueryService>,
     axum::Extension(broker): axum::Extension<Option<Broker>>,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<StatusCode> {
@@ -366,10 +458,16 @@ async fn disconnect_client(
         )
     });
     if kicked {
-        Ok(StatusCode::ACCEPTED)
-    } else {
-        Err(ApiError::ClientNotFound(client.as_str().to_owned()))
+        return Ok(StatusCode::ACCEPTED);
     }
+    let state = query.get_state(&client)?;
+    let elsewhere = (state.status == ConnectionStatus::Connected
+        && state.broker != crate::domain::EMBEDDED_BROKER)
+        .then_some(state.broker);
+    Err(ApiError::NotConnected {
+        client: client.as_str().to_owned(),
+        elsewhere,
+    })
 }
 
 async fn delete_state(
@@ -385,7 +483,7 @@ async fn list_states(
     State(query): State<QueryService>,
     raw: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<ListJson<StateJson>>> {
-    let p = Params::from_query(raw)?;
+    let p = Params::from_query(raw, STATE_LIST_PARAMS)?;
     let filter = state_filter(&p, Utc::now(), true)?;
     let order = match p.get(&["_sort"]) {
         None => Default::default(),
@@ -413,12 +511,14 @@ async fn list_states(
 /// The device (or, failing that, gateway) of this organisation named by
 /// `typeId` and `deviceId`.
 fn device_client(query: &QueryService, type_id: &str, device_id: &str) -> ApiResult<ClientId> {
-    query.device_client_id(type_id, device_id).ok_or_else(|| {
-        ApiError::bad(
-            "deviceId",
-            "typeId and deviceId must be 1 to 36 characters of A-Z, a-z, 0-9, '.', '_', '-'",
-        )
-    })
+    const RULE: &str = "must be 1 to 36 characters of A-Z, a-z, 0-9, '.', '_', '-'";
+    // Blame the one that is bad.
+    if !crate::registry::valid_id(type_id) {
+        return Err(ApiError::bad("typeId", RULE));
+    }
+    query
+        .device_client_id(type_id, device_id)
+        .ok_or_else(|| ApiError::bad("deviceId", RULE))
 }
 
 /// `GET /api/v0002/logs/connection?typeId=&deviceId=`: a bare array of
@@ -427,7 +527,7 @@ async fn platform_logs(
     State(query): State<QueryService>,
     raw: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Vec<PlatformLogJson>>> {
-    let p = Params::from_query(raw)?;
+    let p = Params::from_query(raw, PLATFORM_LOG_PARAMS)?;
     let now = Utc::now();
     let Some((_, type_id)) = p.get(&["typeId"]) else {
         return Err(ApiError::bad("typeId", "is required"));
@@ -475,7 +575,7 @@ async fn logs(
     State(query): State<QueryService>,
     raw: Result<Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<ListJson<LogJson>>> {
-    let p = Params::from_query(raw)?;
+    let p = Params::from_query(raw, LOG_LIST_PARAMS)?;
     let now = Utc::now();
     let client = match (
         p.get(&["clientId"]),
@@ -550,9 +650,8 @@ async fn get_config(State(query): State<QueryService>) -> Json<FeatureJson> {
 
 async fn put_config(
     State(query): State<QueryService>,
-    body: Result<Json<FeatureJson>, JsonRejection>,
+    JsonBody(body): JsonBody<FeatureJson>,
 ) -> ApiResult<Json<FeatureJson>> {
-    let Json(body) = body.map_err(|e| ApiError::bad("enabled", e.body_text()))?;
     let settings = Settings {
         enabled: body.enabled,
         ..query.settings()

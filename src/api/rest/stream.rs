@@ -15,14 +15,14 @@ use serde::Serialize;
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 
 use super::{
-    ApiResult, Params,
+    ApiResult, Params, STREAM_PARAMS,
     error::ApiError,
     json::{LogJson, StateJson},
     state_filter,
 };
 use crate::{
     domain::{Change, ChangeKind},
-    query::{QueryService, WatchEnd, WatchItem, WatchRequest},
+    query::{QueryError, QueryService, WatchEnd, WatchItem, WatchRequest},
 };
 
 #[derive(Serialize)]
@@ -103,18 +103,18 @@ pub(super) async fn stream_states(
     headers: HeaderMap,
     raw: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    let p = Params::from_query(raw)?;
+    let p = Params::from_query(raw, STREAM_PARAMS)?;
     let filter = state_filter(&p, Utc::now(), false)?;
     let last_event_id = match headers.get("last-event-id") {
         Some(v) => Some(("Last-Event-ID", v.to_str().unwrap_or("").to_owned())),
         None => p.get(&["lastEventId"]).map(|(n, v)| (n, v.to_owned())),
     };
-    let start_revision = match last_event_id {
+    let start_revision = match &last_event_id {
         None => None,
         Some((name, v)) => Some(
             v.trim()
                 .parse::<u64>()
-                .map_err(|_| ApiError::bad(name, "must be a revision (a whole number)"))?,
+                .map_err(|_| ApiError::bad(*name, "must be a revision (a whole number)"))?,
         ),
     };
     let include_snapshot = match p.get(&["snapshot"]) {
@@ -123,13 +123,21 @@ pub(super) async fn stream_states(
         Some((_, "false")) => false,
         Some((name, _)) => return Err(ApiError::bad(name, "must be true or false")),
     };
-    let items = query.watch(WatchRequest {
-        filter,
-        start_revision,
-        include_snapshot,
-        kinds: Vec::new(),
-        heartbeat_interval: None,
-    })?;
+    let items = query
+        .watch(WatchRequest {
+            filter,
+            start_revision,
+            include_snapshot,
+            kinds: Vec::new(),
+            heartbeat_interval: None,
+        })
+        .map_err(|e| match (e, &last_event_id) {
+            // Name the parameter the revision came in.
+            (e @ QueryError::AheadOfStore { .. }, Some((name, _))) => {
+                ApiError::bad(*name, e.to_string())
+            }
+            (e, _) => ApiError::from(e),
+        })?;
     let events = ReceiverStream::new(items).map(|item| Ok(sse_event(item)));
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }

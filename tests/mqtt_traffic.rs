@@ -1,0 +1,66 @@
+//! The MQTT traffic metrics follow every write and read of a connection,
+//! the last ones of an idle or closed connection included.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A CONNECT of MQTT 3.1.1 with a clean session and no keepalive.
+fn connect(client_id: &str) -> Vec<u8> {
+    let mut body = vec![0, 4];
+    body.extend_from_slice(b"MQTT");
+    body.extend_from_slice(&[4, 0x02, 0, 0]);
+    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    body.extend_from_slice(client_id.as_bytes());
+    let mut packet = vec![0x10, body.len() as u8];
+    packet.extend(body);
+    packet
+}
+
+/// The value of the metric `name` in the server's /metrics text.
+async fn metric(server: &TestServer, name: &str) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", server.rest))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("{name} in {text}")) as u64
+}
+
+#[tokio::test]
+async fn an_idle_connections_connack_and_a_closed_ones_disconnect_are_counted() {
+    tokio::time::timeout(LIMIT, async {
+        let server = TestServer::start().await;
+        let mut stream = tokio::net::TcpStream::connect(server.mqtt).await.unwrap();
+        let packet = connect("traffic-1");
+        stream.write_all(&packet).await.unwrap();
+        let mut connack = [0u8; 4];
+        stream.read_exact(&mut connack).await.unwrap();
+        assert_eq!(connack, [0x20, 2, 0, 0]);
+        // The connection now stays idle: its CONNACK is counted anyway.
+        eventually(Duration::from_secs(10), || async {
+            (metric(&server, "connstate_mqtt_sent_bytes_total").await == 4).then_some(())
+        })
+        .await;
+        // A DISCONNECT gets no answer: counted when the connection ends.
+        stream.write_all(&[0xE0, 0]).await.unwrap();
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).await.unwrap();
+        let expected = (packet.len() + 2) as u64;
+        eventually(Duration::from_secs(10), || async {
+            (metric(&server, "connstate_mqtt_received_bytes_total").await == expected).then_some(())
+        })
+        .await;
+        server.stop().await;
+    })
+    .await
+    .expect("within the time limit");
+}
