@@ -30,7 +30,9 @@ impl From<QueryError> for Status {
                 OLDEST_REVISION_TRAILER,
                 oldest,
             ),
-            QueryError::ShuttingDown => Status::unavailable(e.to_string()),
+            QueryError::ShuttingDown | QueryError::StorageFull(_) => {
+                Status::unavailable(e.to_string())
+            }
             QueryError::Internal(cause) => {
                 tracing::error!(error = %cause, "request failed");
                 Status::internal("internal error")

@@ -19,6 +19,7 @@ impl ReasonCode {
     pub const CLIENT_ID_NOT_VALID: Self = Self(0x85);
     pub const BAD_USER_NAME_OR_PASSWORD: Self = Self(0x86);
     pub const NOT_AUTHORIZED: Self = Self(0x87);
+    pub const SERVER_UNAVAILABLE: Self = Self(0x88);
     pub const SERVER_BUSY: Self = Self(0x89);
     pub const SERVER_SHUTTING_DOWN: Self = Self(0x8B);
     pub const KEEP_ALIVE_TIMEOUT: Self = Self(0x8D);
@@ -244,6 +245,8 @@ pub enum ConnectFailure {
     BadClientId,
     UnsupportedProtocol,
     ServerBusy,
+    /// The server cannot record the connection (its store is full).
+    ServerUnavailable,
 }
 
 impl ConnectFailure {
@@ -255,6 +258,7 @@ impl ConnectFailure {
             ConnectFailure::BadClientId => ReasonCode::CLIENT_ID_NOT_VALID,
             ConnectFailure::UnsupportedProtocol => ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
             ConnectFailure::ServerBusy => ReasonCode::SERVER_BUSY,
+            ConnectFailure::ServerUnavailable => ReasonCode::SERVER_UNAVAILABLE,
         }
     }
 
@@ -265,7 +269,9 @@ impl ConnectFailure {
             }
             ConnectFailure::BadClientId => CloseCode::BAD_CLIENT_ID,
             ConnectFailure::UnsupportedProtocol => CloseCode::PROTOCOL_ERROR,
-            ConnectFailure::ServerBusy => CloseCode::SERVER_BUSY,
+            ConnectFailure::ServerBusy | ConnectFailure::ServerUnavailable => {
+                CloseCode::SERVER_BUSY
+            }
         }
     }
 }
@@ -341,6 +347,7 @@ mod tests {
             (ConnectFailure::BadClientId, 0x85, 166),
             (ConnectFailure::UnsupportedProtocol, 0x84, 105),
             (ConnectFailure::ServerBusy, 0x89, 104),
+            (ConnectFailure::ServerUnavailable, 0x88, 104),
         ];
         for (failure, reason, close) in table {
             assert_eq!(failure.reason_code().0, reason);

@@ -49,6 +49,10 @@ pub enum QueryError {
     },
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The store cannot record until disk space is freed; the text says
+    /// how much is free and how much must stay free.
+    #[error("{0}")]
+    StorageFull(String),
     #[error("internal error")]
     Internal(#[source] StoreError),
 }
@@ -67,6 +71,7 @@ impl From<StoreError> for QueryError {
         match e {
             StoreError::Disabled => QueryError::Disabled,
             StoreError::Closed => QueryError::ShuttingDown,
+            full @ StoreError::StorageFull { .. } => QueryError::StorageFull(full.to_string()),
             other => QueryError::Internal(other),
         }
     }
@@ -166,9 +171,9 @@ impl QueryService {
         })
     }
 
-    /// Serving: the store is healthy and shutdown has not begun.
+    /// Serving: the store can record and shutdown has not begun.
     pub fn is_ready(&self) -> bool {
-        self.store.is_healthy() && !self.shutdown.is_cancelled()
+        self.store.can_record() && !self.shutdown.is_cancelled()
     }
 
     pub fn options(&self) -> &QueryOptions {

@@ -30,6 +30,11 @@ use crate::{
 /// Clients recovered per store commit at start-up.
 const RECOVERY_CHUNK: usize = 5000;
 
+/// Disk space one recovered client takes, generously: its state record, its
+/// log entry and its change in the feed (about 1 KiB together), times the
+/// slack of sled's log-structured files until their segments are cleaned.
+const RECOVERY_BYTES_PER_CLIENT: u64 = 4096;
+
 /// A cheap, cloneable handle to the tracker.
 #[derive(Clone)]
 pub struct Tracker {
@@ -140,6 +145,24 @@ impl Tracker {
             return Ok(0);
         }
         let clients = self.store.connected_clients()?;
+        if clients.is_empty() {
+            return Ok(0);
+        }
+        // Recovery writes a little per client and is never allowed to take
+        // the disk below the store's reserve: check first, and say how much
+        // it needs rather than fill the disk half way.
+        let needed = clients.len() as u64 * RECOVERY_BYTES_PER_CLIENT;
+        let no_space = |free: u64| StoreError::RecoveryNeedsSpace {
+            clients: clients.len(),
+            needed,
+            free,
+            reserve: self.store.min_free_bytes(),
+            path: self.store.path().to_owned(),
+        };
+        let free = self.store.free_bytes().unwrap_or(u64::MAX);
+        if free < needed.saturating_add(self.store.min_free_bytes()) {
+            return Err(no_space(free));
+        }
         let now = truncate_to_millis(Utc::now());
         let mut recovered = 0;
         for chunk in clients.chunks(RECOVERY_CHUNK) {
@@ -160,7 +183,11 @@ impl Tracker {
                 });
             }
             recovered += events.len();
-            self.store.commit_events(events).await?;
+            match self.store.commit_events(events).await {
+                Ok(_) => {}
+                Err(StoreError::StorageFull { free, .. }) => return Err(no_space(free)),
+                Err(e) => return Err(e),
+            }
         }
         Ok(recovered)
     }

@@ -45,6 +45,9 @@ pub enum ApiError {
         oldest: u64,
     },
     Unavailable,
+    /// The store records nothing until disk space is freed (the text says
+    /// how much).
+    StorageFull(String),
     Internal,
 }
 
@@ -95,6 +98,7 @@ impl From<QueryError> for ApiError {
             QueryError::Disabled => ApiError::Disabled,
             QueryError::OutOfRange { oldest, .. } => ApiError::Gone { oldest },
             QueryError::ShuttingDown => ApiError::Unavailable,
+            QueryError::StorageFull(text) => ApiError::StorageFull(text),
             QueryError::Internal(cause) => {
                 tracing::error!(error = %cause, "request failed");
                 ApiError::Internal
@@ -198,6 +202,13 @@ impl IntoResponse for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "CUDCS0503E",
                 "The service is shutting down; try again.".to_owned(),
+                vec![],
+                vec![],
+            ),
+            ApiError::StorageFull(text) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "CUDCS0507E",
+                format!("Nothing can be recorded: {text}."),
                 vec![],
                 vec![],
             ),
