@@ -428,6 +428,15 @@ impl Store {
     }
 
     /// A new, unique, increasing connection id for the embedded broker.
+    ///
+    /// The ids are the embedded broker's own space: they are compared only
+    /// with its own ids, never with those other brokers report (see
+    /// [`crate::tracker::rules`]). They come from sled's id generator, which
+    /// writes its counter down once every 1,000,000 ids and, after a
+    /// restart, goes on 2,000,000 past the last value written down, so that
+    /// no id handed out before the stop is handed out again. Hence the jump
+    /// of about 2,000,000 at each start: the ids stay unique and growing;
+    /// they do not count connections.
     pub fn next_connection_id(&self) -> Result<u64, StoreError> {
         Ok(self.inner.db.generate_id()? + 1)
     }

@@ -67,8 +67,12 @@ impl Tracker {
             for event in events {
                 match &event.kind {
                     EventKind::Activity(_) => {
+                        // Ids compare within one broker only; the rules
+                        // drop activity of a connection that is not the
+                        // current one.
                         let newer = pending.get(&event.client_id).is_none_or(|p| {
-                            (p.connection_id, p.time) <= (event.connection_id, event.time)
+                            p.broker != event.broker
+                                || (p.connection_id, p.time) <= (event.connection_id, event.time)
                         });
                         if newer {
                             pending.insert(event.client_id.clone(), event);
@@ -79,6 +83,7 @@ impl Tracker {
                         // disconnect that ends it.
                         if let Some(activity) = pending.remove(&event.client_id)
                             && activity.connection_id == event.connection_id
+                            && activity.broker == event.broker
                         {
                             to_commit.push(activity);
                         }
