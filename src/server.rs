@@ -181,6 +181,15 @@ pub async fn run(
     let gate = open_gate(&config, &registry)?;
 
     let tracker = Tracker::new(store.clone());
+    // Stored leases run again from now: their holders could not renew
+    // while this service was down.
+    let leases = tracker.load_leases()?;
+    if leases > 0 {
+        tracing::info!(
+            leases,
+            "broker leases restored, each for its whole duration"
+        );
+    }
     let recovered = tracker.recover_connected().await?;
     if recovered > 0 {
         tracing::warn!(
@@ -216,6 +225,7 @@ pub async fn run(
     };
     let mqtt_listeners = crate::mqtt::spawn_listeners(&broker, listeners.mqtt, mqtt_tls);
     let flusher = tracker.spawn_activity_flusher(config.activity_interval, stop.clone());
+    let lease_keeper = tracker.spawn_lease_keeper(stop.clone());
     let retention = spawn_retention(store.clone(), config.retention_interval, stop.clone());
 
     let query = QueryService::new(
@@ -333,6 +343,7 @@ pub async fn run(
     }
     pump.finish().await;
     let _ = flusher.await;
+    let _ = lease_keeper.await;
     let _ = retention.await;
     let _ = watchdog.await;
     store.close().await?;

@@ -33,6 +33,7 @@ async fn ingest_as(server: &TestServer, broker: &str, events: Vec<pb::LifecycleE
     server
         .ingest_client()
         .ingest_events(pb::IngestEventsRequest {
+            lease_duration: None,
             broker: broker.into(),
             events,
         })

@@ -185,6 +185,7 @@ async fn a_full_disk_refuses_connects_and_writes_until_space_is_freed() {
     let refused = server
         .ingest_client()
         .ingest_events(pb::IngestEventsRequest {
+            lease_duration: None,
             broker: "test".into(),
             events: vec![connected("d:local:t:during", 2, 1)],
         })

@@ -68,6 +68,7 @@ async fn replays_from_a_revision_then_goes_live_without_gap_or_duplicate() {
             for batch in 10..20 {
                 ingest
                     .ingest_events(pb::IngestEventsRequest {
+                        lease_duration: None,
                         broker: "test".into(),
                         events: connects(&format!("d:local:t:b{batch}-"), 0..20),
                     })

@@ -310,6 +310,7 @@ async fn ingest(base: &Path, events: usize, batch: usize, producers: usize) -> a
                 };
                 client
                     .ingest_events(pb::IngestEventsRequest {
+                        lease_duration: None,
                         broker: "bench".into(),
                         events,
                     })
@@ -642,6 +643,7 @@ async fn watch(
             .collect();
         ingest
             .ingest_events(pb::IngestEventsRequest {
+                lease_duration: None,
                 broker: "bench".into(),
                 events,
             })

@@ -88,6 +88,9 @@ impl CloseCode {
     pub const SOCKET_CLOSED: Self = Self(91);
     pub const SERVER_SHUTDOWN: Self = Self(93);
     pub const ADMIN_DISCONNECT: Self = Self(94);
+    /// The lease of the broker the connection was on lapsed (not a platform
+    /// code: the platform has no brokers reporting from outside).
+    pub const LEASE_LAPSED: Self = Self(96);
     pub const SERVER_BUSY: Self = Self(104);
     pub const PROTOCOL_ERROR: Self = Self(105);
     pub const KEEP_ALIVE_TIMEOUT: Self = Self(160);
@@ -142,15 +145,21 @@ pub enum DisconnectCause {
     ServerShuttingDown,
     /// Found still marked connected when the server started.
     ServerRestarted,
+    /// The lease of the holder the connection was on (a broker reporting
+    /// through ingest, later a cluster node) lapsed: it stopped reporting.
+    LeaseLapsed {
+        holder: String,
+        lease_secs: u64,
+    },
 }
 
 impl DisconnectCause {
     pub fn initiator(&self) -> DisconnectInitiator {
         match self {
             DisconnectCause::ClientDisconnect(_) => DisconnectInitiator::Client,
-            DisconnectCause::SocketClosed | DisconnectCause::KeepAliveTimeout => {
-                DisconnectInitiator::Network
-            }
+            DisconnectCause::SocketClosed
+            | DisconnectCause::KeepAliveTimeout
+            | DisconnectCause::LeaseLapsed { .. } => DisconnectInitiator::Network,
             _ => DisconnectInitiator::Server,
         }
     }
@@ -159,7 +168,7 @@ impl DisconnectCause {
     pub fn reason_code(&self) -> Option<ReasonCode> {
         Some(match self {
             DisconnectCause::ClientDisconnect(code) => *code,
-            DisconnectCause::SocketClosed => return None,
+            DisconnectCause::SocketClosed | DisconnectCause::LeaseLapsed { .. } => return None,
             DisconnectCause::KeepAliveTimeout => ReasonCode::KEEP_ALIVE_TIMEOUT,
             DisconnectCause::SessionTakenOver { .. } => ReasonCode::SESSION_TAKEN_OVER,
             DisconnectCause::MalformedPacket => ReasonCode::MALFORMED_PACKET,
@@ -190,6 +199,7 @@ impl DisconnectCause {
             DisconnectCause::ServerShuttingDown | DisconnectCause::ServerRestarted => {
                 CloseCode::SERVER_SHUTDOWN
             }
+            DisconnectCause::LeaseLapsed { .. } => CloseCode::LEASE_LAPSED,
         }
     }
 
@@ -217,6 +227,9 @@ impl DisconnectCause {
             DisconnectCause::ServerShuttingDown => "server shutting down".to_owned(),
             DisconnectCause::ServerRestarted => {
                 "server restarted while the client was connected".to_owned()
+            }
+            DisconnectCause::LeaseLapsed { holder, lease_secs } => {
+                format!("broker {holder} stopped reporting (lease of {lease_secs} s lapsed)")
             }
         }
     }

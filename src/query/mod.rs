@@ -262,11 +262,35 @@ impl QueryService {
     }
 
     /// Records lifecycle events from another broker (validated already).
-    pub async fn ingest(&self, events: Vec<LifecycleEvent>) -> Result<Revision, QueryError> {
+    /// With `lease`, renews the broker's lease once the events are
+    /// recorded.
+    pub async fn ingest(
+        &self,
+        events: Vec<LifecycleEvent>,
+        lease: Option<std::time::Duration>,
+    ) -> Result<Revision, QueryError> {
         if self.shutdown.is_cancelled() {
             return Err(QueryError::ShuttingDown);
         }
-        Ok(self.tracker.record(events).await?)
+        let broker = events.first().map(|e| e.broker.clone());
+        let revision = self.tracker.record(events).await?;
+        if let (Some(duration), Some(broker)) = (lease, broker) {
+            self.tracker.renew_lease(&broker, duration).await?;
+        }
+        Ok(revision)
+    }
+
+    /// Renews (or takes) the lease of a reporting broker (validated
+    /// already).
+    pub async fn renew_lease(
+        &self,
+        broker: &str,
+        duration: std::time::Duration,
+    ) -> Result<crate::tracker::Lease, QueryError> {
+        if self.shutdown.is_cancelled() {
+            return Err(QueryError::ShuttingDown);
+        }
+        Ok(self.tracker.renew_lease(broker, duration).await?)
     }
 
     pub async fn delete_state(&self, client: ClientId) -> Result<Revision, QueryError> {

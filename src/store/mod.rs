@@ -544,6 +544,48 @@ impl Store {
         }
     }
 
+    /// Stores the lease of `holder` (a broker or node) with its duration,
+    /// durably. Only the duration is kept: after a restart every lease runs
+    /// again from the start.
+    pub fn put_lease(&self, holder: &str, duration: Duration) -> Result<(), StoreError> {
+        if let Some(refusal) = self.recording().refusal() {
+            return Err(refusal);
+        }
+        let mut key = vec![keys::LEASE];
+        key.extend_from_slice(holder.as_bytes());
+        let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        self.inner.db.insert(key, &ms.to_be_bytes())?;
+        self.inner.db.flush()?;
+        Ok(())
+    }
+
+    /// Forgets the lease of `holder`.
+    pub fn remove_lease(&self, holder: &str) -> Result<(), StoreError> {
+        let mut key = vec![keys::LEASE];
+        key.extend_from_slice(holder.as_bytes());
+        self.inner.db.remove(key)?;
+        self.inner.db.flush()?;
+        Ok(())
+    }
+
+    /// Every stored lease: holder and duration.
+    pub fn leases(&self) -> Result<Vec<(String, Duration)>, StoreError> {
+        let mut leases = Vec::new();
+        for item in self.inner.db.scan_prefix([keys::LEASE]) {
+            let (key, value) = item?;
+            let holder = String::from_utf8(key[1..].to_vec())
+                .map_err(|_| StoreError::Corrupt("lease holder".into()))?;
+            let ms = u64::from_be_bytes(
+                value
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("lease".into()))?,
+            );
+            leases.push((holder, Duration::from_millis(ms)));
+        }
+        Ok(leases)
+    }
+
     /// The oldest revision still in the change feed, if any.
     pub fn oldest_feed_revision(&self) -> Result<Option<Revision>, StoreError> {
         match self.inner.db.scan_prefix([keys::FEED]).next() {

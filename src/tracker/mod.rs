@@ -8,7 +8,10 @@
 //! written through at most once per activity interval, and always just
 //! before the client's disconnect.
 
+mod lease;
 pub mod rules;
+
+pub use lease::{Lease, MAX_LEASE, MIN_LEASE};
 
 use std::{
     collections::HashMap,
@@ -21,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     domain::{
-        ClientId, ConnectionStatus, DisconnectCause, EventKind, LifecycleEvent, Revision,
-        truncate_to_millis,
+        ClientId, ConnectionStatus, DisconnectCause, EMBEDDED_BROKER, EventKind, LifecycleEvent,
+        Revision, truncate_to_millis,
     },
     store::{Store, StoreError},
 };
@@ -41,6 +44,8 @@ pub struct Tracker {
     store: Store,
     /// The newest activity event of each client not yet written through.
     pending_activity: Arc<Mutex<HashMap<ClientId, LifecycleEvent>>>,
+    /// Leases held now, by holder (see [`lease`]).
+    leases: Arc<Mutex<HashMap<String, lease::Held>>>,
 }
 
 impl Tracker {
@@ -48,6 +53,7 @@ impl Tracker {
         Tracker {
             store,
             pending_activity: Arc::default(),
+            leases: Arc::default(),
         }
     }
 
@@ -141,15 +147,27 @@ impl Tracker {
         })
     }
 
-    /// Start-up recovery: every client still recorded as connected was
-    /// connected when the server stopped without recording its disconnect.
-    /// Records it as disconnected by the server (0x8B, close code 93).
+    /// Start-up recovery: every client of the embedded broker still
+    /// recorded as connected was connected when the server stopped without
+    /// recording its disconnect. Records it as disconnected by the server
+    /// (0x8B, close code 93). Clients of other brokers are still connected
+    /// to those brokers: they stay as reported (a broker with a lease has
+    /// them ended when its lease lapses, see [`lease`]).
     /// Returns the number of clients recovered.
     pub async fn recover_connected(&self) -> Result<usize, StoreError> {
         if !self.store.settings().enabled {
             return Ok(0);
         }
-        let clients = self.store.connected_clients()?;
+        let mut clients = Vec::new();
+        for client in self.store.connected_clients()? {
+            if self
+                .store
+                .get_state(&client)?
+                .is_some_and(|s| s.broker == EMBEDDED_BROKER)
+            {
+                clients.push(client);
+            }
+        }
         if clients.is_empty() {
             return Ok(0);
         }
