@@ -48,6 +48,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// sled page cache, in MiB.
     pub cache_mb: u64,
+    /// Disk space, in MiB, that must stay free on the data folder's file
+    /// system: below it the store records nothing (CONNECTs are refused,
+    /// writes answer "storage full") until space is freed.
+    pub min_free_disk_mb: u64,
     /// Most events in one group commit.
     pub max_batch_events: usize,
     /// Keys one listing request may look at before it returns a shorter
@@ -84,6 +88,7 @@ impl Default for Config {
             retention_interval: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
             cache_mb: 256,
+            min_free_disk_mb: 64,
             max_batch_events: 8192,
             scan_budget: 200_000,
             initial_settings: Settings::default(),
@@ -164,6 +169,9 @@ pub struct ConfigLayer {
     /// sled page cache in MiB [default: 256]
     #[arg(long, env = "CONNSTATE_CACHE_MB")]
     pub cache_mb: Option<u64>,
+    /// Disk space in MiB kept free; below it nothing is recorded [default: 64]
+    #[arg(long, env = "CONNSTATE_MIN_FREE_DISK_MB")]
+    pub min_free_disk_mb: Option<u64>,
     /// Most events per group commit [default: 8192]
     #[arg(long, env = "CONNSTATE_MAX_BATCH_EVENTS")]
     pub max_batch_events: Option<usize>,
@@ -277,6 +285,9 @@ impl Config {
             }
             if let Some(v) = l.cache_mb {
                 c.cache_mb = v;
+            }
+            if let Some(v) = l.min_free_disk_mb {
+                c.min_free_disk_mb = v;
             }
             if let Some(v) = l.max_batch_events {
                 c.max_batch_events = v;

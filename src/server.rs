@@ -165,6 +165,7 @@ pub async fn run(
         max_batch_events: config.max_batch_events,
         feed_capacity: config.watch_buffer,
         initial_settings: config.initial_settings.clone(),
+        min_free_bytes: config.min_free_disk_mb << 20,
     };
     let data_dir = config.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&data_dir, options))
@@ -180,6 +181,15 @@ pub async fn run(
     let gate = open_gate(&config, &registry)?;
 
     let tracker = Tracker::new(store.clone());
+    // Stored leases run again from now: their holders could not renew
+    // while this service was down.
+    let leases = tracker.load_leases()?;
+    if leases > 0 {
+        tracing::info!(
+            leases,
+            "broker leases restored, each for its whole duration"
+        );
+    }
     let recovered = tracker.recover_connected().await?;
     if recovered > 0 {
         tracing::warn!(
@@ -225,8 +235,8 @@ pub async fn run(
     )?;
     let mqtt_listeners = crate::mqtt::spawn_listeners(&broker, listeners.mqtt, mqtt_tls);
     let flusher = tracker.spawn_activity_flusher(config.activity_interval, stop.clone());
+    let lease_keeper = tracker.spawn_lease_keeper(stop.clone());
     let retention = spawn_retention(store.clone(), config.retention_interval, stop.clone());
-    let watchdog = spawn_store_watchdog(store.clone(), reporter.clone(), stop.clone());
 
     let rest = match listeners.rest {
         None => None,
@@ -294,7 +304,10 @@ pub async fn run(
             }),
             stop.clone().cancelled_owned(),
         );
-    set_health(&reporter, store.is_healthy()).await;
+    // Health follows the store from here on; see spawn_store_watchdog.
+    let recording = store.watch_recording();
+    set_health(&reporter, store.can_record()).await;
+    let watchdog = spawn_store_watchdog(recording, reporter.clone(), stop.clone());
     tracing::info!(grpc = ?grpc_addr, "serving");
 
     tokio::pin!(serve);
@@ -330,6 +343,7 @@ pub async fn run(
     }
     pump.finish().await;
     let _ = flusher.await;
+    let _ = lease_keeper.await;
     let _ = retention.await;
     let _ = watchdog.await;
     store.close().await?;
@@ -364,24 +378,36 @@ fn spawn_retention(
     })
 }
 
-/// Reports NOT_SERVING once the store has failed.
+/// Health follows [`crate::store::Recording`]: NOT_SERVING the moment the
+/// store stops recording (full disk, failed write), SERVING again the
+/// moment it records again. `/ready` reads the same value, so the two turn
+/// together.
 fn spawn_store_watchdog(
-    store: Store,
+    mut recording: tokio::sync::watch::Receiver<crate::store::Recording>,
     reporter: HealthReporter,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(Duration::from_millis(500));
+        // A change between the first report and this task is not lost.
+        recording.mark_changed();
         loop {
             tokio::select! {
-                _ = ticker.tick() => {}
+                changed = recording.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
                 _ = stop.cancelled() => return,
             }
-            if !store.is_healthy() {
-                tracing::error!("store failed: reporting NOT_SERVING");
-                set_health(&reporter, false).await;
+            let now = *recording.borrow_and_update();
+            if stop.is_cancelled() {
                 return;
             }
+            let serving = now == crate::store::Recording::Ready;
+            if !serving {
+                tracing::error!(state = ?now, "the store cannot record: reporting NOT_SERVING");
+            }
+            set_health(&reporter, serving).await;
         }
     })
 }

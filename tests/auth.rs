@@ -138,6 +138,7 @@ async fn grpc_takes_the_same_credentials_and_roles() {
         client_id: "d:local:t:x".into(),
     };
     let ingest = || pb::IngestEventsRequest {
+        lease_duration: None,
         broker: "edge".into(),
         events: vec![connected("d:local:t:x", 1, 0)],
     };

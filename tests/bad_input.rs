@@ -342,6 +342,7 @@ async fn a_batch_with_one_bad_event_is_refused_whole() {
         expect_invalid(
             ingest
                 .ingest_events(pb::IngestEventsRequest {
+                    lease_duration: None,
                     broker: "edge".into(),
                     events: vec![good.clone(), bad],
                 })
@@ -352,6 +353,7 @@ async fn a_batch_with_one_bad_event_is_refused_whole() {
     expect_invalid(
         ingest
             .ingest_events(pb::IngestEventsRequest {
+                lease_duration: None,
                 broker: "".into(),
                 events: vec![good.clone()],
             })
@@ -361,6 +363,7 @@ async fn a_batch_with_one_bad_event_is_refused_whole() {
     expect_invalid(
         ingest
             .ingest_events(pb::IngestEventsRequest {
+                lease_duration: None,
                 broker: "embedded".into(),
                 events: vec![good.clone()],
             })
@@ -370,6 +373,7 @@ async fn a_batch_with_one_bad_event_is_refused_whole() {
     expect_invalid(
         ingest
             .ingest_events(pb::IngestEventsRequest {
+                lease_duration: None,
                 broker: "edge".into(),
                 events: vec![],
             })
@@ -379,6 +383,7 @@ async fn a_batch_with_one_bad_event_is_refused_whole() {
     expect_invalid(
         ingest
             .ingest_events(pb::IngestEventsRequest {
+                lease_duration: None,
                 broker: "edge".into(),
                 events: vec![good.clone(); 10_001],
             })
@@ -492,6 +497,7 @@ async fn durations_and_times_are_bounded() {
         let request = pb::IngestEventsRequest {
             broker: "b".into(),
             events: vec![event],
+            ..Default::default()
         };
         expect_invalid(ingest.ingest_events(request).await, "events[0].time");
     }

@@ -173,7 +173,7 @@ async fn numeric_time_and_duration_fields_never_fault_the_server() {
     let started = Instant::now();
     let mut sent = 0;
     while sent < 2000 && started.elapsed() < Duration::from_secs(25) {
-        let (what, result) = match rng.below(6) {
+        let (what, result) = match rng.below(7) {
             0 => {
                 let f = rng.pick_fields(2);
                 let request = pb::ListConnectionStatesRequest {
@@ -234,6 +234,11 @@ async fn numeric_time_and_duration_fields_never_fault_the_server() {
                 let request = pb::IngestEventsRequest {
                     broker: "fuzz".into(),
                     events,
+                    lease_duration: if rng.below(4) == 0 {
+                        rng.duration()
+                    } else {
+                        None
+                    },
                 };
                 let what = format!("{request:?}");
                 (what, ingest.ingest_events(request).await.map(|_| ()))
@@ -264,6 +269,14 @@ async fn numeric_time_and_duration_fields_never_fault_the_server() {
                 };
                 let what = format!("{request:?}");
                 (what, admin.update_settings(request).await.map(|_| ()))
+            }
+            5 => {
+                let request = pb::RenewBrokerLeaseRequest {
+                    broker: "fuzz".into(),
+                    lease_duration: rng.duration(),
+                };
+                let what = format!("{request:?}");
+                (what, ingest.renew_broker_lease(request).await.map(|_| ()))
             }
             _ => {
                 let request = pb::GetConnectionStateRequest {

@@ -44,6 +44,7 @@ async fn rest_over_https_with_a_self_signed_certificate() {
         tls_channel(&server, &cert_pem).await,
     )
     .ingest_events(connstate::pb::IngestEventsRequest {
+        lease_duration: None,
         broker: "test".into(),
         events: vec![connected("d:local:sensor:secure", 1, 0)],
     })

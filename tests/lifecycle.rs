@@ -380,6 +380,7 @@ async fn turning_the_feature_off_deletes_everything_and_refuses_queries() {
     let err = server
         .ingest_client()
         .ingest_events(pb::IngestEventsRequest {
+            lease_duration: None,
             broker: "test".into(),
             events: vec![connected("d:local:t:c", 3, 0)],
         })

@@ -323,6 +323,7 @@ async fn paging_while_clients_connect_has_no_duplicates_or_gaps() {
                 ));
                 ingest
                     .ingest_events(pb::IngestEventsRequest {
+                        lease_duration: None,
                         broker: "test".into(),
                         events,
                     })

@@ -253,6 +253,7 @@ async fn paging_1000_clients_with_bookmarks_while_clients_come_and_go() {
                 ];
                 ingest
                     .ingest_events(pb::IngestEventsRequest {
+                        lease_duration: None,
                         broker: "test".into(),
                         events,
                     })
@@ -519,6 +520,7 @@ async fn metrics_count_what_happened_and_readiness_needs_no_key() {
     let mut ingest = server.ingest_client();
     let request = with_auth(
         pb::IngestEventsRequest {
+            lease_duration: None,
             broker: "edge".into(),
             events: vec![
                 connected("d:local:t:a", 1, 0),

@@ -726,8 +726,9 @@ fn parse_event(field: &str, e: &pb::LifecycleEvent, broker: &Arc<str>) -> Result
     })
 }
 
-pub fn parse_ingest(r: &pb::IngestEventsRequest) -> Result<Vec<LifecycleEvent>> {
-    let broker = r.broker.trim();
+/// The name of a reporting broker: 1 to 64 characters, not "embedded".
+pub fn parse_broker(broker: &str) -> Result<&str> {
+    let broker = broker.trim();
     if broker.is_empty() || broker.len() > 64 {
         return Err(invalid("broker", "must be 1 to 64 characters"));
     }
@@ -737,6 +738,36 @@ pub fn parse_ingest(r: &pb::IngestEventsRequest) -> Result<Vec<LifecycleEvent>> 
             "\"embedded\" is reserved for the built-in broker",
         ));
     }
+    Ok(broker)
+}
+
+/// A lease duration: 1 s to 1 day.
+pub fn parse_lease(field: &str, d: Option<&prost_types::Duration>) -> Result<Option<Duration>> {
+    let Some(d) = d else {
+        return Ok(None);
+    };
+    parse_duration(
+        field,
+        d,
+        crate::tracker::MIN_LEASE,
+        crate::tracker::MAX_LEASE,
+    )
+    .map(Some)
+}
+
+/// A lease as the API shows it.
+impl From<&crate::tracker::Lease> for pb::BrokerLease {
+    fn from(l: &crate::tracker::Lease) -> Self {
+        pb::BrokerLease {
+            broker: l.holder.clone(),
+            lease_duration: Some(duration(l.duration)),
+            expire_time: Some(timestamp(l.expire_time)),
+        }
+    }
+}
+
+pub fn parse_ingest(r: &pb::IngestEventsRequest) -> Result<Vec<LifecycleEvent>> {
+    let broker = parse_broker(&r.broker)?;
     if r.events.is_empty() {
         return Err(invalid("events", "must not be empty"));
     }

@@ -31,7 +31,9 @@ impl From<QueryError> for Status {
                 oldest,
             ),
             QueryError::AheadOfStore { .. } => Status::out_of_range(e.to_string()),
-            QueryError::ShuttingDown => Status::unavailable(e.to_string()),
+            QueryError::ShuttingDown | QueryError::StorageFull(_) => {
+                Status::unavailable(e.to_string())
+            }
             QueryError::Internal(cause) => {
                 tracing::error!(error = %cause, "request failed");
                 Status::internal("internal error")

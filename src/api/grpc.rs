@@ -182,12 +182,32 @@ impl IngestService for GrpcApi {
     ) -> Result<Response<pb::IngestEventsResponse>, Status> {
         allow(&request, Role::Operator)?;
         let events = convert::parse_ingest(request.get_ref())?;
+        let lease =
+            convert::parse_lease("lease_duration", request.get_ref().lease_duration.as_ref())?;
         let accepted = events.len() as u32;
-        let revision = self.query.ingest(events).await?;
+        let revision = self.query.ingest(events, lease).await?;
         Ok(Response::new(pb::IngestEventsResponse {
             accepted,
             revision,
         }))
+    }
+
+    #[tracing::instrument(skip_all, fields(broker = %request.get_ref().broker))]
+    async fn renew_broker_lease(
+        &self,
+        request: Request<pb::RenewBrokerLeaseRequest>,
+    ) -> Result<Response<pb::BrokerLease>, Status> {
+        allow(&request, Role::Operator)?;
+        let r = request.get_ref();
+        let broker = convert::parse_broker(&r.broker)?;
+        let Some(duration) = convert::parse_lease("lease_duration", r.lease_duration.as_ref())?
+        else {
+            return Err(Status::invalid_argument(
+                "lease_duration: required (1 s to 1 day)",
+            ));
+        };
+        let lease = self.query.renew_lease(broker, duration).await?;
+        Ok(Response::new(pb::BrokerLease::from(&lease)))
     }
 }
 

@@ -311,6 +311,7 @@ async fn ingest(base: &Path, events: usize, batch: usize, producers: usize) -> a
                 };
                 client
                     .ingest_events(pb::IngestEventsRequest {
+                        lease_duration: None,
                         broker: "bench".into(),
                         events,
                     })
@@ -643,6 +644,7 @@ async fn watch(
             .collect();
         ingest
             .ingest_events(pb::IngestEventsRequest {
+                lease_duration: None,
                 broker: "bench".into(),
                 events,
             })

@@ -19,6 +19,7 @@ impl ReasonCode {
     pub const CLIENT_ID_NOT_VALID: Self = Self(0x85);
     pub const BAD_USER_NAME_OR_PASSWORD: Self = Self(0x86);
     pub const NOT_AUTHORIZED: Self = Self(0x87);
+    pub const SERVER_UNAVAILABLE: Self = Self(0x88);
     pub const SERVER_BUSY: Self = Self(0x89);
     pub const SERVER_SHUTTING_DOWN: Self = Self(0x8B);
     pub const KEEP_ALIVE_TIMEOUT: Self = Self(0x8D);
@@ -87,6 +88,9 @@ impl CloseCode {
     pub const SOCKET_CLOSED: Self = Self(91);
     pub const SERVER_SHUTDOWN: Self = Self(93);
     pub const ADMIN_DISCONNECT: Self = Self(94);
+    /// The lease of the broker the connection was on lapsed (not a platform
+    /// code: the platform has no brokers reporting from outside).
+    pub const LEASE_LAPSED: Self = Self(96);
     pub const SERVER_BUSY: Self = Self(104);
     pub const PROTOCOL_ERROR: Self = Self(105);
     pub const KEEP_ALIVE_TIMEOUT: Self = Self(160);
@@ -141,15 +145,21 @@ pub enum DisconnectCause {
     ServerShuttingDown,
     /// Found still marked connected when the server started.
     ServerRestarted,
+    /// The lease of the holder the connection was on (a broker reporting
+    /// through ingest, later a cluster node) lapsed: it stopped reporting.
+    LeaseLapsed {
+        holder: String,
+        lease_secs: u64,
+    },
 }
 
 impl DisconnectCause {
     pub fn initiator(&self) -> DisconnectInitiator {
         match self {
             DisconnectCause::ClientDisconnect(_) => DisconnectInitiator::Client,
-            DisconnectCause::SocketClosed | DisconnectCause::KeepAliveTimeout => {
-                DisconnectInitiator::Network
-            }
+            DisconnectCause::SocketClosed
+            | DisconnectCause::KeepAliveTimeout
+            | DisconnectCause::LeaseLapsed { .. } => DisconnectInitiator::Network,
             _ => DisconnectInitiator::Server,
         }
     }
@@ -158,7 +168,7 @@ impl DisconnectCause {
     pub fn reason_code(&self) -> Option<ReasonCode> {
         Some(match self {
             DisconnectCause::ClientDisconnect(code) => *code,
-            DisconnectCause::SocketClosed => return None,
+            DisconnectCause::SocketClosed | DisconnectCause::LeaseLapsed { .. } => return None,
             DisconnectCause::KeepAliveTimeout => ReasonCode::KEEP_ALIVE_TIMEOUT,
             DisconnectCause::SessionTakenOver { .. } => ReasonCode::SESSION_TAKEN_OVER,
             DisconnectCause::MalformedPacket => ReasonCode::MALFORMED_PACKET,
@@ -189,6 +199,7 @@ impl DisconnectCause {
             DisconnectCause::ServerShuttingDown | DisconnectCause::ServerRestarted => {
                 CloseCode::SERVER_SHUTDOWN
             }
+            DisconnectCause::LeaseLapsed { .. } => CloseCode::LEASE_LAPSED,
         }
     }
 
@@ -217,6 +228,9 @@ impl DisconnectCause {
             DisconnectCause::ServerRestarted => {
                 "server restarted while the client was connected".to_owned()
             }
+            DisconnectCause::LeaseLapsed { holder, lease_secs } => {
+                format!("broker {holder} stopped reporting (lease of {lease_secs} s lapsed)")
+            }
         }
     }
 
@@ -244,6 +258,8 @@ pub enum ConnectFailure {
     BadClientId,
     UnsupportedProtocol,
     ServerBusy,
+    /// The server cannot record the connection (its store is full).
+    ServerUnavailable,
 }
 
 impl ConnectFailure {
@@ -255,6 +271,7 @@ impl ConnectFailure {
             ConnectFailure::BadClientId => ReasonCode::CLIENT_ID_NOT_VALID,
             ConnectFailure::UnsupportedProtocol => ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
             ConnectFailure::ServerBusy => ReasonCode::SERVER_BUSY,
+            ConnectFailure::ServerUnavailable => ReasonCode::SERVER_UNAVAILABLE,
         }
     }
 
@@ -265,7 +282,9 @@ impl ConnectFailure {
             }
             ConnectFailure::BadClientId => CloseCode::BAD_CLIENT_ID,
             ConnectFailure::UnsupportedProtocol => CloseCode::PROTOCOL_ERROR,
-            ConnectFailure::ServerBusy => CloseCode::SERVER_BUSY,
+            ConnectFailure::ServerBusy | ConnectFailure::ServerUnavailable => {
+                CloseCode::SERVER_BUSY
+            }
         }
     }
 }
@@ -341,6 +360,7 @@ mod tests {
             (ConnectFailure::BadClientId, 0x85, 166),
             (ConnectFailure::UnsupportedProtocol, 0x84, 105),
             (ConnectFailure::ServerBusy, 0x89, 104),
+            (ConnectFailure::ServerUnavailable, 0x88, 104),
         ];
         for (failure, reason, close) in table {
             assert_eq!(failure.reason_code().0, reason);

@@ -465,7 +465,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                         v3::ConnectAckReason::UnacceptableProtocolVersion
                     }
                     ConnectFailure::BadClientId => v3::ConnectAckReason::IdentifierRejected,
-                    ConnectFailure::ServerBusy => v3::ConnectAckReason::ServiceUnavailable,
+                    ConnectFailure::ServerBusy | ConnectFailure::ServerUnavailable => {
+                        v3::ConnectAckReason::ServiceUnavailable
+                    }
                     ConnectFailure::BadCredentials => v3::ConnectAckReason::BadUserNameOrPassword,
                     ConnectFailure::NotAuthorized => v3::ConnectAckReason::NotAuthorized,
                 };
@@ -561,6 +563,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             self.refuse(&hello, None, ConnectFailure::BadClientId).await;
             return Err(HandshakeEnd::Refused);
         };
+        if let Some(refusal) = self.broker.inner.store.recording().refusal() {
+            // A connection the store cannot record is refused (v3 CONNACK
+            // 3, v5 0x88). Logged and counted here; the connection log
+            // cannot have it, since the store records nothing.
+            tracing::warn!(
+                client_id = %record_id,
+                peer = %self.transport.peer,
+                error = %refusal,
+                "CONNECT refused: the store cannot record it (server unavailable, 0x88)"
+            );
+            self.broker
+                .metrics()
+                .count_failed_connect(Some(ConnectFailure::ServerUnavailable.reason_code()));
+            self.write_connack_refused(ConnectFailure::ServerUnavailable)
+                .await;
+            return Err(HandshakeEnd::Refused);
+        }
         if hello.protocol != MqttProtocol::V5_0
             && hello.password.is_some()
             && hello.username.is_none()

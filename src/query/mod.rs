@@ -57,6 +57,10 @@ pub enum QueryError {
     },
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The store cannot record until disk space is freed; the text says
+    /// how much is free and how much must stay free.
+    #[error("{0}")]
+    StorageFull(String),
     #[error("internal error")]
     Internal(#[source] StoreError),
 }
@@ -75,6 +79,7 @@ impl From<StoreError> for QueryError {
         match e {
             StoreError::Disabled => QueryError::Disabled,
             StoreError::Closed => QueryError::ShuttingDown,
+            full @ StoreError::StorageFull { .. } => QueryError::StorageFull(full.to_string()),
             other => QueryError::Internal(other),
         }
     }
@@ -178,9 +183,9 @@ impl QueryService {
         })
     }
 
-    /// Serving: the store is healthy and shutdown has not begun.
+    /// Serving: the store can record and shutdown has not begun.
     pub fn is_ready(&self) -> bool {
-        self.store.is_healthy() && !self.shutdown.is_cancelled()
+        self.store.can_record() && !self.shutdown.is_cancelled()
     }
 
     pub fn options(&self) -> &QueryOptions {
@@ -268,11 +273,35 @@ impl QueryService {
     }
 
     /// Records lifecycle events from another broker (validated already).
-    pub async fn ingest(&self, events: Vec<LifecycleEvent>) -> Result<Revision, QueryError> {
+    /// With `lease`, renews the broker's lease once the events are
+    /// recorded.
+    pub async fn ingest(
+        &self,
+        events: Vec<LifecycleEvent>,
+        lease: Option<std::time::Duration>,
+    ) -> Result<Revision, QueryError> {
         if self.shutdown.is_cancelled() {
             return Err(QueryError::ShuttingDown);
         }
-        Ok(self.tracker.record(events).await?)
+        let broker = events.first().map(|e| e.broker.clone());
+        let revision = self.tracker.record(events).await?;
+        if let (Some(duration), Some(broker)) = (lease, broker) {
+            self.tracker.renew_lease(&broker, duration).await?;
+        }
+        Ok(revision)
+    }
+
+    /// Renews (or takes) the lease of a reporting broker (validated
+    /// already).
+    pub async fn renew_lease(
+        &self,
+        broker: &str,
+        duration: std::time::Duration,
+    ) -> Result<crate::tracker::Lease, QueryError> {
+        if self.shutdown.is_cancelled() {
+            return Err(QueryError::ShuttingDown);
+        }
+        Ok(self.tracker.renew_lease(broker, duration).await?)
     }
 
     pub async fn delete_state(&self, client: ClientId) -> Result<Revision, QueryError> {

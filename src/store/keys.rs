@@ -9,6 +9,7 @@
 //! | `p` | `p` client, 0x00, revision (8) | log entry of one client |
 //! | `g` | `g` first revision (8) | the log entries (revision, client) of one commit |
 //! | `f` | `f` first revision (8) | the changes of one commit (the change feed) |
+//! | `l` | `l` holder | a lease: its duration in milliseconds (8) |
 //!
 //! The secondary indexes of state records live in memory
 //! ([`super::index`]) with their own prefixes, never written to sled:
@@ -33,6 +34,7 @@ pub const BY_TYPE: u8 = b'y';
 pub const CLIENT_LOG: u8 = b'p';
 pub const LOG_BATCH: u8 = b'g';
 pub const FEED: u8 = b'f';
+pub const LEASE: u8 = b'l';
 
 pub const META_REVISION: &[u8] = b"mrevision";
 pub const META_SETTINGS: &[u8] = b"msettings";

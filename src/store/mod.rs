@@ -10,6 +10,16 @@
 //! Retention ([`retention`]) deletes old log entries and feed records from
 //! its own thread; the writer never touches those keys again, so the two
 //! never conflict.
+//!
+//! Whether the store can record is one value, [`Recording`], that health,
+//! `/ready`, the broker's CONNECT path and the write APIs all read, so they
+//! change together. The store keeps a reserve of free disk space
+//! ([`StoreOptions::min_free_bytes`]): the writer checks it before every
+//! group commit and a probe checks it a few times a second, so the store
+//! stops recording *before* the disk is full. sled cannot recover from a
+//! failed write without a restart (it refuses every later write), so
+//! stopping short of that is what lets the store resume by itself once
+//! space is freed.
 
 mod codec;
 mod index;
@@ -29,7 +39,7 @@ use std::{
 };
 
 use prost::Message;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use retention::RetentionReport;
 pub use scan::{LogCursor, LogPage, StatePage};
@@ -55,7 +65,82 @@ pub enum StoreError {
     Closed,
     #[error("the store failed earlier and accepts no more writes")]
     Failed,
+    /// Free space is below the reserve; writes resume once it is back.
+    #[error(
+        "the storage is full: {} free on the data disk, {} must stay free; \
+         writes resume once space is freed",
+        mib(*free),
+        mib(*reserve)
+    )]
+    StorageFull { free: u64, reserve: u64 },
+    /// Too little free space to open the store at all.
+    #[error(
+        "opening the store needs about {} of free space on {}, and {} is free: \
+         free space there and start again",
+        mib(*needed),
+        path.display(),
+        mib(*free)
+    )]
+    OpenNeedsSpace {
+        needed: u64,
+        free: u64,
+        path: std::path::PathBuf,
+    },
+    /// Start-up recovery would take the free space below the reserve.
+    #[error(
+        "recording the {clients} clients left connected by an unclean stop as disconnected \
+         needs about {} of free space on {} besides the {} kept free, and {} is free: \
+         free space there (or lower --min-free-disk-mb) and start again",
+        mib(*needed),
+        path.display(),
+        mib(*reserve),
+        mib(*free)
+    )]
+    RecoveryNeedsSpace {
+        clients: usize,
+        needed: u64,
+        free: u64,
+        reserve: u64,
+        path: std::path::PathBuf,
+    },
 }
+
+/// `12.3 MiB`.
+pub fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// Whether the store can record; see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recording {
+    /// Writes are accepted.
+    Ready,
+    /// Free disk space is below the reserve: nothing is recorded until it
+    /// is back (the store notices by itself).
+    StorageFull { free: u64, reserve: u64 },
+    /// A write failed: nothing is recorded until a restart.
+    Failed,
+}
+
+impl Recording {
+    /// The error a write gets in this state, `None` when it may go ahead.
+    pub fn refusal(self) -> Option<StoreError> {
+        match self {
+            Recording::Ready => None,
+            Recording::StorageFull { free, reserve } => {
+                Some(StoreError::StorageFull { free, reserve })
+            }
+            Recording::Failed => Some(StoreError::Failed),
+        }
+    }
+}
+
+/// Free space sled needs to open a store (a fresh log segment and its
+/// recovery records), with room to spare.
+const OPEN_NEEDS_BYTES: u64 = 2 << 20;
+
+/// How often the probe looks at the free space.
+const SPACE_PROBE_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Administrator settings, kept in the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +176,9 @@ pub struct StoreOptions {
     pub feed_capacity: usize,
     /// Settings used when the store has none yet.
     pub initial_settings: Settings,
+    /// Disk space that must stay free on the store's file system; below it
+    /// the store records nothing (see [`Recording::StorageFull`]).
+    pub min_free_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -100,6 +188,7 @@ impl Default for StoreOptions {
             max_batch_events: 8192,
             feed_capacity: 4096,
             initial_settings: Settings::default(),
+            min_free_bytes: 64 << 20,
         }
     }
 }
@@ -117,7 +206,10 @@ struct Inner {
     /// batch being written (sled shows a batch to readers once it is
     /// applied, before it is flushed).
     readable: AtomicU64,
-    failed: AtomicBool,
+    recording: watch::Sender<Recording>,
+    min_free_bytes: u64,
+    /// Set by [`Store::close`]: the space probe stops.
+    closed: AtomicBool,
     settings: RwLock<Settings>,
     feed: broadcast::Sender<CommittedBatch>,
     index: index::StateIndex,
@@ -134,6 +226,19 @@ impl Store {
     /// A clear of all data interrupted by a crash is finished first.
     pub fn open(path: &Path, options: StoreOptions) -> Result<Store, StoreError> {
         let started = std::time::Instant::now();
+        // sled writes as it opens (a fresh log segment, its recovery); a
+        // write it cannot finish leaves it refusing every later one. Say
+        // what is missing instead.
+        std::fs::create_dir_all(path).map_err(|e| StoreError::Sled(e.into()))?;
+        if let Ok(free) = fs2::available_space(path)
+            && free < OPEN_NEEDS_BYTES
+        {
+            return Err(StoreError::OpenNeedsSpace {
+                needed: OPEN_NEEDS_BYTES,
+                free,
+                path: path.to_owned(),
+            });
+        }
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(options.cache_capacity)
@@ -158,7 +263,9 @@ impl Store {
                 db,
                 committed: AtomicU64::new(committed),
                 readable: AtomicU64::new(committed),
-                failed: AtomicBool::new(false),
+                recording: watch::Sender::new(Recording::Ready),
+                min_free_bytes: options.min_free_bytes,
+                closed: AtomicBool::new(false),
                 settings: RwLock::new(settings),
                 feed,
                 index: index::StateIndex::default(),
@@ -196,7 +303,82 @@ impl Store {
             .spawn(move || writer.run(receiver))
             .map_err(|e| StoreError::Corrupt(format!("cannot start the writer: {e}")))?;
         *store.inner.writer_thread.lock().expect("writer lock") = Some(thread);
+        store.check_space();
+        let weak = Arc::downgrade(&store.inner);
+        std::thread::Builder::new()
+            .name("connstate-space".into())
+            .spawn(move || Store::probe_space(weak))
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the space probe: {e}")))?;
         Ok(store)
+    }
+
+    /// Looks at the free space every [`SPACE_PROBE_INTERVAL`] until the
+    /// store closes, so that a disk filled by others stops recording and
+    /// freed space resumes it without waiting for a write.
+    fn probe_space(inner: std::sync::Weak<Inner>) {
+        loop {
+            std::thread::sleep(SPACE_PROBE_INTERVAL);
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            if inner.closed.load(Ordering::Acquire) {
+                return;
+            }
+            Store { inner }.check_space();
+        }
+    }
+
+    /// Free bytes on the store's file system, for unprivileged writers.
+    pub fn free_bytes(&self) -> std::io::Result<u64> {
+        fs2::available_space(&self.inner.path)
+    }
+
+    /// The store's folder.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The reserve of free space the store keeps.
+    pub fn min_free_bytes(&self) -> u64 {
+        self.inner.min_free_bytes
+    }
+
+    /// Compares the free space with the reserve and updates
+    /// [`Recording`]: Ready and StorageFull move both ways, Failed stays.
+    /// Returns the refusal when the store cannot record.
+    fn check_space(&self) -> Option<StoreError> {
+        let reserve = self.inner.min_free_bytes;
+        // A file system that cannot say is not taken to be full.
+        let free = self.free_bytes().unwrap_or(u64::MAX);
+        let mut changed = None;
+        self.inner.recording.send_if_modified(|now| {
+            let next = match *now {
+                Recording::Failed => Recording::Failed,
+                _ if free < reserve => Recording::StorageFull { free, reserve },
+                _ => Recording::Ready,
+            };
+            let modified = std::mem::discriminant(&next) != std::mem::discriminant(now);
+            *now = next;
+            if modified {
+                changed = Some(next);
+            }
+            modified
+        });
+        match changed {
+            Some(Recording::StorageFull { .. }) => tracing::error!(
+                free = %mib(free),
+                reserve = %mib(reserve),
+                path = %self.inner.path.display(),
+                "the storage is full: recording nothing (CONNECTs refused, writes unavailable) until space is freed"
+            ),
+            Some(Recording::Ready) => tracing::warn!(
+                free = %mib(free),
+                reserve = %mib(reserve),
+                "space freed: the store records again"
+            ),
+            _ => {}
+        }
+        self.recording().refusal()
     }
 
     /// The metrics of this store and of everything built on it.
@@ -247,9 +429,19 @@ impl Store {
         self.inner.readable.load(Ordering::Acquire)
     }
 
-    /// False once a write failed; the store then refuses writes.
-    pub fn is_healthy(&self) -> bool {
-        !self.inner.failed.load(Ordering::Acquire)
+    /// Whether the store can record now.
+    pub fn recording(&self) -> Recording {
+        *self.inner.recording.borrow()
+    }
+
+    /// True while the store records ([`Recording::Ready`]).
+    pub fn can_record(&self) -> bool {
+        self.recording() == Recording::Ready
+    }
+
+    /// Every change of [`Recording`] from now on.
+    pub fn watch_recording(&self) -> watch::Receiver<Recording> {
+        self.inner.recording.subscribe()
     }
 
     pub fn settings(&self) -> Settings {
@@ -262,6 +454,15 @@ impl Store {
     }
 
     /// A new, unique, increasing connection id for the embedded broker.
+    ///
+    /// The ids are the embedded broker's own space: they are compared only
+    /// with its own ids, never with those other brokers report (see
+    /// [`crate::tracker::rules`]). They come from sled's id generator, which
+    /// writes its counter down once every 1,000,000 ids and, after a
+    /// restart, goes on 2,000,000 past the last value written down, so that
+    /// no id handed out before the stop is handed out again. Hence the jump
+    /// of about 2,000,000 at each start: the ids stay unique and growing;
+    /// they do not count connections.
     pub fn next_connection_id(&self) -> Result<u64, StoreError> {
         Ok(self.inner.db.generate_id()? + 1)
     }
@@ -289,6 +490,9 @@ impl Store {
         &self,
         command: impl FnOnce(oneshot::Sender<Result<Revision, StoreError>>) -> writer::Command,
     ) -> Result<Revision, StoreError> {
+        if let Some(refusal) = self.recording().refusal() {
+            return Err(refusal);
+        }
         let (ack, done) = oneshot::channel();
         self.inner
             .commands
@@ -300,7 +504,17 @@ impl Store {
 
     /// Stops the writer after the commands already sent and flushes.
     pub async fn close(&self) -> Result<(), StoreError> {
-        let _ = self.request(|ack| writer::Command::Shutdown { ack }).await;
+        self.inner.closed.store(true, Ordering::Release);
+        let (ack, done) = oneshot::channel();
+        if self
+            .inner
+            .commands
+            .send(writer::Command::Shutdown { ack })
+            .await
+            .is_ok()
+        {
+            let _ = done.await;
+        }
         let thread = self.inner.writer_thread.lock().expect("writer lock").take();
         if let Some(thread) = thread {
             tokio::task::spawn_blocking(move || thread.join())
@@ -309,7 +523,7 @@ impl Store {
         }
         self.inner.db.flush_async().await?;
         // Nothing writes any more: the indexes match the committed revision.
-        if self.is_healthy() {
+        if self.can_record() {
             let store = self.clone();
             let saved = tokio::task::spawn_blocking(move || {
                 store
@@ -354,6 +568,48 @@ impl Store {
                 clients.push(id);
             }
         }
+    }
+
+    /// Stores the lease of `holder` (a broker or node) with its duration,
+    /// durably. Only the duration is kept: after a restart every lease runs
+    /// again from the start.
+    pub fn put_lease(&self, holder: &str, duration: Duration) -> Result<(), StoreError> {
+        if let Some(refusal) = self.recording().refusal() {
+            return Err(refusal);
+        }
+        let mut key = vec![keys::LEASE];
+        key.extend_from_slice(holder.as_bytes());
+        let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        self.inner.db.insert(key, &ms.to_be_bytes())?;
+        self.inner.db.flush()?;
+        Ok(())
+    }
+
+    /// Forgets the lease of `holder`.
+    pub fn remove_lease(&self, holder: &str) -> Result<(), StoreError> {
+        let mut key = vec![keys::LEASE];
+        key.extend_from_slice(holder.as_bytes());
+        self.inner.db.remove(key)?;
+        self.inner.db.flush()?;
+        Ok(())
+    }
+
+    /// Every stored lease: holder and duration.
+    pub fn leases(&self) -> Result<Vec<(String, Duration)>, StoreError> {
+        let mut leases = Vec::new();
+        for item in self.inner.db.scan_prefix([keys::LEASE]) {
+            let (key, value) = item?;
+            let holder = String::from_utf8(key[1..].to_vec())
+                .map_err(|_| StoreError::Corrupt("lease holder".into()))?;
+            let ms = u64::from_be_bytes(
+                value
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("lease".into()))?,
+            );
+            leases.push((holder, Duration::from_millis(ms)));
+        }
+        Ok(leases)
     }
 
     /// The oldest revision still in the change feed, if any.
@@ -417,7 +673,7 @@ impl Store {
     }
 
     fn mark_failed(&self) {
-        self.inner.failed.store(true, Ordering::Release);
+        self.inner.recording.send_replace(Recording::Failed);
     }
 
     fn set_settings(&self, settings: Settings) {

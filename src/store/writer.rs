@@ -106,7 +106,7 @@ impl Writer {
     }
 
     fn handle(&mut self, command: Command) -> ControlFlow {
-        if !self.store.is_healthy() {
+        if let Some(refusal) = self.store.recording().refusal() {
             let ack = match command {
                 Command::Events { ack, .. }
                 | Command::Delete { ack, .. }
@@ -116,7 +116,7 @@ impl Writer {
                     return ControlFlow::Stop;
                 }
             };
-            let _ = ack.send(Err(StoreError::Failed));
+            let _ = ack.send(Err(refusal));
             return ControlFlow::Continue;
         }
         match command {
@@ -329,10 +329,9 @@ impl Writer {
         }));
         self.batch.remove(keys::META_CLEARING);
         self.commit();
-        if self.store.is_healthy() {
-            Ok(())
-        } else {
-            Err(StoreError::Failed)
+        match self.store.recording().refusal() {
+            None => Ok(()),
+            Some(refusal) => Err(refusal),
         }
     }
 
@@ -371,6 +370,17 @@ impl Writer {
             );
         }
         batch.insert(keys::META_REVISION, &self.revision.to_be_bytes());
+        // Below the reserve nothing is written: sled refuses every write
+        // after one that failed, so the store stops short of a full disk.
+        if let Some(refusal) = self.store.check_space() {
+            tracing::warn!(error = %refusal, changes = changes.len(), "group commit refused");
+            self.revision = self.store.committed_revision();
+            for (ack, _) in acks {
+                let refusal = self.store.recording().refusal();
+                let _ = ack.send(Err(refusal.unwrap_or(StoreError::Failed)));
+            }
+            return;
+        }
 
         // New index keys go in before the records change, old ones out
         // after: a reader always finds the key matching the record it reads.

@@ -8,7 +8,10 @@
 //! written through at most once per activity interval, and always just
 //! before the client's disconnect.
 
+mod lease;
 pub mod rules;
+
+pub use lease::{Lease, MAX_LEASE, MIN_LEASE};
 
 use std::{
     collections::HashMap,
@@ -21,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     domain::{
-        ClientId, ConnectionStatus, DisconnectCause, EventKind, LifecycleEvent, Revision,
-        truncate_to_millis,
+        ClientId, ConnectionStatus, DisconnectCause, EMBEDDED_BROKER, EventKind, LifecycleEvent,
+        Revision, truncate_to_millis,
     },
     store::{Store, StoreError},
 };
@@ -30,12 +33,19 @@ use crate::{
 /// Clients recovered per store commit at start-up.
 const RECOVERY_CHUNK: usize = 5000;
 
+/// Disk space one recovered client takes, generously: its state record, its
+/// log entry and its change in the feed (about 1 KiB together), times the
+/// slack of sled's log-structured files until their segments are cleaned.
+const RECOVERY_BYTES_PER_CLIENT: u64 = 4096;
+
 /// A cheap, cloneable handle to the tracker.
 #[derive(Clone)]
 pub struct Tracker {
     store: Store,
     /// The newest activity event of each client not yet written through.
     pending_activity: Arc<Mutex<HashMap<ClientId, LifecycleEvent>>>,
+    /// Leases held now, by holder (see [`lease`]).
+    leases: Arc<Mutex<HashMap<String, lease::Held>>>,
 }
 
 impl Tracker {
@@ -43,6 +53,7 @@ impl Tracker {
         Tracker {
             store,
             pending_activity: Arc::default(),
+            leases: Arc::default(),
         }
     }
 
@@ -62,8 +73,12 @@ impl Tracker {
             for event in events {
                 match &event.kind {
                     EventKind::Activity(_) => {
+                        // Ids compare within one broker only; the rules
+                        // drop activity of a connection that is not the
+                        // current one.
                         let newer = pending.get(&event.client_id).is_none_or(|p| {
-                            (p.connection_id, p.time) <= (event.connection_id, event.time)
+                            p.broker != event.broker
+                                || (p.connection_id, p.time) <= (event.connection_id, event.time)
                         });
                         if newer {
                             pending.insert(event.client_id.clone(), event);
@@ -74,6 +89,7 @@ impl Tracker {
                         // disconnect that ends it.
                         if let Some(activity) = pending.remove(&event.client_id)
                             && activity.connection_id == event.connection_id
+                            && activity.broker == event.broker
                         {
                             to_commit.push(activity);
                         }
@@ -131,15 +147,45 @@ impl Tracker {
         })
     }
 
-    /// Start-up recovery: every client still recorded as connected was
-    /// connected when the server stopped without recording its disconnect.
-    /// Records it as disconnected by the server (0x8B, close code 93).
+    /// Start-up recovery: every client of the embedded broker still
+    /// recorded as connected was connected when the server stopped without
+    /// recording its disconnect. Records it as disconnected by the server
+    /// (0x8B, close code 93). Clients of other brokers are still connected
+    /// to those brokers: they stay as reported (a broker with a lease has
+    /// them ended when its lease lapses, see [`lease`]).
     /// Returns the number of clients recovered.
     pub async fn recover_connected(&self) -> Result<usize, StoreError> {
         if !self.store.settings().enabled {
             return Ok(0);
         }
-        let clients = self.store.connected_clients()?;
+        let mut clients = Vec::new();
+        for client in self.store.connected_clients()? {
+            if self
+                .store
+                .get_state(&client)?
+                .is_some_and(|s| s.broker == EMBEDDED_BROKER)
+            {
+                clients.push(client);
+            }
+        }
+        if clients.is_empty() {
+            return Ok(0);
+        }
+        // Recovery writes a little per client and is never allowed to take
+        // the disk below the store's reserve: check first, and say how much
+        // it needs rather than fill the disk half way.
+        let needed = clients.len() as u64 * RECOVERY_BYTES_PER_CLIENT;
+        let no_space = |free: u64| StoreError::RecoveryNeedsSpace {
+            clients: clients.len(),
+            needed,
+            free,
+            reserve: self.store.min_free_bytes(),
+            path: self.store.path().to_owned(),
+        };
+        let free = self.store.free_bytes().unwrap_or(u64::MAX);
+        if free < needed.saturating_add(self.store.min_free_bytes()) {
+            return Err(no_space(free));
+        }
         let now = truncate_to_millis(Utc::now());
         let mut recovered = 0;
         for chunk in clients.chunks(RECOVERY_CHUNK) {
@@ -164,7 +210,11 @@ impl Tracker {
                 });
             }
             recovered += events.len();
-            self.store.commit_events(events).await?;
+            match self.store.commit_events(events).await {
+                Ok(_) => {}
+                Err(StoreError::StorageFull { free, .. }) => return Err(no_space(free)),
+                Err(e) => return Err(e),
+            }
         }
         Ok(recovered)
     }

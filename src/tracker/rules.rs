@@ -3,6 +3,14 @@
 //!
 //! Pure functions: no I/O, no clock. The store's writer calls [`apply`] for
 //! each event in commit order, with the revision the change will get.
+//!
+//! **Connection-id spaces.** A connection id is only comparable with ids of
+//! the same broker (each broker counts its own connections). So an event of
+//! broker X against a record whose current connection is on broker Y:
+//! a connect is a newer connection (the client moved to X); a disconnect or
+//! activity is of a connection that is not the current one (stale for a
+//! disconnect, ignored for activity). Within one broker the larger id is
+//! the newer connection.
 
 use crate::domain::{
     ActivityKind, ChangeKind, ConnectionInfo, ConnectionState, ConnectionStatus, Counters,
@@ -60,6 +68,7 @@ pub fn apply(
         EventKind::Activity(kind) => {
             let s = current?;
             if s.status != ConnectionStatus::Connected
+                || *s.broker != *event.broker
                 || s.connection_id != event.connection_id
                 || event.time <= s.last_activity_time
             {
@@ -106,7 +115,7 @@ fn connected(
         ..log_base(event, info, revision)
     };
     match current {
-        Some(s) if s.connection_id >= event.connection_id => {
+        Some(s) if *s.broker == *event.broker && s.connection_id >= event.connection_id => {
             // A connect of an older (or the same) connection arrived late: a
             // newer connection is already recorded. Log it, count it, keep
             // the state of the newer connection.
@@ -186,7 +195,10 @@ fn disconnected(
             log_entry: Some(log_entry),
         };
     };
-    let older = event.connection_id < s.connection_id;
+    // A connection of another broker than the current one's is not the
+    // current connection, whatever its id.
+    let other_broker = *s.broker != *event.broker;
+    let older = other_broker || event.connection_id < s.connection_id;
     let repeated =
         event.connection_id == s.connection_id && s.status == ConnectionStatus::Disconnected;
     if older || repeated {
@@ -194,7 +206,14 @@ fn disconnected(
         // over (counted: it did end), or a second report of the end of the
         // current connection (not counted again).
         log_entry.stale = true;
-        log_entry.message.push_str(STALE_SUFFIX);
+        if other_broker {
+            log_entry.message.push_str(&format!(
+                " [stale: the current connection is on broker {}]",
+                s.broker
+            ));
+        } else {
+            log_entry.message.push_str(STALE_SUFFIX);
+        }
         let mut state = s.clone();
         if older {
             state.counters.count_disconnect(initiator, takeover);
@@ -398,6 +417,49 @@ mod tests {
         let out = apply(Some(&s2), &connect(1, 0), 2).unwrap();
         assert_eq!(out.kind, ChangeKind::Stale);
         assert_eq!(out.state.unwrap().last_connect_time, at(1));
+    }
+
+    #[test]
+    fn connection_ids_compare_within_one_broker_only() {
+        let on = |broker: &str, e: LifecycleEvent| LifecycleEvent {
+            broker: Arc::from(broker),
+            ..e
+        };
+        let s1 = apply(None, &on("edge", connect(5_000_000, 0)), 1)
+            .unwrap()
+            .state
+            .unwrap();
+        // A connect on another broker is newer, whatever its id: it moved.
+        let out = apply(Some(&s1), &on("embedded", connect(1, 1)), 2).unwrap();
+        assert_eq!(out.kind, ChangeKind::Connected);
+        let s2 = out.state.unwrap();
+        assert_eq!((s2.broker.as_str(), s2.connection_id), ("embedded", 1));
+        // Activity and a disconnect of the other broker's connection are
+        // not the current connection's.
+        let ping = on(
+            "edge",
+            event(5_000_000, 2, EventKind::Activity(ActivityKind::Ping)),
+        );
+        assert!(apply(Some(&s2), &ping, 3).is_none());
+        let late = on(
+            "edge",
+            disconnect(5_000_000, 3, DisconnectCause::SocketClosed),
+        );
+        let out = apply(Some(&s2), &late, 3).unwrap();
+        assert_eq!(out.kind, ChangeKind::Stale);
+        let state = out.state.unwrap();
+        assert_eq!(state.status, ConnectionStatus::Connected);
+        assert_eq!(state.connection_id, 1);
+        assert_eq!(state.counters.disconnects_by_network, 1);
+        let entry = out.log_entry.unwrap();
+        assert!(entry.stale);
+        assert!(
+            entry
+                .message
+                .ends_with("[stale: the current connection is on broker embedded]"),
+            "{}",
+            entry.message
+        );
     }
 
     #[test]

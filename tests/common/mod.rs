@@ -127,6 +127,7 @@ impl TestServer {
     pub async fn ingest(&self, events: Vec<pb::LifecycleEvent>) -> u64 {
         self.ingest_client()
             .ingest_events(pb::IngestEventsRequest {
+                lease_duration: None,
                 broker: "test".into(),
                 events,
             })

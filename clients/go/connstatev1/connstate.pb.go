@@ -677,7 +677,8 @@ type ConnectionState struct {
 	KeepAliveSeconds uint32 `protobuf:"varint,21,opt,name=keep_alive_seconds,json=keepAliveSeconds,proto3" json:"keep_alive_seconds,omitempty"`
 	// Clean session (v3) / clean start (v5) flag of the current or last connection.
 	CleanSession bool `protobuf:"varint,22,opt,name=clean_session,json=cleanSession,proto3" json:"clean_session,omitempty"`
-	// Id of the current or last connection: unique and increasing per broker.
+	// Id of the current or last connection: unique and increasing per broker,
+	// comparable only with ids of the same broker.
 	ConnectionId uint64 `protobuf:"varint,23,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
 	// Revision of the last change to this record.
 	Revision uint64 `protobuf:"varint,24,opt,name=revision,proto3" json:"revision,omitempty"`
@@ -2131,7 +2132,20 @@ type IngestEventsRequest struct {
 	// (1 to 64 characters; "embedded" is reserved).
 	Broker string `protobuf:"bytes,1,opt,name=broker,proto3" json:"broker,omitempty"`
 	// At most 10,000 events, applied in order.
-	Events        []*LifecycleEvent `protobuf:"bytes,2,rep,name=events,proto3" json:"events,omitempty"`
+	Events []*LifecycleEvent `protobuf:"bytes,2,rep,name=events,proto3" json:"events,omitempty"`
+	// When set, renews the broker's lease for this long (1 s to 1 day) once
+	// the batch is recorded. While the lease holds, the broker's connected
+	// clients stay connected; when it lapses (no IngestEvents or
+	// RenewBrokerLease with a lease within it), every client whose current
+	// connection is on this broker is recorded as disconnected: initiator
+	// network, no reason code, close code 96, log message "Connection lost:
+	// broker NAME stopped reporting (lease of N s lapsed)". Leases are durable:
+	// after a restart of this service every stored lease runs again from the
+	// start for its whole duration (the broker could not renew meanwhile). A
+	// broker that never asks for a lease keeps its clients as reported, across
+	// restarts too: only the embedded broker's clients are recorded as
+	// disconnected at start-up.
+	LeaseDuration *durationpb.Duration `protobuf:"bytes,3,opt,name=lease_duration,json=leaseDuration,proto3" json:"lease_duration,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2180,6 +2194,129 @@ func (x *IngestEventsRequest) GetEvents() []*LifecycleEvent {
 	return nil
 }
 
+func (x *IngestEventsRequest) GetLeaseDuration() *durationpb.Duration {
+	if x != nil {
+		return x.LeaseDuration
+	}
+	return nil
+}
+
+type RenewBrokerLeaseRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Name of the broker, as in IngestEventsRequest.broker.
+	Broker string `protobuf:"bytes,1,opt,name=broker,proto3" json:"broker,omitempty"`
+	// How long the lease holds from now: 1 s to 1 day. Required.
+	LeaseDuration *durationpb.Duration `protobuf:"bytes,2,opt,name=lease_duration,json=leaseDuration,proto3" json:"lease_duration,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewBrokerLeaseRequest) Reset() {
+	*x = RenewBrokerLeaseRequest{}
+	mi := &file_connstate_v1_connstate_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewBrokerLeaseRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewBrokerLeaseRequest) ProtoMessage() {}
+
+func (x *RenewBrokerLeaseRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_connstate_v1_connstate_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewBrokerLeaseRequest.ProtoReflect.Descriptor instead.
+func (*RenewBrokerLeaseRequest) Descriptor() ([]byte, []int) {
+	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *RenewBrokerLeaseRequest) GetBroker() string {
+	if x != nil {
+		return x.Broker
+	}
+	return ""
+}
+
+func (x *RenewBrokerLeaseRequest) GetLeaseDuration() *durationpb.Duration {
+	if x != nil {
+		return x.LeaseDuration
+	}
+	return nil
+}
+
+// A broker's lease.
+type BrokerLease struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Broker        string                 `protobuf:"bytes,1,opt,name=broker,proto3" json:"broker,omitempty"`
+	LeaseDuration *durationpb.Duration   `protobuf:"bytes,2,opt,name=lease_duration,json=leaseDuration,proto3" json:"lease_duration,omitempty"`
+	// When it lapses unless renewed.
+	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BrokerLease) Reset() {
+	*x = BrokerLease{}
+	mi := &file_connstate_v1_connstate_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BrokerLease) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BrokerLease) ProtoMessage() {}
+
+func (x *BrokerLease) ProtoReflect() protoreflect.Message {
+	mi := &file_connstate_v1_connstate_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BrokerLease.ProtoReflect.Descriptor instead.
+func (*BrokerLease) Descriptor() ([]byte, []int) {
+	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *BrokerLease) GetBroker() string {
+	if x != nil {
+		return x.Broker
+	}
+	return ""
+}
+
+func (x *BrokerLease) GetLeaseDuration() *durationpb.Duration {
+	if x != nil {
+		return x.LeaseDuration
+	}
+	return nil
+}
+
+func (x *BrokerLease) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
 // A lifecycle event observed by a broker.
 type LifecycleEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2188,8 +2325,12 @@ type LifecycleEvent struct {
 	// When it happened, at the broker. Required.
 	Time *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
 	// The broker's own id of the connection; it must grow with every accepted
-	// connection of a client. Events of an older connection than the client's
-	// current one never overwrite its state (they are logged as stale).
+	// connection of a client. Ids are compared only with ids of the same
+	// broker (each broker has its own id space): events of an older connection
+	// than the client's current one on this broker never overwrite its state
+	// (they are logged as stale); a connect from another broker than the
+	// current connection's is newer (the client moved), and a disconnect from
+	// another broker is stale.
 	// Required (non-zero) except for `connect_failed`.
 	ConnectionId uint64 `protobuf:"varint,3,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
 	// Types that are valid to be assigned to Event:
@@ -2205,7 +2346,7 @@ type LifecycleEvent struct {
 
 func (x *LifecycleEvent) Reset() {
 	*x = LifecycleEvent{}
-	mi := &file_connstate_v1_connstate_proto_msgTypes[17]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2217,7 +2358,7 @@ func (x *LifecycleEvent) String() string {
 func (*LifecycleEvent) ProtoMessage() {}
 
 func (x *LifecycleEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_connstate_v1_connstate_proto_msgTypes[17]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2230,7 +2371,7 @@ func (x *LifecycleEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LifecycleEvent.ProtoReflect.Descriptor instead.
 func (*LifecycleEvent) Descriptor() ([]byte, []int) {
-	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{17}
+	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *LifecycleEvent) GetClientId() string {
@@ -2343,7 +2484,7 @@ type ConnectionInfo struct {
 
 func (x *ConnectionInfo) Reset() {
 	*x = ConnectionInfo{}
-	mi := &file_connstate_v1_connstate_proto_msgTypes[18]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2355,7 +2496,7 @@ func (x *ConnectionInfo) String() string {
 func (*ConnectionInfo) ProtoMessage() {}
 
 func (x *ConnectionInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_connstate_v1_connstate_proto_msgTypes[18]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2368,7 +2509,7 @@ func (x *ConnectionInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectionInfo.ProtoReflect.Descriptor instead.
 func (*ConnectionInfo) Descriptor() ([]byte, []int) {
-	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{18}
+	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ConnectionInfo) GetClientAddr() string {
@@ -2430,7 +2571,7 @@ type Connected struct {
 
 func (x *Connected) Reset() {
 	*x = Connected{}
-	mi := &file_connstate_v1_connstate_proto_msgTypes[19]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2442,7 +2583,7 @@ func (x *Connected) String() string {
 func (*Connected) ProtoMessage() {}
 
 func (x *Connected) ProtoReflect() protoreflect.Message {
-	mi := &file_connstate_v1_connstate_proto_msgTypes[19]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2455,7 +2596,7 @@ func (x *Connected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Connected.ProtoReflect.Descriptor instead.
 func (*Connected) Descriptor() ([]byte, []int) {
-	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{19}
+	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Connected) GetInfo() *ConnectionInfo {
@@ -2476,7 +2617,7 @@ type ConnectFailed struct {
 
 func (x *ConnectFailed) Reset() {
 	*x = ConnectFailed{}
-	mi := &file_connstate_v1_connstate_proto_msgTypes[20]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2488,7 +2629,7 @@ func (x *ConnectFailed) String() string {
 func (*ConnectFailed) ProtoMessage() {}
 
 func (x *ConnectFailed) ProtoReflect() protoreflect.Message {
-	mi := &file_connstate_v1_connstate_proto_msgTypes[20]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2501,7 +2642,7 @@ func (x *ConnectFailed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectFailed.ProtoReflect.Descriptor instead.
 func (*ConnectFailed) Descriptor() ([]byte, []int) {
-	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{20}
+	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ConnectFailed) GetInfo() *ConnectionInfo {
@@ -2534,7 +2675,7 @@ type Disconnected struct {
 
 func (x *Disconnected) Reset() {
 	*x = Disconnected{}
-	mi := &file_connstate_v1_connstate_proto_msgTypes[21]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2546,7 +2687,7 @@ func (x *Disconnected) String() string {
 func (*Disconnected) ProtoMessage() {}
 
 func (x *Disconnected) ProtoReflect() protoreflect.Message {
-	mi := &file_connstate_v1_connstate_proto_msgTypes[21]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2559,7 +2700,7 @@ func (x *Disconnected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Disconnected.ProtoReflect.Descriptor instead.
 func (*Disconnected) Descriptor() ([]byte, []int) {
-	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{21}
+	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Disconnected) GetCause() DisconnectCause {
@@ -2594,7 +2735,7 @@ type Activity struct {
 
 func (x *Activity) Reset() {
 	*x = Activity{}
-	mi := &file_connstate_v1_connstate_proto_msgTypes[22]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2606,7 +2747,7 @@ func (x *Activity) String() string {
 func (*Activity) ProtoMessage() {}
 
 func (x *Activity) ProtoReflect() protoreflect.Message {
-	mi := &file_connstate_v1_connstate_proto_msgTypes[22]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2619,7 +2760,7 @@ func (x *Activity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Activity.ProtoReflect.Descriptor instead.
 func (*Activity) Descriptor() ([]byte, []int) {
-	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{22}
+	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Activity) GetKind() ActivityKind {
@@ -2642,7 +2783,7 @@ type IngestEventsResponse struct {
 
 func (x *IngestEventsResponse) Reset() {
 	*x = IngestEventsResponse{}
-	mi := &file_connstate_v1_connstate_proto_msgTypes[23]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2654,7 +2795,7 @@ func (x *IngestEventsResponse) String() string {
 func (*IngestEventsResponse) ProtoMessage() {}
 
 func (x *IngestEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_connstate_v1_connstate_proto_msgTypes[23]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2667,7 +2808,7 @@ func (x *IngestEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IngestEventsResponse.ProtoReflect.Descriptor instead.
 func (*IngestEventsResponse) Descriptor() ([]byte, []int) {
-	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{23}
+	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *IngestEventsResponse) GetAccepted() uint32 {
@@ -2692,7 +2833,7 @@ type GetSettingsRequest struct {
 
 func (x *GetSettingsRequest) Reset() {
 	*x = GetSettingsRequest{}
-	mi := &file_connstate_v1_connstate_proto_msgTypes[24]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2704,7 +2845,7 @@ func (x *GetSettingsRequest) String() string {
 func (*GetSettingsRequest) ProtoMessage() {}
 
 func (x *GetSettingsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_connstate_v1_connstate_proto_msgTypes[24]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2717,7 +2858,7 @@ func (x *GetSettingsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSettingsRequest.ProtoReflect.Descriptor instead.
 func (*GetSettingsRequest) Descriptor() ([]byte, []int) {
-	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{24}
+	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{26}
 }
 
 type Settings struct {
@@ -2738,7 +2879,7 @@ type Settings struct {
 
 func (x *Settings) Reset() {
 	*x = Settings{}
-	mi := &file_connstate_v1_connstate_proto_msgTypes[25]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2750,7 +2891,7 @@ func (x *Settings) String() string {
 func (*Settings) ProtoMessage() {}
 
 func (x *Settings) ProtoReflect() protoreflect.Message {
-	mi := &file_connstate_v1_connstate_proto_msgTypes[25]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2763,7 +2904,7 @@ func (x *Settings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Settings.ProtoReflect.Descriptor instead.
 func (*Settings) Descriptor() ([]byte, []int) {
-	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{25}
+	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Settings) GetEnabled() bool {
@@ -2815,7 +2956,7 @@ type UpdateSettingsRequest struct {
 
 func (x *UpdateSettingsRequest) Reset() {
 	*x = UpdateSettingsRequest{}
-	mi := &file_connstate_v1_connstate_proto_msgTypes[26]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2827,7 +2968,7 @@ func (x *UpdateSettingsRequest) String() string {
 func (*UpdateSettingsRequest) ProtoMessage() {}
 
 func (x *UpdateSettingsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_connstate_v1_connstate_proto_msgTypes[26]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2840,7 +2981,7 @@ func (x *UpdateSettingsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateSettingsRequest.ProtoReflect.Descriptor instead.
 func (*UpdateSettingsRequest) Descriptor() ([]byte, []int) {
-	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{26}
+	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *UpdateSettingsRequest) GetSettings() *Settings {
@@ -2994,10 +3135,19 @@ const file_connstate_v1_connstate_proto_rawDesc = "" +
 	"\x1cDeleteConnectionStateRequest\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\tR\bclientId\";\n" +
 	"\x1dDeleteConnectionStateResponse\x12\x1a\n" +
-	"\brevision\x18\x01 \x01(\x04R\brevision\"c\n" +
+	"\brevision\x18\x01 \x01(\x04R\brevision\"\xa5\x01\n" +
 	"\x13IngestEventsRequest\x12\x16\n" +
 	"\x06broker\x18\x01 \x01(\tR\x06broker\x124\n" +
-	"\x06events\x18\x02 \x03(\v2\x1c.connstate.v1.LifecycleEventR\x06events\"\x82\x03\n" +
+	"\x06events\x18\x02 \x03(\v2\x1c.connstate.v1.LifecycleEventR\x06events\x12@\n" +
+	"\x0elease_duration\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\rleaseDuration\"s\n" +
+	"\x17RenewBrokerLeaseRequest\x12\x16\n" +
+	"\x06broker\x18\x01 \x01(\tR\x06broker\x12@\n" +
+	"\x0elease_duration\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\rleaseDuration\"\xa4\x01\n" +
+	"\vBrokerLease\x12\x16\n" +
+	"\x06broker\x18\x01 \x01(\tR\x06broker\x12@\n" +
+	"\x0elease_duration\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\rleaseDuration\x12;\n" +
+	"\vexpire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\"\x82\x03\n" +
 	"\x0eLifecycleEvent\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\tR\bclientId\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12#\n" +
@@ -3116,9 +3266,10 @@ const file_connstate_v1_connstate_proto_rawDesc = "" +
 	"\x14ListConnectionStates\x12).connstate.v1.ListConnectionStatesRequest\x1a*.connstate.v1.ListConnectionStatesResponse\x12g\n" +
 	"\x12ListConnectionLogs\x12'.connstate.v1.ListConnectionLogsRequest\x1a(.connstate.v1.ListConnectionLogsResponse\x12c\n" +
 	"\x10WatchConnections\x12%.connstate.v1.WatchConnectionsRequest\x1a&.connstate.v1.WatchConnectionsResponse0\x01\x12p\n" +
-	"\x15DeleteConnectionState\x12*.connstate.v1.DeleteConnectionStateRequest\x1a+.connstate.v1.DeleteConnectionStateResponse2f\n" +
+	"\x15DeleteConnectionState\x12*.connstate.v1.DeleteConnectionStateRequest\x1a+.connstate.v1.DeleteConnectionStateResponse2\xbc\x01\n" +
 	"\rIngestService\x12U\n" +
-	"\fIngestEvents\x12!.connstate.v1.IngestEventsRequest\x1a\".connstate.v1.IngestEventsResponse2\xa6\x01\n" +
+	"\fIngestEvents\x12!.connstate.v1.IngestEventsRequest\x1a\".connstate.v1.IngestEventsResponse\x12T\n" +
+	"\x10RenewBrokerLease\x12%.connstate.v1.RenewBrokerLeaseRequest\x1a\x19.connstate.v1.BrokerLease2\xa6\x01\n" +
 	"\fAdminService\x12G\n" +
 	"\vGetSettings\x12 .connstate.v1.GetSettingsRequest\x1a\x16.connstate.v1.Settings\x12M\n" +
 	"\x0eUpdateSettings\x12#.connstate.v1.UpdateSettingsRequest\x1a\x16.connstate.v1.SettingsBCZAgithub.com/connstate/connstate/clients/go/connstatev1;connstatev1b\x06proto3"
@@ -3136,7 +3287,7 @@ func file_connstate_v1_connstate_proto_rawDescGZIP() []byte {
 }
 
 var file_connstate_v1_connstate_proto_enumTypes = make([]protoimpl.EnumInfo, 9)
-var file_connstate_v1_connstate_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_connstate_v1_connstate_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_connstate_v1_connstate_proto_goTypes = []any{
 	(ClientType)(0),                       // 0: connstate.v1.ClientType
 	(ConnectionStatus)(0),                 // 1: connstate.v1.ConnectionStatus
@@ -3164,96 +3315,104 @@ var file_connstate_v1_connstate_proto_goTypes = []any{
 	(*DeleteConnectionStateRequest)(nil),  // 23: connstate.v1.DeleteConnectionStateRequest
 	(*DeleteConnectionStateResponse)(nil), // 24: connstate.v1.DeleteConnectionStateResponse
 	(*IngestEventsRequest)(nil),           // 25: connstate.v1.IngestEventsRequest
-	(*LifecycleEvent)(nil),                // 26: connstate.v1.LifecycleEvent
-	(*ConnectionInfo)(nil),                // 27: connstate.v1.ConnectionInfo
-	(*Connected)(nil),                     // 28: connstate.v1.Connected
-	(*ConnectFailed)(nil),                 // 29: connstate.v1.ConnectFailed
-	(*Disconnected)(nil),                  // 30: connstate.v1.Disconnected
-	(*Activity)(nil),                      // 31: connstate.v1.Activity
-	(*IngestEventsResponse)(nil),          // 32: connstate.v1.IngestEventsResponse
-	(*GetSettingsRequest)(nil),            // 33: connstate.v1.GetSettingsRequest
-	(*Settings)(nil),                      // 34: connstate.v1.Settings
-	(*UpdateSettingsRequest)(nil),         // 35: connstate.v1.UpdateSettingsRequest
-	(*timestamppb.Timestamp)(nil),         // 36: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),           // 37: google.protobuf.Duration
+	(*RenewBrokerLeaseRequest)(nil),       // 26: connstate.v1.RenewBrokerLeaseRequest
+	(*BrokerLease)(nil),                   // 27: connstate.v1.BrokerLease
+	(*LifecycleEvent)(nil),                // 28: connstate.v1.LifecycleEvent
+	(*ConnectionInfo)(nil),                // 29: connstate.v1.ConnectionInfo
+	(*Connected)(nil),                     // 30: connstate.v1.Connected
+	(*ConnectFailed)(nil),                 // 31: connstate.v1.ConnectFailed
+	(*Disconnected)(nil),                  // 32: connstate.v1.Disconnected
+	(*Activity)(nil),                      // 33: connstate.v1.Activity
+	(*IngestEventsResponse)(nil),          // 34: connstate.v1.IngestEventsResponse
+	(*GetSettingsRequest)(nil),            // 35: connstate.v1.GetSettingsRequest
+	(*Settings)(nil),                      // 36: connstate.v1.Settings
+	(*UpdateSettingsRequest)(nil),         // 37: connstate.v1.UpdateSettingsRequest
+	(*timestamppb.Timestamp)(nil),         // 38: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),           // 39: google.protobuf.Duration
 }
 var file_connstate_v1_connstate_proto_depIdxs = []int32{
 	0,  // 0: connstate.v1.ConnectionState.client_type:type_name -> connstate.v1.ClientType
 	1,  // 1: connstate.v1.ConnectionState.connection_status:type_name -> connstate.v1.ConnectionStatus
-	36, // 2: connstate.v1.ConnectionState.last_connect_time:type_name -> google.protobuf.Timestamp
-	36, // 3: connstate.v1.ConnectionState.last_disconnect_time:type_name -> google.protobuf.Timestamp
+	38, // 2: connstate.v1.ConnectionState.last_connect_time:type_name -> google.protobuf.Timestamp
+	38, // 3: connstate.v1.ConnectionState.last_disconnect_time:type_name -> google.protobuf.Timestamp
 	2,  // 4: connstate.v1.ConnectionState.last_activity_event:type_name -> connstate.v1.ActivityKind
-	36, // 5: connstate.v1.ConnectionState.last_activity_time:type_name -> google.protobuf.Timestamp
+	38, // 5: connstate.v1.ConnectionState.last_activity_time:type_name -> google.protobuf.Timestamp
 	3,  // 6: connstate.v1.ConnectionState.mqtt_connect_protocol:type_name -> connstate.v1.MqttProtocol
 	4,  // 7: connstate.v1.ConnectionState.last_disconnect_initiator:type_name -> connstate.v1.DisconnectInitiator
-	36, // 8: connstate.v1.ConnectionState.expected_alive_until:type_name -> google.protobuf.Timestamp
+	38, // 8: connstate.v1.ConnectionState.expected_alive_until:type_name -> google.protobuf.Timestamp
 	10, // 9: connstate.v1.ConnectionState.counters:type_name -> connstate.v1.ConnectionCounters
-	36, // 10: connstate.v1.LogEntry.timestamp:type_name -> google.protobuf.Timestamp
+	38, // 10: connstate.v1.LogEntry.timestamp:type_name -> google.protobuf.Timestamp
 	7,  // 11: connstate.v1.LogEntry.kind:type_name -> connstate.v1.LogKind
 	4,  // 12: connstate.v1.LogEntry.initiator:type_name -> connstate.v1.DisconnectInitiator
 	3,  // 13: connstate.v1.LogEntry.protocol:type_name -> connstate.v1.MqttProtocol
 	1,  // 14: connstate.v1.ConnectionStateFilter.connection_status:type_name -> connstate.v1.ConnectionStatus
 	0,  // 15: connstate.v1.ConnectionStateFilter.client_type:type_name -> connstate.v1.ClientType
-	36, // 16: connstate.v1.ConnectionStateFilter.connected_after:type_name -> google.protobuf.Timestamp
-	36, // 17: connstate.v1.ConnectionStateFilter.connected_before:type_name -> google.protobuf.Timestamp
-	36, // 18: connstate.v1.ConnectionStateFilter.disconnected_after:type_name -> google.protobuf.Timestamp
-	36, // 19: connstate.v1.ConnectionStateFilter.disconnected_before:type_name -> google.protobuf.Timestamp
-	36, // 20: connstate.v1.ConnectionStateFilter.active_after:type_name -> google.protobuf.Timestamp
-	36, // 21: connstate.v1.ConnectionStateFilter.active_before:type_name -> google.protobuf.Timestamp
+	38, // 16: connstate.v1.ConnectionStateFilter.connected_after:type_name -> google.protobuf.Timestamp
+	38, // 17: connstate.v1.ConnectionStateFilter.connected_before:type_name -> google.protobuf.Timestamp
+	38, // 18: connstate.v1.ConnectionStateFilter.disconnected_after:type_name -> google.protobuf.Timestamp
+	38, // 19: connstate.v1.ConnectionStateFilter.disconnected_before:type_name -> google.protobuf.Timestamp
+	38, // 20: connstate.v1.ConnectionStateFilter.active_after:type_name -> google.protobuf.Timestamp
+	38, // 21: connstate.v1.ConnectionStateFilter.active_before:type_name -> google.protobuf.Timestamp
 	13, // 22: connstate.v1.ListConnectionStatesRequest.filter:type_name -> connstate.v1.ConnectionStateFilter
 	9,  // 23: connstate.v1.ListConnectionStatesResponse.states:type_name -> connstate.v1.ConnectionState
 	7,  // 24: connstate.v1.ListConnectionLogsRequest.kinds:type_name -> connstate.v1.LogKind
 	4,  // 25: connstate.v1.ListConnectionLogsRequest.initiator:type_name -> connstate.v1.DisconnectInitiator
-	36, // 26: connstate.v1.ListConnectionLogsRequest.start_time:type_name -> google.protobuf.Timestamp
-	36, // 27: connstate.v1.ListConnectionLogsRequest.end_time:type_name -> google.protobuf.Timestamp
+	38, // 26: connstate.v1.ListConnectionLogsRequest.start_time:type_name -> google.protobuf.Timestamp
+	38, // 27: connstate.v1.ListConnectionLogsRequest.end_time:type_name -> google.protobuf.Timestamp
 	11, // 28: connstate.v1.ListConnectionLogsResponse.entries:type_name -> connstate.v1.LogEntry
 	13, // 29: connstate.v1.WatchConnectionsRequest.filter:type_name -> connstate.v1.ConnectionStateFilter
 	8,  // 30: connstate.v1.WatchConnectionsRequest.kinds:type_name -> connstate.v1.ChangeKind
-	37, // 31: connstate.v1.WatchConnectionsRequest.heartbeat_interval:type_name -> google.protobuf.Duration
+	39, // 31: connstate.v1.WatchConnectionsRequest.heartbeat_interval:type_name -> google.protobuf.Duration
 	20, // 32: connstate.v1.WatchConnectionsResponse.change:type_name -> connstate.v1.Change
 	21, // 33: connstate.v1.WatchConnectionsResponse.heartbeat:type_name -> connstate.v1.Heartbeat
 	22, // 34: connstate.v1.WatchConnectionsResponse.snapshot_complete:type_name -> connstate.v1.SnapshotComplete
 	8,  // 35: connstate.v1.Change.kind:type_name -> connstate.v1.ChangeKind
 	9,  // 36: connstate.v1.Change.state:type_name -> connstate.v1.ConnectionState
 	11, // 37: connstate.v1.Change.log_entry:type_name -> connstate.v1.LogEntry
-	36, // 38: connstate.v1.Change.commit_time:type_name -> google.protobuf.Timestamp
-	36, // 39: connstate.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
-	26, // 40: connstate.v1.IngestEventsRequest.events:type_name -> connstate.v1.LifecycleEvent
-	36, // 41: connstate.v1.LifecycleEvent.time:type_name -> google.protobuf.Timestamp
-	28, // 42: connstate.v1.LifecycleEvent.connected:type_name -> connstate.v1.Connected
-	29, // 43: connstate.v1.LifecycleEvent.connect_failed:type_name -> connstate.v1.ConnectFailed
-	30, // 44: connstate.v1.LifecycleEvent.disconnected:type_name -> connstate.v1.Disconnected
-	31, // 45: connstate.v1.LifecycleEvent.activity:type_name -> connstate.v1.Activity
-	3,  // 46: connstate.v1.ConnectionInfo.protocol:type_name -> connstate.v1.MqttProtocol
-	27, // 47: connstate.v1.Connected.info:type_name -> connstate.v1.ConnectionInfo
-	27, // 48: connstate.v1.ConnectFailed.info:type_name -> connstate.v1.ConnectionInfo
-	6,  // 49: connstate.v1.ConnectFailed.failure:type_name -> connstate.v1.ConnectFailure
-	5,  // 50: connstate.v1.Disconnected.cause:type_name -> connstate.v1.DisconnectCause
-	2,  // 51: connstate.v1.Activity.kind:type_name -> connstate.v1.ActivityKind
-	37, // 52: connstate.v1.Settings.log_max_age:type_name -> google.protobuf.Duration
-	37, // 53: connstate.v1.Settings.feed_max_age:type_name -> google.protobuf.Duration
-	34, // 54: connstate.v1.UpdateSettingsRequest.settings:type_name -> connstate.v1.Settings
-	12, // 55: connstate.v1.ConnectionStateService.GetConnectionState:input_type -> connstate.v1.GetConnectionStateRequest
-	14, // 56: connstate.v1.ConnectionStateService.ListConnectionStates:input_type -> connstate.v1.ListConnectionStatesRequest
-	16, // 57: connstate.v1.ConnectionStateService.ListConnectionLogs:input_type -> connstate.v1.ListConnectionLogsRequest
-	18, // 58: connstate.v1.ConnectionStateService.WatchConnections:input_type -> connstate.v1.WatchConnectionsRequest
-	23, // 59: connstate.v1.ConnectionStateService.DeleteConnectionState:input_type -> connstate.v1.DeleteConnectionStateRequest
-	25, // 60: connstate.v1.IngestService.IngestEvents:input_type -> connstate.v1.IngestEventsRequest
-	33, // 61: connstate.v1.AdminService.GetSettings:input_type -> connstate.v1.GetSettingsRequest
-	35, // 62: connstate.v1.AdminService.UpdateSettings:input_type -> connstate.v1.UpdateSettingsRequest
-	9,  // 63: connstate.v1.ConnectionStateService.GetConnectionState:output_type -> connstate.v1.ConnectionState
-	15, // 64: connstate.v1.ConnectionStateService.ListConnectionStates:output_type -> connstate.v1.ListConnectionStatesResponse
-	17, // 65: connstate.v1.ConnectionStateService.ListConnectionLogs:output_type -> connstate.v1.ListConnectionLogsResponse
-	19, // 66: connstate.v1.ConnectionStateService.WatchConnections:output_type -> connstate.v1.WatchConnectionsResponse
-	24, // 67: connstate.v1.ConnectionStateService.DeleteConnectionState:output_type -> connstate.v1.DeleteConnectionStateResponse
-	32, // 68: connstate.v1.IngestService.IngestEvents:output_type -> connstate.v1.IngestEventsResponse
-	34, // 69: connstate.v1.AdminService.GetSettings:output_type -> connstate.v1.Settings
-	34, // 70: connstate.v1.AdminService.UpdateSettings:output_type -> connstate.v1.Settings
-	63, // [63:71] is the sub-list for method output_type
-	55, // [55:63] is the sub-list for method input_type
-	55, // [55:55] is the sub-list for extension type_name
-	55, // [55:55] is the sub-list for extension extendee
-	0,  // [0:55] is the sub-list for field type_name
+	38, // 38: connstate.v1.Change.commit_time:type_name -> google.protobuf.Timestamp
+	38, // 39: connstate.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
+	28, // 40: connstate.v1.IngestEventsRequest.events:type_name -> connstate.v1.LifecycleEvent
+	39, // 41: connstate.v1.IngestEventsRequest.lease_duration:type_name -> google.protobuf.Duration
+	39, // 42: connstate.v1.RenewBrokerLeaseRequest.lease_duration:type_name -> google.protobuf.Duration
+	39, // 43: connstate.v1.BrokerLease.lease_duration:type_name -> google.protobuf.Duration
+	38, // 44: connstate.v1.BrokerLease.expire_time:type_name -> google.protobuf.Timestamp
+	38, // 45: connstate.v1.LifecycleEvent.time:type_name -> google.protobuf.Timestamp
+	30, // 46: connstate.v1.LifecycleEvent.connected:type_name -> connstate.v1.Connected
+	31, // 47: connstate.v1.LifecycleEvent.connect_failed:type_name -> connstate.v1.ConnectFailed
+	32, // 48: connstate.v1.LifecycleEvent.disconnected:type_name -> connstate.v1.Disconnected
+	33, // 49: connstate.v1.LifecycleEvent.activity:type_name -> connstate.v1.Activity
+	3,  // 50: connstate.v1.ConnectionInfo.protocol:type_name -> connstate.v1.MqttProtocol
+	29, // 51: connstate.v1.Connected.info:type_name -> connstate.v1.ConnectionInfo
+	29, // 52: connstate.v1.ConnectFailed.info:type_name -> connstate.v1.ConnectionInfo
+	6,  // 53: connstate.v1.ConnectFailed.failure:type_name -> connstate.v1.ConnectFailure
+	5,  // 54: connstate.v1.Disconnected.cause:type_name -> connstate.v1.DisconnectCause
+	2,  // 55: connstate.v1.Activity.kind:type_name -> connstate.v1.ActivityKind
+	39, // 56: connstate.v1.Settings.log_max_age:type_name -> google.protobuf.Duration
+	39, // 57: connstate.v1.Settings.feed_max_age:type_name -> google.protobuf.Duration
+	36, // 58: connstate.v1.UpdateSettingsRequest.settings:type_name -> connstate.v1.Settings
+	12, // 59: connstate.v1.ConnectionStateService.GetConnectionState:input_type -> connstate.v1.GetConnectionStateRequest
+	14, // 60: connstate.v1.ConnectionStateService.ListConnectionStates:input_type -> connstate.v1.ListConnectionStatesRequest
+	16, // 61: connstate.v1.ConnectionStateService.ListConnectionLogs:input_type -> connstate.v1.ListConnectionLogsRequest
+	18, // 62: connstate.v1.ConnectionStateService.WatchConnections:input_type -> connstate.v1.WatchConnectionsRequest
+	23, // 63: connstate.v1.ConnectionStateService.DeleteConnectionState:input_type -> connstate.v1.DeleteConnectionStateRequest
+	25, // 64: connstate.v1.IngestService.IngestEvents:input_type -> connstate.v1.IngestEventsRequest
+	26, // 65: connstate.v1.IngestService.RenewBrokerLease:input_type -> connstate.v1.RenewBrokerLeaseRequest
+	35, // 66: connstate.v1.AdminService.GetSettings:input_type -> connstate.v1.GetSettingsRequest
+	37, // 67: connstate.v1.AdminService.UpdateSettings:input_type -> connstate.v1.UpdateSettingsRequest
+	9,  // 68: connstate.v1.ConnectionStateService.GetConnectionState:output_type -> connstate.v1.ConnectionState
+	15, // 69: connstate.v1.ConnectionStateService.ListConnectionStates:output_type -> connstate.v1.ListConnectionStatesResponse
+	17, // 70: connstate.v1.ConnectionStateService.ListConnectionLogs:output_type -> connstate.v1.ListConnectionLogsResponse
+	19, // 71: connstate.v1.ConnectionStateService.WatchConnections:output_type -> connstate.v1.WatchConnectionsResponse
+	24, // 72: connstate.v1.ConnectionStateService.DeleteConnectionState:output_type -> connstate.v1.DeleteConnectionStateResponse
+	34, // 73: connstate.v1.IngestService.IngestEvents:output_type -> connstate.v1.IngestEventsResponse
+	27, // 74: connstate.v1.IngestService.RenewBrokerLease:output_type -> connstate.v1.BrokerLease
+	36, // 75: connstate.v1.AdminService.GetSettings:output_type -> connstate.v1.Settings
+	36, // 76: connstate.v1.AdminService.UpdateSettings:output_type -> connstate.v1.Settings
+	68, // [68:77] is the sub-list for method output_type
+	59, // [59:68] is the sub-list for method input_type
+	59, // [59:59] is the sub-list for extension type_name
+	59, // [59:59] is the sub-list for extension extendee
+	0,  // [0:59] is the sub-list for field type_name
 }
 
 func init() { file_connstate_v1_connstate_proto_init() }
@@ -3269,20 +3428,20 @@ func file_connstate_v1_connstate_proto_init() {
 		(*WatchConnectionsResponse_Heartbeat)(nil),
 		(*WatchConnectionsResponse_SnapshotComplete)(nil),
 	}
-	file_connstate_v1_connstate_proto_msgTypes[17].OneofWrappers = []any{
+	file_connstate_v1_connstate_proto_msgTypes[19].OneofWrappers = []any{
 		(*LifecycleEvent_Connected)(nil),
 		(*LifecycleEvent_ConnectFailed)(nil),
 		(*LifecycleEvent_Disconnected)(nil),
 		(*LifecycleEvent_Activity)(nil),
 	}
-	file_connstate_v1_connstate_proto_msgTypes[21].OneofWrappers = []any{}
+	file_connstate_v1_connstate_proto_msgTypes[23].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_connstate_v1_connstate_proto_rawDesc), len(file_connstate_v1_connstate_proto_rawDesc)),
 			NumEnums:      9,
-			NumMessages:   27,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

@@ -338,7 +338,8 @@ var ConnectionStateService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	IngestService_IngestEvents_FullMethodName = "/connstate.v1.IngestService/IngestEvents"
+	IngestService_IngestEvents_FullMethodName     = "/connstate.v1.IngestService/IngestEvents"
+	IngestService_RenewBrokerLease_FullMethodName = "/connstate.v1.IngestService/RenewBrokerLease"
 )
 
 // IngestServiceClient is the client API for IngestService service.
@@ -354,6 +355,9 @@ type IngestServiceClient interface {
 	// is validated first: one bad event refuses the batch with INVALID_ARGUMENT
 	// naming it (for example `events[3].client_id`) and nothing is recorded.
 	IngestEvents(ctx context.Context, in *IngestEventsRequest, opts ...grpc.CallOption) (*IngestEventsResponse, error)
+	// Renews a broker's lease without events: the heartbeat of an idle
+	// broker. See IngestEventsRequest.lease_duration.
+	RenewBrokerLease(ctx context.Context, in *RenewBrokerLeaseRequest, opts ...grpc.CallOption) (*BrokerLease, error)
 }
 
 type ingestServiceClient struct {
@@ -374,6 +378,16 @@ func (c *ingestServiceClient) IngestEvents(ctx context.Context, in *IngestEvents
 	return out, nil
 }
 
+func (c *ingestServiceClient) RenewBrokerLease(ctx context.Context, in *RenewBrokerLeaseRequest, opts ...grpc.CallOption) (*BrokerLease, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BrokerLease)
+	err := c.cc.Invoke(ctx, IngestService_RenewBrokerLease_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // IngestServiceServer is the server API for IngestService service.
 // All implementations must embed UnimplementedIngestServiceServer
 // for forward compatibility.
@@ -387,6 +401,9 @@ type IngestServiceServer interface {
 	// is validated first: one bad event refuses the batch with INVALID_ARGUMENT
 	// naming it (for example `events[3].client_id`) and nothing is recorded.
 	IngestEvents(context.Context, *IngestEventsRequest) (*IngestEventsResponse, error)
+	// Renews a broker's lease without events: the heartbeat of an idle
+	// broker. See IngestEventsRequest.lease_duration.
+	RenewBrokerLease(context.Context, *RenewBrokerLeaseRequest) (*BrokerLease, error)
 	mustEmbedUnimplementedIngestServiceServer()
 }
 
@@ -399,6 +416,9 @@ type UnimplementedIngestServiceServer struct{}
 
 func (UnimplementedIngestServiceServer) IngestEvents(context.Context, *IngestEventsRequest) (*IngestEventsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method IngestEvents not implemented")
+}
+func (UnimplementedIngestServiceServer) RenewBrokerLease(context.Context, *RenewBrokerLeaseRequest) (*BrokerLease, error) {
+	return nil, status.Error(codes.Unimplemented, "method RenewBrokerLease not implemented")
 }
 func (UnimplementedIngestServiceServer) mustEmbedUnimplementedIngestServiceServer() {}
 func (UnimplementedIngestServiceServer) testEmbeddedByValue()                       {}
@@ -439,6 +459,24 @@ func _IngestService_IngestEvents_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _IngestService_RenewBrokerLease_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RenewBrokerLeaseRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(IngestServiceServer).RenewBrokerLease(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: IngestService_RenewBrokerLease_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(IngestServiceServer).RenewBrokerLease(ctx, req.(*RenewBrokerLeaseRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // IngestService_ServiceDesc is the grpc.ServiceDesc for IngestService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -449,6 +487,10 @@ var IngestService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "IngestEvents",
 			Handler:    _IngestService_IngestEvents_Handler,
+		},
+		{
+			MethodName: "RenewBrokerLease",
+			Handler:    _IngestService_RenewBrokerLease_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

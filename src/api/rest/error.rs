@@ -67,6 +67,9 @@ pub enum ApiError {
         oldest: u64,
     },
     Unavailable,
+    /// The store records nothing until disk space is freed (the text says
+    /// how much).
+    StorageFull(String),
     Internal,
 }
 
@@ -133,6 +136,7 @@ impl From<QueryError> for ApiError {
             QueryError::OutOfRange { oldest, .. } => ApiError::Gone { oldest },
             e @ QueryError::AheadOfStore { .. } => ApiError::bad("Last-Event-ID", e.to_string()),
             QueryError::ShuttingDown => ApiError::Unavailable,
+            QueryError::StorageFull(text) => ApiError::StorageFull(text),
             QueryError::Internal(cause) => {
                 tracing::error!(error = %cause, "request failed");
                 ApiError::Internal
@@ -284,6 +288,13 @@ impl IntoResponse for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "CUDCS0503E",
                 "The service is shutting down; try again.".to_owned(),
+                vec![],
+                vec![],
+            ),
+            ApiError::StorageFull(text) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "CUDCS0507E",
+                format!("Nothing can be recorded: {text}."),
                 vec![],
                 vec![],
             ),

@@ -405,12 +405,32 @@ class DeleteConnectionStateResponse(_message.Message):
     def __init__(self, revision: _Optional[int] = ...) -> None: ...
 
 class IngestEventsRequest(_message.Message):
-    __slots__ = ("broker", "events")
+    __slots__ = ("broker", "events", "lease_duration")
     BROKER_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_DURATION_FIELD_NUMBER: _ClassVar[int]
     broker: str
     events: _containers.RepeatedCompositeFieldContainer[LifecycleEvent]
-    def __init__(self, broker: _Optional[str] = ..., events: _Optional[_Iterable[_Union[LifecycleEvent, _Mapping]]] = ...) -> None: ...
+    lease_duration: _duration_pb2.Duration
+    def __init__(self, broker: _Optional[str] = ..., events: _Optional[_Iterable[_Union[LifecycleEvent, _Mapping]]] = ..., lease_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class RenewBrokerLeaseRequest(_message.Message):
+    __slots__ = ("broker", "lease_duration")
+    BROKER_FIELD_NUMBER: _ClassVar[int]
+    LEASE_DURATION_FIELD_NUMBER: _ClassVar[int]
+    broker: str
+    lease_duration: _duration_pb2.Duration
+    def __init__(self, broker: _Optional[str] = ..., lease_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class BrokerLease(_message.Message):
+    __slots__ = ("broker", "lease_duration", "expire_time")
+    BROKER_FIELD_NUMBER: _ClassVar[int]
+    LEASE_DURATION_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    broker: str
+    lease_duration: _duration_pb2.Duration
+    expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, broker: _Optional[str] = ..., lease_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class LifecycleEvent(_message.Message):
     __slots__ = ("client_id", "time", "connection_id", "connected", "connect_failed", "disconnected", "activity")

@@ -307,6 +307,11 @@ class IngestServiceStub:
                 request_serializer=connstate_dot_v1_dot_connstate__pb2.IngestEventsRequest.SerializeToString,
                 response_deserializer=connstate_dot_v1_dot_connstate__pb2.IngestEventsResponse.FromString,
                 _registered_method=True)
+        self.RenewBrokerLease = channel.unary_unary(
+                '/connstate.v1.IngestService/RenewBrokerLease',
+                request_serializer=connstate_dot_v1_dot_connstate__pb2.RenewBrokerLeaseRequest.SerializeToString,
+                response_deserializer=connstate_dot_v1_dot_connstate__pb2.BrokerLease.FromString,
+                _registered_method=True)
 
 
 class IngestServiceServicer:
@@ -325,6 +330,14 @@ class IngestServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenewBrokerLease(self, request, context):
+        """Renews a broker's lease without events: the heartbeat of an idle
+        broker. See IngestEventsRequest.lease_duration.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IngestServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -332,6 +345,11 @@ def add_IngestServiceServicer_to_server(servicer, server):
                     servicer.IngestEvents,
                     request_deserializer=connstate_dot_v1_dot_connstate__pb2.IngestEventsRequest.FromString,
                     response_serializer=connstate_dot_v1_dot_connstate__pb2.IngestEventsResponse.SerializeToString,
+            ),
+            'RenewBrokerLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewBrokerLease,
+                    request_deserializer=connstate_dot_v1_dot_connstate__pb2.RenewBrokerLeaseRequest.FromString,
+                    response_serializer=connstate_dot_v1_dot_connstate__pb2.BrokerLease.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -362,6 +380,33 @@ class IngestService:
             '/connstate.v1.IngestService/IngestEvents',
             connstate_dot_v1_dot_connstate__pb2.IngestEventsRequest.SerializeToString,
             connstate_dot_v1_dot_connstate__pb2.IngestEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewBrokerLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/connstate.v1.IngestService/RenewBrokerLease',
+            connstate_dot_v1_dot_connstate__pb2.RenewBrokerLeaseRequest.SerializeToString,
+            connstate_dot_v1_dot_connstate__pb2.BrokerLease.FromString,
             options,
             channel_credentials,
             insecure,

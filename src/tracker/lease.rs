@@ -1,0 +1,196 @@
+//! Leases: a holder (a broker reporting through ingest, later a cluster
+//! node) keeps its clients connected only while it keeps renewing. When a
+//! lease lapses, every client whose current connection is on that holder is
+//! recorded as disconnected in one group commit (initiator network, close
+//! code 96), and the log names the holder.
+//!
+//! Leases are durable (the store keeps holder and duration); at start-up
+//! every stored lease runs again from the start, since its holder could not
+//! renew while this service was down. A holder that never took a lease is
+//! never timed out.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use super::Tracker;
+use crate::{
+    domain::{
+        ConnectionStatus, DisconnectCause, EventKind, LifecycleEvent, Timestamp, truncate_to_millis,
+    },
+    store::StoreError,
+};
+
+/// Shortest and longest lease a holder may ask for.
+pub const MIN_LEASE: Duration = Duration::from_secs(1);
+pub const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
+
+/// How often lapsed leases are looked for.
+const LAPSE_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A lease held now.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Held {
+    duration: Duration,
+    expires: Instant,
+}
+
+/// A lease as the API shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lease {
+    pub holder: String,
+    pub duration: Duration,
+    pub expire_time: Timestamp,
+}
+
+impl Tracker {
+    /// Loads the stored leases, each running from now for its duration.
+    pub fn load_leases(&self) -> Result<usize, StoreError> {
+        let stored = self.store.leases()?;
+        let now = Instant::now();
+        let mut leases = self.leases.lock().expect("lease lock");
+        for (holder, duration) in &stored {
+            leases.insert(
+                holder.clone(),
+                Held {
+                    duration: *duration,
+                    expires: now + *duration,
+                },
+            );
+        }
+        Ok(stored.len())
+    }
+
+    /// Renews (or takes) the lease of `holder` for `duration` from now. The
+    /// duration is stored when it is new or changed.
+    pub async fn renew_lease(&self, holder: &str, duration: Duration) -> Result<Lease, StoreError> {
+        let known = self
+            .leases
+            .lock()
+            .expect("lease lock")
+            .get(holder)
+            .map(|h| h.duration);
+        if known != Some(duration) {
+            let store = self.store.clone();
+            let name = holder.to_owned();
+            tokio::task::spawn_blocking(move || store.put_lease(&name, duration))
+                .await
+                .map_err(|_| StoreError::Closed)??;
+        }
+        self.leases.lock().expect("lease lock").insert(
+            holder.to_owned(),
+            Held {
+                duration,
+                expires: Instant::now() + duration,
+            },
+        );
+        let expire_time = Utc::now() + chrono::Duration::from_std(duration).unwrap_or_default();
+        Ok(Lease {
+            holder: holder.to_owned(),
+            duration,
+            expire_time: truncate_to_millis(expire_time),
+        })
+    }
+
+    /// Ends the leases that lapsed: their holders' connected clients are
+    /// recorded as disconnected. Returns the holders that lapsed.
+    pub async fn end_lapsed_leases(&self) -> Result<Vec<String>, StoreError> {
+        let now = Instant::now();
+        let lapsed: Vec<(String, Held)> = {
+            let leases = self.leases.lock().expect("lease lock");
+            leases
+                .iter()
+                .filter(|(_, held)| held.expires <= now)
+                .map(|(holder, held)| (holder.clone(), *held))
+                .collect()
+        };
+        let mut ended = Vec::new();
+        for (holder, held) in lapsed {
+            let clients = self.clients_on(&holder, held.duration)?;
+            let count = clients.len();
+            if !clients.is_empty() {
+                // Not recorded (store full, say): the lease stays lapsed
+                // and the next pass tries again.
+                self.store.commit_events(clients).await?;
+            }
+            // Renewed meanwhile: the holder is back, its lease stays.
+            {
+                let mut leases = self.leases.lock().expect("lease lock");
+                if leases.get(&holder).is_some_and(|h| h.expires <= now) {
+                    leases.remove(&holder);
+                } else {
+                    continue;
+                }
+            }
+            let store = self.store.clone();
+            let name = holder.clone();
+            tokio::task::spawn_blocking(move || store.remove_lease(&name))
+                .await
+                .map_err(|_| StoreError::Closed)??;
+            tracing::warn!(
+                broker = %holder,
+                lease_secs = held.duration.as_secs(),
+                clients = count,
+                "broker {holder} stopped reporting: its lease lapsed; its connected clients are recorded as disconnected"
+            );
+            ended.push(holder);
+        }
+        Ok(ended)
+    }
+
+    /// Disconnect events for every client whose current connection is on
+    /// `holder`.
+    fn clients_on(
+        &self,
+        holder: &str,
+        duration: Duration,
+    ) -> Result<Vec<LifecycleEvent>, StoreError> {
+        let now = truncate_to_millis(Utc::now());
+        let broker: Arc<str> = Arc::from(holder);
+        let mut events = Vec::new();
+        for client in self.store.connected_clients()? {
+            let Some(state) = self.store.get_state(&client)? else {
+                continue;
+            };
+            if state.status != ConnectionStatus::Connected || state.broker != holder {
+                continue;
+            }
+            events.push(LifecycleEvent {
+                client_id: client,
+                time: now.max(state.last_activity_time),
+                connection_id: state.connection_id,
+                broker: broker.clone(),
+                peer: None,
+                kind: EventKind::Disconnected(DisconnectCause::LeaseLapsed {
+                    holder: holder.to_owned(),
+                    lease_secs: duration.as_secs(),
+                }),
+            });
+        }
+        Ok(events)
+    }
+
+    /// Ends lapsed leases until `stop`.
+    pub fn spawn_lease_keeper(&self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let tracker = self.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(LAPSE_CHECK_INTERVAL);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    _ = stop.cancelled() => return,
+                }
+                if let Err(e) = tracker.end_lapsed_leases().await
+                    && !matches!(e, StoreError::Disabled)
+                {
+                    tracing::warn!(error = %e, "ending lapsed leases failed; trying again");
+                }
+            }
+        })
+    }
+}
