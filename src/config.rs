@@ -471,4 +471,41 @@ mod tests {
         std::fs::write(&path, "no_such_key = 1\n").unwrap();
         assert!(ConfigLayer::from_file(&path).is_err());
     }
+
+    /// The example file at the top of the repository parses, validates and
+    /// states the true defaults; with its commented-out optional keys
+    /// switched on, it sets every key there is.
+    #[test]
+    fn the_example_file_loads_and_names_every_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("connstate.example.toml");
+        let layer = ConfigLayer::from_file(&path).unwrap();
+        let config = Config::from_layers([&layer]).unwrap();
+        assert_eq!(format!("{config:?}"), format!("{:?}", Config::default()));
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        let all: String = text
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest)
+                    if rest
+                        .split_once(" = ")
+                        .is_some_and(|(k, _)| !k.contains(' ')) =>
+                {
+                    rest
+                }
+                _ => line,
+            })
+            .flat_map(|line| [line, "\n"])
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let all_path = dir.path().join("all.toml");
+        std::fs::write(&all_path, all).unwrap();
+        let layer = ConfigLayer::from_file(&all_path).unwrap();
+        let unset = format!("{layer:?}");
+        assert!(
+            !unset.contains("None"),
+            "keys missing from the example: {unset}"
+        );
+        Config::from_layers([&layer]).unwrap();
+    }
 }
