@@ -26,6 +26,22 @@ pub struct Config {
     pub mqtt_tls_listen: SocketAddr,
     /// MQTT over WebSocket, path `/mqtt`.
     pub mqtt_ws_listen: SocketAddr,
+    /// Connections open at once on the REST listener; more are closed at
+    /// once (and counted).
+    pub rest_max_connections: usize,
+    /// Connections open at once on the gRPC listener.
+    pub grpc_max_connections: usize,
+    /// Connections open at once on each MQTT listener (TCP, TLS,
+    /// WebSocket).
+    pub mqtt_max_connections: usize,
+    /// How long a client may take to send a request's headers on the REST
+    /// listener (and the WebSocket handshake of MQTT over WebSocket). The
+    /// wait starts when the server is ready for the next request, so it also
+    /// ends keep-alive connections that send nothing.
+    pub rest_header_timeout: Duration,
+    /// A REST connection on which no byte moves either way for this long is
+    /// closed (a stalled response, a client that stopped reading).
+    pub rest_idle_timeout: Duration,
     /// Largest MQTT packet accepted from a client, in bytes.
     pub mqtt_max_packet_size: u32,
     /// QoS 1 and 2 messages queued per MQTT client beyond those in flight.
@@ -74,6 +90,11 @@ impl Default for Config {
             mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             mqtt_tls_listen: SocketAddr::from(([127, 0, 0, 1], 8883)),
             mqtt_ws_listen: SocketAddr::from(([127, 0, 0, 1], 8083)),
+            rest_max_connections: 1024,
+            grpc_max_connections: 1024,
+            mqtt_max_connections: 100_000,
+            rest_header_timeout: Duration::from_secs(10),
+            rest_idle_timeout: Duration::from_secs(60),
             mqtt_max_packet_size: 1 << 20,
             mqtt_max_queued_messages: 1000,
             mqtt_max_inflight_messages: 20,
@@ -134,6 +155,26 @@ pub struct ConfigLayer {
     /// MQTT over WebSocket (path /mqtt) listen address [default: 127.0.0.1:8083]
     #[arg(long, env = "CONNSTATE_MQTT_WS_LISTEN")]
     pub mqtt_ws_listen: Option<SocketAddr>,
+    /// Connections open at once on the REST listener; more are closed at
+    /// once [default: 1024]
+    #[arg(long, env = "CONNSTATE_REST_MAX_CONNECTIONS")]
+    pub rest_max_connections: Option<usize>,
+    /// Connections open at once on the gRPC listener [default: 1024]
+    #[arg(long, env = "CONNSTATE_GRPC_MAX_CONNECTIONS")]
+    pub grpc_max_connections: Option<usize>,
+    /// Connections open at once on each MQTT listener (TCP, TLS, WebSocket)
+    /// [default: 100000]
+    #[arg(long, env = "CONNSTATE_MQTT_MAX_CONNECTIONS")]
+    pub mqtt_max_connections: Option<usize>,
+    /// Time a REST client has to send a request's headers (also the MQTT
+    /// WebSocket handshake, and the most a keep-alive connection waits for
+    /// its next request), e.g. 10s [default: 10s]
+    #[arg(long, env = "CONNSTATE_REST_HEADER_TIMEOUT")]
+    pub rest_header_timeout: Option<String>,
+    /// A REST connection on which no byte moves either way for this long is
+    /// closed, e.g. 60s [default: 60s]
+    #[arg(long, env = "CONNSTATE_REST_IDLE_TIMEOUT")]
+    pub rest_idle_timeout: Option<String>,
     /// Largest MQTT packet accepted, in bytes [default: 1048576]
     #[arg(long, env = "CONNSTATE_MQTT_MAX_PACKET_SIZE")]
     pub mqtt_max_packet_size: Option<u32>,
@@ -247,6 +288,21 @@ impl Config {
             }
             if let Some(v) = l.mqtt_ws_listen {
                 c.mqtt_ws_listen = v;
+            }
+            if let Some(v) = l.rest_max_connections {
+                c.rest_max_connections = v;
+            }
+            if let Some(v) = l.grpc_max_connections {
+                c.grpc_max_connections = v;
+            }
+            if let Some(v) = l.mqtt_max_connections {
+                c.mqtt_max_connections = v;
+            }
+            if let Some(v) = &l.rest_header_timeout {
+                c.rest_header_timeout = duration("rest_header_timeout", v)?;
+            }
+            if let Some(v) = &l.rest_idle_timeout {
+                c.rest_idle_timeout = duration("rest_idle_timeout", v)?;
             }
             if let Some(v) = l.mqtt_max_packet_size {
                 c.mqtt_max_packet_size = v;
@@ -380,6 +436,15 @@ impl Config {
                 "org_id",
                 "must be 1 to 36 characters of A-Z, a-z, 0-9, '.', '_', '-'",
             );
+        }
+        for (field, max) in [
+            ("rest_max_connections", self.rest_max_connections),
+            ("grpc_max_connections", self.grpc_max_connections),
+            ("mqtt_max_connections", self.mqtt_max_connections),
+        ] {
+            if max == 0 {
+                return invalid(field, "must be at least 1");
+            }
         }
         if self.mqtt_max_packet_size < 64 {
             return invalid("mqtt_max_packet_size", "must be at least 64 bytes");

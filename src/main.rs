@@ -42,6 +42,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let Command::Serve { config, layer } = cli.command;
+    raise_open_file_limit();
     let file = config
         .as_deref()
         .map(ConfigLayer::from_file)
@@ -52,6 +53,20 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?
         .block_on(serve(config))
+}
+
+/// Every connection takes a file descriptor, and the usual soft limit (1024)
+/// is far below what a broker holds: take the hard limit.
+fn raise_open_file_limit() {
+    match rlimit::Resource::NOFILE.get() {
+        Ok((soft, hard)) => match rlimit::increase_nofile_limit(hard) {
+            Ok(now) => tracing::info!("open file limit {now} (was {soft}, hard limit {hard})"),
+            Err(e) => {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open file limit")
+            }
+        },
+        Err(e) => tracing::warn!(error = %e, "cannot read the open file limit"),
+    }
 }
 
 /// Pending connections each MQTT listener queues (capped by the kernel's

@@ -9,16 +9,17 @@
 use std::{future::Future, time::Duration};
 
 use tokio::net::TcpListener;
-use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic_health::server::HealthReporter;
 
 use crate::{
+    accept::Acceptor,
     api::{
         auth::Gate,
         grpc::{GrpcApi, interceptor},
     },
     config::Config,
+    http::HttpLimits,
     mqtt::{Broker, BrokerOptions, MqttListeners},
     pb::{
         admin_service_server::AdminServiceServer,
@@ -56,8 +57,6 @@ pub enum ServerError {
     Registry(#[from] RegistryError),
     #[error("TLS: {0}")]
     Tls(std::io::Error),
-    #[error("REST listener: {0}")]
-    Listener(std::io::Error),
 }
 
 /// Serves the REST gateway on `listener`, over HTTPS when a certificate is
@@ -65,39 +64,38 @@ pub enum ServerError {
 async fn spawn_rest(
     listener: TcpListener,
     router: axum::Router,
-    tls: Option<&(std::path::PathBuf, std::path::PathBuf)>,
-    grace: Duration,
+    config: &Config,
+    metrics: &crate::metrics::Metrics,
     stop: CancellationToken,
-) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, ServerError> {
+) -> Result<tokio::task::JoinHandle<()>, ServerError> {
     let addr = listener.local_addr().ok();
-    let Some((cert, key)) = tls else {
-        tracing::info!(rest = ?addr, "REST gateway (HTTP)");
-        // Small responses must not wait for delayed ACKs.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
-            let _ = stream.set_nodelay(true);
-        });
-        return Ok(tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(
+            crate::http::tls_acceptor(cert, key)
                 .await
-        }));
+                .map_err(ServerError::Tls)?,
+        ),
+        None => None,
     };
-    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-        .await
-        .map_err(ServerError::Tls)?;
-    let listener = listener.into_std().map_err(ServerError::Listener)?;
-    let handle = axum_server::Handle::new();
-    let server = axum_server::from_tcp_rustls(listener, tls)
-        .map_err(ServerError::Listener)?
-        .handle(handle.clone());
-    tracing::info!(rest = ?addr, "REST gateway (HTTPS)");
-    tokio::spawn(async move {
-        stop.cancelled().await;
-        handle.graceful_shutdown(Some(grace));
-    });
-    Ok(tokio::spawn(async move {
-        server.serve(router.into_make_service()).await
-    }))
+    tracing::info!(
+        rest = ?addr,
+        https = tls.is_some(),
+        max_connections = config.rest_max_connections,
+        "REST gateway"
+    );
+    let acceptor = Acceptor::new(listener, "rest", config.rest_max_connections, metrics);
+    let limits = HttpLimits {
+        header_timeout: config.rest_header_timeout,
+        idle_timeout: config.rest_idle_timeout,
+    };
+    Ok(tokio::spawn(crate::http::serve(
+        acceptor,
+        router,
+        tls,
+        limits,
+        stop,
+        config.shutdown_grace,
+    )))
 }
 
 /// The gate of both APIs: open mode, or API keys. With keys on and none
@@ -213,7 +211,18 @@ pub async fn run(
         ),
         _ => None,
     };
-    let mqtt_listeners = crate::mqtt::spawn_listeners(&broker, listeners.mqtt, mqtt_tls);
+    let mqtt_listeners = crate::mqtt::spawn_listeners(
+        &broker,
+        listeners.mqtt,
+        mqtt_tls,
+        crate::mqtt::ListenerLimits {
+            max_connections: config.mqtt_max_connections,
+            websocket: HttpLimits {
+                header_timeout: config.rest_header_timeout,
+                idle_timeout: config.rest_idle_timeout,
+            },
+        },
+    );
     let flusher = tracker.spawn_activity_flusher(config.activity_interval, stop.clone());
     let retention = spawn_retention(store.clone(), config.retention_interval, stop.clone());
     let watchdog = spawn_store_watchdog(store.clone(), reporter.clone(), stop.clone());
@@ -239,8 +248,8 @@ pub async fn run(
                     registry.clone(),
                     Some(broker.clone()),
                 ),
-                config.tls.as_ref(),
-                config.shutdown_grace,
+                &config,
+                store.metrics(),
                 stop.clone(),
             )
             .await?,
@@ -286,12 +295,13 @@ pub async fn run(
         ))
         .add_service(AdminServiceServer::with_interceptor(api, interceptor(gate)))
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listeners.grpc).map(|accepted| {
-                // Small responses must not wait for delayed ACKs.
-                accepted.inspect(|stream| {
-                    let _ = stream.set_nodelay(true);
-                })
-            }),
+            Acceptor::new(
+                listeners.grpc,
+                "grpc",
+                config.grpc_max_connections,
+                store.metrics(),
+            )
+            .into_incoming(),
             stop.clone().cancelled_owned(),
         );
     set_health(&reporter, store.is_healthy()).await;
@@ -316,11 +326,8 @@ pub async fn run(
     stop.cancel();
     set_health(&reporter, false).await;
     if let Some(rest) = rest {
-        match tokio::time::timeout(config.shutdown_grace, rest).await {
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "REST gateway stopped with an error"),
-            Err(_) => tracing::warn!("REST requests still running after the grace period"),
-            _ => {}
-        }
+        // It bounds its own wait by the grace period.
+        let _ = rest.await;
     }
     for task in mqtt_listeners {
         let _ = task.await;
