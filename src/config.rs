@@ -2,8 +2,9 @@
 //! environment variables (`CONNSTATE_*`), then command-line flags.
 
 use std::{
-    net::SocketAddr,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
+    str::FromStr,
     time::Duration,
 };
 
@@ -16,16 +17,16 @@ use crate::store::Settings;
 pub struct Config {
     /// Folder of the sled database.
     pub data_dir: PathBuf,
-    /// gRPC listener.
-    pub grpc_listen: SocketAddr,
+    /// gRPC listener; `None` is off (as for every listener).
+    pub grpc_listen: Option<SocketAddr>,
     /// REST (v0002) listener.
-    pub rest_listen: SocketAddr,
+    pub rest_listen: Option<SocketAddr>,
     /// MQTT over TCP.
-    pub mqtt_listen: SocketAddr,
+    pub mqtt_listen: Option<SocketAddr>,
     /// MQTT over TLS (bound only when a certificate is configured).
-    pub mqtt_tls_listen: SocketAddr,
+    pub mqtt_tls_listen: Option<SocketAddr>,
     /// MQTT over WebSocket, path `/mqtt`.
-    pub mqtt_ws_listen: SocketAddr,
+    pub mqtt_ws_listen: Option<SocketAddr>,
     /// Connections open at once on the REST listener; more are closed at
     /// once (and counted).
     pub rest_max_connections: usize,
@@ -85,11 +86,11 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             data_dir: PathBuf::from("connstate-data"),
-            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
-            rest_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
-            mqtt_tls_listen: SocketAddr::from(([127, 0, 0, 1], 8883)),
-            mqtt_ws_listen: SocketAddr::from(([127, 0, 0, 1], 8083)),
+            grpc_listen: Some(SocketAddr::from(([127, 0, 0, 1], 50051))),
+            rest_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            mqtt_listen: Some(SocketAddr::from(([127, 0, 0, 1], 1883))),
+            mqtt_tls_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8883))),
+            mqtt_ws_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8083))),
             rest_max_connections: 1024,
             grpc_max_connections: 1024,
             mqtt_max_connections: 100_000,
@@ -128,8 +129,47 @@ pub enum ConfigError {
         path: PathBuf,
         source: toml::de::Error,
     },
-    #[error("{field}: {reason}")]
+    /// `field` is the key (`admin_token`); the message names its flag
+    /// (`--admin-token`), which the file key and environment variable
+    /// follow.
+    #[error("--{}: {reason}", field.replace('_', "-"))]
     Invalid { field: &'static str, reason: String },
+}
+
+/// A listen address as written in flags, the environment and the file:
+/// `HOST:PORT` with an IP address (`localhost:PORT` is `127.0.0.1:PORT`), or
+/// `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Listen(pub Option<SocketAddr>);
+
+impl FromStr for Listen {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Listen, String> {
+        if text.eq_ignore_ascii_case("off") {
+            return Ok(Listen(None));
+        }
+        if let Some(port) = text.strip_prefix("localhost:")
+            && let Ok(port) = port.parse::<u16>()
+        {
+            return Ok(Listen(Some(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))));
+        }
+        text.parse().map(|addr| Listen(Some(addr))).map_err(|_| {
+            format!(
+                "{text:?} is not a listen address; write IP:PORT (127.0.0.1:8080, [::1]:8080, \
+                 0.0.0.0:8080), localhost:PORT, or off"
+            )
+        })
+    }
+}
+
+impl TryFrom<String> for Listen {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Listen, String> {
+        text.parse()
+    }
 }
 
 /// Values that may come from a file, the environment or flags; `None`
@@ -140,21 +180,41 @@ pub struct ConfigLayer {
     /// Folder of the sled database [default: ./connstate-data]
     #[arg(long, env = "CONNSTATE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// gRPC listen address [default: 127.0.0.1:50051]
-    #[arg(long, env = "CONNSTATE_GRPC_LISTEN")]
-    pub grpc_listen: Option<SocketAddr>,
-    /// REST (v0002) listen address [default: 127.0.0.1:8080]
-    #[arg(long, env = "CONNSTATE_REST_LISTEN")]
-    pub rest_listen: Option<SocketAddr>,
-    /// MQTT listen address [default: 127.0.0.1:1883]
-    #[arg(long, env = "CONNSTATE_MQTT_LISTEN")]
-    pub mqtt_listen: Option<SocketAddr>,
-    /// MQTT over TLS listen address, used with --tls-cert [default: 127.0.0.1:8883]
-    #[arg(long, env = "CONNSTATE_MQTT_TLS_LISTEN")]
-    pub mqtt_tls_listen: Option<SocketAddr>,
-    /// MQTT over WebSocket (path /mqtt) listen address [default: 127.0.0.1:8083]
-    #[arg(long, env = "CONNSTATE_MQTT_WS_LISTEN")]
-    pub mqtt_ws_listen: Option<SocketAddr>,
+    /// gRPC listen address, or off [default: 127.0.0.1:50051]
+    #[arg(
+        long,
+        env = "CONNSTATE_GRPC_LISTEN",
+        value_name = "IP:PORT|localhost:PORT|off"
+    )]
+    pub grpc_listen: Option<Listen>,
+    /// REST (v0002) listen address, or off [default: 127.0.0.1:8080]
+    #[arg(
+        long,
+        env = "CONNSTATE_REST_LISTEN",
+        value_name = "IP:PORT|localhost:PORT|off"
+    )]
+    pub rest_listen: Option<Listen>,
+    /// MQTT listen address, or off [default: 127.0.0.1:1883]
+    #[arg(
+        long,
+        env = "CONNSTATE_MQTT_LISTEN",
+        value_name = "IP:PORT|localhost:PORT|off"
+    )]
+    pub mqtt_listen: Option<Listen>,
+    /// MQTT over TLS listen address, used with --tls-cert, or off [default: 127.0.0.1:8883]
+    #[arg(
+        long,
+        env = "CONNSTATE_MQTT_TLS_LISTEN",
+        value_name = "IP:PORT|localhost:PORT|off"
+    )]
+    pub mqtt_tls_listen: Option<Listen>,
+    /// MQTT over WebSocket (path /mqtt) listen address, or off [default: 127.0.0.1:8083]
+    #[arg(
+        long,
+        env = "CONNSTATE_MQTT_WS_LISTEN",
+        value_name = "IP:PORT|localhost:PORT|off"
+    )]
+    pub mqtt_ws_listen: Option<Listen>,
     /// Connections open at once on the REST listener; more are closed at
     /// once [default: 1024]
     #[arg(long, env = "CONNSTATE_REST_MAX_CONNECTIONS")]
@@ -274,19 +334,19 @@ impl Config {
             if let Some(v) = &l.data_dir {
                 c.data_dir = v.clone();
             }
-            if let Some(v) = l.grpc_listen {
+            if let Some(Listen(v)) = l.grpc_listen {
                 c.grpc_listen = v;
             }
-            if let Some(v) = l.rest_listen {
+            if let Some(Listen(v)) = l.rest_listen {
                 c.rest_listen = v;
             }
-            if let Some(v) = l.mqtt_listen {
+            if let Some(Listen(v)) = l.mqtt_listen {
                 c.mqtt_listen = v;
             }
-            if let Some(v) = l.mqtt_tls_listen {
+            if let Some(Listen(v)) = l.mqtt_tls_listen {
                 c.mqtt_tls_listen = v;
             }
-            if let Some(v) = l.mqtt_ws_listen {
+            if let Some(Listen(v)) = l.mqtt_ws_listen {
                 c.mqtt_ws_listen = v;
             }
             if let Some(v) = l.rest_max_connections {
@@ -355,13 +415,13 @@ impl Config {
                 (Some(_), None) => {
                     return Err(ConfigError::Invalid {
                         field: "tls_key",
-                        reason: "is required with tls_cert".into(),
+                        reason: "is required with --tls-cert".into(),
                     });
                 }
                 (None, Some(_)) => {
                     return Err(ConfigError::Invalid {
                         field: "tls_cert",
-                        reason: "is required with tls_key".into(),
+                        reason: "is required with --tls-key".into(),
                     });
                 }
             }
@@ -371,13 +431,13 @@ impl Config {
                 (Some(_), None) => {
                     return Err(ConfigError::Invalid {
                         field: "admin_token",
-                        reason: "is required with admin_key".into(),
+                        reason: "is required with --admin-key".into(),
                     });
                 }
                 (None, Some(_)) => {
                     return Err(ConfigError::Invalid {
                         field: "admin_key",
-                        reason: "is required with admin_token".into(),
+                        reason: "is required with --admin-token".into(),
                     });
                 }
             }
@@ -406,6 +466,7 @@ impl Config {
                 listeners.push(("mqtt_tls_listen", self.mqtt_tls_listen));
             }
             for (field, addr) in listeners {
+                let Some(addr) = addr else { continue };
                 if !addr.ip().is_loopback() {
                     return invalid(
                         field,
@@ -495,7 +556,7 @@ mod tests {
             ..Default::default()
         };
         let err = Config::from_layers([&layer]).unwrap_err().to_string();
-        assert!(err.contains("grpc_listen"), "{err}");
+        assert!(err.starts_with("--grpc-listen: "), "{err}");
         assert!(err.contains("loopback"), "{err}");
         let with_auth = ConfigLayer {
             auth: Some(true),
@@ -512,7 +573,7 @@ mod tests {
             ..Default::default()
         };
         let err = Config::from_layers([&layer]).unwrap_err().to_string();
-        assert!(err.starts_with("admin_token"), "{err}");
+        assert!(err.starts_with("--admin-token: "), "{err}");
     }
 
     #[test]
@@ -522,7 +583,7 @@ mod tests {
             ..Default::default()
         };
         let err = Config::from_layers([&layer]).unwrap_err().to_string();
-        assert!(err.starts_with("activity_interval"), "{err}");
+        assert!(err.starts_with("--activity-interval: "), "{err}");
     }
 
     #[test]
@@ -572,5 +633,32 @@ mod tests {
             "keys missing from the example: {unset}"
         );
         Config::from_layers([&layer]).unwrap();
+    }
+
+    #[test]
+    fn listen_addresses_take_localhost_and_off() {
+        let parse = |t: &str| t.parse::<Listen>();
+        assert_eq!(
+            parse("localhost:8080"),
+            Ok(Listen(Some(([127, 0, 0, 1], 8080).into())))
+        );
+        assert_eq!(parse("off"), Ok(Listen(None)));
+        assert_eq!(
+            parse("[::1]:0"),
+            Ok(Listen(Some("[::1]:0".parse().unwrap())))
+        );
+        let err = parse("example.com:80").unwrap_err();
+        assert!(err.contains("localhost:PORT, or off"), "{err}");
+        let layer: ConfigLayer =
+            toml::from_str("mqtt_ws_listen = \"off\"\ngrpc_listen = \"localhost:9\"\n").unwrap();
+        let off = ConfigLayer {
+            // Off and localhost listeners do not count against open mode.
+            rest_listen: Some(Listen(None)),
+            ..layer
+        };
+        let c = Config::from_layers([&off]).unwrap();
+        assert_eq!(c.mqtt_ws_listen, None);
+        assert_eq!(c.rest_listen, None);
+        assert_eq!(c.grpc_listen, Some(([127, 0, 0, 1], 9).into()));
     }
 }

@@ -34,7 +34,8 @@ use crate::{
 
 /// Listeners bound by the caller (tests bind port 0 and read it back).
 pub struct Listeners {
-    pub grpc: TcpListener,
+    /// The gRPC API; `None` serves no gRPC.
+    pub grpc: Option<TcpListener>,
     /// The REST gateway; `None` serves gRPC only.
     pub rest: Option<TcpListener>,
     /// The embedded MQTT broker's listeners; all `None` runs no broker
@@ -57,6 +58,16 @@ pub enum ServerError {
     Registry(#[from] RegistryError),
     #[error("TLS: {0}")]
     Tls(std::io::Error),
+    #[error(
+        "data folder {} is in use by another connstate{}; stop it, or give this one \
+         another folder with --data-dir",
+        dir.display(),
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    DataDirInUse {
+        dir: std::path::PathBuf,
+        pid: Option<u32>,
+    },
 }
 
 /// Serves the REST gateway on `listener`, over HTTPS when a certificate is
@@ -155,6 +166,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     config.validate()?;
+    let announcements = listeners.addresses();
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, false).await;
 
@@ -167,7 +179,21 @@ pub async fn run(
     let data_dir = config.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&data_dir, options))
         .await
-        .map_err(|_| StoreError::Closed)??;
+        .map_err(|_| StoreError::Closed)?
+        .map_err(|e| match e {
+            // sled 0.34 reports the lock another process holds only in
+            // its message.
+            StoreError::Sled(sled::Error::Io(io))
+                if io.to_string().starts_with("could not acquire lock") =>
+            {
+                ServerError::DataDirInUse {
+                    dir: config.data_dir.clone(),
+                    pid: read_pid_file(&config.data_dir),
+                }
+            }
+            e => ServerError::Store(e),
+        })?;
+    write_pid_file(&config.data_dir);
     tracing::info!(
         data_dir = %config.data_dir.display(),
         revision = store.committed_revision(),
@@ -265,7 +291,6 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let grpc_addr = listeners.grpc.local_addr().ok();
     let mut builder = tonic::transport::Server::builder();
     if let Some((cert, key)) = &config.tls {
         let identity = tonic::transport::Identity::from_pem(
@@ -275,13 +300,16 @@ pub async fn run(
         builder =
             builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
     } else if config.auth
-        && !(config.grpc_listen.ip().is_loopback() && config.rest_listen.ip().is_loopback())
+        && ![config.grpc_listen, config.rest_listen]
+            .into_iter()
+            .flatten()
+            .all(|addr| addr.ip().is_loopback())
     {
         tracing::warn!(
             "API tokens will cross the network in clear text: configure --tls-cert and --tls-key"
         );
     }
-    let serve = builder
+    let grpc = builder
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -293,19 +321,32 @@ pub async fn run(
             api.clone(),
             interceptor(gate.clone()),
         ))
-        .add_service(AdminServiceServer::with_interceptor(api, interceptor(gate)))
-        .serve_with_incoming_shutdown(
-            Acceptor::new(
-                listeners.grpc,
-                "grpc",
-                config.grpc_max_connections,
-                store.metrics(),
-            )
-            .into_incoming(),
-            stop.clone().cancelled_owned(),
-        );
+        .add_service(AdminServiceServer::with_interceptor(api, interceptor(gate)));
+    let serve: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        match listeners.grpc {
+            Some(listener) => Box::pin(
+                grpc.serve_with_incoming_shutdown(
+                    Acceptor::new(
+                        listener,
+                        "grpc",
+                        config.grpc_max_connections,
+                        store.metrics(),
+                    )
+                    .into_incoming(),
+                    stop.clone().cancelled_owned(),
+                ),
+            ),
+            None => {
+                let stop = stop.clone();
+                Box::pin(async move {
+                    stop.cancelled().await;
+                    Ok(())
+                })
+            }
+        };
     set_health(&reporter, store.is_healthy()).await;
-    tracing::info!(grpc = ?grpc_addr, "serving");
+    announce(&announcements);
+    tracing::info!("serving");
 
     tokio::pin!(serve);
     let served = tokio::select! {
@@ -340,9 +381,57 @@ pub async fn run(
     let _ = retention.await;
     let _ = watchdog.await;
     store.close().await?;
+    let _ = std::fs::remove_file(config.data_dir.join(PID_FILE));
     tracing::info!(revision = store.committed_revision(), "store closed");
     served?;
     Ok(())
+}
+
+impl Listeners {
+    /// The name (as announced) and address of every listener.
+    fn addresses(&self) -> Vec<(&'static str, std::net::SocketAddr)> {
+        [
+            ("grpc", &self.grpc),
+            ("rest", &self.rest),
+            ("mqtt", &self.mqtt.tcp),
+            ("mqtt-tls", &self.mqtt.tls),
+            ("mqtt-ws", &self.mqtt.ws),
+        ]
+        .into_iter()
+        .filter_map(|(name, l)| Some((name, l.as_ref()?.local_addr().ok()?)))
+        .collect()
+    }
+}
+
+/// Prints one stable line per listener, for scripts and tests that start
+/// the binary on port 0; only once the store is open and every listener is
+/// bound. A reader that stopped listening must not stop the server.
+fn announce(listeners: &[(&str, std::net::SocketAddr)]) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for (name, addr) in listeners {
+        let _ = writeln!(out, "connstate {name} listening on {addr}");
+    }
+    let _ = out.flush();
+}
+
+/// Names the process that has the data folder open, for the message a
+/// second server on the same folder gives.
+const PID_FILE: &str = "connstate.pid";
+
+fn write_pid_file(data_dir: &std::path::Path) {
+    let path = data_dir.join(PID_FILE);
+    if let Err(e) = std::fs::write(&path, format!("{}\n", std::process::id())) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write the pid file");
+    }
+}
+
+fn read_pid_file(data_dir: &std::path::Path) -> Option<u32> {
+    std::fs::read_to_string(data_dir.join(PID_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn spawn_retention(
