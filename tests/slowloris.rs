@@ -198,3 +198,33 @@ async fn a_rest_slowloris_is_capped_and_timed_out_while_mqtt_and_grpc_keep_servi
     .await
     .expect("the test finished in time");
 }
+
+#[tokio::test]
+async fn a_rest_connection_on_which_nothing_moves_is_closed() {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let idle = Duration::from_millis(500);
+        let server = TestServer::start_with(|c| {
+            c.rest_header_timeout = Duration::from_secs(60);
+            c.rest_idle_timeout = idle;
+        })
+        .await;
+        let rest_addr = server.rest.trim_start_matches("http://").to_owned();
+        let mut tcp = TcpStream::connect(&rest_addr).await.unwrap();
+        tcp.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = [0u8; 12];
+        tcp.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 200");
+        // Keep-alive: the connection stays open, with nothing to say, until
+        // the idle timeout (well before the header timeout) closes it.
+        let opened = Instant::now();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "still open after {:?}", opened.elapsed());
+        assert!(opened.elapsed() < idle * 6, "{:?}", opened.elapsed());
+        server.stop().await;
+    })
+    .await
+    .expect("the test finished in time");
+}
