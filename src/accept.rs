@@ -37,8 +37,12 @@ pub struct Acceptor {
     /// `grpc`, `rest`, `mqtt`, `mqtt-tls` or `mqtt-ws`: in logs and metrics.
     name: &'static str,
     slots: Arc<Semaphore>,
+    max_connections: usize,
     refused: Counter,
     failures: Counter,
+    /// When the last "at the cap" warning was logged (at most one a
+    /// minute).
+    warned_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// A connection that holds one of its listener's slots until it is dropped.
@@ -58,14 +62,15 @@ impl Acceptor {
         metrics: &crate::metrics::Metrics,
     ) -> Acceptor {
         let label = crate::metrics::ListenerLabel { listener: name };
+        let max_connections = max_connections.clamp(1, Semaphore::MAX_PERMITS);
         Acceptor {
             listener,
             name,
-            slots: Arc::new(Semaphore::new(
-                max_connections.clamp(1, Semaphore::MAX_PERMITS),
-            )),
+            slots: Arc::new(Semaphore::new(max_connections)),
+            max_connections,
             refused: metrics.connections_refused.get_or_create(&label).clone(),
             failures: metrics.accept_failures.get_or_create(&label).clone(),
+            warned_at: std::sync::Mutex::new(None),
         }
     }
 
@@ -96,6 +101,7 @@ impl Acceptor {
                         Err(_) => {
                             // Dropping the stream closes it.
                             self.refused.inc();
+                            self.warn_at_cap();
                             tracing::debug!(listener = self.name, %peer, "at the connection cap: closed");
                         }
                     }
@@ -127,6 +133,22 @@ impl Acceptor {
             let (stream, _) = acceptor.accept().await;
             Some((Ok(stream), acceptor))
         })
+    }
+}
+
+impl Acceptor {
+    fn warn_at_cap(&self) {
+        let now = std::time::Instant::now();
+        let mut warned_at = self.warned_at.lock().unwrap_or_else(|e| e.into_inner());
+        if warned_at.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(60)) {
+            *warned_at = Some(now);
+            tracing::warn!(
+                listener = self.name,
+                max_connections = self.max_connections,
+                "listener at its connection cap: new connections are closed \
+                 (counted in connstate_connections_refused_total)"
+            );
+        }
     }
 }
 
