@@ -3,6 +3,8 @@
 #  - Rust: formatting, lints, unit and integration tests (real servers on
 #    port 0, real gRPC and HTTP clients, a SIGKILL crash test against the
 #    real binary);
+#  - the README's first command, run as written on free ports until /ready
+#    answers, then stopped with SIGTERM;
 #  - MQTT: the embedded broker against paho-mqtt (v3.1.1 and v5) clients;
 #  - SDKs: regenerating them from proto/ must change nothing, and each SDK's
 #    own suite runs against the real server binary.
@@ -22,6 +24,9 @@ cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked
 cargo build --locked --bin connstate
 export CONNSTATE_BIN="$PWD/target/debug/connstate"
+
+echo "== the README's first command starts the service"
+scripts/check-readme-start.sh
 
 scripts/generate-sdks.sh
 if ! git diff --exit-code --stat -- clients || [ -n "$(git status --porcelain -- clients)" ]; then

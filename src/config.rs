@@ -2,8 +2,9 @@
 //! environment variables (`CONNSTATE_*`), then command-line flags.
 
 use std::{
-    net::SocketAddr,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
+    str::FromStr,
     time::Duration,
 };
 
@@ -16,16 +17,32 @@ use crate::store::Settings;
 pub struct Config {
     /// Folder of the sled database.
     pub data_dir: PathBuf,
-    /// gRPC listener.
-    pub grpc_listen: SocketAddr,
+    /// gRPC listener; `None` is off (as for every listener).
+    pub grpc_listen: Option<SocketAddr>,
     /// REST (v0002) listener.
-    pub rest_listen: SocketAddr,
+    pub rest_listen: Option<SocketAddr>,
     /// MQTT over TCP.
-    pub mqtt_listen: SocketAddr,
+    pub mqtt_listen: Option<SocketAddr>,
     /// MQTT over TLS (bound only when a certificate is configured).
-    pub mqtt_tls_listen: SocketAddr,
+    pub mqtt_tls_listen: Option<SocketAddr>,
     /// MQTT over WebSocket, path `/mqtt`.
-    pub mqtt_ws_listen: SocketAddr,
+    pub mqtt_ws_listen: Option<SocketAddr>,
+    /// Connections open at once on the REST listener; more are closed at
+    /// once (and counted).
+    pub rest_max_connections: usize,
+    /// Connections open at once on the gRPC listener.
+    pub grpc_max_connections: usize,
+    /// Connections open at once on each MQTT listener (TCP, TLS,
+    /// WebSocket).
+    pub mqtt_max_connections: usize,
+    /// How long a client may take to send a request's headers on the REST
+    /// listener (and the WebSocket handshake of MQTT over WebSocket). The
+    /// wait starts when the server is ready for the next request, so it also
+    /// ends keep-alive connections that send nothing.
+    pub rest_header_timeout: Duration,
+    /// A REST connection on which no byte moves either way for this long is
+    /// closed (a stalled response, a client that stopped reading).
+    pub rest_idle_timeout: Duration,
     /// Largest MQTT packet accepted from a client, in bytes.
     pub mqtt_max_packet_size: u32,
     /// QoS 1 and 2 messages queued per MQTT client beyond those in flight.
@@ -73,11 +90,16 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             data_dir: PathBuf::from("connstate-data"),
-            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
-            rest_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
-            mqtt_tls_listen: SocketAddr::from(([127, 0, 0, 1], 8883)),
-            mqtt_ws_listen: SocketAddr::from(([127, 0, 0, 1], 8083)),
+            grpc_listen: Some(SocketAddr::from(([127, 0, 0, 1], 50051))),
+            rest_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            mqtt_listen: Some(SocketAddr::from(([127, 0, 0, 1], 1883))),
+            mqtt_tls_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8883))),
+            mqtt_ws_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8083))),
+            rest_max_connections: 1024,
+            grpc_max_connections: 1024,
+            mqtt_max_connections: 100_000,
+            rest_header_timeout: Duration::from_secs(10),
+            rest_idle_timeout: Duration::from_secs(60),
             mqtt_max_packet_size: 1 << 20,
             mqtt_max_queued_messages: 1000,
             mqtt_max_inflight_messages: 20,
@@ -112,8 +134,47 @@ pub enum ConfigError {
         path: PathBuf,
         source: toml::de::Error,
     },
-    #[error("{field}: {reason}")]
+    /// `field` is the key (`admin_token`); the message names its flag
+    /// (`--admin-token`), which the file key and environment variable
+    /// follow.
+    #[error("--{}: {reason}", field.replace('_', "-"))]
     Invalid { field: &'static str, reason: String },
+}
+
+/// A listen address as written in flags, the environment and the file:
+/// `HOST:PORT` with an IP address (`localhost:PORT` is `127.0.0.1:PORT`), or
+/// `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Listen(pub Option<SocketAddr>);
+
+impl FromStr for Listen {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Listen, String> {
+        if text.eq_ignore_ascii_case("off") {
+            return Ok(Listen(None));
+        }
+        if let Some(port) = text.strip_prefix("localhost:")
+            && let Ok(port) = port.parse::<u16>()
+        {
+            return Ok(Listen(Some(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))));
+        }
+        text.parse().map(|addr| Listen(Some(addr))).map_err(|_| {
+            format!(
+                "{text:?} is not a listen address; write IP:PORT (127.0.0.1:8080, [::1]:8080, \
+                 0.0.0.0:8080), localhost:PORT, or off"
+            )
+        })
+    }
+}
+
+impl TryFrom<String> for Listen {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Listen, String> {
+        text.parse()
+    }
 }
 
 /// Values that may come from a file, the environment or flags; `None`
@@ -124,21 +185,61 @@ pub struct ConfigLayer {
     /// Folder of the sled database [default: ./connstate-data]
     #[arg(long, env = "CONNSTATE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// gRPC listen address [default: 127.0.0.1:50051]
-    #[arg(long, env = "CONNSTATE_GRPC_LISTEN")]
-    pub grpc_listen: Option<SocketAddr>,
-    /// REST (v0002) listen address [default: 127.0.0.1:8080]
-    #[arg(long, env = "CONNSTATE_REST_LISTEN")]
-    pub rest_listen: Option<SocketAddr>,
-    /// MQTT listen address [default: 127.0.0.1:1883]
-    #[arg(long, env = "CONNSTATE_MQTT_LISTEN")]
-    pub mqtt_listen: Option<SocketAddr>,
-    /// MQTT over TLS listen address, used with --tls-cert [default: 127.0.0.1:8883]
-    #[arg(long, env = "CONNSTATE_MQTT_TLS_LISTEN")]
-    pub mqtt_tls_listen: Option<SocketAddr>,
-    /// MQTT over WebSocket (path /mqtt) listen address [default: 127.0.0.1:8083]
-    #[arg(long, env = "CONNSTATE_MQTT_WS_LISTEN")]
-    pub mqtt_ws_listen: Option<SocketAddr>,
+    /// gRPC listen address, or off [default: 127.0.0.1:50051]
+    #[arg(
+        long,
+        env = "CONNSTATE_GRPC_LISTEN",
+        value_name = "IP:PORT|localhost:PORT|off"
+    )]
+    pub grpc_listen: Option<Listen>,
+    /// REST (v0002) listen address, or off [default: 127.0.0.1:8080]
+    #[arg(
+        long,
+        env = "CONNSTATE_REST_LISTEN",
+        value_name = "IP:PORT|localhost:PORT|off"
+    )]
+    pub rest_listen: Option<Listen>,
+    /// MQTT listen address, or off [default: 127.0.0.1:1883]
+    #[arg(
+        long,
+        env = "CONNSTATE_MQTT_LISTEN",
+        value_name = "IP:PORT|localhost:PORT|off"
+    )]
+    pub mqtt_listen: Option<Listen>,
+    /// MQTT over TLS listen address, used with --tls-cert, or off [default: 127.0.0.1:8883]
+    #[arg(
+        long,
+        env = "CONNSTATE_MQTT_TLS_LISTEN",
+        value_name = "IP:PORT|localhost:PORT|off"
+    )]
+    pub mqtt_tls_listen: Option<Listen>,
+    /// MQTT over WebSocket (path /mqtt) listen address, or off [default: 127.0.0.1:8083]
+    #[arg(
+        long,
+        env = "CONNSTATE_MQTT_WS_LISTEN",
+        value_name = "IP:PORT|localhost:PORT|off"
+    )]
+    pub mqtt_ws_listen: Option<Listen>,
+    /// Connections open at once on the REST listener; more are closed at
+    /// once [default: 1024]
+    #[arg(long, env = "CONNSTATE_REST_MAX_CONNECTIONS")]
+    pub rest_max_connections: Option<usize>,
+    /// Connections open at once on the gRPC listener [default: 1024]
+    #[arg(long, env = "CONNSTATE_GRPC_MAX_CONNECTIONS")]
+    pub grpc_max_connections: Option<usize>,
+    /// Connections open at once on each MQTT listener (TCP, TLS, WebSocket)
+    /// [default: 100000]
+    #[arg(long, env = "CONNSTATE_MQTT_MAX_CONNECTIONS")]
+    pub mqtt_max_connections: Option<usize>,
+    /// Time a REST client has to send a request's headers (also the MQTT
+    /// WebSocket handshake, and the most a keep-alive connection waits for
+    /// its next request), e.g. 10s [default: 10s]
+    #[arg(long, env = "CONNSTATE_REST_HEADER_TIMEOUT")]
+    pub rest_header_timeout: Option<String>,
+    /// A REST connection on which no byte moves either way for this long is
+    /// closed, e.g. 60s [default: 60s]
+    #[arg(long, env = "CONNSTATE_REST_IDLE_TIMEOUT")]
+    pub rest_idle_timeout: Option<String>,
     /// Largest MQTT packet accepted, in bytes [default: 1048576]
     #[arg(long, env = "CONNSTATE_MQTT_MAX_PACKET_SIZE")]
     pub mqtt_max_packet_size: Option<u32>,
@@ -241,20 +342,35 @@ impl Config {
             if let Some(v) = &l.data_dir {
                 c.data_dir = v.clone();
             }
-            if let Some(v) = l.grpc_listen {
+            if let Some(Listen(v)) = l.grpc_listen {
                 c.grpc_listen = v;
             }
-            if let Some(v) = l.rest_listen {
+            if let Some(Listen(v)) = l.rest_listen {
                 c.rest_listen = v;
             }
-            if let Some(v) = l.mqtt_listen {
+            if let Some(Listen(v)) = l.mqtt_listen {
                 c.mqtt_listen = v;
             }
-            if let Some(v) = l.mqtt_tls_listen {
+            if let Some(Listen(v)) = l.mqtt_tls_listen {
                 c.mqtt_tls_listen = v;
             }
-            if let Some(v) = l.mqtt_ws_listen {
+            if let Some(Listen(v)) = l.mqtt_ws_listen {
                 c.mqtt_ws_listen = v;
+            }
+            if let Some(v) = l.rest_max_connections {
+                c.rest_max_connections = v;
+            }
+            if let Some(v) = l.grpc_max_connections {
+                c.grpc_max_connections = v;
+            }
+            if let Some(v) = l.mqtt_max_connections {
+                c.mqtt_max_connections = v;
+            }
+            if let Some(v) = &l.rest_header_timeout {
+                c.rest_header_timeout = duration("rest_header_timeout", v)?;
+            }
+            if let Some(v) = &l.rest_idle_timeout {
+                c.rest_idle_timeout = duration("rest_idle_timeout", v)?;
             }
             if let Some(v) = l.mqtt_max_packet_size {
                 c.mqtt_max_packet_size = v;
@@ -310,13 +426,13 @@ impl Config {
                 (Some(_), None) => {
                     return Err(ConfigError::Invalid {
                         field: "tls_key",
-                        reason: "is required with tls_cert".into(),
+                        reason: "is required with --tls-cert".into(),
                     });
                 }
                 (None, Some(_)) => {
                     return Err(ConfigError::Invalid {
                         field: "tls_cert",
-                        reason: "is required with tls_key".into(),
+                        reason: "is required with --tls-key".into(),
                     });
                 }
             }
@@ -326,13 +442,13 @@ impl Config {
                 (Some(_), None) => {
                     return Err(ConfigError::Invalid {
                         field: "admin_token",
-                        reason: "is required with admin_key".into(),
+                        reason: "is required with --admin-key".into(),
                     });
                 }
                 (None, Some(_)) => {
                     return Err(ConfigError::Invalid {
                         field: "admin_key",
-                        reason: "is required with admin_token".into(),
+                        reason: "is required with --admin-token".into(),
                     });
                 }
             }
@@ -361,6 +477,7 @@ impl Config {
                 listeners.push(("mqtt_tls_listen", self.mqtt_tls_listen));
             }
             for (field, addr) in listeners {
+                let Some(addr) = addr else { continue };
                 if !addr.ip().is_loopback() {
                     return invalid(
                         field,
@@ -391,6 +508,15 @@ impl Config {
                 "org_id",
                 "must be 1 to 36 characters of A-Z, a-z, 0-9, '.', '_', '-'",
             );
+        }
+        for (field, max) in [
+            ("rest_max_connections", self.rest_max_connections),
+            ("grpc_max_connections", self.grpc_max_connections),
+            ("mqtt_max_connections", self.mqtt_max_connections),
+        ] {
+            if max == 0 {
+                return invalid(field, "must be at least 1");
+            }
         }
         if self.mqtt_max_packet_size < 64 {
             return invalid("mqtt_max_packet_size", "must be at least 64 bytes");
@@ -441,7 +567,7 @@ mod tests {
             ..Default::default()
         };
         let err = Config::from_layers([&layer]).unwrap_err().to_string();
-        assert!(err.contains("grpc_listen"), "{err}");
+        assert!(err.starts_with("--grpc-listen: "), "{err}");
         assert!(err.contains("loopback"), "{err}");
         let with_auth = ConfigLayer {
             auth: Some(true),
@@ -458,7 +584,7 @@ mod tests {
             ..Default::default()
         };
         let err = Config::from_layers([&layer]).unwrap_err().to_string();
-        assert!(err.starts_with("admin_token"), "{err}");
+        assert!(err.starts_with("--admin-token: "), "{err}");
     }
 
     #[test]
@@ -468,7 +594,7 @@ mod tests {
             ..Default::default()
         };
         let err = Config::from_layers([&layer]).unwrap_err().to_string();
-        assert!(err.starts_with("activity_interval"), "{err}");
+        assert!(err.starts_with("--activity-interval: "), "{err}");
     }
 
     #[test]
@@ -481,5 +607,69 @@ mod tests {
         assert_eq!((c.org_id.as_str(), c.watch_buffer), ("acme", 64));
         std::fs::write(&path, "no_such_key = 1\n").unwrap();
         assert!(ConfigLayer::from_file(&path).is_err());
+    }
+
+    /// The example file at the top of the repository parses, validates and
+    /// states the true defaults; with its commented-out optional keys
+    /// switched on, it sets every key there is.
+    #[test]
+    fn the_example_file_loads_and_names_every_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("connstate.example.toml");
+        let layer = ConfigLayer::from_file(&path).unwrap();
+        let config = Config::from_layers([&layer]).unwrap();
+        assert_eq!(format!("{config:?}"), format!("{:?}", Config::default()));
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        let all: String = text
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest)
+                    if rest
+                        .split_once(" = ")
+                        .is_some_and(|(k, _)| !k.contains(' ')) =>
+                {
+                    rest
+                }
+                _ => line,
+            })
+            .flat_map(|line| [line, "\n"])
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let all_path = dir.path().join("all.toml");
+        std::fs::write(&all_path, all).unwrap();
+        let layer = ConfigLayer::from_file(&all_path).unwrap();
+        let unset = format!("{layer:?}");
+        assert!(
+            !unset.contains("None"),
+            "keys missing from the example: {unset}"
+        );
+        Config::from_layers([&layer]).unwrap();
+    }
+
+    #[test]
+    fn listen_addresses_take_localhost_and_off() {
+        let parse = |t: &str| t.parse::<Listen>();
+        assert_eq!(
+            parse("localhost:8080"),
+            Ok(Listen(Some(([127, 0, 0, 1], 8080).into())))
+        );
+        assert_eq!(parse("off"), Ok(Listen(None)));
+        assert_eq!(
+            parse("[::1]:0"),
+            Ok(Listen(Some("[::1]:0".parse().unwrap())))
+        );
+        let err = parse("example.com:80").unwrap_err();
+        assert!(err.contains("localhost:PORT, or off"), "{err}");
+        let layer: ConfigLayer =
+            toml::from_str("mqtt_ws_listen = \"off\"\ngrpc_listen = \"localhost:9\"\n").unwrap();
+        let off = ConfigLayer {
+            // Off and localhost listeners do not count against open mode.
+            rest_listen: Some(Listen(None)),
+            ..layer
+        };
+        let c = Config::from_layers([&off]).unwrap();
+        assert_eq!(c.mqtt_ws_listen, None);
+        assert_eq!(c.rest_listen, None);
+        assert_eq!(c.grpc_listen, Some(([127, 0, 0, 1], 9).into()));
     }
 }

@@ -20,13 +20,17 @@
 //!   client lifecycle event to the tracker.
 //! - [`metrics`]: Prometheus metrics of all of the above.
 //! - [`config`]: one validated configuration.
+//! - [`accept`]: every listener's connection cap and accept back-off;
+//!   [`http`]: HTTP/1.1 serving with header and idle timeouts over it.
 //! - [`server`]: wires it all together: [`server::run`] takes bound
 //!   listeners, a configuration and a shutdown future.
 #![forbid(unsafe_code)]
 
+pub mod accept;
 pub mod api;
 pub mod config;
 pub mod domain;
+pub mod http;
 pub mod metrics;
 pub mod mqtt;
 pub mod query;

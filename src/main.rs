@@ -1,11 +1,11 @@
 //! The `connstate` command: parses the configuration, sets up logging,
 //! binds the listeners and hands over to the library.
 
-use std::{io::IsTerminal, path::PathBuf};
+use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, process::ExitCode};
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use connstate::{Config, Listeners, config::ConfigLayer, mqtt::MqttListeners};
+use tokio::net::TcpListener;
 
 #[derive(Parser)]
 #[command(
@@ -21,6 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the service.
+    #[command(after_help = SERVE_HELP)]
     Serve {
         /// TOML file with the same keys as the flags (lower precedence than
         /// environment and flags)
@@ -31,17 +32,41 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+/// The end of `connstate serve --help`.
+const SERVE_HELP: &str = "\
+Listeners: every --*-listen flag takes IP:PORT, localhost:PORT (127.0.0.1) or off, \
+so e.g. `--mqtt-listen off --mqtt-ws-listen off` leaves MQTT over TLS only.
+
+Logging: RUST_LOG chooses what is logged to standard error, as tracing's env filter \
+[default: info,sled=warn,h2=warn]; e.g. RUST_LOG=debug, or \
+RUST_LOG=info,connstate::mqtt=debug for one module.";
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sled=warn,h2=warn".into()),
+                .unwrap_or_else(|_| DEFAULT_LOG.into()),
         )
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
+    match start(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Each error's message already says what went wrong and why.
+            eprintln!("connstate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What is logged when `RUST_LOG` is not set.
+const DEFAULT_LOG: &str = "info,sled=warn,h2=warn";
+
+fn start(cli: Cli) -> anyhow::Result<()> {
     let Command::Serve { config, layer } = cli.command;
+    raise_open_file_limit();
     let file = config
         .as_deref()
         .map(ConfigLayer::from_file)
@@ -54,88 +79,98 @@ fn main() -> anyhow::Result<()> {
         .block_on(serve(config))
 }
 
-/// Pending connections each MQTT listener queues (capped by the kernel's
-/// `net.core.somaxconn`).
-const MQTT_ACCEPT_BACKLOG: u32 = 1024;
+/// Every connection takes a file descriptor, and the usual soft limit (1024)
+/// is far below what a broker holds: take the hard limit.
+fn raise_open_file_limit() {
+    match rlimit::Resource::NOFILE.get() {
+        Ok((soft, hard)) => match rlimit::increase_nofile_limit(hard) {
+            Ok(now) => tracing::info!("open file limit {now} (was {soft}, hard limit {hard})"),
+            Err(e) => {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open file limit")
+            }
+        },
+        Err(e) => tracing::warn!(error = %e, "cannot read the open file limit"),
+    }
+}
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let grpc = tokio::net::TcpListener::bind(config.grpc_listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.grpc_listen))?;
-    let rest = tokio::net::TcpListener::bind(config.rest_listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.rest_listen))?;
-    // MQTT listeners get a deep accept queue: when a fleet reconnects at
-    // once, a full queue drops SYNs and each costs its client a second.
-    let bind = |addr: std::net::SocketAddr| async move {
+/// Pending connections each listener queues (capped by the kernel's
+/// `net.core.somaxconn`): when a fleet reconnects at once, a full queue
+/// drops SYNs and each costs its client a second.
+const ACCEPT_BACKLOG: u32 = 1024;
+
+/// Binds one listener unless it is off; an error names the listener and
+/// its flag.
+async fn bind(
+    what: &str,
+    flag: &str,
+    addr: Option<SocketAddr>,
+) -> anyhow::Result<Option<TcpListener>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let bound = (|| {
         let socket = if addr.is_ipv4() {
             tokio::net::TcpSocket::new_v4()
         } else {
             tokio::net::TcpSocket::new_v6()
         }?;
         socket.set_reuseaddr(true)?;
-        socket
-            .bind(addr)
-            .and_then(|()| socket.listen(MQTT_ACCEPT_BACKLOG))
-            .with_context(|| format!("cannot listen on {addr}"))
-    };
+        socket.bind(addr)?;
+        socket.listen(ACCEPT_BACKLOG)
+    })();
+    match bound {
+        Ok(listener) => Ok(Some(listener)),
+        Err(e) => anyhow::bail!(
+            "{what} listener ({flag}) cannot listen on {addr}: {e}; \
+             choose another address with {flag}, or switch it off with {flag} off"
+        ),
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let shutdown = anyhow::Context::context(
+        shutdown_signal(),
+        "installing the SIGINT and SIGTERM handlers",
+    )?;
+    let grpc = bind("gRPC", "--grpc-listen", config.grpc_listen).await?;
+    let rest = bind("REST", "--rest-listen", config.rest_listen).await?;
     let mqtt = MqttListeners {
-        tcp: Some(bind(config.mqtt_listen).await?),
+        tcp: bind("MQTT", "--mqtt-listen", config.mqtt_listen).await?,
         tls: match config.tls {
-            Some(_) => Some(bind(config.mqtt_tls_listen).await?),
+            Some(_) => bind("MQTT over TLS", "--mqtt-tls-listen", config.mqtt_tls_listen).await?,
             None => None,
         },
-        ws: Some(bind(config.mqtt_ws_listen).await?),
+        ws: bind(
+            "MQTT over WebSocket",
+            "--mqtt-ws-listen",
+            config.mqtt_ws_listen,
+        )
+        .await?,
     };
-    // Stable lines for scripts and tests that start the binary on port 0.
-    // A reader that stopped listening must not stop the server.
-    {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "connstate grpc listening on {}", grpc.local_addr()?);
-        let _ = writeln!(out, "connstate rest listening on {}", rest.local_addr()?);
-        for (name, listener) in [
-            ("mqtt", &mqtt.tcp),
-            ("mqtt-tls", &mqtt.tls),
-            ("mqtt-ws", &mqtt.ws),
-        ] {
-            if let Some(l) = listener {
-                let _ = writeln!(out, "connstate {name} listening on {}", l.local_addr()?);
-            }
-        }
-        let _ = out.flush();
-    }
-    connstate::run(
-        Listeners {
-            grpc,
-            rest: Some(rest),
-            mqtt,
-        },
-        config,
-        shutdown_signal(),
-    )
-    .await?;
+    // The library announces the listeners once they serve.
+    connstate::run(Listeners { grpc, rest, mqtt }, config, shutdown).await?;
     Ok(())
 }
 
-/// SIGINT or SIGTERM, whichever comes first.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGINT or SIGTERM, whichever comes first. The handlers are installed
+/// here, before anything binds: a signal that arrives as soon as the
+/// listeners are announced must start a graceful shutdown, not meet the
+/// default action that kills the process.
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send> {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        })
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }

@@ -29,6 +29,12 @@ pub struct FailureLabels {
     pub reason_code: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    /// `grpc`, `rest`, `mqtt`, `mqtt-tls` or `mqtt-ws`.
+    pub listener: &'static str,
+}
+
 /// Every metric of the service.
 pub struct Metrics {
     registry: Registry,
@@ -47,6 +53,8 @@ pub struct Metrics {
     pub mqtt_received_bytes: Counter,
     pub mqtt_sent_bytes: Counter,
     pub mqtt_dropped_messages: Counter,
+    pub connections_refused: Family<ListenerLabel, Counter>,
+    pub accept_failures: Family<ListenerLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -134,8 +142,22 @@ impl Default for Metrics {
             "Messages dropped for clients that could not take them (queue full)",
             mqtt_dropped_messages.clone(),
         );
+        let connections_refused = Family::<ListenerLabel, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed on arrival because their listener was at its cap",
+            connections_refused.clone(),
+        );
+        let accept_failures = Family::<ListenerLabel, Counter>::default();
+        registry.register(
+            "accept_failures",
+            "Accepts that failed for want of resources (file descriptors, memory); the listener backs off",
+            accept_failures.clone(),
+        );
         Metrics {
             registry,
+            connections_refused,
+            accept_failures,
             mqtt_connections,
             mqtt_received_messages,
             mqtt_sent_messages,

@@ -9,16 +9,17 @@
 use std::{future::Future, time::Duration};
 
 use tokio::net::TcpListener;
-use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic_health::server::HealthReporter;
 
 use crate::{
+    accept::Acceptor,
     api::{
         auth::Gate,
         grpc::{GrpcApi, interceptor},
     },
     config::Config,
+    http::HttpLimits,
     mqtt::{Broker, BrokerOptions, MqttListeners},
     pb::{
         admin_service_server::AdminServiceServer,
@@ -33,7 +34,8 @@ use crate::{
 
 /// Listeners bound by the caller (tests bind port 0 and read it back).
 pub struct Listeners {
-    pub grpc: TcpListener,
+    /// The gRPC API; `None` serves no gRPC.
+    pub grpc: Option<TcpListener>,
     /// The REST gateway; `None` serves gRPC only.
     pub rest: Option<TcpListener>,
     /// The embedded MQTT broker's listeners; all `None` runs no broker
@@ -56,8 +58,16 @@ pub enum ServerError {
     Registry(#[from] RegistryError),
     #[error("TLS: {0}")]
     Tls(std::io::Error),
-    #[error("REST listener: {0}")]
-    Listener(std::io::Error),
+    #[error(
+        "data folder {} is in use by another connstate{}; stop it, or give this one \
+         another folder with --data-dir",
+        dir.display(),
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    DataDirInUse {
+        dir: std::path::PathBuf,
+        pid: Option<u32>,
+    },
 }
 
 /// Serves the REST gateway on `listener`, over HTTPS when a certificate is
@@ -65,39 +75,38 @@ pub enum ServerError {
 async fn spawn_rest(
     listener: TcpListener,
     router: axum::Router,
-    tls: Option<&(std::path::PathBuf, std::path::PathBuf)>,
-    grace: Duration,
+    config: &Config,
+    metrics: &crate::metrics::Metrics,
     stop: CancellationToken,
-) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, ServerError> {
+) -> Result<tokio::task::JoinHandle<()>, ServerError> {
     let addr = listener.local_addr().ok();
-    let Some((cert, key)) = tls else {
-        tracing::info!(rest = ?addr, "REST gateway (HTTP)");
-        // Small responses must not wait for delayed ACKs.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
-            let _ = stream.set_nodelay(true);
-        });
-        return Ok(tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(
+            crate::http::tls_acceptor(cert, key)
                 .await
-        }));
+                .map_err(ServerError::Tls)?,
+        ),
+        None => None,
     };
-    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-        .await
-        .map_err(ServerError::Tls)?;
-    let listener = listener.into_std().map_err(ServerError::Listener)?;
-    let handle = axum_server::Handle::new();
-    let server = axum_server::from_tcp_rustls(listener, tls)
-        .map_err(ServerError::Listener)?
-        .handle(handle.clone());
-    tracing::info!(rest = ?addr, "REST gateway (HTTPS)");
-    tokio::spawn(async move {
-        stop.cancelled().await;
-        handle.graceful_shutdown(Some(grace));
-    });
-    Ok(tokio::spawn(async move {
-        server.serve(router.into_make_service()).await
-    }))
+    tracing::info!(
+        rest = ?addr,
+        https = tls.is_some(),
+        max_connections = config.rest_max_connections,
+        "REST gateway"
+    );
+    let acceptor = Acceptor::new(listener, "rest", config.rest_max_connections, metrics);
+    let limits = HttpLimits {
+        header_timeout: config.rest_header_timeout,
+        idle_timeout: config.rest_idle_timeout,
+    };
+    Ok(tokio::spawn(crate::http::serve(
+        acceptor,
+        router,
+        tls,
+        limits,
+        stop,
+        config.shutdown_grace,
+    )))
 }
 
 /// The gate of both APIs: open mode, or API keys. With keys on and none
@@ -157,6 +166,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     config.validate()?;
+    let announcements = listeners.addresses();
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, false).await;
 
@@ -170,7 +180,21 @@ pub async fn run(
     let data_dir = config.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&data_dir, options))
         .await
-        .map_err(|_| StoreError::Closed)??;
+        .map_err(|_| StoreError::Closed)?
+        .map_err(|e| match e {
+            // sled 0.34 reports the lock another process holds only in
+            // its message.
+            StoreError::Sled(sled::Error::Io(io))
+                if io.to_string().starts_with("could not acquire lock") =>
+            {
+                ServerError::DataDirInUse {
+                    dir: config.data_dir.clone(),
+                    pid: read_pid_file(&config.data_dir),
+                }
+            }
+            e => ServerError::Store(e),
+        })?;
+    write_pid_file(&config.data_dir);
     tracing::info!(
         data_dir = %config.data_dir.display(),
         revision = store.committed_revision(),
@@ -233,7 +257,18 @@ pub async fn run(
         },
         stop.clone(),
     )?;
-    let mqtt_listeners = crate::mqtt::spawn_listeners(&broker, listeners.mqtt, mqtt_tls);
+    let mqtt_listeners = crate::mqtt::spawn_listeners(
+        &broker,
+        listeners.mqtt,
+        mqtt_tls,
+        crate::mqtt::ListenerLimits {
+            max_connections: config.mqtt_max_connections,
+            websocket: HttpLimits {
+                header_timeout: config.rest_header_timeout,
+                idle_timeout: config.rest_idle_timeout,
+            },
+        },
+    );
     let flusher = tracker.spawn_activity_flusher(config.activity_interval, stop.clone());
     let lease_keeper = tracker.spawn_lease_keeper(stop.clone());
     let retention = spawn_retention(store.clone(), config.retention_interval, stop.clone());
@@ -249,8 +284,8 @@ pub async fn run(
                     registry.clone(),
                     Some(broker.clone()),
                 ),
-                config.tls.as_ref(),
-                config.shutdown_grace,
+                &config,
+                store.metrics(),
                 stop.clone(),
             )
             .await?,
@@ -266,7 +301,6 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let grpc_addr = listeners.grpc.local_addr().ok();
     let mut builder = tonic::transport::Server::builder();
     if let Some((cert, key)) = &config.tls {
         let identity = tonic::transport::Identity::from_pem(
@@ -276,13 +310,16 @@ pub async fn run(
         builder =
             builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
     } else if config.auth
-        && !(config.grpc_listen.ip().is_loopback() && config.rest_listen.ip().is_loopback())
+        && ![config.grpc_listen, config.rest_listen]
+            .into_iter()
+            .flatten()
+            .all(|addr| addr.ip().is_loopback())
     {
         tracing::warn!(
             "API tokens will cross the network in clear text: configure --tls-cert and --tls-key"
         );
     }
-    let serve = builder
+    let grpc = builder
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -294,21 +331,35 @@ pub async fn run(
             api.clone(),
             interceptor(gate.clone()),
         ))
-        .add_service(AdminServiceServer::with_interceptor(api, interceptor(gate)))
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listeners.grpc).map(|accepted| {
-                // Small responses must not wait for delayed ACKs.
-                accepted.inspect(|stream| {
-                    let _ = stream.set_nodelay(true);
+        .add_service(AdminServiceServer::with_interceptor(api, interceptor(gate)));
+    let serve: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        match listeners.grpc {
+            Some(listener) => Box::pin(
+                grpc.serve_with_incoming_shutdown(
+                    Acceptor::new(
+                        listener,
+                        "grpc",
+                        config.grpc_max_connections,
+                        store.metrics(),
+                    )
+                    .into_incoming(),
+                    stop.clone().cancelled_owned(),
+                ),
+            ),
+            None => {
+                let stop = stop.clone();
+                Box::pin(async move {
+                    stop.cancelled().await;
+                    Ok(())
                 })
-            }),
-            stop.clone().cancelled_owned(),
-        );
+            }
+        };
     // Health follows the store from here on; see spawn_store_watchdog.
     let recording = store.watch_recording();
     set_health(&reporter, store.can_record()).await;
     let watchdog = spawn_store_watchdog(recording, reporter.clone(), stop.clone());
-    tracing::info!(grpc = ?grpc_addr, "serving");
+    announce(&announcements);
+    tracing::info!("serving");
 
     tokio::pin!(serve);
     let served = tokio::select! {
@@ -329,11 +380,8 @@ pub async fn run(
     stop.cancel();
     set_health(&reporter, false).await;
     if let Some(rest) = rest {
-        match tokio::time::timeout(config.shutdown_grace, rest).await {
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "REST gateway stopped with an error"),
-            Err(_) => tracing::warn!("REST requests still running after the grace period"),
-            _ => {}
-        }
+        // It bounds its own wait by the grace period.
+        let _ = rest.await;
     }
     for task in mqtt_listeners {
         let _ = task.await;
@@ -347,9 +395,57 @@ pub async fn run(
     let _ = retention.await;
     let _ = watchdog.await;
     store.close().await?;
+    let _ = std::fs::remove_file(config.data_dir.join(PID_FILE));
     tracing::info!(revision = store.committed_revision(), "store closed");
     served?;
     Ok(())
+}
+
+impl Listeners {
+    /// The name (as announced) and address of every listener.
+    fn addresses(&self) -> Vec<(&'static str, std::net::SocketAddr)> {
+        [
+            ("grpc", &self.grpc),
+            ("rest", &self.rest),
+            ("mqtt", &self.mqtt.tcp),
+            ("mqtt-tls", &self.mqtt.tls),
+            ("mqtt-ws", &self.mqtt.ws),
+        ]
+        .into_iter()
+        .filter_map(|(name, l)| Some((name, l.as_ref()?.local_addr().ok()?)))
+        .collect()
+    }
+}
+
+/// Prints one stable line per listener, for scripts and tests that start
+/// the binary on port 0; only once the store is open and every listener is
+/// bound. A reader that stopped listening must not stop the server.
+fn announce(listeners: &[(&str, std::net::SocketAddr)]) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    for (name, addr) in listeners {
+        let _ = writeln!(out, "connstate {name} listening on {addr}");
+    }
+    let _ = out.flush();
+}
+
+/// Names the process that has the data folder open, for the message a
+/// second server on the same folder gives.
+const PID_FILE: &str = "connstate.pid";
+
+fn write_pid_file(data_dir: &std::path::Path) {
+    let path = data_dir.join(PID_FILE);
+    if let Err(e) = std::fs::write(&path, format!("{}\n", std::process::id())) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write the pid file");
+    }
+}
+
+fn read_pid_file(data_dir: &std::path::Path) -> Option<u32> {
+    std::fs::read_to_string(data_dir.join(PID_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn spawn_retention(

@@ -406,7 +406,10 @@ async fn shutdown_ends_watch_streams_and_keeps_the_data() {
     );
     assert!(state.revision <= revision);
     let next = server.ingest(connects("d:local:t:after", 0..1)).await;
-    assert!(next > revision, "revisions continue: {next} after {revision}");
+    assert!(
+        next > revision,
+        "revisions continue: {next} after {revision}"
+    );
     server.stop().await;
     drop(dir);
 }

@@ -208,17 +208,17 @@ async fn start_server(
 )> {
     let mut config = Config {
         data_dir: data_dir.to_owned(),
-        grpc_listen: "127.0.0.1:0".parse()?,
+        grpc_listen: Some("127.0.0.1:0".parse()?),
         ..Config::default()
     };
     tune(&mut config);
-    let grpc = tokio::net::TcpListener::bind(config.grpc_listen).await?;
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = grpc.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let handle = tokio::spawn(async move {
         if let Err(e) = connstate::run(
             Listeners {
-                grpc,
+                grpc: Some(grpc),
                 rest: None,
                 mqtt: Default::default(),
             },

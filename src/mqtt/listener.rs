@@ -1,5 +1,6 @@
 //! The broker's listeners: MQTT over TCP, over TLS, and over WebSocket
-//! (path `/mqtt`, subprotocol `mqtt`).
+//! (path `/mqtt`, subprotocol `mqtt`). Each has its own connection cap and
+//! backs off when accepting fails ([`crate::accept`]).
 
 use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
@@ -25,6 +26,16 @@ use super::{
     Broker,
     connection::{self, Transport},
 };
+use crate::{accept::Acceptor, http::HttpLimits};
+
+/// Limits of every broker listener.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerLimits {
+    /// Connections open at once on each listener.
+    pub max_connections: usize,
+    /// Time limits of the WebSocket listener's HTTP handshake.
+    pub websocket: HttpLimits,
+}
 
 /// Listeners bound by the caller; `None` leaves that transport off.
 #[derive(Default)]
@@ -50,45 +61,45 @@ pub fn spawn_listeners(
     broker: &Broker,
     listeners: MqttListeners,
     tls: Option<Arc<rustls::ServerConfig>>,
+    limits: ListenerLimits,
 ) -> Vec<JoinHandle<()>> {
+    let metrics = broker.metrics();
+    let capped = |listener, name| Acceptor::new(listener, name, limits.max_connections, metrics);
     let mut tasks = Vec::new();
     if let Some(listener) = listeners.tcp {
-        tasks.push(tokio::spawn(accept_tcp(broker.clone(), listener, None)));
+        let acceptor = capped(listener, "mqtt");
+        tasks.push(tokio::spawn(accept_tcp(broker.clone(), acceptor, None)));
     }
     if let (Some(listener), Some(tls)) = (listeners.tls, tls) {
+        let acceptor = capped(listener, "mqtt-tls");
         tasks.push(tokio::spawn(accept_tcp(
             broker.clone(),
-            listener,
+            acceptor,
             Some(TlsAcceptor::from(tls)),
         )));
     }
     if let Some(listener) = listeners.ws {
-        tasks.push(tokio::spawn(serve_ws(broker.clone(), listener)));
+        let acceptor = capped(listener, "mqtt-ws");
+        tasks.push(tokio::spawn(serve_ws(
+            broker.clone(),
+            acceptor,
+            limits.websocket,
+        )));
     }
     tasks
 }
 
-async fn accept_tcp(broker: Broker, listener: TcpListener, tls: Option<TlsAcceptor>) {
+async fn accept_tcp(broker: Broker, acceptor: Acceptor, tls: Option<TlsAcceptor>) {
     let stop = broker.inner.stop.clone();
-    let Ok(local) = listener.local_addr() else {
+    let Ok(local) = acceptor.local_addr() else {
         return;
     };
     tracing::info!(mqtt = %local, tls = tls.is_some(), "MQTT listener");
     loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
+        let (stream, peer) = tokio::select! {
+            accepted = acceptor.accept() => accepted,
             () = stop.cancelled() => return,
         };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // Out of file descriptors and the like: back off briefly.
-                tracing::warn!(error = %e, "MQTT accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
         let transport = Transport {
             peer,
             local,
@@ -124,8 +135,8 @@ struct WsState {
     local: SocketAddr,
 }
 
-async fn serve_ws(broker: Broker, listener: TcpListener) {
-    let Ok(local) = listener.local_addr() else {
+async fn serve_ws(broker: Broker, acceptor: Acceptor, limits: HttpLimits) {
+    let Ok(local) = acceptor.local_addr() else {
         return;
     };
     tracing::info!(mqtt_ws = %local, "MQTT over WebSocket listener (path /mqtt)");
@@ -133,15 +144,9 @@ async fn serve_ws(broker: Broker, listener: TcpListener) {
     let router = Router::new()
         .route("/mqtt", get(upgrade))
         .with_state(WsState { broker, local });
-    let served = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop.cancelled_owned())
-    .await;
-    if let Err(e) = served {
-        tracing::warn!(error = %e, "MQTT WebSocket listener stopped");
-    }
+    // Upgraded connections belong to the broker, which ends them at
+    // shutdown; only handshakes are left when this returns.
+    crate::http::serve(acceptor, router, None, limits, stop, Duration::from_secs(1)).await;
 }
 
 async fn upgrade(

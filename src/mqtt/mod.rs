@@ -37,7 +37,7 @@ use rmqtt_codec::{types::QoS, v5::PublishProperties};
 use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-pub use listener::{MqttListeners, spawn_listeners, tls_config};
+pub use listener::{ListenerLimits, MqttListeners, spawn_listeners, tls_config};
 
 use crate::{
     domain::{ClientId, DisconnectCause, LifecycleEvent},
@@ -311,7 +311,7 @@ impl Broker {
             .cloned()
     }
 
-    fn metrics(&self) -> &crate::metrics::Metrics {
+    pub(crate) fn metrics(&self) -> &crate::metrics::Metrics {
         self.inner.store.metrics()
     }
 

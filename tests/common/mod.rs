@@ -47,16 +47,16 @@ impl TestServer {
     pub async fn start_in(data_dir: PathBuf, tune: impl FnOnce(&mut Config)) -> TestServer {
         let mut config = Config {
             data_dir: data_dir.clone(),
-            grpc_listen: "127.0.0.1:0".parse().unwrap(),
-            rest_listen: "127.0.0.1:0".parse().unwrap(),
+            grpc_listen: Some("127.0.0.1:0".parse().unwrap()),
+            rest_listen: Some("127.0.0.1:0".parse().unwrap()),
             ..Config::default()
         };
         tune(&mut config);
-        let grpc = tokio::net::TcpListener::bind(config.grpc_listen)
+        let grpc = tokio::net::TcpListener::bind(config.grpc_listen.expect("gRPC on"))
             .await
             .expect("bind");
         let addr = grpc.local_addr().unwrap();
-        let rest = tokio::net::TcpListener::bind(config.rest_listen)
+        let rest = tokio::net::TcpListener::bind(config.rest_listen.expect("REST on"))
             .await
             .expect("bind");
         let rest_url = format!("http://{}", rest.local_addr().unwrap());
@@ -76,7 +76,7 @@ impl TestServer {
         let (tx, rx) = oneshot::channel();
         let handle = tokio::spawn(connstate::run(
             Listeners {
-                grpc,
+                grpc: Some(grpc),
                 rest: Some(rest),
                 mqtt: connstate::mqtt::MqttListeners {
                     tcp: Some(mqtt),
