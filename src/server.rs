@@ -371,7 +371,7 @@ pub async fn run(
             match tokio::time::timeout(config.shutdown_grace, &mut serve).await {
                 Ok(result) => result,
                 Err(_) => {
-                    tracing::warn!(grace = ?config.shutdown_grace, "requests still running after the grace period; stopping anyway");
+                    tracing::warn!(grace = %humantime::format_duration(config.shutdown_grace), "requests still running after the grace period; stopping anyway");
                     Ok(())
                 }
             }
@@ -464,7 +464,12 @@ fn spawn_retention(
             let store = store.clone();
             match tokio::task::spawn_blocking(move || store.run_retention()).await {
                 Ok(Ok(report)) if report != Default::default() => {
-                    tracing::info!(?report, "retention pass");
+                    tracing::info!(
+                        log_entries_by_age = report.log_entries_by_age,
+                        log_entries_by_count = report.log_entries_by_count,
+                        changes = report.changes,
+                        "retention pass"
+                    );
                 }
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "retention pass failed"),
@@ -500,8 +505,8 @@ fn spawn_store_watchdog(
                 return;
             }
             let serving = now == crate::store::Recording::Ready;
-            if !serving {
-                tracing::error!(state = ?now, "the store cannot record: reporting NOT_SERVING");
+            if let Some(why) = now.refusal() {
+                tracing::error!(reason = %why, "the store cannot record: reporting NOT_SERVING");
             }
             set_health(&reporter, serving).await;
         }
