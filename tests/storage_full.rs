@@ -254,8 +254,10 @@ async fn a_full_disk_refuses_connects_and_writes_until_space_is_freed() {
 /// The real binary on a data folder, with what it wrote to standard error.
 struct Binary {
     child: Child,
-    grpc: String,
-    mqtt: std::net::SocketAddr,
+    /// The addresses it announces once serving; `None` when it stopped
+    /// before (the announcements follow a successful start).
+    grpc: Option<String>,
+    mqtt: Option<std::net::SocketAddr>,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
@@ -310,8 +312,8 @@ impl Binary {
         std::thread::spawn(move || for _ in lines {});
         Binary {
             child,
-            grpc: grpc.expect("gRPC address line"),
-            mqtt: mqtt.expect("MQTT address line"),
+            grpc,
+            mqtt,
             stderr,
         }
     }
@@ -330,7 +332,12 @@ impl Binary {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 return Err(format!("{status}: {}", self.stderr.lock().unwrap()));
             }
-            if let Ok(ch) = tonic::transport::Channel::from_shared(self.grpc.clone())
+            let Some(grpc) = self.grpc.clone() else {
+                // No announcement: it is on its way out.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            if let Ok(ch) = tonic::transport::Channel::from_shared(grpc)
                 .unwrap()
                 .connect()
                 .await
@@ -366,7 +373,7 @@ async fn a_crash_on_a_nearly_full_disk_says_what_space_recovery_needs_then_recov
     let mut sockets = Vec::new();
     for i in 0..CLIENTS {
         let (code, socket) =
-            mqtt_connect(server.mqtt, &format!("d:local:t:c{i}"), i % 2 == 0).await;
+            mqtt_connect(server.mqtt.unwrap(), &format!("d:local:t:c{i}"), i % 2 == 0).await;
         assert_eq!(code, 0);
         sockets.push(socket);
     }
