@@ -46,9 +46,25 @@ pub(super) enum Command {
 const CLEAR_CHUNK: usize = 10_000;
 
 /// A record before the open batch and as the batch leaves it.
+#[derive(Clone)]
 struct Touched {
     before: Option<ConnectionState>,
     after: Option<ConnectionState>,
+}
+
+/// What one command has done to the open batch so far, to take it back if
+/// a later event of the command fails.
+struct Staged {
+    /// The writer's revision, change, log and grown-log counts before it.
+    revision: Revision,
+    changes: usize,
+    log_refs: usize,
+    grown_logs: usize,
+    /// Its sled writes, added to the batch only once all its events apply.
+    writes: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Each client it touched, as the batch had it before (`None`: not
+    /// touched before).
+    touched: HashMap<ClientId, Option<Touched>>,
 }
 
 pub(super) struct Writer {
@@ -164,10 +180,50 @@ impl Writer {
             .or_insert(Touched { before, after });
     }
 
+    /// Applies one command's events, all or nothing: when one fails, the
+    /// events before it in the same command are taken back (no record, no
+    /// revision, no change), while other commands of the group commit are
+    /// unaffected.
     fn apply_events(&mut self, events: &[LifecycleEvent]) -> Result<Revision, StoreError> {
         if !self.store.settings().enabled {
             return Err(StoreError::Disabled);
         }
+        let mut staged = Staged {
+            revision: self.revision,
+            changes: self.changes.len(),
+            log_refs: self.log_refs.len(),
+            grown_logs: self.grown_logs.len(),
+            writes: Vec::new(),
+            touched: HashMap::new(),
+        };
+        match self.stage_events(events, &mut staged) {
+            Ok(last) => {
+                for (key, value) in staged.writes {
+                    self.batch.insert(key, value);
+                }
+                Ok(last)
+            }
+            Err(e) => {
+                self.revision = staged.revision;
+                self.changes.truncate(staged.changes);
+                self.log_refs.truncate(staged.log_refs);
+                self.grown_logs.truncate(staged.grown_logs);
+                for (client, touched) in staged.touched {
+                    match touched {
+                        Some(t) => self.touched.insert(client, t),
+                        None => self.touched.remove(&client),
+                    };
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn stage_events(
+        &mut self,
+        events: &[LifecycleEvent],
+        staged: &mut Staged,
+    ) -> Result<Revision, StoreError> {
         let mut last = self.revision;
         let commit_time = Utc::now();
         for event in events {
@@ -183,15 +239,20 @@ impl Writer {
             self.revision = revision;
             last = revision;
             if let Some(state) = &outcome.state {
-                self.batch
-                    .insert(keys::state(&state.client_id), codec::encode_state(state));
+                staged
+                    .writes
+                    .push((keys::state(&state.client_id), codec::encode_state(state)));
+                staged
+                    .touched
+                    .entry(event.client_id.clone())
+                    .or_insert_with(|| self.touched.get(&event.client_id).cloned());
                 self.touch(&event.client_id, current.clone(), Some(state.clone()));
             }
             if let Some(entry) = &outcome.log_entry {
-                self.batch.insert(
+                staged.writes.push((
                     keys::client_log(&entry.client_id, revision),
                     codec::encode_log(entry),
-                );
+                ));
                 self.log_refs.push(codec::LogRef {
                     revision,
                     client_id: entry.client_id.as_str().to_owned(),
@@ -482,4 +543,82 @@ impl Writer {
 enum ControlFlow {
     Continue,
     Stop,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::domain::{ConnectionInfo, ConnectionStatus, EventKind, MqttProtocol};
+
+    fn connect(client: &str, connection_id: u64) -> LifecycleEvent {
+        LifecycleEvent {
+            client_id: ClientId::new(client).unwrap(),
+            time: Utc::now(),
+            connection_id,
+            broker: Arc::from("test"),
+            kind: EventKind::Connected(ConnectionInfo {
+                addr: "127.0.0.1".parse().unwrap(),
+                port: 1,
+                secure: false,
+                username: String::new(),
+                protocol: Some(MqttProtocol::V3_1_1),
+                keep_alive: 60,
+                clean_session: true,
+            }),
+            peer: None,
+        }
+    }
+
+    /// A command whose third event fails (its client's record does not
+    /// decode) leaves nothing behind: not the two events before it, not a
+    /// revision, not a change on the live feed. A command in the same
+    /// group commit goes through.
+    #[tokio::test]
+    async fn a_failing_event_fails_its_whole_command_and_only_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        let broken = ClientId::new("d:local:t:broken").unwrap();
+        store
+            .inner
+            .db
+            .insert(keys::state(&broken), &b"not a record"[..])
+            .unwrap();
+        let before = store.committed_revision();
+        let mut live = store.subscribe();
+
+        let failing = store.commit_events(vec![
+            connect("d:local:t:a", 1),
+            connect("d:local:t:b", 1),
+            connect("d:local:t:broken", 1),
+        ]);
+        let other = store.commit_events(vec![connect("d:local:t:c", 1)]);
+        let (failing, other) = tokio::join!(failing, other);
+        assert!(
+            matches!(failing, Err(StoreError::Corrupt(_))),
+            "{failing:?}"
+        );
+        let revision = other.expect("the other command is unaffected");
+
+        for untouched in ["d:local:t:a", "d:local:t:b"] {
+            let client = ClientId::new(untouched).unwrap();
+            assert_eq!(store.get_state(&client).unwrap(), None, "{untouched}");
+        }
+        let c = store
+            .get_state(&ClientId::new("d:local:t:c").unwrap())
+            .unwrap()
+            .expect("c is recorded");
+        assert_eq!(c.status, ConnectionStatus::Connected);
+        // One revision, for the one change that was committed.
+        assert_eq!(revision, before + 1);
+        assert_eq!(store.committed_revision(), before + 1);
+        let published = live.recv().await.unwrap();
+        let clients: Vec<_> = published
+            .iter()
+            .filter_map(|c| c.client_id.as_ref().map(|c| c.to_string()))
+            .collect();
+        assert_eq!(clients, ["d:local:t:c"]);
+        assert_eq!(store.changes_after(before, 100).unwrap().len(), 1);
+    }
 }
