@@ -9,10 +9,12 @@
 //!
 //! - [`domain`]: plain types — client ids, lifecycle events, reason and close
 //!   codes, state records, log entries, changes.
-//! - [`tracker`]: the lifecycle rules (event → new state, log entry, change)
-//!   and activity coalescing. The only place those rules live.
-//! - [`store`]: sled behind one writer thread (group commit), indexes,
-//!   listings, the change feed and retention.
+//! - [`rules`]: the lifecycle rules (event → new state, log entry, change),
+//!   pure functions over domain types. The only place those rules live.
+//! - [`store`]: sled behind one writer thread (group commit) that applies
+//!   the rules, indexes, listings, the change feed and retention.
+//! - [`tracker`]: the front door of lifecycle events: activity coalescing
+//!   and broker leases.
 //! - [`query`]: the query service every API edge uses, including watches.
 //! - [`api`]: gRPC edges; generated types stop there.
 //! - [`registry`]: API keys (hashed tokens, roles) that every API checks.
@@ -24,6 +26,15 @@
 //!   [`http`]: HTTP/1.1 serving with header and idle timeouts over it.
 //! - [`server`]: wires it all together: [`server::run`] takes bound
 //!   listeners, a configuration and a shutdown future.
+//!
+//! # The import rule
+//!
+//! A module uses only modules below it, from the bottom up: `domain` ←
+//! `metrics` ← `rules` ← `store` ← `tracker`, `registry` ← `query`, `mqtt`
+//! ← `api` ← `server`; `config`, `accept` and `http` sit beside them and
+//! use nothing above them. A pure function (the rules) sits below
+//! everything that calls it, so the store applies the rules without knowing
+//! the tracker that feeds it.
 #![forbid(unsafe_code)]
 
 pub mod accept;
@@ -35,6 +46,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod query;
 pub mod registry;
+pub mod rules;
 pub mod server;
 pub mod store;
 pub mod tracker;

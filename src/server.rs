@@ -170,7 +170,10 @@ pub async fn run(
     let (reporter, health) = tonic_health::server::health_reporter();
     set_health(&reporter, false).await;
 
+    // One set of metrics, handed to every part that counts.
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
     let options = StoreOptions {
+        metrics: metrics.clone(),
         cache_capacity: config.cache_mb << 20,
         max_batch_events: config.max_batch_events,
         feed_capacity: config.watch_buffer,
@@ -204,7 +207,7 @@ pub async fn run(
     let registry = Registry::new(&store, &config.org_id);
     let gate = open_gate(&config, &registry)?;
 
-    let tracker = Tracker::new(store.clone());
+    let tracker = Tracker::new(store.clone(), metrics.clone());
     // Stored leases run again from now: their holders could not renew
     // while this service was down.
     let leases = tracker.load_leases()?;
@@ -237,6 +240,7 @@ pub async fn run(
         store.clone(),
         tracker.clone(),
         registry.clone(),
+        metrics.clone(),
         stop.clone(),
     );
     let mqtt_tls = match (&config.tls, listeners.mqtt.tls.is_some()) {
@@ -255,6 +259,7 @@ pub async fn run(
             heartbeat_interval: config.heartbeat_interval,
             org_id: config.org_id.clone(),
         },
+        metrics.clone(),
         stop.clone(),
     )?;
     let mqtt_listeners = crate::mqtt::spawn_listeners(
@@ -285,7 +290,7 @@ pub async fn run(
                     Some(broker.clone()),
                 ),
                 &config,
-                store.metrics(),
+                &metrics,
                 stop.clone(),
             )
             .await?,
@@ -340,7 +345,7 @@ pub async fn run(
                         listener,
                         "grpc",
                         config.grpc_max_connections,
-                        store.metrics(),
+                        &metrics,
                     )
                     .into_incoming(),
                     stop.clone().cancelled_owned(),

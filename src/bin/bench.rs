@@ -260,7 +260,7 @@ async fn ingest(base: &Path, events: usize, batch: usize, producers: usize) -> a
     // The store in-process: concurrent producers, group commit.
     let dir = fresh_dir(base, "store-ingest")?;
     let store = Store::open(&dir, StoreOptions::default())?;
-    let tracker = Tracker::new(store.clone());
+    let tracker = Tracker::new(store.clone(), Default::default());
     let started = Instant::now();
     let mut tasks = Vec::new();
     for p in 0..producers {
@@ -375,7 +375,7 @@ fn raw_sled(
 // ---------------------------------------------------------------------------
 
 async fn populate(store: &Store, clients: usize) -> anyhow::Result<()> {
-    let tracker = Tracker::new(store.clone());
+    let tracker = Tracker::new(store.clone(), Default::default());
     let chunk = 10_000;
     let mut i = 0;
     while i < clients {
@@ -421,7 +421,7 @@ async fn query(base: &Path, clients: usize, requests: usize) -> anyhow::Result<(
     let started = Instant::now();
     let store = Store::open(&dir, StoreOptions::default())?;
     let open = started.elapsed();
-    let recovered = Tracker::new(store.clone()).recover_connected().await?;
+    let recovered = Tracker::new(store.clone(), Default::default()).recover_connected().await?;
     let startup = started.elapsed();
     println!(
         "- start-up after a crash: store open {:.2} s, recovery of {recovered} connected clients {:.2} s, total {:.2} s",
@@ -434,7 +434,7 @@ async fn query(base: &Path, clients: usize, requests: usize) -> anyhow::Result<(
     // Start-up after a clean stop: nobody left connected.
     let started = Instant::now();
     let store = Store::open(&dir, StoreOptions::default())?;
-    let recovered = Tracker::new(store.clone()).recover_connected().await?;
+    let recovered = Tracker::new(store.clone(), Default::default()).recover_connected().await?;
     println!(
         "- start-up after a clean stop ({recovered} to recover): {:.2} s",
         started.elapsed().as_secs_f64()

@@ -205,6 +205,7 @@ struct Inner {
     options: BrokerOptions,
     store: Store,
     registry: Registry,
+    metrics: Arc<crate::metrics::Metrics>,
     events: mpsc::UnboundedSender<LifecycleEvent>,
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     subscriptions: RwLock<SubscriptionTree<Arc<str>, Subscriber>>,
@@ -241,6 +242,7 @@ impl Broker {
         store: Store,
         tracker: Tracker,
         registry: Registry,
+        metrics: Arc<crate::metrics::Metrics>,
         stop: CancellationToken,
     ) -> (Broker, EventPump) {
         let (events, rx) = mpsc::unbounded_channel();
@@ -251,6 +253,7 @@ impl Broker {
                 options,
                 store,
                 registry,
+                metrics,
                 events,
                 sessions: Mutex::default(),
                 subscriptions: RwLock::new(SubscriptionTree::new()),
@@ -312,7 +315,7 @@ impl Broker {
     }
 
     pub(crate) fn metrics(&self) -> &crate::metrics::Metrics {
-        self.inner.store.metrics()
+        &self.inner.metrics
     }
 
     /// Hands an event of `client_id`'s connection `connection_id` (0 for

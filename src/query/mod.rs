@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 pub use watch::{WatchEnd, WatchItem, WatchRequest};
 
 use crate::{
+    metrics::Metrics,
     domain::{
         ClientId, ConnectionState, LifecycleEvent, LogEntry, LogFilter, Revision, StateFilter,
         StateOrder,
@@ -140,6 +141,7 @@ pub struct QueryService {
     tracker: Tracker,
     options: Arc<QueryOptions>,
     page_tokens: page_token::PageTokens,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 }
 
@@ -149,6 +151,7 @@ impl QueryService {
         store: Store,
         tracker: Tracker,
         options: QueryOptions,
+        metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<Self, StoreError> {
         let page_tokens = page_token::PageTokens::new(store.secret("page-tokens")?);
@@ -157,8 +160,14 @@ impl QueryService {
             tracker,
             options: Arc::new(options),
             page_tokens,
+            metrics,
             shutdown,
         })
+    }
+
+    /// The service's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn store(&self) -> &Store {

@@ -137,10 +137,10 @@ struct Stop;
 
 impl Watcher {
     async fn run(mut self, mut live: tokio::sync::broadcast::Receiver<CommittedBatch>) {
-        let metrics = self.service.store.metrics();
+        let metrics = self.service.metrics();
         metrics.watchers.inc();
         let end = self.stream(&mut live).await;
-        let metrics = self.service.store.metrics();
+        let metrics = self.service.metrics();
         metrics.watchers.dec();
         let Ok(end) = end else { return };
         if matches!(end, WatchEnd::Lagged { .. }) {

@@ -238,7 +238,7 @@ mod tests {
     fn keys_from_stored_bytes_equal_keys_from_the_record() {
         use crate::{
             domain::{ConnectionInfo, DisconnectCause, EventKind, LifecycleEvent},
-            tracker::rules,
+            rules,
         };
         let at = |s: i64| chrono::DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap();
         for id in ["d:o:sensor:s1", "a:o:app", "plain-client"] {

@@ -166,7 +166,7 @@ impl Default for Settings {
 }
 
 /// How the store is opened.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StoreOptions {
     /// sled page cache, in bytes.
     pub cache_capacity: u64,
@@ -179,6 +179,9 @@ pub struct StoreOptions {
     /// Disk space that must stay free on the store's file system; below it
     /// the store records nothing (see [`Recording::StorageFull`]).
     pub min_free_bytes: u64,
+    /// The service's metrics (created by the server, which hands the same
+    /// handle to every part), where the store counts what it does.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Default for StoreOptions {
@@ -189,6 +192,7 @@ impl Default for StoreOptions {
             feed_capacity: 4096,
             initial_settings: Settings::default(),
             min_free_bytes: 64 << 20,
+            metrics: Arc::default(),
         }
     }
 }
@@ -269,7 +273,7 @@ impl Store {
                 settings: RwLock::new(settings),
                 feed,
                 index: index::StateIndex::default(),
-                metrics: Arc::default(),
+                metrics: options.metrics.clone(),
                 commands,
                 grown_logs: Mutex::new(HashSet::new()),
                 writer_thread: Mutex::new(None),
@@ -381,8 +385,8 @@ impl Store {
         self.recording().refusal()
     }
 
-    /// The metrics of this store and of everything built on it.
-    pub fn metrics(&self) -> &crate::metrics::Metrics {
+    /// The metrics the store counts in.
+    pub(super) fn metrics(&self) -> &crate::metrics::Metrics {
         &self.inner.metrics
     }
 
@@ -457,7 +461,7 @@ impl Store {
     ///
     /// The ids are the embedded broker's own space: they are compared only
     /// with its own ids, never with those other brokers report (see
-    /// [`crate::tracker::rules`]). They come from sled's id generator, which
+    /// [`crate::rules`]). They come from sled's id generator, which
     /// writes its counter down once every 1,000,000 ids and, after a
     /// restart, goes on 2,000,000 past the last value written down, so that
     /// no id handed out before the stop is handed out again. Hence the jump

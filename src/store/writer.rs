@@ -1,7 +1,7 @@
 //! The single writer: the only code that writes client data.
 //!
 //! Commands arrive on a channel. The writer takes every command waiting (up
-//! to a bound on events), runs each event through [`tracker::rules::apply`]
+//! to a bound on events), runs each event through [`rules::apply`]
 //! with the next revision, and applies the group as one sled batch followed
 //! by one flush. Only after the flush does it publish the new committed
 //! revision, send the changes to the live feed and acknowledge the commands:
@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{Settings, Store, StoreError, codec, index, keys};
 use crate::{
     domain::{Change, ChangeKind, ClientId, ConnectionState, LifecycleEvent, Revision},
-    tracker::rules,
+    rules,
 };
 
 type Ack = oneshot::Sender<Result<Revision, StoreError>>;

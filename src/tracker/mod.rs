@@ -1,5 +1,6 @@
-//! The tracker: the lifecycle rules ([`rules`]) and the front door every
-//! lifecycle event goes through ([`Tracker`]).
+//! The tracker: the front door every lifecycle event goes through
+//! ([`Tracker`]), and broker leases. The lifecycle rules it feeds are in
+//! [`crate::rules`], below the store that applies them.
 //!
 //! Connects, failed connects and disconnects go to the store's writer in
 //! the order they were reported and are durable when [`Tracker::record`]
@@ -9,7 +10,6 @@
 //! before the client's disconnect.
 
 mod lease;
-pub mod rules;
 
 pub use lease::{Lease, MAX_LEASE, MIN_LEASE};
 
@@ -23,6 +23,7 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    metrics::Metrics,
     domain::{
         ClientId, ConnectionStatus, DisconnectCause, EMBEDDED_BROKER, EventKind, LifecycleEvent,
         Revision, truncate_to_millis,
@@ -42,6 +43,7 @@ const RECOVERY_BYTES_PER_CLIENT: u64 = 4096;
 #[derive(Clone)]
 pub struct Tracker {
     store: Store,
+    metrics: Arc<Metrics>,
     /// The newest activity event of each client not yet written through.
     pending_activity: Arc<Mutex<HashMap<ClientId, LifecycleEvent>>>,
     /// Leases held now, by holder (see [`lease`]).
@@ -49,9 +51,10 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    pub fn new(store: Store) -> Tracker {
+    pub fn new(store: Store, metrics: Arc<Metrics>) -> Tracker {
         Tracker {
             store,
+            metrics,
             pending_activity: Arc::default(),
             leases: Arc::default(),
         }
@@ -63,8 +66,7 @@ impl Tracker {
         if !self.store.settings().enabled {
             return Err(StoreError::Disabled);
         }
-        self.store
-            .metrics()
+        self.metrics
             .events_ingested
             .inc_by(events.len() as u64);
         let mut to_commit = Vec::with_capacity(events.len());

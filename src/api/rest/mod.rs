@@ -669,7 +669,7 @@ async fn metrics(State(query): State<QueryService>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        query.store().metrics().render(),
+        query.metrics().render(),
     )
         .into_response()
 }
