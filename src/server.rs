@@ -204,7 +204,7 @@ pub async fn run(
         "store open"
     );
 
-    let registry = Registry::new(&store, &config.org_id);
+    let registry = Registry::new(&store, &config.org_id)?;
     let gate = open_gate(&config, &registry)?;
 
     let tracker = Tracker::new(store.clone(), metrics.clone());
@@ -341,13 +341,8 @@ pub async fn run(
         match listeners.grpc {
             Some(listener) => Box::pin(
                 grpc.serve_with_incoming_shutdown(
-                    Acceptor::new(
-                        listener,
-                        "grpc",
-                        config.grpc_max_connections,
-                        &metrics,
-                    )
-                    .into_incoming(),
+                    Acceptor::new(listener, "grpc", config.grpc_max_connections, &metrics)
+                        .into_incoming(),
                     stop.clone().cancelled_owned(),
                 ),
             ),

@@ -421,7 +421,9 @@ async fn query(base: &Path, clients: usize, requests: usize) -> anyhow::Result<(
     let started = Instant::now();
     let store = Store::open(&dir, StoreOptions::default())?;
     let open = started.elapsed();
-    let recovered = Tracker::new(store.clone(), Default::default()).recover_connected().await?;
+    let recovered = Tracker::new(store.clone(), Default::default())
+        .recover_connected()
+        .await?;
     let startup = started.elapsed();
     println!(
         "- start-up after a crash: store open {:.2} s, recovery of {recovered} connected clients {:.2} s, total {:.2} s",
@@ -434,7 +436,9 @@ async fn query(base: &Path, clients: usize, requests: usize) -> anyhow::Result<(
     // Start-up after a clean stop: nobody left connected.
     let started = Instant::now();
     let store = Store::open(&dir, StoreOptions::default())?;
-    let recovered = Tracker::new(store.clone(), Default::default()).recover_connected().await?;
+    let recovered = Tracker::new(store.clone(), Default::default())
+        .recover_connected()
+        .await?;
     println!(
         "- start-up after a clean stop ({recovered} to recover): {:.2} s",
         started.elapsed().as_secs_f64()

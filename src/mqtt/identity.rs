@@ -285,7 +285,7 @@ mod tests {
         use crate::store::Store;
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Default::default()).unwrap();
-        let registry = Registry::new(&store, "org1");
+        let registry = Registry::new(&store, "org1").unwrap();
         registry.create_type("sensor", "", "Device").unwrap();
         registry.create_type("gw", "", "Gateway").unwrap();
         let (_, device_token) = registry.create_device("sensor", "d1", None).unwrap();

@@ -12,11 +12,11 @@ use tokio_util::sync::CancellationToken;
 pub use watch::{WatchEnd, WatchItem, WatchRequest};
 
 use crate::{
-    metrics::Metrics,
     domain::{
         ClientId, ConnectionState, LifecycleEvent, LogEntry, LogFilter, Revision, StateFilter,
         StateOrder,
     },
+    metrics::Metrics,
     store::{Settings, Store, StoreError},
     tracker::Tracker,
 };

@@ -5,9 +5,9 @@
 //! 24 characters, shown once at creation and stored only as a SHA-256
 //! digest (tokens are long random strings, so a fast hash is the right
 //! tool; passwords would need a slow one). Digests are compared in constant
-//! time. Records live in the store's sled database under their own prefix
-//! and are written directly: they are not client state and have no
-//! revisions.
+//! time. Records live in their own sled tree (`registry`) of the store's
+//! database, apart from the client state, and are written directly: they
+//! are not client state and have no revisions.
 
 use std::fmt;
 
@@ -167,20 +167,27 @@ fn random_chars(n: usize, mixed: bool) -> Result<String, RegistryError> {
 /// A cheap, cloneable handle to the registry.
 #[derive(Clone)]
 pub struct Registry {
-    db: sled::Db,
+    db: sled::Tree,
     org_id: String,
     /// Serialises key deletions, so that two at once cannot both see
     /// another admin key and together delete the last two.
     deleting: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
+/// Name of the registry's sled tree.
+const TREE: &str = "registry";
+
 impl Registry {
-    pub fn new(store: &Store, org_id: &str) -> Registry {
-        Registry {
-            db: store.db().clone(),
+    /// Opens the registry of `store`, moving records that earlier versions
+    /// kept under their prefixes in the state tree into its own tree.
+    pub fn new(store: &Store, org_id: &str) -> Result<Registry, RegistryError> {
+        let db = store.db().open_tree(TREE)?;
+        migrate(store.db(), &db)?;
+        Ok(Registry {
+            db,
             org_id: org_id.to_owned(),
             deleting: Default::default(),
-        }
+        })
     }
 
     /// Creates a key with a new random token; the token is returned here
@@ -284,6 +291,33 @@ impl Registry {
             _ => None,
         }
     }
+}
+
+/// Moves registry records from the default tree (where versions before
+/// the registry had its own tree kept them, under the prefixes below) into
+/// `tree`. Each record is copied before it is removed, so a crash in
+/// between leaves a copy in both and the next start finishes the move.
+fn migrate(old: &sled::Db, tree: &sled::Tree) -> Result<(), RegistryError> {
+    let mut moved = 0;
+    for prefix in [KEY_PREFIX, TYPE_PREFIX, DEVICE_PREFIX] {
+        for item in old.scan_prefix(prefix) {
+            let (key, value) = item?;
+            tree.insert(&key, value)?;
+            moved += 1;
+        }
+    }
+    if moved == 0 {
+        return Ok(());
+    }
+    tree.flush()?;
+    for prefix in [KEY_PREFIX, TYPE_PREFIX, DEVICE_PREFIX] {
+        for key in old.scan_prefix(prefix).keys() {
+            old.remove(key?)?;
+        }
+    }
+    old.flush()?;
+    tracing::info!(records = moved, "registry moved into its own tree");
+    Ok(())
 }
 
 fn decode(bytes: &[u8]) -> Option<(ApiKey, Vec<u8>)> {
@@ -642,7 +676,7 @@ mod tests {
     fn devices_register_once_and_authenticate_by_token() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Default::default()).unwrap();
-        let registry = Registry::new(&store, "org1");
+        let registry = Registry::new(&store, "org1").unwrap();
         registry
             .create_type("sensor", "a sensor", "Device")
             .unwrap();
@@ -683,6 +717,35 @@ mod tests {
             registry.create_device("nope", "x", None),
             Err(RegistryError::TypeNotFound)
         ));
+    }
+
+    /// Records an earlier version kept in the state tree move into the
+    /// registry's own tree, and still authenticate.
+    #[test]
+    fn records_of_the_state_tree_move_into_the_registry_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        let registry = Registry::new(&store, "org1").unwrap();
+        registry.create_type("sensor", "", "Device").unwrap();
+        let (_, device_token) = registry.create_device("sensor", "s1", None).unwrap();
+        let (key, key_token) = registry.create_key(Role::Admin, "").unwrap();
+        // The old layout: the same records in the default tree.
+        let tree = store.db().open_tree(TREE).unwrap();
+        for item in tree.iter() {
+            let (k, v) = item.unwrap();
+            store.db().insert(k, v).unwrap();
+        }
+        tree.clear().unwrap();
+
+        let registry = Registry::new(&store, "org1").unwrap();
+        assert_eq!(
+            registry.authenticate_device("sensor", "s1", &device_token),
+            Some(DeviceClass::Device)
+        );
+        assert!(registry.authenticate(&key.key, &key_token).is_some());
+        for prefix in [KEY_PREFIX, TYPE_PREFIX, DEVICE_PREFIX] {
+            assert_eq!(store.db().scan_prefix(prefix).count(), 0);
+        }
     }
 
     #[test]

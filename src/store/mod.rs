@@ -390,7 +390,7 @@ impl Store {
         &self.inner.metrics
     }
 
-    /// The sled database, for the registry's own records (prefix `k`).
+    /// The sled database, in which the registry keeps its own tree.
     pub(crate) fn db(&self) -> &sled::Db {
         &self.inner.db
     }

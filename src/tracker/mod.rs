@@ -23,11 +23,11 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    metrics::Metrics,
     domain::{
         ClientId, ConnectionStatus, DisconnectCause, EMBEDDED_BROKER, EventKind, LifecycleEvent,
         Revision, truncate_to_millis,
     },
+    metrics::Metrics,
     store::{Store, StoreError},
 };
 
@@ -66,9 +66,7 @@ impl Tracker {
         if !self.store.settings().enabled {
             return Err(StoreError::Disabled);
         }
-        self.metrics
-            .events_ingested
-            .inc_by(events.len() as u64);
+        self.metrics.events_ingested.inc_by(events.len() as u64);
         let mut to_commit = Vec::with_capacity(events.len());
         {
             let mut pending = self.pending_activity.lock().expect("activity lock");
