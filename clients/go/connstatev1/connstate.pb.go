@@ -1675,7 +1675,7 @@ type WatchConnectionsRequest struct {
 	// ALL_DELETED are always sent.
 	Kinds []ChangeKind `protobuf:"varint,4,rep,packed,name=kinds,proto3,enum=connstate.v1.ChangeKind" json:"kinds,omitempty"`
 	// How often to send a heartbeat when nothing else was sent; 0 means the
-	// server default (10 s); at least 1 s.
+	// server default (10 s); otherwise 1 s to 1 h (INVALID_ARGUMENT outside).
 	HeartbeatInterval *durationpb.Duration `protobuf:"bytes,5,opt,name=heartbeat_interval,json=heartbeatInterval,proto3" json:"heartbeat_interval,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
@@ -2322,7 +2322,8 @@ type LifecycleEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The MQTT client id (1 to 256 bytes of UTF-8, no U+0000).
 	ClientId string `protobuf:"bytes,1,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
-	// When it happened, at the broker. Required.
+	// When it happened, at the broker. Required; from 0001-01-01 to
+	// 9999-12-31 (the range of a Timestamp), as every time in a request.
 	Time *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
 	// The broker's own id of the connection; it must grow with every accepted
 	// connection of a client. Ids are compared only with ids of the same
@@ -2865,11 +2866,13 @@ type Settings struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Whether client-connection state is recorded and served.
 	Enabled bool `protobuf:"varint,1,opt,name=enabled,proto3" json:"enabled,omitempty"`
-	// Connection log entries older than this are deleted (default 7 days).
+	// Connection log entries older than this are deleted (default 7 days;
+	// 1 s to 3650 days).
 	LogMaxAge *durationpb.Duration `protobuf:"bytes,2,opt,name=log_max_age,json=logMaxAge,proto3" json:"log_max_age,omitempty"`
 	// At most this many log entries are kept per client (default 1000).
 	LogMaxEntriesPerClient uint32 `protobuf:"varint,3,opt,name=log_max_entries_per_client,json=logMaxEntriesPerClient,proto3" json:"log_max_entries_per_client,omitempty"`
-	// Changes older than this leave the change feed (default 7 days).
+	// Changes older than this leave the change feed (default 7 days; 1 s to
+	// 3650 days).
 	FeedMaxAge *durationpb.Duration `protobuf:"bytes,4,opt,name=feed_max_age,json=feedMaxAge,proto3" json:"feed_max_age,omitempty"`
 	// At most this many changes are kept in the feed (default 10,000,000).
 	FeedMaxEntries uint64 `protobuf:"varint,5,opt,name=feed_max_entries,json=feedMaxEntries,proto3" json:"feed_max_entries,omitempty"`

@@ -723,7 +723,7 @@ export type WatchConnectionsRequest = Message<"connstate.v1.WatchConnectionsRequ
 
   /**
    * How often to send a heartbeat when nothing else was sent; 0 means the
-   * server default (10 s); at least 1 s.
+   * server default (10 s); otherwise 1 s to 1 h (INVALID_ARGUMENT outside).
    *
    * @generated from field: google.protobuf.Duration heartbeat_interval = 5;
    */
@@ -1028,7 +1028,8 @@ export type LifecycleEvent = Message<"connstate.v1.LifecycleEvent"> & {
   clientId: string;
 
   /**
-   * When it happened, at the broker. Required.
+   * When it happened, at the broker. Required; from 0001-01-01 to
+   * 9999-12-31 (the range of a Timestamp), as every time in a request.
    *
    * @generated from field: google.protobuf.Timestamp time = 2;
    */
@@ -1289,7 +1290,8 @@ export type Settings = Message<"connstate.v1.Settings"> & {
   enabled: boolean;
 
   /**
-   * Connection log entries older than this are deleted (default 7 days).
+   * Connection log entries older than this are deleted (default 7 days;
+   * 1 s to 3650 days).
    *
    * @generated from field: google.protobuf.Duration log_max_age = 2;
    */
@@ -1303,7 +1305,8 @@ export type Settings = Message<"connstate.v1.Settings"> & {
   logMaxEntriesPerClient: number;
 
   /**
-   * Changes older than this leave the change feed (default 7 days).
+   * Changes older than this leave the change feed (default 7 days; 1 s to
+   * 3650 days).
    *
    * @generated from field: google.protobuf.Duration feed_max_age = 4;
    */
