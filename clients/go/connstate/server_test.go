@@ -207,6 +207,16 @@ func connects(prefix string, n int) []*pb.LifecycleEvent {
 	return events
 }
 
+// lost builds the disconnects of prefix0..prefix(n-1) that a broker reports
+// when it loses their connections (the connections of connects).
+func lost(prefix string, n int) []*pb.LifecycleEvent {
+	events := make([]*pb.LifecycleEvent, n)
+	for i := range events {
+		events[i] = disconnect(fmt.Sprintf("%s%d", prefix, i), uint64(i+1), 100+i, pb.DisconnectCause_DISCONNECT_CAUSE_SOCKET_CLOSED)
+	}
+	return events
+}
+
 // ingest records events as broker "sdk-test" and returns the revision.
 func ingest(t *testing.T, c *connstate.Client, events ...*pb.LifecycleEvent) uint64 {
 	t.Helper()

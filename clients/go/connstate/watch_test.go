@@ -190,9 +190,20 @@ func TestWatchResumesAcrossAServerRestart(t *testing.T) {
 	rev = ingest(t, c, connects("d:acme:midway:m", 20)...)
 	got = append(got, w.changesThrough(rev-15)...)
 
-	// Stop and start the server while the watch is open; the restart
-	// records the connected clients as disconnected (new revisions).
+	// Stop and start the server while the watch is open. The restart
+	// records nothing for the clients of another broker (it did not
+	// restart): all 90 stay connected, at the revisions they had.
 	server.restart()
+	assertRestartRecordedNothing(t, c, rev, 90)
+	// Then that broker reports the 90 connections lost (new revisions),
+	// and new clients connect.
+	var reported []*pb.LifecycleEvent
+	reported = append(reported, lost("d:acme:before:b", 10)...)
+	for batch := range 3 {
+		reported = append(reported, lost(fmt.Sprintf("d:acme:live%d:l", batch), 20)...)
+	}
+	reported = append(reported, lost("d:acme:midway:m", 20)...)
+	ingest(t, c, reported...)
 	for batch := range 3 {
 		rev = ingest(t, c, connects(fmt.Sprintf("d:acme:after%d:a", batch), 20)...)
 	}
@@ -202,10 +213,13 @@ func TestWatchResumesAcrossAServerRestart(t *testing.T) {
 	for _, change := range got {
 		if change.GetKind() == pb.ChangeKind_CHANGE_KIND_DISCONNECTED {
 			disconnects++
+			if i := change.GetState().GetLastDisconnectInitiator(); i != pb.DisconnectInitiator_DISCONNECT_INITIATOR_NETWORK {
+				t.Errorf("%s: initiator %v, want the network (as reported)", change.GetClientId(), i)
+			}
 		}
 	}
 	if disconnects != 90 {
-		t.Errorf("want the 90 clients recorded as disconnected by the restart, got %d", disconnects)
+		t.Errorf("want the 90 disconnects the broker reported after the restart, got %d", disconnects)
 	}
 	if retries.Load() == 0 {
 		t.Error("the watch never reconnected")
@@ -242,9 +256,11 @@ func TestWatchResynchronisesWhenItsRevisionIsGone(t *testing.T) {
 		apply(connstate.WatchEvent{Kind: connstate.EventChange, Change: change})
 	}
 
-	// While the consumer is away: restart (10 server disconnects), shrink
-	// the feed to 5 changes, and make 11 more changes.
+	// While the consumer is away: restart (which records nothing for
+	// another broker's clients; that broker reports the 10 connections
+	// lost), shrink the feed to 5 changes, and make 11 more changes.
 	server.restart()
+	ingest(t, c, lost("d:acme:first:f", 10)...)
 	if _, err := c.UpdateSettings(ctx, &pb.Settings{FeedMaxEntries: 5}, []string{"feed_max_entries"}); err != nil {
 		t.Fatal(err)
 	}
@@ -316,6 +332,33 @@ func TestWatchResynchronisesWhenItsRevisionIsGone(t *testing.T) {
 		if got[id] != s {
 			t.Errorf("%s: view %v, server %v", id, got[id], s)
 		}
+	}
+}
+
+// assertRestartRecordedNothing checks that the store is still at revision
+// rev and that its `connected` clients are all still connected.
+func assertRestartRecordedNothing(t *testing.T, c *connstate.Client, rev uint64, connected int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	current, err := c.CurrentRevision(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if current != rev {
+		t.Errorf("the restart moved the store from revision %d to %d", rev, current)
+	}
+	still := 0
+	for state, err := range c.List(ctx, nil) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		if state.GetConnectionStatus() == pb.ConnectionStatus_CONNECTION_STATUS_CONNECTED {
+			still++
+		}
+	}
+	if still != connected {
+		t.Errorf("want the %d ingested clients still connected after the restart, got %d", connected, still)
 	}
 }
 

@@ -89,7 +89,13 @@ async def test_async_watch_resumes_and_resynchronises(make_server: Callable[...,
         # (a) A restart while the watch is being read: it resumes, no gap.
         reader = asyncio.ensure_future(take(watch, 5 + 3, timeout=30))
         await asyncio.sleep(0)
-        await asyncio.to_thread(server.restart)  # revisions 6..10: server-side disconnects
+        await asyncio.to_thread(server.restart)
+        # The restart records nothing for another broker's clients; that
+        # broker reports the five connections lost: revisions 6..10.
+        await client.ingest(
+            [disconnected(f"d:local:ar:a{i}", i + 1, cause=pb.DISCONNECT_CAUSE_SOCKET_CLOSED) for i in range(5)],
+            broker=BROKER,
+        )
         last = (await client.ingest([connected(f"d:local:ar:b{i}", i + 1) for i in range(3)], broker=BROKER)).revision
         resumed = await reader
         assert [e.revision for e in resumed] == list(range(6, last + 1))
@@ -98,7 +104,12 @@ async def test_async_watch_resumes_and_resynchronises(make_server: Callable[...,
 
         # (b) The feed is cut short while nobody reads: OUT_OF_RANGE, then
         # RESYNC, a fresh snapshot and live changes.
-        await asyncio.to_thread(server.restart)  # 3 more server-side disconnects
+        await asyncio.to_thread(server.restart)
+        # 3 more disconnects, reported by the broker (revisions 14..16).
+        await client.ingest(
+            [disconnected(f"d:local:ar:b{i}", i + 1, cause=pb.DISCONNECT_CAUSE_SOCKET_CLOSED) for i in range(3)],
+            broker=BROKER,
+        )
         await client.update_settings({"feed_max_entries": 3}, ["feed_max_entries"])
         for i in range(3):
             await client.ingest([disconnected(f"d:local:ar:b{i}", i + 1)], broker=BROKER)

@@ -119,20 +119,37 @@ def test_watch_resumes_across_a_server_restart(make_server: Callable[..., Server
     server = make_server("--shutdown-grace", "1s", port=free_port())
     client = Client(server.address, **AUTH, wait_for_ready=True, timeout=20)
     try:
-        last = client.ingest([connected(f"d:local:r:a{i}", i + 1) for i in range(10)], broker=BROKER).revision
+        online = [(f"d:local:r:a{i}", i + 1) for i in range(10)]
+        last = client.ingest([connected(cid, conn) for cid, conn in online], broker=BROKER).revision
         watch = client.watch(start_revision=0, max_retries=100, backoff=Backoff(0.05, 0.5))
         collector = Collector(watch)
         collector.wait_for(lambda ev: len(ev) >= 10)
 
-        # Writes race with the stop; the restart then records the ten
-        # connected clients as disconnected by the server (new revisions).
+        # Writes race with the stop. The restart records nothing for the
+        # clients of another broker (it did not restart): they stay
+        # connected, until that broker reports their connections lost (new
+        # revisions, as it would after losing them while the server was away).
         for round in range(2):
-            last = client.ingest([connected(f"d:local:r:b{round}-{i}", i + 1) for i in range(5)], broker=BROKER).revision
+            batch_b = [(f"d:local:r:b{round}-{i}", i + 1) for i in range(5)]
+            last = client.ingest([connected(cid, conn) for cid, conn in batch_b], broker=BROKER).revision
+            online += batch_b
             server.restart()
+            pages = list(
+                client.list_pages(
+                    filter={"client_id_prefix": "d:local:r:", "connection_status": pb.CONNECTION_STATUS_CONNECTED}
+                )
+            )
+            assert sorted(s.client_id for p in pages for s in p.states) == sorted(cid for cid, _ in online)
+            assert pages[-1].revision == last, "the restart recorded nothing"
+            last = client.ingest(
+                [disconnected(cid, conn, cause=pb.DISCONNECT_CAUSE_SOCKET_CLOSED) for cid, conn in online],
+                broker=BROKER,
+            ).revision
+            online = []
             for batch in range(3):
-                last = client.ingest(
-                    [connected(f"d:local:r:c{round}-{batch}-{i}", i + 1) for i in range(7)], broker=BROKER
-                ).revision
+                batch_c = [(f"d:local:r:c{round}-{batch}-{i}", i + 1) for i in range(7)]
+                last = client.ingest([connected(cid, conn) for cid, conn in batch_c], broker=BROKER).revision
+                online += batch_c
 
         events = collector.wait_for(lambda ev: bool(ev) and ev[-1].revision >= last)
         collector.stop()
@@ -140,9 +157,9 @@ def test_watch_resumes_across_a_server_restart(make_server: Callable[..., Server
         assert all(e.type is WatchEventType.CHANGE for e in events)
         assert got == list(range(1, last + 1)), "every change exactly once, in revision order"
         assert watch.reconnects >= 2
-        restarted = [e for e in events if e.kind == pb.CHANGE_KIND_DISCONNECTED]
-        assert restarted, "the restart's server-side disconnects are changes too"
-        assert all(e.state.last_disconnect_initiator == pb.DISCONNECT_INITIATOR_SERVER for e in restarted)  # type: ignore[union-attr]
+        lost = [e for e in events if e.kind == pb.CHANGE_KIND_DISCONNECTED]
+        assert len(lost) == 15 + 26, "the disconnects the broker reported after each restart"
+        assert all(e.state.last_disconnect_initiator == pb.DISCONNECT_INITIATOR_NETWORK for e in lost)  # type: ignore[union-attr]
     finally:
         client.close()
 
@@ -185,8 +202,14 @@ def test_watch_resynchronises_when_its_revision_left_the_feed(make_server: Calla
         first = [next(it) for _ in range(10)]
         assert [e.revision for e in first] == list(range(1, 11))
 
-        # While the watcher is away, the feed moves on and is cut short.
-        server.restart()  # records 10 server-side disconnects: revisions 11..20
+        # While the watcher is away, the feed moves on and is cut short. The
+        # restart records nothing for another broker's clients; that broker
+        # reports the ten connections lost: revisions 11..20.
+        server.restart()
+        client.ingest(
+            [disconnected(f"d:local:o:a{i}", i + 1, cause=pb.DISCONNECT_CAUSE_SOCKET_CLOSED) for i in range(10)],
+            broker=BROKER,
+        )
         client.update_settings({"feed_max_entries": 5}, ["feed_max_entries"])
         last = client.ingest([connected(f"d:local:o:b{i}", i + 1) for i in range(10)], broker=BROKER).revision
         client.ingest([disconnected("d:local:o:b0", 1)], broker=BROKER)

@@ -8,6 +8,8 @@ import {
   ConnectionStatus,
   ConnstateClient,
   type ConnectionState,
+  DisconnectCause,
+  DisconnectInitiator,
   type WatchEvent,
 } from "../src/index.js";
 import { Recorder, contiguous } from "./support/recorder.js";
@@ -128,25 +130,43 @@ describe("watch", () => {
         }
         const restarted = await server.restart();
         setServer(restarted);
-        // Keep ingesting while the watch reconnects.
-        let last = 0n;
-        for (let batch = 0; batch < 5; batch++) {
-          const res = await within(
-            "ingest after restart",
+        const whenUp = <T>(what: string, call: () => Promise<T>): Promise<T> =>
+          within(
+            what,
             10_000,
-            eventually("the server to accept events", async () => {
+            eventually("the server to answer", async () => {
               try {
-                return await client.ingest("sdk-test", connects(`d:local:r:b${batch}-`, 10));
+                return await call();
               } catch (e) {
                 if (ConnectError.from(e).code === Code.Unavailable) return undefined;
                 throw e;
               }
             }),
           );
+        // The restart records nothing for the clients of another broker (it
+        // did not restart): they stay connected, at the revision they had.
+        assert.equal(await whenUp("the revision after restart", () => client.currentRevision()), first.revision);
+        const kept: ConnectionState[] = [];
+        for await (const s of client.list({ filter: { clientIdPrefix: "d:local:r:a" } })) kept.push(s);
+        assert.equal(kept.length, 20);
+        assert.ok(kept.every((s) => s.connectionStatus === ConnectionStatus.CONNECTED && s.revision <= first.revision));
+        // Keep ingesting while the watch reconnects: first the broker
+        // reports the 20 connections lost, then new clients.
+        let last = (
+          await whenUp("ingest after restart", () =>
+            client.ingest(
+              "sdk-test",
+              Array.from({ length: 20 }, (_, i) => disconnected(`d:local:r:a${i}`, 1, DisconnectCause.SOCKET_CLOSED)),
+            ),
+          )
+        ).revision;
+        for (let batch = 0; batch < 5; batch++) {
+          const res = await whenUp("ingest after restart", () =>
+            client.ingest("sdk-test", connects(`d:local:r:b${batch}-`, 10)),
+          );
           last = res.revision;
         }
-        // The restart recorded the 20 clients as disconnected by the server.
-        assert.ok(last >= first.revision + 20n + 50n, `revision ${last}`);
+        assert.equal(last, first.revision + 20n + 50n);
         await rec.untilRevision(last);
 
         const revisions = rec.changeRevisions();
@@ -155,10 +175,15 @@ describe("watch", () => {
         if (signal === "SIGTERM") {
           assert.equal(retries[0]!.code, Code.Unavailable);
         }
-        const serverDisconnects = rec.events.filter(
-          (e) => e.type === "change" && e.change.kind === ChangeKind.DISCONNECTED,
+        const lost = rec.events.filter((e) => e.type === "change" && e.change.kind === ChangeKind.DISCONNECTED);
+        assert.equal(lost.length, 20);
+        assert.ok(
+          lost.every(
+            (e) =>
+              e.type === "change" && e.change.state?.lastDisconnectInitiator === DisconnectInitiator.NETWORK,
+          ),
+          "the disconnects the broker reported",
         );
-        assert.equal(serverDisconnects.length, 20);
         assert.ok(!rec.events.some((e) => e.type === "resync"), "no resync needed");
         await rec.close();
       });
@@ -187,6 +212,12 @@ describe("watch", () => {
       setServer(restarted);
       const other = newClient(restarted);
       try {
+        // The restart records nothing for another broker's clients; that
+        // broker reports the 10 connections lost.
+        await other.ingest(
+          "sdk-test",
+          Array.from({ length: 10 }, (_, i) => disconnected(`d:local:x:a${i}`, 1, DisconnectCause.SOCKET_CLOSED)),
+        );
         await other.updateSettings({ feedMaxEntries: 5n }, ["feed_max_entries"]);
         await other.ingest("sdk-test", [...connects("d:local:x:b", 10), ...connects("d:local:y:", 5)]);
         await other.ingest("sdk-test", [disconnected("d:local:x:b3", 1)]);
