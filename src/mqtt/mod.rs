@@ -10,14 +10,24 @@
 //! - `identity`: who a client is (open mode, device, gateway, application)
 //!   and which topics it may use.
 //! - `session`: sessions that outlive connections, queued messages, expiry.
-//! - `connection`: one task per network connection, from CONNECT to close.
+//! - `connection`: one task per network connection: the connected loop
+//!   and the goodbye.
+//! - `handshake`: CONNECT to CONNACK, in steps.
+//! - `link`: one connection's socket, buffers, codec and traffic counts.
+//! - `packet`: the codec, incoming packets of both versions normalised,
+//!   and the encoders of what the broker sends.
+//! - `qos`: the QoS 1/2 state of a connection, without a socket.
 //! - `monitor`: the Connect / Disconnect / FailedConnect monitor messages.
 //! - `listener`: TCP, TLS and WebSocket listeners.
 
 mod connection;
+mod handshake;
 mod identity;
+mod link;
 mod listener;
 mod monitor;
+mod packet;
+mod qos;
 mod session;
 pub mod topic;
 
