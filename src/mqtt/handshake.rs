@@ -253,6 +253,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                 .await;
             return Err(HandshakeEnd::Refused);
         }
+        let max_keep_alive = self.broker.options().max_keepalive;
+        if max_keep_alive != 0 && (hello.keep_alive == 0 || hello.keep_alive > max_keep_alive) {
+            if hello.protocol == MqttProtocol::V5_0 {
+                // Held to the broker's Server Keep Alive (MQTT-3.2.2-21).
+                hello.keep_alive = max_keep_alive;
+                hello.server_keep_alive = Some(max_keep_alive);
+            } else {
+                // MQTT 3 cannot be told another keepalive: refused as
+                // Mosquitto refuses it (max_keepalive).
+                self.refuse(hello, Some(record_id), ConnectFailure::BadClientId)
+                    .await;
+                return Err(HandshakeEnd::Refused);
+            }
+        }
         let failure = if hello.protocol != MqttProtocol::V5_0
             && hello.password.is_some()
             && hello.username.is_none()
@@ -378,6 +392,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             client_max_packet_size: a.hello.max_packet_size,
             topic_alias_max: options.topic_alias_max,
             max_packet_size: options.max_packet_size,
+            server_keep_alive: a.hello.server_keep_alive,
         };
         let result = self.codec.connack(welcome, &mut self.wbuf);
         self.sent("CONNACK", result);

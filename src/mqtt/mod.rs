@@ -73,6 +73,8 @@ pub struct BrokerOptions {
     pub max_queued_messages: usize,
     /// QoS 1 and 2 messages in flight per client.
     pub max_inflight_messages: u16,
+    /// Longest keepalive a client may ask for, in seconds (0 = any).
+    pub max_keepalive: u16,
     /// Messages waiting for a connection's writer before QoS 0 messages are
     /// dropped for it.
     pub outbound_buffer: usize,
@@ -93,6 +95,7 @@ impl Default for BrokerOptions {
             max_packet_size: 1 << 20,
             max_queued_messages: 1000,
             max_inflight_messages: 20,
+            max_keepalive: 0,
             outbound_buffer: 10_000,
             topic_alias_max: 10,
             activity_report_interval: Duration::from_millis(250),

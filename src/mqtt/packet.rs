@@ -136,6 +136,9 @@ pub(super) struct Hello {
     pub(super) client_id: String,
     pub(super) clean_start: bool,
     pub(super) keep_alive: u16,
+    /// The broker's Server Keep Alive, when it overrides the client's
+    /// (v5).
+    pub(super) server_keep_alive: Option<u16>,
     pub(super) username: Option<ByteString>,
     pub(super) password: Option<Bytes>,
     pub(super) will: Option<Box<Will>>,
@@ -165,6 +168,7 @@ impl Hello {
             client_id: c.client_id.to_string(),
             clean_start: c.clean_session,
             keep_alive: c.keep_alive,
+            server_keep_alive: None,
             username: c.username,
             password: c.password,
             will: c.last_will.map(|w| {
@@ -190,6 +194,7 @@ impl Hello {
             client_id: c.client_id.to_string(),
             clean_start: c.clean_start,
             keep_alive: c.keep_alive,
+            server_keep_alive: None,
             username: c.username,
             password: c.password,
             will: c.last_will.map(|w| {
@@ -232,6 +237,7 @@ pub(super) struct Welcome {
     pub(super) client_max_packet_size: Option<u32>,
     pub(super) topic_alias_max: u16,
     pub(super) max_packet_size: u32,
+    pub(super) server_keep_alive: Option<u16>,
 }
 
 impl Codec {
@@ -318,6 +324,7 @@ impl Codec {
                 assigned_client_id: w.assigned_client_id.map(ByteString::from),
                 topic_alias_max: w.topic_alias_max,
                 max_packet_size: Some(w.max_packet_size),
+                server_keepalive_sec: w.server_keep_alive,
                 shared_subscription_available: false,
                 ..Default::default()
             })),

@@ -4,10 +4,11 @@ expect, packets it cannot send, keepalive limits and flow control."""
 from __future__ import annotations
 
 import struct
+import time
 
 import pytest
 
-from conftest import connect_packet, subscribe_packet, unique
+from conftest import DISCONNECT, V5, V311, connect_packet, subscribe_packet, unique
 from test_delivery import PUBREC, PUBREL, ack
 
 
@@ -54,3 +55,39 @@ def test_a_connack_larger_than_the_clients_maximum_packet_size_is_logged(broker,
     log = broker.log_path.read_text(errors="replace")
     lines = [line for line in log.splitlines() if "not sent" in line and "CONNACK" in line]
     assert lines, "no log line for the CONNACK not sent"
+
+
+@pytest.mark.parametrize("asked", [60, 0], ids=["longer", "none"])
+def test_a_v5_client_asking_a_longer_keepalive_is_told_the_servers(make_server, peers, asked):
+    """--mqtt-max-keepalive: a v5 client asking more (or 0) gets the Server
+    Keep Alive in its CONNACK, and the broker records that keepalive."""
+    server = make_server("--mqtt-max-keepalive", "10")
+    cid = unique("ka5")
+    p = peers(server, cid, version=V5, keepalive=asked)
+    _, rc, properties = p.connack
+    assert rc == 0
+    assert getattr(properties, "ServerKeepAlive", None) == 10
+    assert server.wait_state(cid, lambda s: s.keep_alive_seconds == 10)
+
+
+def test_a_v5_client_is_held_to_the_server_keepalive(make_server, raw):
+    """A v5 client that asked 60 s but was told 1 s is disconnected after
+    1.5 s of silence with 0x8D."""
+    server = make_server("--mqtt-max-keepalive", "1")
+    c = raw(server)
+    connack = c.connect(unique("ka5held"), version=5, keepalive=60)
+    assert connack[1] == 0
+    started = time.monotonic()
+    got = c.read_until_closed(timeout=10)
+    assert got and got[-1][0] >> 4 == DISCONNECT and got[-1][1][:1] == b"\x8d", got
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("asked, accepted", [(60, False), (0, False), (10, True)], ids=["longer", "none", "within"])
+def test_a_v311_client_asking_a_longer_keepalive_is_refused(make_server, peers, asked, accepted):
+    """MQTT 3.1.1 cannot be told another keepalive: a client asking more (or
+    0) is refused with "identifier rejected" (2), as Mosquitto does."""
+    server = make_server("--mqtt-max-keepalive", "10")
+    p = peers(server, unique("ka3"), version=V311, keepalive=asked, expect_success=accepted)
+    # paho reports the v3 return code 2 as its v5 equivalent, 0x85.
+    assert p.connack[1] == (0 if accepted else 0x85)
