@@ -49,6 +49,8 @@ pub struct Config {
     pub mqtt_max_queued_messages: usize,
     /// QoS 1 and 2 messages in flight per MQTT client.
     pub mqtt_max_inflight_messages: u16,
+    /// Longest MQTT keepalive a client may ask for, in seconds (0 = any).
+    pub mqtt_max_keepalive: u16,
     /// The organisation this server serves (platform client ids).
     pub org_id: String,
     /// Activity (publish, subscribe, ping) is written through at most this
@@ -103,6 +105,7 @@ impl Default for Config {
             mqtt_max_packet_size: 1 << 20,
             mqtt_max_queued_messages: 1000,
             mqtt_max_inflight_messages: 20,
+            mqtt_max_keepalive: 0,
             org_id: "local".to_owned(),
             activity_interval: Duration::from_secs(1),
             heartbeat_interval: Duration::from_secs(10),
@@ -249,6 +252,12 @@ pub struct ConfigLayer {
     /// QoS 1/2 messages in flight per MQTT client [default: 20]
     #[arg(long, env = "CONNSTATE_MQTT_MAX_INFLIGHT_MESSAGES")]
     pub mqtt_max_inflight_messages: Option<u16>,
+    /// Longest MQTT keepalive a client may ask for, in seconds; 0 = any. A
+    /// v5 client asking more (or 0) is told this Server Keep Alive and held
+    /// to it; a v3 client asking more (or 0) is refused (identifier
+    /// rejected), as Mosquitto does [default: 0]
+    #[arg(long, env = "CONNSTATE_MQTT_MAX_KEEPALIVE")]
+    pub mqtt_max_keepalive: Option<u16>,
     /// Organisation id of platform client ids [default: local]
     #[arg(long, env = "CONNSTATE_ORG_ID")]
     pub org_id: Option<String>,
@@ -380,6 +389,9 @@ impl Config {
             }
             if let Some(v) = l.mqtt_max_inflight_messages {
                 c.mqtt_max_inflight_messages = v;
+            }
+            if let Some(v) = l.mqtt_max_keepalive {
+                c.mqtt_max_keepalive = v;
             }
             if let Some(v) = &l.org_id {
                 c.org_id = v.clone();

@@ -233,6 +233,7 @@ pub async fn run(
             max_packet_size: config.mqtt_max_packet_size,
             max_queued_messages: config.mqtt_max_queued_messages,
             max_inflight_messages: config.mqtt_max_inflight_messages,
+            max_keepalive: config.mqtt_max_keepalive,
             activity_report_interval: (config.activity_interval / 4)
                 .min(Duration::from_millis(250)),
             ..BrokerOptions::default()

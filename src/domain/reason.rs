@@ -25,6 +25,7 @@ impl ReasonCode {
     pub const KEEP_ALIVE_TIMEOUT: Self = Self(0x8D);
     pub const SESSION_TAKEN_OVER: Self = Self(0x8E);
     pub const TOPIC_NAME_INVALID: Self = Self(0x90);
+    pub const RECEIVE_MAXIMUM_EXCEEDED: Self = Self(0x93);
     pub const TOPIC_ALIAS_INVALID: Self = Self(0x94);
     pub const PACKET_TOO_LARGE: Self = Self(0x95);
     pub const ADMINISTRATIVE_ACTION: Self = Self(0x98);

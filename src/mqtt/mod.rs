@@ -10,14 +10,24 @@
 //! - `identity`: who a client is (open mode, device, gateway, application)
 //!   and which topics it may use.
 //! - `session`: sessions that outlive connections, queued messages, expiry.
-//! - `connection`: one task per network connection, from CONNECT to close.
+//! - `connection`: one task per network connection: the connected loop
+//!   and the goodbye.
+//! - `handshake`: CONNECT to CONNACK, in steps.
+//! - `link`: one connection's socket, buffers, codec and traffic counts.
+//! - `packet`: the codec, incoming packets of both versions normalised,
+//!   and the encoders of what the broker sends.
+//! - `qos`: the QoS 1/2 state of a connection, without a socket.
 //! - `monitor`: the Connect / Disconnect / FailedConnect monitor messages.
 //! - `listener`: TCP, TLS and WebSocket listeners.
 
 mod connection;
+mod handshake;
 mod identity;
+mod link;
 mod listener;
 mod monitor;
+mod packet;
+mod qos;
 mod session;
 pub mod topic;
 
@@ -63,6 +73,8 @@ pub struct BrokerOptions {
     pub max_queued_messages: usize,
     /// QoS 1 and 2 messages in flight per client.
     pub max_inflight_messages: u16,
+    /// Longest keepalive a client may ask for, in seconds (0 = any).
+    pub max_keepalive: u16,
     /// Messages waiting for a connection's writer before QoS 0 messages are
     /// dropped for it.
     pub outbound_buffer: usize,
@@ -83,6 +95,7 @@ impl Default for BrokerOptions {
             max_packet_size: 1 << 20,
             max_queued_messages: 1000,
             max_inflight_messages: 20,
+            max_keepalive: 0,
             outbound_buffer: 10_000,
             topic_alias_max: 10,
             activity_report_interval: Duration::from_millis(250),
