@@ -10,7 +10,10 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::store::Settings;
+use crate::{
+    source::{SourceConfig, SourceSpec},
+    store::Settings,
+};
 
 /// Everything the server needs to know before it binds.
 #[derive(Debug, Clone)]
@@ -84,6 +87,9 @@ pub struct Config {
     /// Certificate chain and private key (PEM files): the REST gateway
     /// serves HTTPS and gRPC uses TLS when set.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// External brokers followed (`[[source]]` tables and
+    /// `--source-mosquitto`).
+    pub sources: Vec<SourceConfig>,
 }
 
 impl Default for Config {
@@ -117,6 +123,7 @@ impl Default for Config {
             auth: false,
             admin_key: None,
             tls: None,
+            sources: Vec::new(),
         }
     }
 }
@@ -139,6 +146,9 @@ pub enum ConfigError {
     /// follow.
     #[error("--{}: {reason}", field.replace('_', "-"))]
     Invalid { field: &'static str, reason: String },
+    /// A `[[source]]` table of the file (`index` counts from 1).
+    #[error("[[source]] number {index} of the config file: {reason}")]
+    Source { index: usize, reason: String },
 }
 
 /// A listen address as written in flags, the environment and the file:
@@ -300,6 +310,16 @@ pub struct ConfigLayer {
     /// PEM private key of --tls-cert
     #[arg(long, env = "CONNSTATE_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// Follow a Mosquitto 2.x broker through its `$SYS/broker/log/#` topic, as the source named "mosquitto"
+    #[arg(
+        long,
+        env = "CONNSTATE_SOURCE_MOSQUITTO",
+        value_name = "mqtt://[USER[:PASSWORD]@]HOST[:PORT]"
+    )]
+    pub source_mosquitto: Option<String>,
+    /// External brokers to follow: `[[source]]` tables (file only).
+    #[arg(skip)]
+    pub source: Option<Vec<SourceSpec>>,
 }
 
 impl ConfigLayer {
@@ -338,7 +358,15 @@ impl Config {
         layers: impl IntoIterator<Item = &'a ConfigLayer>,
     ) -> Result<Config, ConfigError> {
         let mut c = Config::default();
+        let mut specs: &[SourceSpec] = &[];
+        let mut mosquitto = None;
         for l in layers {
+            if let Some(v) = &l.source {
+                specs = v;
+            }
+            if let Some(v) = &l.source_mosquitto {
+                mosquitto = Some(v.clone());
+            }
             if let Some(v) = &l.data_dir {
                 c.data_dir = v.clone();
             }
@@ -453,6 +481,20 @@ impl Config {
                 }
             }
         }
+        for (i, spec) in specs.iter().enumerate() {
+            let source = SourceConfig::from_spec(spec).map_err(|reason| ConfigError::Source {
+                index: i + 1,
+                reason,
+            })?;
+            c.sources.push(source);
+        }
+        if let Some(url) = mosquitto {
+            let source = SourceConfig::mosquitto(&url).map_err(|reason| ConfigError::Invalid {
+                field: "source_mosquitto",
+                reason,
+            })?;
+            c.sources.push(source);
+        }
         c.validate()?;
         Ok(c)
     }
@@ -535,6 +577,17 @@ impl Config {
         }
         if self.initial_settings.log_max_entries_per_client == 0 {
             return invalid("log_max_entries_per_client", "must be at least 1");
+        }
+        for (i, source) in self.sources.iter().enumerate() {
+            if self.sources[..i].iter().any(|s| s.name == source.name) {
+                return Err(ConfigError::Source {
+                    index: i + 1,
+                    reason: format!(
+                        "a second source named {:?}; give each source its own name",
+                        source.name
+                    ),
+                });
+            }
         }
         Ok(())
     }
@@ -624,9 +677,10 @@ mod tests {
             .lines()
             .map(|line| match line.strip_prefix("# ") {
                 Some(rest)
-                    if rest
-                        .split_once(" = ")
-                        .is_some_and(|(k, _)| !k.contains(' ')) =>
+                    if rest == "[[source]]"
+                        || rest
+                            .split_once(" = ")
+                            .is_some_and(|(k, _)| !k.contains(' ')) =>
                 {
                     rest
                 }
