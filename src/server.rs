@@ -283,7 +283,10 @@ pub async fn run(
                     gate.clone(),
                     registry.clone(),
                     Some(broker.clone()),
-                ),
+                )
+                .merge(crate::api::rest::webhook::router(
+                    crate::source::webhook::WebhookSources::new(&config.sources, &tracker, &store),
+                )),
                 &config,
                 store.metrics(),
                 stop.clone(),

@@ -16,8 +16,10 @@
 //!
 //! It must not write the store itself, nor hold a lock across an await.
 
+pub mod emqx;
 pub mod mosquitto;
 pub mod upstream;
+pub mod webhook;
 
 use std::{fmt, sync::Arc, time::Duration};
 
@@ -54,15 +56,29 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum SourceKind {
     /// Mosquitto 2.x, through its log on `$SYS/broker/log/#`.
     Mosquitto,
+    /// EMQX 5 rule engine / webhook payloads POSTed to `/sources/{name}`.
+    EmqxWebhook,
+    /// VerneMQ webhooks POSTed to `/sources/{name}`.
+    VernemqWebhook,
 }
 
 impl SourceKind {
     pub fn as_str(self) -> &'static str {
         match self {
             SourceKind::Mosquitto => "mosquitto",
+            SourceKind::EmqxWebhook => "emqx-webhook",
+            SourceKind::VernemqWebhook => "vernemq-webhook",
         }
     }
+
+    /// Whether the broker calls connstate (rather than connstate it).
+    pub fn is_webhook(self) -> bool {
+        matches!(self, SourceKind::EmqxWebhook | SourceKind::VernemqWebhook)
+    }
 }
+
+/// The shortest shared secret of a webhook source.
+pub const MIN_SECRET_LEN: usize = 16;
 
 /// A `[[source]]` table of the config file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -83,6 +99,9 @@ pub struct SourceSpec {
     pub lease: Option<String>,
     /// Keepalive of the connection to the broker, e.g. 30s.
     pub keep_alive: Option<String>,
+    /// The shared secret a webhook source's broker sends (at least 16
+    /// characters).
+    pub secret: Option<String>,
 }
 
 /// One validated source.
@@ -95,7 +114,11 @@ pub struct SourceConfig {
     pub username: Option<String>,
     pub password: Option<String>,
     pub lease: Duration,
+    /// The lease as configured: a webhook source holds one only when
+    /// configured, renewed by each call.
+    pub configured_lease: Option<Duration>,
     pub keep_alive: Duration,
+    pub secret: Option<String>,
 }
 
 impl fmt::Debug for SourceConfig {
@@ -108,7 +131,9 @@ impl fmt::Debug for SourceConfig {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("lease", &self.lease)
+            .field("configured_lease", &self.configured_lease)
             .field("keep_alive", &self.keep_alive)
+            .field("secret", &self.secret.as_ref().map(|_| "***"))
             .finish()
     }
 }
@@ -166,14 +191,37 @@ impl SourceConfig {
     /// Validates a `[[source]]` table; the error says what is wrong with
     /// which key.
     pub fn from_spec(spec: &SourceSpec) -> Result<SourceConfig, String> {
+        const KINDS: &str = "mosquitto, emqx-webhook or vernemq-webhook";
         let kind = match spec.kind.as_deref() {
             Some("mosquitto") => SourceKind::Mosquitto,
-            Some(other) => return Err(format!("kind {other:?} is not known; write mosquitto")),
-            None => return Err("kind is required (mosquitto)".into()),
+            Some("emqx-webhook") => SourceKind::EmqxWebhook,
+            Some("vernemq-webhook") => SourceKind::VernemqWebhook,
+            Some(other) => return Err(format!("kind {other:?} is not known; write {KINDS}")),
+            None => return Err(format!("kind is required ({KINDS})")),
         };
-        let url = spec.url.as_deref().ok_or("url is required")?;
-        let (host, port, url_user, url_password) =
-            parse_url(url).map_err(|e| format!("url {e}"))?;
+        let (host, port, url_user, url_password) = if kind.is_webhook() {
+            if spec.url.is_some() {
+                return Err(format!(
+                    "url is not taken by a {} source: its broker calls POST /sources/NAME",
+                    kind.as_str()
+                ));
+            }
+            match &spec.secret {
+                Some(s) if s.len() >= MIN_SECRET_LEN => {}
+                _ => {
+                    return Err(format!(
+                        "secret is required, at least {MIN_SECRET_LEN} characters"
+                    ));
+                }
+            }
+            (String::new(), 0, None, None)
+        } else {
+            if spec.secret.is_some() {
+                return Err("secret is taken by webhook sources only".into());
+            }
+            let url = spec.url.as_deref().ok_or("url is required")?;
+            parse_url(url).map_err(|e| format!("url {e}"))?
+        };
         let name = spec
             .name
             .clone()
@@ -212,7 +260,9 @@ impl SourceConfig {
             username: spec.username.clone().or(url_user),
             password: spec.password.clone().or(url_password),
             lease,
+            configured_lease: spec.lease.as_ref().map(|_| lease),
             keep_alive,
+            secret: spec.secret.clone(),
         })
     }
 
@@ -233,7 +283,7 @@ impl SourceConfig {
 
 /// The record of a client, read to find the connection a disconnect ends
 /// when this source did not see the connect (connstate restarted).
-struct StoreRecords<'a>(&'a Store);
+pub(crate) struct StoreRecords<'a>(&'a Store);
 
 impl Recorded for StoreRecords<'_> {
     fn connection_on(&self, client: &ClientId, broker: &str) -> Option<ConnectionId> {
@@ -253,6 +303,7 @@ pub fn spawn_sources(
 ) -> Vec<tokio::task::JoinHandle<()>> {
     sources
         .iter()
+        .filter(|config| !config.kind.is_webhook())
         .map(|config| {
             let source = Source {
                 config: config.clone(),
@@ -309,9 +360,7 @@ impl Source {
             password: self.config.password.clone(),
             keep_alive: self.config.keep_alive,
         };
-        let filters = match self.config.kind {
-            SourceKind::Mosquitto => mosquitto::LOG_TOPICS,
-        };
+        let filters = mosquitto::LOG_TOPICS;
         self.set_up(false).await;
         let mut lines = Lines::new(self.broker.clone(), endpoint.client_id.clone());
         let mut last_uptime = None;
