@@ -10,7 +10,10 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::store::Settings;
+use crate::{
+    source::{SourceConfig, SourceSpec},
+    store::Settings,
+};
 
 /// Everything the server needs to know before it binds.
 #[derive(Debug, Clone)]
@@ -86,6 +89,9 @@ pub struct Config {
     /// Certificate chain and private key (PEM files): the REST gateway
     /// serves HTTPS and gRPC uses TLS when set.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// External brokers followed (`[[source]]` tables and
+    /// `--source-mosquitto`).
+    pub sources: Vec<SourceConfig>,
 }
 
 impl Default for Config {
@@ -120,6 +126,7 @@ impl Default for Config {
             auth: false,
             admin_key: None,
             tls: None,
+            sources: Vec::new(),
         }
     }
 }
@@ -142,6 +149,9 @@ pub enum ConfigError {
     /// follow.
     #[error("--{}: {reason}", field.replace('_', "-"))]
     Invalid { field: &'static str, reason: String },
+    /// A `[[source]]` table of the file (`index` counts from 1).
+    #[error("[[source]] number {index} of the config file: {reason}")]
+    Source { index: usize, reason: String },
 }
 
 /// A listen address as written in flags, the environment and the file:
@@ -309,6 +319,16 @@ pub struct ConfigLayer {
     /// PEM private key of --tls-cert
     #[arg(long, env = "CONNSTATE_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// Follow a Mosquitto 2.x broker through its `$SYS/broker/log/#` topic, as the source named "mosquitto"
+    #[arg(
+        long,
+        env = "CONNSTATE_SOURCE_MOSQUITTO",
+        value_name = "mqtt://[USER[:PASSWORD]@]HOST[:PORT]"
+    )]
+    pub source_mosquitto: Option<String>,
+    /// External brokers to follow: `[[source]]` tables (file only).
+    #[arg(skip)]
+    pub source: Option<Vec<SourceSpec>>,
 }
 
 impl ConfigLayer {
@@ -347,7 +367,15 @@ impl Config {
         layers: impl IntoIterator<Item = &'a ConfigLayer>,
     ) -> Result<Config, ConfigError> {
         let mut c = Config::default();
+        let mut specs: &[SourceSpec] = &[];
+        let mut mosquitto = None;
         for l in layers {
+            if let Some(v) = &l.source {
+                specs = v;
+            }
+            if let Some(v) = &l.source_mosquitto {
+                mosquitto = Some(v.clone());
+            }
             if let Some(v) = &l.data_dir {
                 c.data_dir = v.clone();
             }
@@ -465,6 +493,20 @@ impl Config {
                 }
             }
         }
+        for (i, spec) in specs.iter().enumerate() {
+            let source = SourceConfig::from_spec(spec).map_err(|reason| ConfigError::Source {
+                index: i + 1,
+                reason,
+            })?;
+            c.sources.push(source);
+        }
+        if let Some(url) = mosquitto {
+            let source = SourceConfig::mosquitto(&url).map_err(|reason| ConfigError::Invalid {
+                field: "source_mosquitto",
+                reason,
+            })?;
+            c.sources.push(source);
+        }
         c.validate()?;
         Ok(c)
     }
@@ -547,6 +589,17 @@ impl Config {
         }
         if self.initial_settings.log_max_entries_per_client == 0 {
             return invalid("log_max_entries_per_client", "must be at least 1");
+        }
+        for (i, source) in self.sources.iter().enumerate() {
+            if self.sources[..i].iter().any(|s| s.name == source.name) {
+                return Err(ConfigError::Source {
+                    index: i + 1,
+                    reason: format!(
+                        "a second source named {:?}; give each source its own name",
+                        source.name
+                    ),
+                });
+            }
         }
         Ok(())
     }
@@ -636,9 +689,10 @@ mod tests {
             .lines()
             .map(|line| match line.strip_prefix("# ") {
                 Some(rest)
-                    if rest
-                        .split_once(" = ")
-                        .is_some_and(|(k, _)| !k.contains(' ')) =>
+                    if rest == "[[source]]"
+                        || rest
+                            .split_once(" = ")
+                            .is_some_and(|(k, _)| !k.contains(' ')) =>
                 {
                     rest
                 }
@@ -649,13 +703,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let all_path = dir.path().join("all.toml");
         std::fs::write(&all_path, all).unwrap();
-        let layer = ConfigLayer::from_file(&all_path).unwrap();
+        let mut layer = ConfigLayer::from_file(&all_path).unwrap();
+        Config::from_layers([&layer]).unwrap();
+        // A source table takes the keys of its kind: every key is set by
+        // one table or another.
+        let tables = layer.source.take().unwrap_or_default();
+        assert!(tables.len() >= 2, "the example shows a source of each sort");
+        let any = |f: fn(&SourceSpec) -> &Option<String>| tables.iter().find_map(|t| f(t).clone());
+        layer.source = Some(vec![SourceSpec {
+            name: any(|t| &t.name),
+            kind: any(|t| &t.kind),
+            url: any(|t| &t.url),
+            username: any(|t| &t.username),
+            password: any(|t| &t.password),
+            lease: any(|t| &t.lease),
+            keep_alive: any(|t| &t.keep_alive),
+            secret: any(|t| &t.secret),
+        }]);
         let unset = format!("{layer:?}");
         assert!(
             !unset.contains("None"),
             "keys missing from the example: {unset}"
         );
-        Config::from_layers([&layer]).unwrap();
     }
 
     #[test]

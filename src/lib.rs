@@ -20,6 +20,8 @@
 //! - [`registry`]: API keys (hashed tokens, roles) that every API checks.
 //! - [`mqtt`]: the embedded MQTT 3.1/3.1.1/5.0 broker, which reports every
 //!   client lifecycle event to the tracker.
+//! - [`source`]: connections to external brokers (Mosquitto) that turn
+//!   their lifecycle signals into events for the tracker.
 //! - [`metrics`]: Prometheus metrics of all of the above.
 //! - [`config`]: one validated configuration.
 //! - [`accept`]: every listener's connection cap and accept back-off;
@@ -48,6 +50,7 @@ pub mod query;
 pub mod registry;
 pub mod rules;
 pub mod server;
+pub mod source;
 pub mod store;
 pub mod tracker;
 

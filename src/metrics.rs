@@ -35,6 +35,20 @@ pub struct ListenerLabel {
     pub listener: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    /// The source's broker name.
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceInputLabels {
+    pub source: String,
+    /// `event`, `ignored`, `unmatched`, `unattributed`, `bad` or
+    /// `unrecorded`.
+    pub outcome: &'static str,
+}
+
 /// Every metric of the service.
 pub struct Metrics {
     registry: Registry,
@@ -55,6 +69,10 @@ pub struct Metrics {
     pub mqtt_dropped_messages: Counter,
     pub connections_refused: Family<ListenerLabel, Counter>,
     pub accept_failures: Family<ListenerLabel, Counter>,
+    pub source_up: Family<SourceLabel, Gauge>,
+    pub source_connections: Family<SourceLabel, Counter>,
+    pub source_restarts: Family<SourceLabel, Counter>,
+    pub source_input: Family<SourceInputLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -154,8 +172,36 @@ impl Default for Metrics {
             "Accepts that failed for want of resources (file descriptors, memory); the listener backs off",
             accept_failures.clone(),
         );
+        let source_up = Family::<SourceLabel, Gauge>::default();
+        registry.register(
+            "source_up",
+            "1 while a source is connected to its broker, 0 otherwise",
+            source_up.clone(),
+        );
+        let source_connections = Family::<SourceLabel, Counter>::default();
+        registry.register(
+            "source_connections",
+            "Connections a source made to its broker (the first and every reconnect)",
+            source_connections.clone(),
+        );
+        let source_restarts = Family::<SourceLabel, Counter>::default();
+        registry.register(
+            "source_broker_restarts",
+            "Restarts of a source's broker that the source noticed",
+            source_restarts.clone(),
+        );
+        let source_input = Family::<SourceInputLabels, Counter>::default();
+        registry.register(
+            "source_input",
+            "Messages a source received, by what became of them (bad: unreadable, logged; unattributed: a failed connect the broker names no client for)",
+            source_input.clone(),
+        );
         Metrics {
             registry,
+            source_up,
+            source_connections,
+            source_restarts,
+            source_input,
             connections_refused,
             accept_failures,
             mqtt_connections,
@@ -199,6 +245,39 @@ impl Metrics {
         self.failed_connects
             .get_or_create(&FailureLabels {
                 reason_code: code.map_or_else(|| "none".to_owned(), |c| c.to_string()),
+            })
+            .inc();
+    }
+
+    pub fn set_source_up(&self, source: &str, up: bool) {
+        self.source_up
+            .get_or_create(&SourceLabel {
+                source: source.to_owned(),
+            })
+            .set(i64::from(up));
+    }
+
+    pub fn count_source_connection(&self, source: &str) {
+        self.source_connections
+            .get_or_create(&SourceLabel {
+                source: source.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn count_source_restart(&self, source: &str) {
+        self.source_restarts
+            .get_or_create(&SourceLabel {
+                source: source.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn count_source_input(&self, source: &str, outcome: &'static str) {
+        self.source_input
+            .get_or_create(&SourceInputLabels {
+                source: source.to_owned(),
+                outcome,
             })
             .inc();
     }

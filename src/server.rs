@@ -289,7 +289,10 @@ pub async fn run(
                     gate.clone(),
                     registry.clone(),
                     Some(broker.clone()),
-                ),
+                )
+                .merge(crate::api::rest::webhook::router(
+                    crate::source::webhook::WebhookSources::new(&config.sources, &tracker, &store),
+                )),
                 &config,
                 &metrics,
                 stop.clone(),
@@ -356,6 +359,9 @@ pub async fn run(
             }
         };
     // Health follows the store from here on; see spawn_store_watchdog.
+    // Started after the last step that can fail, so a failed start leaves
+    // no source running.
+    let sources = crate::source::spawn_sources(&config.sources, &tracker, &store, &reporter, &stop);
     let recording = store.watch_recording();
     set_health(&reporter, store.can_record()).await;
     let watchdog = spawn_store_watchdog(recording, reporter.clone(), stop.clone());
@@ -389,6 +395,9 @@ pub async fn run(
     }
     if !broker.wait_closed(config.shutdown_grace).await {
         tracing::warn!("MQTT connections still open after the grace period");
+    }
+    for source in sources {
+        let _ = source.await;
     }
     pump.finish().await;
     let _ = flusher.await;

@@ -110,7 +110,13 @@ impl Tracker {
         };
         let mut ended = Vec::new();
         for (holder, held) in lapsed {
-            let clients = self.clients_on(&holder, held.duration)?;
+            let clients = self.clients_on(
+                &holder,
+                &DisconnectCause::LeaseLapsed {
+                    holder: holder.clone(),
+                    lease_secs: held.duration.as_secs(),
+                },
+            )?;
             let count = clients.len();
             if !clients.is_empty() {
                 // Not recorded (store full, say): the lease stays lapsed
@@ -142,12 +148,28 @@ impl Tracker {
         Ok(ended)
     }
 
+    /// Records every client whose current connection is on `holder` as
+    /// disconnected for `cause` (the holder's broker restarted, say).
+    /// Returns how many there were.
+    pub async fn end_clients_of(
+        &self,
+        holder: &str,
+        cause: DisconnectCause,
+    ) -> Result<usize, StoreError> {
+        let clients = self.clients_on(holder, &cause)?;
+        let count = clients.len();
+        if !clients.is_empty() {
+            self.store.commit_events(clients).await?;
+        }
+        Ok(count)
+    }
+
     /// Disconnect events for every client whose current connection is on
     /// `holder`.
     fn clients_on(
         &self,
         holder: &str,
-        duration: Duration,
+        cause: &DisconnectCause,
     ) -> Result<Vec<LifecycleEvent>, StoreError> {
         let now = truncate_to_millis(Utc::now());
         let broker: Arc<str> = Arc::from(holder);
@@ -165,10 +187,7 @@ impl Tracker {
                 connection_id: state.connection_id,
                 broker: broker.clone(),
                 peer: None,
-                kind: EventKind::Disconnected(DisconnectCause::LeaseLapsed {
-                    holder: holder.to_owned(),
-                    lease_secs: duration.as_secs(),
-                }),
+                kind: EventKind::Disconnected(cause.clone()),
             });
         }
         Ok(events)

@@ -4,7 +4,9 @@
 # (git-ignored), then runs pytest against $CONNSTATE_BIN (by default
 # <repo>/target/debug/connstate; build it with `cargo build --bin connstate`).
 # MQTT_TEST_BROKER=mosquitto runs the broker-behaviour tests against a
-# Mosquitto 2.x on the PATH instead. Extra arguments go to pytest.
+# Mosquitto 2.x on the PATH instead. Installs Mosquitto (Debian's package)
+# when missing: the sources tests follow a real one. Extra arguments go to
+# pytest.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here"
@@ -13,6 +15,18 @@ export CONNSTATE_BIN="${CONNSTATE_BIN:-$here/../../target/debug/connstate}"
 if [ "${MQTT_TEST_BROKER:-connstate}" = "connstate" ] && [ ! -x "$CONNSTATE_BIN" ]; then
   echo "connstate server binary not found at $CONNSTATE_BIN (build it with: cargo build --bin connstate)" >&2
   exit 1
+fi
+
+# Mosquitto 2.x: the broker connstate's sources follow (test_sources.py), and
+# the reference for MQTT_TEST_BROKER=mosquitto. Debian's package.
+if ! command -v mosquitto >/dev/null 2>&1 || ! command -v mosquitto_passwd >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
+  else
+    echo "mosquitto not found: install Debian's mosquitto package (apt-get install mosquitto)" >&2
+    exit 1
+  fi
 fi
 
 python="${PYTHON:-python3}"

@@ -21,6 +21,13 @@ const BODY: &str = "body";
 /// A JSON body of type `T`, extracted with the errors above.
 pub(super) struct JsonBody<T>(pub T);
 
+impl<T: DeserializeOwned> JsonBody<T> {
+    /// Extracts the body outside an axum handler's argument list.
+    pub(super) async fn from_request(request: Request) -> Result<Self, ApiError> {
+        <Self as FromRequest<()>>::from_request(request, &()).await
+    }
+}
+
 impl<T, S> FromRequest<S> for JsonBody<T>
 where
     T: DeserializeOwned,

@@ -13,6 +13,7 @@ pub mod error;
 pub mod json;
 pub mod params;
 mod stream;
+pub mod webhook;
 
 use axum::{
     Json, Router,

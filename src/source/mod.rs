@@ -1,0 +1,610 @@
+//! Sources: connections from connstate to external brokers that turn the
+//! brokers' own lifecycle signals into connstate events.
+//!
+//! Each source has its own broker name (the name of its connection-id space
+//! and of its lease) and runs as one task: connect, follow, and on any
+//! failure reconnect with backoff. While its upstream connection is healthy
+//! (packets, or at least ping answers, within 1.5 × keepalive) it renews
+//! its broker lease; when it is down or silent for longer than the lease,
+//! the tracker records its connected clients as disconnected, naming it.
+//! Its events go through [`Tracker::record`] like any other broker's.
+//!
+//! A source reports its state in the log, in `/metrics`
+//! (`connstate_source_up`, `connstate_source_connections_total`,
+//! `connstate_source_input_total`) and in gRPC health as the service
+//! `connstate.source.{name}` (SERVING while connected).
+//!
+//! It must not write the store itself, nor hold a lock across an await.
+
+pub mod emqx;
+pub mod mosquitto;
+pub mod upstream;
+pub mod webhook;
+
+use std::{fmt, sync::Arc, time::Duration};
+
+use chrono::Utc;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{
+    domain::{
+        ClientId, ConnectionId, ConnectionStatus, DisconnectCause, EMBEDDED_BROKER,
+        truncate_to_millis,
+    },
+    metrics::Metrics,
+    store::Store,
+    tracker::{MAX_LEASE, MIN_LEASE, Tracker},
+};
+use mosquitto::{Lines, Outcome, Recorded};
+use upstream::{Endpoint, Upstream, UpstreamError};
+
+/// The lease of a source unless configured.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+/// The keepalive of a source's connection unless configured.
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(30);
+/// First wait before reconnecting; it doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Longest wait for TCP connect and CONNACK.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The kinds of broker a source can follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// Mosquitto 2.x, through its log on `$SYS/broker/log/#`.
+    Mosquitto,
+    /// EMQX 5 rule engine / webhook payloads POSTed to `/sources/{name}`.
+    EmqxWebhook,
+    /// VerneMQ webhooks POSTed to `/sources/{name}`.
+    VernemqWebhook,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Mosquitto => "mosquitto",
+            SourceKind::EmqxWebhook => "emqx-webhook",
+            SourceKind::VernemqWebhook => "vernemq-webhook",
+        }
+    }
+
+    /// Whether the broker calls connstate (rather than connstate it).
+    pub fn is_webhook(self) -> bool {
+        matches!(self, SourceKind::EmqxWebhook | SourceKind::VernemqWebhook)
+    }
+}
+
+/// The shortest shared secret of a webhook source.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// A `[[source]]` table of the config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    /// Broker name (1 to 64 characters, not "embedded") [default: the kind].
+    pub name: Option<String>,
+    /// `mosquitto`.
+    pub kind: Option<String>,
+    /// `mqtt://[user[:password]@]host[:port]` (port 1883 by default).
+    pub url: Option<String>,
+    /// User name at the broker (instead of the URL's).
+    pub username: Option<String>,
+    /// Password at the broker (instead of the URL's).
+    pub password: Option<String>,
+    /// How long the source's clients stay connected while it cannot follow
+    /// its broker, e.g. 60s.
+    pub lease: Option<String>,
+    /// Keepalive of the connection to the broker, e.g. 30s.
+    pub keep_alive: Option<String>,
+    /// The shared secret a webhook source's broker sends (at least 16
+    /// characters).
+    pub secret: Option<String>,
+}
+
+/// One validated source.
+#[derive(Clone, PartialEq)]
+pub struct SourceConfig {
+    pub name: String,
+    pub kind: SourceKind,
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub lease: Duration,
+    /// The lease as configured: a webhook source holds one only when
+    /// configured, renewed by each call.
+    pub configured_lease: Option<Duration>,
+    pub keep_alive: Duration,
+    pub secret: Option<String>,
+}
+
+impl fmt::Debug for SourceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SourceConfig")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("lease", &self.lease)
+            .field("configured_lease", &self.configured_lease)
+            .field("keep_alive", &self.keep_alive)
+            .field("secret", &self.secret.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// Host, port and credentials of `mqtt://[user[:password]@]host[:port]`.
+type ParsedUrl = (String, u16, Option<String>, Option<String>);
+
+fn parse_url(url: &str) -> Result<ParsedUrl, String> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .ok_or_else(|| format!("{url:?}: write mqtt://HOST:PORT"))?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (user, host_port) = match rest.rsplit_once('@') {
+        Some((user, host)) => (Some(user), host),
+        None => (None, rest),
+    };
+    let (username, password) = match user {
+        Some(u) => match u.split_once(':') {
+            Some((name, pw)) => (Some(name.to_owned()), Some(pw.to_owned())),
+            None => (Some(u.to_owned()), None),
+        },
+        None => (None, None),
+    };
+    let (host, port) = if let Some(v6) = host_port.strip_prefix('[') {
+        let (host, rest) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("{url:?}: unclosed '['"))?;
+        (host, rest.strip_prefix(':'))
+    } else {
+        match host_port.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (host_port, None),
+        }
+    };
+    if host.is_empty() || host.contains('/') {
+        return Err(format!("{url:?}: write mqtt://HOST:PORT"));
+    }
+    let port = match port {
+        None => 1883,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("{url:?}: {p:?} is not a port"))?,
+    };
+    Ok((host.to_owned(), port, username, password))
+}
+
+fn duration(text: &str, field: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{field} {text:?} is not a duration ({e}); write e.g. 30s"))
+}
+
+impl SourceConfig {
+    /// Validates a `[[source]]` table; the error says what is wrong with
+    /// which key.
+    pub fn from_spec(spec: &SourceSpec) -> Result<SourceConfig, String> {
+        const KINDS: &str = "mosquitto, emqx-webhook or vernemq-webhook";
+        let kind = match spec.kind.as_deref() {
+            Some("mosquitto") => SourceKind::Mosquitto,
+            Some("emqx-webhook") => SourceKind::EmqxWebhook,
+            Some("vernemq-webhook") => SourceKind::VernemqWebhook,
+            Some(other) => return Err(format!("kind {other:?} is not known; write {KINDS}")),
+            None => return Err(format!("kind is required ({KINDS})")),
+        };
+        let (host, port, url_user, url_password) = if kind.is_webhook() {
+            if spec.url.is_some() {
+                return Err(format!(
+                    "url is not taken by a {} source: its broker calls POST /sources/NAME",
+                    kind.as_str()
+                ));
+            }
+            match &spec.secret {
+                Some(s) if s.len() >= MIN_SECRET_LEN => {}
+                _ => {
+                    return Err(format!(
+                        "secret is required, at least {MIN_SECRET_LEN} characters"
+                    ));
+                }
+            }
+            (String::new(), 0, None, None)
+        } else {
+            if spec.secret.is_some() {
+                return Err("secret is taken by webhook sources only".into());
+            }
+            let url = spec.url.as_deref().ok_or("url is required")?;
+            parse_url(url).map_err(|e| format!("url {e}"))?
+        };
+        let name = spec
+            .name
+            .clone()
+            .unwrap_or_else(|| kind.as_str().to_owned());
+        if name.trim() != name || name.is_empty() || name.len() > 64 {
+            return Err(format!(
+                "name {name:?} must be 1 to 64 characters without surrounding spaces"
+            ));
+        }
+        if name == EMBEDDED_BROKER {
+            return Err("name \"embedded\" is reserved for the built-in broker".into());
+        }
+        let lease = match &spec.lease {
+            Some(t) => duration(t, "lease")?,
+            None => DEFAULT_LEASE,
+        };
+        if lease < MIN_LEASE || lease > MAX_LEASE {
+            return Err(format!(
+                "lease must be from {} to {}",
+                humantime::format_duration(MIN_LEASE),
+                humantime::format_duration(MAX_LEASE)
+            ));
+        }
+        let keep_alive = match &spec.keep_alive {
+            Some(t) => duration(t, "keep_alive")?,
+            None => DEFAULT_KEEP_ALIVE,
+        };
+        if keep_alive < Duration::from_secs(1) || keep_alive > Duration::from_secs(65535) {
+            return Err("keep_alive must be from 1s to 65535s".into());
+        }
+        Ok(SourceConfig {
+            name,
+            kind,
+            host,
+            port,
+            username: spec.username.clone().or(url_user),
+            password: spec.password.clone().or(url_password),
+            lease,
+            configured_lease: spec.lease.as_ref().map(|_| lease),
+            keep_alive,
+            secret: spec.secret.clone(),
+        })
+    }
+
+    /// The source of `--source-mosquitto URL`, named `mosquitto`.
+    pub fn mosquitto(url: &str) -> Result<SourceConfig, String> {
+        SourceConfig::from_spec(&SourceSpec {
+            kind: Some("mosquitto".into()),
+            url: Some(url.to_owned()),
+            ..SourceSpec::default()
+        })
+    }
+
+    /// The client id connstate uses at the broker.
+    fn client_id(&self) -> String {
+        format!("connstate-{}", self.name)
+    }
+}
+
+/// The record of a client, read to find the connection a disconnect ends
+/// when this source did not see the connect (connstate restarted).
+pub(crate) struct StoreRecords<'a>(&'a Store);
+
+impl Recorded for StoreRecords<'_> {
+    fn connection_on(&self, client: &ClientId, broker: &str) -> Option<ConnectionId> {
+        let state = self.0.get_state(client).ok()??;
+        (state.broker == broker && state.status == ConnectionStatus::Connected)
+            .then_some(state.connection_id)
+    }
+}
+
+/// Starts every source; each runs until `stop`.
+pub fn spawn_sources(
+    sources: &[SourceConfig],
+    tracker: &Tracker,
+    store: &Store,
+    health: &HealthReporter,
+    stop: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    sources
+        .iter()
+        .filter(|config| !config.kind.is_webhook())
+        .map(|config| {
+            let source = Source {
+                config: config.clone(),
+                broker: Arc::from(config.name.as_str()),
+                tracker: tracker.clone(),
+                store: store.clone(),
+                health: health.clone(),
+            };
+            let stop = stop.clone();
+            tokio::spawn(async move { source.run(stop).await })
+        })
+        .collect()
+}
+
+/// Why following a broker ended.
+enum Ended {
+    Stopped,
+    Lost(UpstreamError),
+}
+
+struct Source {
+    config: SourceConfig,
+    broker: Arc<str>,
+    tracker: Tracker,
+    store: Store,
+    health: HealthReporter,
+}
+
+impl Source {
+    fn metrics(&self) -> &Metrics {
+        self.store.metrics()
+    }
+
+    async fn set_up(&self, up: bool) {
+        self.metrics().set_source_up(&self.config.name, up);
+        let status = if up {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.health
+            .set_service_status(format!("connstate.source.{}", self.config.name), status)
+            .await;
+    }
+
+    /// Connects, follows, reconnects with backoff, until `stop`.
+    async fn run(self, stop: CancellationToken) {
+        let name = self.config.name.clone();
+        let endpoint = Endpoint {
+            host: self.config.host.clone(),
+            port: self.config.port,
+            client_id: self.config.client_id(),
+            username: self.config.username.clone(),
+            password: self.config.password.clone(),
+            keep_alive: self.config.keep_alive,
+        };
+        let filters = mosquitto::LOG_TOPICS;
+        self.set_up(false).await;
+        let mut lines = Lines::new(self.broker.clone(), endpoint.client_id.clone());
+        let mut last_uptime = None;
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let connected = tokio::select! {
+                c = Upstream::connect(&endpoint, filters, CONNECT_TIMEOUT) => c,
+                _ = stop.cancelled() => break,
+            };
+            match connected {
+                Ok(mut upstream) => {
+                    tracing::info!(
+                        source = %name,
+                        broker = %format!("{}:{}", endpoint.host, endpoint.port),
+                        "source {name} connected to its broker"
+                    );
+                    self.metrics().count_source_connection(&name);
+                    self.set_up(true).await;
+                    backoff = MIN_BACKOFF;
+                    let ended = self
+                        .follow(&mut upstream, &mut lines, &mut last_uptime, &stop)
+                        .await;
+                    self.set_up(false).await;
+                    match ended {
+                        Ended::Stopped => {
+                            upstream.disconnect().await;
+                            break;
+                        }
+                        Ended::Lost(e) => tracing::warn!(
+                            source = %name,
+                            error = %e,
+                            lease_secs = self.config.lease.as_secs(),
+                            "source {name} lost its broker; reconnecting (its clients stay as recorded until its lease lapses)"
+                        ),
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    source = %name,
+                    error = %e,
+                    retry_ms = backoff.as_millis() as u64,
+                    "source {name} cannot connect to its broker; retrying"
+                ),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.cancelled() => break,
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Follows one connection until it fails or `stop`.
+    async fn follow(
+        &self,
+        upstream: &mut Upstream,
+        lines: &mut Lines,
+        last_uptime: &mut Option<u64>,
+        stop: &CancellationToken,
+    ) -> Ended {
+        let keep_alive = self.config.keep_alive;
+        let silent_after = keep_alive * 3 / 2;
+        let tick = (keep_alive / 2).min(self.config.lease / 3);
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                message = upstream.next() => match message {
+                    Ok((topic, payload)) => {
+                        self.handle(&topic, &payload, lines, last_uptime).await;
+                    }
+                    Err(e) => return Ended::Lost(e),
+                },
+                _ = ticker.tick() => {
+                    if upstream.last_received.elapsed() > silent_after {
+                        return Ended::Lost(UpstreamError::Silent(silent_after));
+                    }
+                    if let Err(e) = self.tracker.renew_lease(&self.config.name, self.config.lease).await {
+                        tracing::warn!(source = %self.config.name, error = %e, "renewing the source's lease failed");
+                    }
+                    if let Err(e) = upstream.ping().await {
+                        return Ended::Lost(e);
+                    }
+                }
+                _ = stop.cancelled() => return Ended::Stopped,
+            }
+        }
+    }
+
+    /// One message from the broker.
+    async fn handle(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        lines: &mut Lines,
+        last_uptime: &mut Option<u64>,
+    ) {
+        let name = &self.config.name;
+        let Ok(text) = std::str::from_utf8(payload) else {
+            self.metrics().count_source_input(name, "bad");
+            tracing::warn!(source = %name, topic, "source message is not UTF-8; ignored");
+            return;
+        };
+        if topic == mosquitto::UPTIME_TOPIC {
+            let Some(uptime) = mosquitto::parse_uptime(text) else {
+                self.metrics().count_source_input(name, "bad");
+                tracing::warn!(source = %name, payload = text, "unreadable broker uptime; ignored");
+                return;
+            };
+            if let Some(before) = last_uptime.replace(uptime)
+                && uptime < before
+            {
+                self.broker_restarted(lines, before, uptime).await;
+            }
+            return;
+        }
+        // Subscribe and unsubscribe lines ($SYS/broker/log/M/...) are not
+        // lifecycle lines.
+        if topic.starts_with("$SYS/broker/log/M/") {
+            self.metrics().count_source_input(name, "ignored");
+            return;
+        }
+        let now = truncate_to_millis(Utc::now());
+        match lines.apply(text, now, &StoreRecords(&self.store)) {
+            Ok(Outcome::Events(events)) if events.is_empty() => {
+                self.metrics().count_source_input(name, "event");
+            }
+            Ok(Outcome::Events(events)) => {
+                self.metrics().count_source_input(name, "event");
+                if let Err(e) = self.tracker.record(events).await {
+                    self.metrics().count_source_input(name, "unrecorded");
+                    tracing::warn!(source = %name, error = %e, line = text, "source event not recorded");
+                }
+            }
+            Ok(Outcome::Unattributed) => {
+                self.metrics().count_source_input(name, "unattributed");
+                tracing::info!(
+                    source = %name,
+                    line = text,
+                    "source {name}: a connect was refused, and the broker does not say which client's"
+                );
+            }
+            Ok(Outcome::Unmatched) => {
+                self.metrics().count_source_input(name, "unmatched");
+                tracing::debug!(source = %name, line = text, "source line about a connection not followed; ignored");
+            }
+            Ok(Outcome::Ignored) => self.metrics().count_source_input(name, "ignored"),
+            Err(e) => {
+                self.metrics().count_source_input(name, "bad");
+                tracing::warn!(source = %name, error = %e, "source line ignored");
+            }
+        }
+    }
+
+    /// The broker's uptime fell: it restarted, and every connection it had
+    /// ended with it.
+    async fn broker_restarted(&self, lines: &mut Lines, before: u64, uptime: u64) {
+        let name = &self.config.name;
+        lines.forget_connections();
+        self.metrics().count_source_restart(name);
+        match self
+            .tracker
+            .end_clients_of(name, DisconnectCause::ServerShuttingDown)
+            .await
+        {
+            Ok(clients) => tracing::warn!(
+                source = %name,
+                clients,
+                uptime_before = before,
+                uptime,
+                "the broker of source {name} restarted; its connected clients are recorded as disconnected by the server"
+            ),
+            Err(e) => tracing::warn!(
+                source = %name,
+                error = %e,
+                "the broker of source {name} restarted; recording its clients as disconnected failed"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_specs_validate_by_key() {
+        let c = SourceConfig::mosquitto("mqtt://u:p@broker.example:1884").unwrap();
+        assert_eq!(
+            (c.name.as_str(), c.host.as_str(), c.port),
+            ("mosquitto", "broker.example", 1884)
+        );
+        assert_eq!(
+            (c.username.as_deref(), c.password.as_deref()),
+            (Some("u"), Some("p"))
+        );
+        assert!(!format!("{c:?}").contains("\"p\""), "password in Debug");
+        let c = SourceConfig::mosquitto("mqtt://[::1]").unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("::1", 1883));
+        for (spec, words) in [
+            (
+                SourceSpec {
+                    kind: Some("mosquitto".into()),
+                    url: Some("http://x".into()),
+                    ..Default::default()
+                },
+                "url",
+            ),
+            (
+                SourceSpec {
+                    kind: Some("hivemq".into()),
+                    url: Some("mqtt://x".into()),
+                    ..Default::default()
+                },
+                "kind",
+            ),
+            (
+                SourceSpec {
+                    kind: Some("mosquitto".into()),
+                    url: Some("mqtt://x:0".into()),
+                    ..Default::default()
+                },
+                "port",
+            ),
+            (
+                SourceSpec {
+                    kind: Some("mosquitto".into()),
+                    url: Some("mqtt://x".into()),
+                    name: Some("embedded".into()),
+                    ..Default::default()
+                },
+                "reserved",
+            ),
+            (
+                SourceSpec {
+                    kind: Some("mosquitto".into()),
+                    url: Some("mqtt://x".into()),
+                    lease: Some("100ms".into()),
+                    ..Default::default()
+                },
+                "lease",
+            ),
+        ] {
+            let err = SourceConfig::from_spec(&spec).unwrap_err();
+            assert!(err.contains(words), "{err}");
+        }
+    }
+}
