@@ -38,7 +38,9 @@ use super::{
     session::{Mailbox, Session},
     topic,
 };
-use crate::domain::{ActivityKind, ClientId, DisconnectCause, EventKind, ReasonCode, Timestamp};
+use crate::domain::{
+    ActivityKind, ClientId, DisconnectCause, EventKind, MqttProtocol, ReasonCode, Timestamp,
+};
 
 /// Serves one network connection until it closes.
 pub async fn serve<S>(broker: Broker, stream: S, transport: Transport)
@@ -377,8 +379,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         let routed = live.identity.publish_topic(&p.topic);
         let packet_id = p.packet_id;
         let authorised = routed.is_ok();
+        // The Receive Maximum is announced to v5 clients only; a v3 client,
+        // never told one, is bounded by its packet ids alone.
+        let receive_max = if self.protocol == MqttProtocol::V5_0 {
+            self.broker.options().receive_maximum
+        } else {
+            u16::MAX
+        };
         let fresh = match (p.qos, packet_id) {
-            (QoS::ExactlyOnce, Some(id)) => match live.qos.incoming_qos2(id, u16::MAX) {
+            (QoS::ExactlyOnce, Some(id)) => match live.qos.incoming_qos2(id, receive_max) {
                 Incoming::Fresh => true,
                 Incoming::Duplicate => false,
                 Incoming::OverReceiveMaximum => {

@@ -75,6 +75,9 @@ pub struct BrokerOptions {
     pub max_inflight_messages: u16,
     /// Longest keepalive a client may ask for, in seconds (0 = any).
     pub max_keepalive: u16,
+    /// Receive Maximum announced to v5 clients: QoS 2 messages a client
+    /// may leave unreleased; one more is a disconnect with 0x93.
+    pub receive_maximum: u16,
     /// Messages waiting for a connection's writer before QoS 0 messages are
     /// dropped for it.
     pub outbound_buffer: usize,
@@ -96,6 +99,7 @@ impl Default for BrokerOptions {
             max_queued_messages: 1000,
             max_inflight_messages: 20,
             max_keepalive: 0,
+            receive_maximum: 100,
             outbound_buffer: 10_000,
             topic_alias_max: 10,
             activity_report_interval: Duration::from_millis(250),

@@ -33,6 +33,9 @@ pub struct Inflight {
     pub delivery: Delivery,
     /// QoS 2: PUBREC received, PUBREL sent.
     pub released: bool,
+    /// Carried from an earlier connection and not yet sent again on this
+    /// one (it waits for a free slot of the window).
+    pub unsent: bool,
 }
 
 /// What one connection of a session hands back when it ends, and gets
