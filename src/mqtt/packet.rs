@@ -328,7 +328,7 @@ impl Codec {
                 max_packet_size: Some(w.max_packet_size),
                 server_keepalive_sec: w.server_keep_alive,
                 receive_max: w.receive_max,
-                shared_subscription_available: false,
+                shared_subscription_available: true,
                 ..Default::default()
             })),
             0,

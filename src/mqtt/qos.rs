@@ -203,6 +203,12 @@ impl QosState {
         self.outstanding()
     }
 
+    /// Whether the window is full (or messages wait for it): a shared
+    /// subscription should give its next message to another member.
+    pub(super) fn is_full(&self) -> bool {
+        !self.window_open() || !self.pending.is_empty() || self.unsent > 0
+    }
+
     /// Messages sent on this connection and not yet acknowledged.
     fn outstanding(&self) -> usize {
         self.inflight.len() - usize::from(self.unsent)
