@@ -54,6 +54,10 @@ pub struct Config {
     pub mqtt_max_inflight_messages: u16,
     /// Longest MQTT keepalive a client may ask for, in seconds (0 = any).
     pub mqtt_max_keepalive: u16,
+    /// The Receive Maximum the broker announces to MQTT 5 clients: QoS 2
+    /// messages a client may leave unreleased (no PUBREL yet) before it is
+    /// disconnected with 0x93.
+    pub mqtt_receive_maximum: u16,
     /// The organisation this server serves (platform client ids).
     pub org_id: String,
     /// Activity (publish, subscribe, ping) is written through at most this
@@ -112,6 +116,7 @@ impl Default for Config {
             mqtt_max_queued_messages: 1000,
             mqtt_max_inflight_messages: 20,
             mqtt_max_keepalive: 0,
+            mqtt_receive_maximum: 100,
             org_id: "local".to_owned(),
             activity_interval: Duration::from_secs(1),
             heartbeat_interval: Duration::from_secs(10),
@@ -268,6 +273,11 @@ pub struct ConfigLayer {
     /// rejected), as Mosquitto does [default: 0]
     #[arg(long, env = "CONNSTATE_MQTT_MAX_KEEPALIVE")]
     pub mqtt_max_keepalive: Option<u16>,
+    /// Receive Maximum announced to MQTT 5 clients (1 to 65535): QoS 2
+    /// messages a client may leave without PUBREL; one more is a
+    /// disconnect with 0x93 [default: 100]
+    #[arg(long, env = "CONNSTATE_MQTT_RECEIVE_MAXIMUM")]
+    pub mqtt_receive_maximum: Option<u16>,
     /// Organisation id of platform client ids [default: local]
     #[arg(long, env = "CONNSTATE_ORG_ID")]
     pub org_id: Option<String>,
@@ -420,6 +430,9 @@ impl Config {
             }
             if let Some(v) = l.mqtt_max_keepalive {
                 c.mqtt_max_keepalive = v;
+            }
+            if let Some(v) = l.mqtt_receive_maximum {
+                c.mqtt_receive_maximum = v;
             }
             if let Some(v) = &l.org_id {
                 c.org_id = v.clone();
@@ -577,6 +590,9 @@ impl Config {
         }
         if self.mqtt_max_inflight_messages == 0 {
             return invalid("mqtt_max_inflight_messages", "must be at least 1");
+        }
+        if self.mqtt_receive_maximum == 0 {
+            return invalid("mqtt_receive_maximum", "must be at least 1");
         }
         if self.watch_buffer < 16 {
             return invalid("watch_buffer", "must be at least 16");

@@ -234,6 +234,7 @@ pub async fn run(
             max_queued_messages: config.mqtt_max_queued_messages,
             max_inflight_messages: config.mqtt_max_inflight_messages,
             max_keepalive: config.mqtt_max_keepalive,
+            receive_maximum: config.mqtt_receive_maximum,
             activity_report_interval: (config.activity_interval / 4)
                 .min(Duration::from_millis(250)),
             ..BrokerOptions::default()

@@ -36,9 +36,11 @@ use super::{
     packet::{In, Will},
     qos::{Delivered, Incoming, Out, QosState},
     session::{Mailbox, Session},
-    topic,
+    topic::{self, Share},
 };
-use crate::domain::{ActivityKind, ClientId, DisconnectCause, EventKind, ReasonCode, Timestamp};
+use crate::domain::{
+    ActivityKind, ClientId, DisconnectCause, EventKind, MqttProtocol, ReasonCode, Timestamp,
+};
 
 /// Serves one network connection until it closes.
 pub async fn serve<S>(broker: Broker, stream: S, transport: Transport)
@@ -149,6 +151,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             self.rbuf = BytesMut::new();
         }
         loop {
+            // Before anything is sent: a shared subscription reads it.
+            live.session.set_busy(live.qos.is_full());
             if let Err(_e) = self.flush().await {
                 return (DisconnectCause::SocketClosed, rx);
             }
@@ -306,7 +310,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                 filters,
             } => {
                 self.note_activity(live, ActivityKind::Subscribe);
-                self.on_subscribe(live, packet_id, id, filters);
+                self.on_subscribe(live, packet_id, id, filters)?;
             }
             In::Unsubscribe { packet_id, filters } => {
                 self.note_activity(live, ActivityKind::Unsubscribe);
@@ -377,8 +381,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         let routed = live.identity.publish_topic(&p.topic);
         let packet_id = p.packet_id;
         let authorised = routed.is_ok();
+        // The Receive Maximum is announced to v5 clients only; a v3 client,
+        // never told one, is bounded by its packet ids alone.
+        let receive_max = if self.protocol == MqttProtocol::V5_0 {
+            self.broker.options().receive_maximum
+        } else {
+            u16::MAX
+        };
         let fresh = match (p.qos, packet_id) {
-            (QoS::ExactlyOnce, Some(id)) => match live.qos.incoming_qos2(id, u16::MAX) {
+            (QoS::ExactlyOnce, Some(id)) => match live.qos.incoming_qos2(id, receive_max) {
                 Incoming::Fresh => true,
                 Incoming::Duplicate => false,
                 Incoming::OverReceiveMaximum => {
@@ -426,7 +437,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         packet_id: NonZeroU16,
         id: Option<NonZeroU32>,
         filters: Vec<(ByteString, v5::SubscriptionOptions)>,
-    ) {
+    ) -> Result<(), DisconnectCause> {
         let mut codes: Vec<Result<QoS, v5::SubscribeAckReason>> = Vec::new();
         let mut retained = Vec::new();
         for (filter, opts) in filters {
@@ -434,13 +445,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                 codes.push(Err(v5::SubscribeAckReason::TopicFilterInvalid));
                 continue;
             }
-            if filter.starts_with("$share/") {
-                codes.push(Err(v5::SubscribeAckReason::SharedSubscriptionNotSupported));
-                continue;
-            }
-            let Ok(internal) = live.identity.subscribe_filter(&filter) else {
+            let (group, inner) = match Share::parse(&filter) {
+                Share::No => (None, &*filter),
+                Share::Invalid => {
+                    codes.push(Err(v5::SubscribeAckReason::TopicFilterInvalid));
+                    continue;
+                }
+                // No-local on a shared subscription is a protocol error
+                // (MQTT-3.8.3-4).
+                Share::Group { .. } if opts.no_local => {
+                    return Err(DisconnectCause::ProtocolError(ReasonCode::PROTOCOL_ERROR));
+                }
+                Share::Group { group, filter } => (Some(group), filter),
+            };
+            // The platform's topic rules apply to the filter inside $share.
+            let Ok(internal) = live.identity.subscribe_filter(inner) else {
                 codes.push(Err(v5::SubscribeAckReason::NotAuthorized));
                 continue;
+            };
+            let key = match group {
+                Some(group) => format!("$share/{group}/{internal}"),
+                None => internal.clone(),
             };
             let options = SubOptions {
                 qos: opts.qos,
@@ -448,14 +473,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                 retain_as_published: opts.retain_as_published,
                 id,
             };
-            let new = self
-                .broker
-                .add_subscription(&live.session, &internal, options);
-            let send_retained = match opts.retain_handling {
-                v5::RetainHandling::AtSubscribe => true,
-                v5::RetainHandling::AtSubscribeNew => new,
-                v5::RetainHandling::NoAtSubscribe => false,
-            };
+            let new = self.broker.add_subscription(&live.session, &key, options);
+            // Retained messages are not sent for a shared subscription
+            // (MQTT 5 §4.8.2).
+            let send_retained = group.is_none()
+                && match opts.retain_handling {
+                    v5::RetainHandling::AtSubscribe => true,
+                    v5::RetainHandling::AtSubscribeNew => new,
+                    v5::RetainHandling::NoAtSubscribe => false,
+                };
             if send_retained {
                 for m in self.broker.retained_matching(&internal) {
                     retained.push(Delivery {
@@ -474,15 +500,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         for d in retained {
             self.deliver(live, d);
         }
+        Ok(())
     }
 
     fn on_unsubscribe(&mut self, live: &mut Live, packet_id: NonZeroU16, filters: Vec<ByteString>) {
         let mut status = Vec::with_capacity(filters.len());
         for filter in filters {
-            let existed = match live.identity.subscribe_filter(&filter) {
-                Ok(internal) => self.broker.remove_subscription(&live.session, &internal),
-                Err(_) => false,
+            let key = match Share::parse(&filter) {
+                Share::No => live.identity.subscribe_filter(&filter).ok(),
+                Share::Group { group, filter } => live
+                    .identity
+                    .subscribe_filter(filter)
+                    .ok()
+                    .map(|internal| format!("$share/{group}/{internal}")),
+                Share::Invalid => None,
             };
+            let existed =
+                key.is_some_and(|key| self.broker.remove_subscription(&live.session, &key));
             status.push(if existed {
                 v5::UnsubscribeAckReason::Success
             } else {

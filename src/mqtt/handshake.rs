@@ -4,7 +4,7 @@
 //! A refused CONNECT is answered and recorded here; an accepted one
 //! leaves as [`Accepted`], from which the connected loop starts.
 
-use std::{sync::Arc, time::Duration};
+use std::{num::NonZeroU16, sync::Arc, time::Duration};
 
 use rmqtt_codec::{
     error::DecodeError,
@@ -393,6 +393,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             topic_alias_max: options.topic_alias_max,
             max_packet_size: options.max_packet_size,
             server_keep_alive: a.hello.server_keep_alive,
+            receive_max: NonZeroU16::new(options.receive_maximum).unwrap_or(NonZeroU16::MAX),
         };
         let result = self.codec.connack(welcome, &mut self.wbuf);
         self.sent("CONNACK", result);

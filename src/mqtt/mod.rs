@@ -75,6 +75,9 @@ pub struct BrokerOptions {
     pub max_inflight_messages: u16,
     /// Longest keepalive a client may ask for, in seconds (0 = any).
     pub max_keepalive: u16,
+    /// Receive Maximum announced to v5 clients: QoS 2 messages a client
+    /// may leave unreleased; one more is a disconnect with 0x93.
+    pub receive_maximum: u16,
     /// Messages waiting for a connection's writer before QoS 0 messages are
     /// dropped for it.
     pub outbound_buffer: usize,
@@ -96,6 +99,7 @@ impl Default for BrokerOptions {
             max_queued_messages: 1000,
             max_inflight_messages: 20,
             max_keepalive: 0,
+            receive_maximum: 100,
             outbound_buffer: 10_000,
             topic_alias_max: 10,
             activity_report_interval: Duration::from_millis(250),
@@ -164,8 +168,10 @@ pub(crate) enum Outbound {
     Close(DisconnectCause),
 }
 
-/// Who gets the messages of one filter: a session, or one of the
-/// instances of a shared application (`A:{org}:{appId}[:{instance}]`).
+/// Who gets the messages of one filter: a session, or one member of a
+/// group: the instances of a shared application
+/// (`A:{org}:{appId}[:{instance}]`), or the sessions of a shared
+/// subscription (`$share/{group}/{filter}`).
 pub(crate) enum Subscriber {
     One {
         session: Arc<Session>,
@@ -178,17 +184,20 @@ pub(crate) enum Subscriber {
 }
 
 impl Subscriber {
-    /// The session a message goes to: round robin over the connected
-    /// instances of a shared application (any instance when none is).
+    /// The session a message goes to: round robin over a group's
+    /// connected members whose in-flight window has room, else over its
+    /// connected members, else any member (an offline persistent session
+    /// keeps it for later).
     fn pick(&self) -> Option<(Arc<Session>, SubOptions)> {
         match self {
             Subscriber::One { session, options } => Some((session.clone(), *options)),
             Subscriber::Shared { members, next } => {
                 let start = next.fetch_add(1, Ordering::Relaxed);
                 let n = members.len();
-                (0..n)
-                    .map(|i| &members[(start + i) % n])
-                    .find(|(s, _)| s.is_online())
+                let round = || (0..n).map(|i| &members[(start + i) % n]);
+                round()
+                    .find(|(s, _)| s.is_online() && !s.is_busy())
+                    .or_else(|| round().find(|(s, _)| s.is_online()))
                     .or_else(|| members.get(start % n.max(1)))
                     .map(|(s, o)| (s.clone(), *o))
             }
@@ -206,6 +215,12 @@ fn shared_group(client_id: &str) -> Option<Arc<str>> {
         } => Some(Arc::from(format!("A:{org}:{app_id}"))),
         _ => None,
     }
+}
+
+/// The subscription key of a shared subscription's group: it starts with
+/// NUL, which no client id has, so it never meets a session's own key.
+fn share_key(group: &str) -> Arc<str> {
+    Arc::from(format!("\0$share/{group}"))
 }
 
 /// A cheap, cloneable handle to the broker.

@@ -238,6 +238,8 @@ pub(super) struct Welcome {
     pub(super) topic_alias_max: u16,
     pub(super) max_packet_size: u32,
     pub(super) server_keep_alive: Option<u16>,
+    /// The broker's Receive Maximum (v5).
+    pub(super) receive_max: NonZeroU16,
 }
 
 impl Codec {
@@ -325,7 +327,8 @@ impl Codec {
                 topic_alias_max: w.topic_alias_max,
                 max_packet_size: Some(w.max_packet_size),
                 server_keepalive_sec: w.server_keep_alive,
-                shared_subscription_available: false,
+                receive_max: w.receive_max,
+                shared_subscription_available: true,
                 ..Default::default()
             })),
             0,

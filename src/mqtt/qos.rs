@@ -69,12 +69,18 @@ pub(super) struct QosState {
     /// in-flight limit.
     max_inflight: u16,
     next_packet_id: u16,
+    /// Messages of `inflight` carried from an earlier connection and not
+    /// yet sent again (marked `unsent`): they wait for the window like the
+    /// queue does, so a client resuming with a lower Receive Maximum is
+    /// never sent more than it allows.
+    unsent: u16,
 }
 
 impl QosState {
     /// Resumes what an earlier connection of the session left: messages
     /// in flight are sent again with DUP (MQTT-4.4.0-1), released ones as
-    /// PUBREL, then the queue fills the window.
+    /// PUBREL, then the queue fills the window. Only as many as the window
+    /// holds go at once; the rest follow as acknowledgements free it.
     pub(super) fn resume(carried: Carried, max_inflight: u16, send: &mut impl FnMut(Out)) -> Self {
         let Carried {
             inflight,
@@ -87,20 +93,11 @@ impl QosState {
             incoming_qos2,
             max_inflight: max_inflight.max(1),
             next_packet_id: 1,
+            unsent: 0,
         };
-        for f in inflight {
-            if f.released {
-                send(Out::PubRel {
-                    packet_id: f.packet_id,
-                    known: true,
-                });
-            } else {
-                send(Out::Publish {
-                    delivery: f.delivery.clone(),
-                    packet_id: Some(f.packet_id),
-                    dup: true,
-                });
-            }
+        for mut f in inflight {
+            f.unsent = true;
+            state.unsent += 1;
             state.inflight.insert(f.packet_id.get(), f);
         }
         state.send_pending(send);
@@ -133,7 +130,7 @@ impl QosState {
                 packet_id: None,
                 dup: false,
             });
-        } else if self.window_open() && self.pending.is_empty() {
+        } else if self.window_open() && self.pending.is_empty() && self.unsent == 0 {
             self.send_inflight(d, send);
         } else if self.pending.len() < max_queued {
             self.pending.push_back(d);
@@ -150,7 +147,7 @@ impl QosState {
             .get(&packet_id.get())
             .is_some_and(|f| f.delivery.qos == QoS::AtLeastOnce)
         {
-            self.inflight.remove(&packet_id.get());
+            self.forget(packet_id);
             self.send_pending(send);
         }
     }
@@ -162,6 +159,10 @@ impl QosState {
         let known = match self.inflight.get_mut(&packet_id.get()) {
             Some(f) if f.delivery.qos == QoS::ExactlyOnce => {
                 f.released = true;
+                if std::mem::take(&mut f.unsent) {
+                    // Answered now: no longer waiting to be sent again.
+                    self.unsent -= 1;
+                }
                 true
             }
             _ => false,
@@ -171,7 +172,8 @@ impl QosState {
 
     /// PUBCOMP: a QoS 2 message is done.
     pub(super) fn pubcomp(&mut self, packet_id: NonZeroU16, send: &mut impl FnMut(Out)) {
-        if self.inflight.remove(&packet_id.get()).is_some() {
+        if self.inflight.contains_key(&packet_id.get()) {
+            self.forget(packet_id);
             self.send_pending(send);
         }
     }
@@ -198,15 +200,55 @@ impl QosState {
     /// Messages in flight towards the client.
     #[cfg(test)]
     fn in_flight(&self) -> usize {
-        self.inflight.len()
+        self.outstanding()
+    }
+
+    /// Whether the window is full (or messages wait for it): a shared
+    /// subscription should give its next message to another member.
+    pub(super) fn is_full(&self) -> bool {
+        !self.window_open() || !self.pending.is_empty() || self.unsent > 0
+    }
+
+    /// Messages sent on this connection and not yet acknowledged.
+    fn outstanding(&self) -> usize {
+        self.inflight.len() - usize::from(self.unsent)
     }
 
     fn window_open(&self) -> bool {
-        self.inflight.len() < usize::from(self.max_inflight)
+        self.outstanding() < usize::from(self.max_inflight)
+    }
+
+    fn forget(&mut self, packet_id: NonZeroU16) {
+        if self
+            .inflight
+            .remove(&packet_id.get())
+            .is_some_and(|f| f.unsent)
+        {
+            self.unsent -= 1;
+        }
     }
 
     fn send_pending(&mut self, send: &mut impl FnMut(Out)) {
         while self.window_open() {
+            if self.unsent > 0
+                && let Some(f) = self.inflight.values_mut().find(|f| f.unsent)
+            {
+                f.unsent = false;
+                self.unsent -= 1;
+                send(if f.released {
+                    Out::PubRel {
+                        packet_id: f.packet_id,
+                        known: true,
+                    }
+                } else {
+                    Out::Publish {
+                        delivery: f.delivery.clone(),
+                        packet_id: Some(f.packet_id),
+                        dup: true,
+                    }
+                });
+                continue;
+            }
             let Some(d) = self.pending.pop_front() else {
                 return;
             };
@@ -241,6 +283,7 @@ impl QosState {
                 packet_id,
                 delivery: d,
                 released: false,
+                unsent: false,
             },
         );
     }
@@ -503,11 +546,13 @@ mod tests {
                     packet_id: id(4),
                     delivery: delivery(Q1, "a"),
                     released: false,
+                    unsent: false,
                 },
                 Inflight {
                     packet_id: id(5),
                     delivery: delivery(Q2, "b"),
                     released: true,
+                    unsent: false,
                 },
             ],
             queue: [delivery(Q1, "c")].into(),
@@ -529,6 +574,56 @@ mod tests {
         let back = q.into_carried();
         assert_eq!(back.inflight.len(), 3);
         assert!(back.incoming_qos2.is_empty());
+    }
+
+    #[test]
+    fn resume_with_a_smaller_window_resends_as_it_frees() {
+        let carried = Carried {
+            inflight: vec![
+                Inflight {
+                    packet_id: id(4),
+                    delivery: delivery(Q1, "a"),
+                    released: false,
+                    unsent: false,
+                },
+                Inflight {
+                    packet_id: id(5),
+                    delivery: delivery(Q2, "b"),
+                    released: true,
+                    unsent: false,
+                },
+                Inflight {
+                    packet_id: id(6),
+                    delivery: delivery(Q2, "c"),
+                    released: false,
+                    unsent: false,
+                },
+            ],
+            queue: [delivery(Q1, "a")].into(),
+            incoming_qos2: Default::default(),
+        };
+        let mut out = Vec::new();
+        let mut send = |s: Out| out.push(seen(s));
+        let mut q = QosState::resume(carried, 1, &mut send);
+        assert_eq!(q.in_flight(), 1);
+        q.deliver(delivery(Q1, "b"), 10, &mut send);
+        q.puback(id(4), &mut send);
+        q.pubcomp(id(5), &mut send);
+        q.pubrec(id(6), &mut send);
+        q.pubcomp(id(6), &mut send);
+        assert_eq!(
+            out,
+            vec![
+                Pub("a", 4, true),
+                Rel(5, true),
+                Pub("c", 6, true),
+                Rel(6, true),
+                Pub("a", 1, false),
+            ],
+            "one at a time, carried ones first, then the queue"
+        );
+        assert_eq!(q.in_flight(), 1);
+        assert_eq!(q.into_carried().inflight.len(), 1);
     }
 
     #[test]

@@ -18,7 +18,10 @@ use std::{
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{Broker, BrokerOptions, Delivery, Outbound, SubOptions, Subscriber};
+use super::{
+    Broker, BrokerOptions, Delivery, Outbound, SubOptions, Subscriber,
+    topic::{Share, SubscriptionTree},
+};
 use crate::domain::{ClientId, DisconnectCause};
 use rmqtt_codec::types::QoS;
 
@@ -33,6 +36,9 @@ pub struct Inflight {
     pub delivery: Delivery,
     /// QoS 2: PUBREC received, PUBREL sent.
     pub released: bool,
+    /// Carried from an earlier connection and not yet sent again on this
+    /// one (it waits for a free slot of the window).
+    pub unsent: bool,
 }
 
 /// What one connection of a session hands back when it ends, and gets
@@ -48,6 +54,9 @@ pub struct Carried {
 pub struct Session {
     pub client_id: Arc<str>,
     state: Mutex<State>,
+    /// Set by the connection while its in-flight window is full: a shared
+    /// subscription then gives the next message to another member.
+    busy: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -138,6 +147,7 @@ impl Session {
         Session {
             client_id,
             state: Mutex::default(),
+            busy: Default::default(),
         }
     }
 
@@ -207,12 +217,45 @@ impl Session {
         self.lock().expiry_secs = secs;
     }
 
+    pub fn set_busy(&self, busy: bool) {
+        self.busy.store(busy, Ordering::Relaxed);
+    }
+
+    pub fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::Relaxed)
+    }
+
     pub fn is_online(&self) -> bool {
         self.lock().online.is_some()
     }
 
     pub fn generation(&self) -> u64 {
         self.lock().generation
+    }
+}
+
+type Tree = SubscriptionTree<Arc<str>, Subscriber>;
+
+/// Makes `session` a member of the group `key` of `filter` (or updates its
+/// options).
+fn join(tree: &mut Tree, filter: &str, key: Arc<str>, session: &Arc<Session>, options: SubOptions) {
+    let (mut members, next) = match tree.remove(filter, &key) {
+        Some(Subscriber::Shared { members, next }) => (members, next),
+        _ => (Vec::new(), AtomicUsize::new(0)),
+    };
+    members.retain(|(s, _)| s.client_id != session.client_id);
+    members.push((session.clone(), options));
+    tree.insert(filter, key, Subscriber::Shared { members, next });
+}
+
+/// Takes `client_id` out of the group `key` of `filter`; the last member
+/// out ends the group.
+fn leave(tree: &mut Tree, filter: &str, key: Arc<str>, client_id: &Arc<str>) {
+    if let Some(Subscriber::Shared { mut members, next }) = tree.remove(filter, &key) {
+        members.retain(|(s, _)| s.client_id != *client_id);
+        if !members.is_empty() {
+            tree.insert(filter, key, Subscriber::Shared { members, next });
+        }
     }
 }
 
@@ -367,6 +410,9 @@ impl Broker {
         self.drop_subscriptions(&session.client_id, &filters);
     }
 
+    /// Removes the subscriptions `filters` of `client_id` (as its session
+    /// keeps them: a shared subscription as `$share/{group}/{filter}`),
+    /// leaving the groups it was a member of.
     fn drop_subscriptions(&self, client_id: &Arc<str>, filters: &[String]) {
         if filters.is_empty() {
             return;
@@ -378,29 +424,21 @@ impl Broker {
             .write()
             .expect("subscriptions lock");
         for filter in filters {
+            if let Share::Group { group, filter } = Share::parse(filter) {
+                leave(&mut tree, filter, super::share_key(group), client_id);
+                continue;
+            }
             match &group {
                 None => {
                     tree.remove(filter, client_id);
                 }
-                Some(group) => {
-                    if let Some(Subscriber::Shared { mut members, next }) =
-                        tree.remove(filter, group)
-                    {
-                        members.retain(|(s, _)| s.client_id != *client_id);
-                        if !members.is_empty() {
-                            tree.insert(
-                                filter,
-                                group.clone(),
-                                Subscriber::Shared { members, next },
-                            );
-                        }
-                    }
-                }
+                Some(group) => leave(&mut tree, filter, group.clone(), client_id),
             }
         }
     }
 
-    /// Adds or replaces a subscription; true when it is new.
+    /// Adds or replaces a subscription (`$share/{group}/{filter}` for a
+    /// shared one); true when it is new.
     pub(crate) fn add_subscription(
         &self,
         session: &Arc<Session>,
@@ -413,6 +451,10 @@ impl Broker {
             .subscriptions
             .write()
             .expect("subscriptions lock");
+        if let Share::Group { group, filter } = Share::parse(filter) {
+            join(&mut tree, filter, super::share_key(group), session, options);
+            return new;
+        }
         match super::shared_group(&session.client_id) {
             None => {
                 tree.insert(
@@ -424,15 +466,7 @@ impl Broker {
                     },
                 );
             }
-            Some(group) => {
-                let (mut members, next) = match tree.remove(filter, &group) {
-                    Some(Subscriber::Shared { members, next }) => (members, next),
-                    _ => (Vec::new(), AtomicUsize::new(0)),
-                };
-                members.retain(|(s, _)| s.client_id != session.client_id);
-                members.push((session.clone(), options));
-                tree.insert(filter, group, Subscriber::Shared { members, next });
-            }
+            Some(group) => join(&mut tree, filter, group, session, options),
         }
         new
     }

@@ -29,6 +29,38 @@ pub fn valid_topic_filter(filter: &str) -> bool {
     true
 }
 
+/// A subscription filter as the client wrote it: plain, or a shared
+/// subscription `$share/{group}/{filter}` (MQTT 5 §4.8.2, also taken from
+/// MQTT 3.1.1 clients as Mosquitto, EMQX and HiveMQ take it).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Share<'a> {
+    /// Not a shared subscription.
+    No,
+    /// `$share/{group}/{filter}`.
+    Group { group: &'a str, filter: &'a str },
+    /// Starts with `$share/` but has no group, a group with a wildcard, or
+    /// no filter after it.
+    Invalid,
+}
+
+impl<'a> Share<'a> {
+    pub fn parse(filter: &'a str) -> Share<'a> {
+        let Some(rest) = filter.strip_prefix("$share/") else {
+            return Share::No;
+        };
+        match rest.split_once('/') {
+            Some((group, filter))
+                if !group.is_empty()
+                    && !group.contains(['+', '#'])
+                    && valid_topic_filter(filter) =>
+            {
+                Share::Group { group, filter }
+            }
+            _ => Share::Invalid,
+        }
+    }
+}
+
 /// Whether `filter` matches `topic` (both assumed valid).
 pub fn matches(filter: &str, topic: &str) -> bool {
     if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
@@ -217,6 +249,38 @@ fn visit_child<K, V>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn shared_subscriptions() {
+        use super::Share;
+        let table = [
+            (
+                "$share/g/a/+",
+                Share::Group {
+                    group: "g",
+                    filter: "a/+",
+                },
+            ),
+            (
+                "$share/g/#",
+                Share::Group {
+                    group: "g",
+                    filter: "#",
+                },
+            ),
+            ("a/$share/g/b", Share::No),
+            ("$shared/g/b", Share::No),
+            ("$share//a", Share::Invalid),
+            ("$share/g", Share::Invalid),
+            ("$share/g/", Share::Invalid),
+            ("$share/+/a", Share::Invalid),
+            ("$share/g#/a", Share::Invalid),
+            ("$share/g/a/#/b", Share::Invalid),
+        ];
+        for (filter, want) in table {
+            assert_eq!(Share::parse(filter), want, "{filter}");
+        }
+    }
+
     use super::*;
 
     #[test]
