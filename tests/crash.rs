@@ -8,7 +8,7 @@ mod common;
 
 use std::{
     io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::Duration,
 };
 
@@ -21,21 +21,7 @@ use tonic::transport::Channel;
 
 /// Starts the real binary on port 0 and reads back its address.
 fn spawn_server(data_dir: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_connstate"))
-        .args([
-            "serve",
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--rest-listen",
-            "127.0.0.1:0",
-            "--mqtt-listen",
-            "127.0.0.1:0",
-            "--mqtt-ws-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
+    let mut child = serve_command(data_dir, &FREE_PORTS)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

@@ -1,6 +1,9 @@
 //! A new user's first minutes with the real binary: what it prints when it
 //! starts, when it cannot, and what `--help` tells.
 
+mod common;
+
+use common::{FREE_PORTS, serve_command};
 use std::{
     io::{BufRead, BufReader, Read},
     path::Path,
@@ -12,18 +15,6 @@ use std::{
 /// How long any one start or stop may take.
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// Every listener on a free port of 127.0.0.1.
-const FREE_PORTS: [&str; 8] = [
-    "--grpc-listen",
-    "127.0.0.1:0",
-    "--rest-listen",
-    "127.0.0.1:0",
-    "--mqtt-listen",
-    "127.0.0.1:0",
-    "--mqtt-ws-listen",
-    "127.0.0.1:0",
-];
-
 /// A running binary whose standard output arrives line by line.
 struct Server {
     child: Child,
@@ -33,12 +24,7 @@ struct Server {
 
 impl Server {
     fn start(data_dir: &Path, args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_connstate"))
-            .arg("serve")
-            .args(args)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env("RUST_LOG", "warn")
+        let mut child = serve_command(data_dir, args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

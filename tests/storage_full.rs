@@ -264,27 +264,18 @@ struct Binary {
 impl Binary {
     /// Starts the real binary on port 0 and reads back its addresses.
     fn spawn(data_dir: &Path, min_free_mb: u32) -> Binary {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_connstate"))
-            .args([
-                "serve",
-                "--grpc-listen",
-                "127.0.0.1:0",
-                "--rest-listen",
-                "127.0.0.1:0",
-                "--mqtt-listen",
-                "127.0.0.1:0",
-                "--mqtt-ws-listen",
-                "127.0.0.1:0",
-                "--min-free-disk-mb",
-                &min_free_mb.to_string(),
-                "--data-dir",
-            ])
-            .arg(data_dir)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start connstate");
+        let mut child = serve_command(
+            data_dir,
+            &[
+                &FREE_PORTS[..],
+                &["--min-free-disk-mb", &min_free_mb.to_string()],
+            ]
+            .concat(),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start connstate");
         let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let mut pipe = BufReader::new(child.stderr.take().unwrap());
         let sink = stderr.clone();

@@ -358,3 +358,29 @@ impl Rng {
         Rng(seed)
     }
 }
+
+/// Every listener of the real binary on a free port of 127.0.0.1.
+pub const FREE_PORTS: [&str; 8] = [
+    "--grpc-listen",
+    "127.0.0.1:0",
+    "--rest-listen",
+    "127.0.0.1:0",
+    "--mqtt-listen",
+    "127.0.0.1:0",
+    "--mqtt-ws-listen",
+    "127.0.0.1:0",
+];
+
+/// `connstate serve ARGS --data-dir DATA_DIR` of the real binary, logging
+/// warnings only (pass [`FREE_PORTS`] in `args` for listeners on free
+/// ports); the caller chooses where its output goes.
+pub fn serve_command(data_dir: &std::path::Path, args: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_connstate"));
+    command
+        .arg("serve")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "warn");
+    command
+}
