@@ -5,7 +5,10 @@
 //! commands from a channel, runs each event through the tracker's rules,
 //! applies a whole group of commands as one atomic batch, flushes once
 //! (group commit), and only then publishes the committed revision, sends the
-//! changes to the live feed and acknowledges. Readers read sled (and the
+//! changes to the live feed and acknowledges. The changes go through the
+//! change log ([`log::Log`]: append, read from a revision, subscribe), the
+//! seam a replicated log will implement; watch replay and feed retention
+//! read and trim it there too. Readers read sled (and the
 //! in-memory indexes, [`index`]) directly and never wait for the writer.
 //! Retention ([`retention`]) deletes old log entries and feed records from
 //! its own thread; the writer never touches those keys again, so the two
@@ -24,6 +27,7 @@
 mod codec;
 mod index;
 mod keys;
+pub mod log;
 mod retention;
 mod scan;
 mod writer;
@@ -40,6 +44,8 @@ use std::{
 
 use prost::Message;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use self::log::Log;
 
 pub use retention::RetentionReport;
 pub use scan::{LogCursor, LogPage, StatePage};
@@ -215,7 +221,8 @@ struct Inner {
     /// Set by [`Store::close`]: the space probe stops.
     closed: AtomicBool,
     settings: RwLock<Settings>,
-    feed: broadcast::Sender<CommittedBatch>,
+    /// The change log: feed records, committed revision, live feed.
+    log: log::LocalLog,
     index: index::StateIndex,
     metrics: Arc<crate::metrics::Metrics>,
     commands: mpsc::Sender<writer::Command>,
@@ -248,19 +255,12 @@ impl Store {
             .cache_capacity(options.cache_capacity)
             .open()?;
         let sled_open = started.elapsed();
-        let committed = match db.get(keys::META_REVISION)? {
-            Some(v) => Revision::from_be_bytes(
-                v.as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("revision".into()))?,
-            ),
-            None => 0,
-        };
+        let log = log::LocalLog::new(db.clone(), options.feed_capacity);
+        let committed = log.last_revision()?;
         let settings = match db.get(keys::META_SETTINGS)? {
             Some(v) => Settings::from(codec::decode::<codec::SettingsRecord>(&v)?),
             None => options.initial_settings.clone(),
         };
-        let (feed, _) = broadcast::channel(options.feed_capacity.max(1));
         let (commands, receiver) = mpsc::channel(1024);
         let store = Store {
             inner: Arc::new(Inner {
@@ -271,7 +271,7 @@ impl Store {
                 min_free_bytes: options.min_free_bytes,
                 closed: AtomicBool::new(false),
                 settings: RwLock::new(settings),
-                feed,
+                log,
                 index: index::StateIndex::default(),
                 metrics: options.metrics.clone(),
                 commands,
@@ -454,7 +454,7 @@ impl Store {
 
     /// A receiver of every commit from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<CommittedBatch> {
-        self.inner.feed.subscribe()
+        self.inner.log.subscribe()
     }
 
     /// A new, unique, increasing connection id for the embedded broker.
@@ -618,43 +618,15 @@ impl Store {
 
     /// The oldest revision still in the change feed, if any.
     pub fn oldest_feed_revision(&self) -> Result<Option<Revision>, StoreError> {
-        match self.inner.db.scan_prefix([keys::FEED]).next() {
-            Some(item) => Ok(keys::revision_of(&item?.0)),
-            None => Ok(None),
-        }
+        self.inner.log.first_revision()
     }
 
     /// Committed changes after `after`, oldest first: at least one whole
     /// commit, and no more commits once `limit` changes are reached.
     pub fn changes_after(&self, after: Revision, limit: usize) -> Result<Vec<Change>, StoreError> {
-        let committed = self.committed_revision();
-        if after >= committed {
-            return Ok(Vec::new());
-        }
-        let db = &self.inner.db;
-        // The commit holding `after + 1` starts at or before it.
-        let wanted = keys::revision_key(keys::FEED, after + 1);
-        let start = match db
-            .range(keys::revision_key(keys::FEED, 0)..=wanted)
-            .next_back()
-        {
-            Some(item) => item?.0.to_vec(),
-            None => wanted.to_vec(),
-        };
-        let end = keys::revision_key(keys::FEED, committed);
-        let mut changes = Vec::new();
-        for item in db.range(start..=end.to_vec()) {
-            let (_, value) = item?;
-            for change in codec::decode_feed_batch(&value)? {
-                if change.revision > after && change.revision <= committed {
-                    changes.push(change);
-                }
-            }
-            if changes.len() >= limit {
-                break;
-            }
-        }
-        Ok(changes)
+        self.inner
+            .log
+            .read_after(after, self.committed_revision(), limit)
     }
 
     /// Rebuilds the in-memory indexes from the state records.

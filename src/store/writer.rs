@@ -16,7 +16,7 @@ use chrono::Utc;
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Settings, Store, StoreError, codec, index, keys};
+use super::{Settings, Store, StoreError, codec, index, keys, log::Log};
 use crate::{
     domain::{Change, ChangeKind, ClientId, ConnectionState, LifecycleEvent, Revision},
     rules,
@@ -412,14 +412,6 @@ impl Writer {
             return;
         };
         let commit_ms = changes[0].commit_time.timestamp_millis();
-        let feed = codec::FeedBatchRecord {
-            commit_ms,
-            changes: changes
-                .iter()
-                .map(|c| codec::ChangeRecord::from(c.as_ref()))
-                .collect(),
-        };
-        batch.insert(&keys::revision_key(keys::FEED, first), feed.encode_to_vec());
         if !log_refs.is_empty() {
             let logs = codec::LogBatchRecord {
                 commit_ms,
@@ -430,7 +422,6 @@ impl Writer {
                 logs.encode_to_vec(),
             );
         }
-        batch.insert(keys::META_REVISION, &self.revision.to_be_bytes());
         // Below the reserve nothing is written: sled refuses every write
         // after one that failed, so the store stops short of a full disk.
         if let Some(refusal) = self.store.check_space() {
@@ -464,15 +455,17 @@ impl Writer {
         let index = &self.store.inner.index;
         index.insert_all(added.iter().cloned());
 
-        let db = &self.store.inner.db;
         let started = std::time::Instant::now();
         self.store
             .inner
             .readable
             .store(self.revision, std::sync::atomic::Ordering::Release);
-        let durable = db.apply_batch(batch).and_then(|()| db.flush().map(drop));
+        // The log appends the feed record (and the committed revision) in
+        // the same atomic batch as the records, and flushes.
+        let changes: super::CommittedBatch = Arc::new(changes);
+        let durable = self.store.inner.log.append_with(&changes, batch);
         match durable {
-            Ok(()) => {
+            Ok(_) => {
                 index.remove_all(&removed);
                 self.count(&changes, &touched, started.elapsed());
                 self.store
@@ -480,8 +473,7 @@ impl Writer {
                     .committed
                     .store(self.revision, std::sync::atomic::Ordering::Release);
                 self.store.note_log_growth(grown);
-                // No receiver is fine: nobody is watching.
-                let _ = self.store.inner.feed.send(Arc::new(changes));
+                self.store.inner.log.publish(changes);
                 for (ack, result) in acks {
                     let _ = ack.send(result);
                 }
