@@ -39,14 +39,30 @@ pub trait Log: Send + Sync {
     /// A receiver of every commit published from now on.
     fn subscribe(&self) -> broadcast::Receiver<CommittedBatch>;
 
-    /// Changes after `after` up to `upto`, oldest first: at least one whole
-    /// commit, and no more commits once `limit` changes are reached.
+    /// The commits holding changes after `after` up to `upto`, oldest
+    /// first, each with only those changes: at least one commit, and no
+    /// more once `limit` changes are reached.
+    fn read_commits(
+        &self,
+        after: Revision,
+        upto: Revision,
+        limit: usize,
+    ) -> Result<Vec<CommittedBatch>, StoreError>;
+
+    /// [`Log::read_commits`] as one run of changes.
     fn read_after(
         &self,
         after: Revision,
         upto: Revision,
         limit: usize,
-    ) -> Result<Vec<Change>, StoreError>;
+    ) -> Result<Vec<Change>, StoreError> {
+        Ok(self
+            .read_commits(after, upto, limit)?
+            .into_iter()
+            .flat_map(Arc::unwrap_or_clone)
+            .map(Arc::unwrap_or_clone)
+            .collect())
+    }
 
     /// The oldest revision the log still holds, if any.
     fn first_revision(&self) -> Result<Option<Revision>, StoreError>;
@@ -128,12 +144,12 @@ impl Log for LocalLog {
         self.feed.subscribe()
     }
 
-    fn read_after(
+    fn read_commits(
         &self,
         after: Revision,
         upto: Revision,
         limit: usize,
-    ) -> Result<Vec<Change>, StoreError> {
+    ) -> Result<Vec<CommittedBatch>, StoreError> {
         if after >= upto {
             return Ok(Vec::new());
         }
@@ -148,19 +164,24 @@ impl Log for LocalLog {
             None => wanted.to_vec(),
         };
         let end = keys::revision_key(keys::FEED, upto);
-        let mut changes = Vec::new();
+        let mut commits = Vec::new();
+        let mut changes = 0;
         for item in db.range(start..=end.to_vec()) {
             let (_, value) = item?;
-            for change in codec::decode_feed_batch(&value)? {
-                if change.revision > after && change.revision <= upto {
-                    changes.push(change);
-                }
+            let commit: Vec<Arc<Change>> = codec::decode_feed_batch(&value)?
+                .into_iter()
+                .filter(|c| c.revision > after && c.revision <= upto)
+                .map(Arc::new)
+                .collect();
+            changes += commit.len();
+            if !commit.is_empty() {
+                commits.push(Arc::new(commit));
             }
-            if changes.len() >= limit {
+            if changes >= limit {
                 break;
             }
         }
-        Ok(changes)
+        Ok(commits)
     }
 
     fn first_revision(&self) -> Result<Option<Revision>, StoreError> {

@@ -97,11 +97,14 @@ impl Store {
     }
 
     /// Deletes commits made before `cutoff_ms`, and the oldest ones while
-    /// the feed holds more than `max_entries` changes.
+    /// the feed holds more than `max_entries` changes; never one not yet
+    /// written back, which a crash restart replays.
     fn trim_feed(&self, cutoff_ms: i64, max_entries: u64) -> Result<usize, StoreError> {
-        self.inner
-            .log
-            .trim(cutoff_ms, max_entries, self.committed_revision())
+        let committed = self.committed_revision();
+        let upto = committed.min(self.materialised_revision());
+        // The size limit counts from the newest commit.
+        let max_entries = max_entries.saturating_sub(committed - upto);
+        self.inner.log.trim(cutoff_ms, max_entries, upto)
     }
 }
 
