@@ -129,6 +129,16 @@ impl StateIndex {
     }
 
     /// Number of records indexed.
+    #[cfg(test)]
+    pub(super) fn all_keys(&self) -> Vec<Box<[u8]>> {
+        self.keys
+            .read()
+            .expect("index lock")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
     pub(super) fn records(&self) -> usize {
         self.records.load(Ordering::Relaxed)
     }

@@ -1,10 +1,11 @@
-//! Key layout of the single sled tree. One tree keeps every commit one
-//! atomic batch: the state records, log entries and changes of a group
-//! commit either all land or none does.
+//! Key layout of the single sled tree. A group commit is one atomic batch
+//! holding its feed record (`f`) and the revision; the state records, log
+//! entries and log batch records are written back from the feed records in
+//! later batches that also record how far they reach (`mmaterialised`).
 //!
 //! | prefix | key | value |
 //! |---|---|---|
-//! | `m` | `m` name | metadata (revision, settings, clearing flag, secrets) |
+//! | `m` | `m` name | metadata (revision, materialised position, settings, clearing flag, secrets) |
 //! | `s` | `s` client | state record |
 //! | `p` | `p` client, 0x00, revision (8) | log entry of one client |
 //! | `g` | `g` first revision (8) | the log entries (revision, client) of one commit |
@@ -39,6 +40,8 @@ pub const LEASE: u8 = b'l';
 pub const META_REVISION: &[u8] = b"mrevision";
 pub const META_SETTINGS: &[u8] = b"msettings";
 pub const META_CLEARING: &[u8] = b"mclearing";
+/// The newest revision written back from the log (see [`super::overlay`]).
+pub const META_MATERIALISED: &[u8] = b"mmaterialised";
 /// `msecret/` name: a secret key of this store.
 pub const META_SECRET: &[u8] = b"msecret/";
 

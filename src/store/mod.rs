@@ -2,11 +2,19 @@
 //! the change feed, in one tree (see [`keys`] for the layout).
 //!
 //! One writer thread owns every write of client data ([`writer`]): it takes
-//! commands from a channel, runs each event through the tracker's rules,
-//! applies a whole group of commands as one atomic batch, flushes once
-//! (group commit), and only then publishes the committed revision, sends the
-//! changes to the live feed and acknowledges. Readers read sled (and the
-//! in-memory indexes, [`index`]) directly and never wait for the writer.
+//! commands from a channel, runs each event through the lifecycle rules,
+//! appends a whole group of commands to the change log as one record,
+//! flushes once (group commit), and only then publishes the committed
+//! revision, sends the changes to the live feed and acknowledges. The log
+//! is the source of truth: state records, per-client log entries and log
+//! batch records are written back from it behind the commits, coalesced,
+//! while readers see the newest state at once through an in-memory overlay
+//! ([`overlay`]); a crash restart replays the log after the last write-back
+//! before it serves. The log sits behind a seam ([`log::Log`]: append, read
+//! from a revision, subscribe) that a replicated log will implement; watch
+//! replay, the crash replay and feed retention read and trim it there too.
+//! Readers read the overlay, sled and the in-memory indexes ([`index`])
+//! directly and never wait for the writer.
 //! Retention ([`retention`]) deletes old log entries and feed records from
 //! its own thread; the writer never touches those keys again, so the two
 //! never conflict.
@@ -24,6 +32,8 @@
 mod codec;
 mod index;
 mod keys;
+pub mod log;
+mod overlay;
 mod retention;
 mod scan;
 mod writer;
@@ -40,6 +50,8 @@ use std::{
 
 use prost::Message;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use self::log::Log;
 
 pub use retention::RetentionReport;
 pub use scan::{LogCursor, LogPage, StatePage};
@@ -215,7 +227,14 @@ struct Inner {
     /// Set by [`Store::close`]: the space probe stops.
     closed: AtomicBool,
     settings: RwLock<Settings>,
-    feed: broadcast::Sender<CommittedBatch>,
+    /// The change log: feed records, committed revision, live feed.
+    log: log::LocalLog,
+    /// Changes in the log not yet written back to sled ([`overlay`]).
+    overlay: RwLock<overlay::Overlay>,
+    /// The newest revision written back to sled.
+    materialised: AtomicU64,
+    /// Keeps the overlay in memory (tests of the crash replay).
+    hold_write_back: AtomicBool,
     index: index::StateIndex,
     metrics: Arc<crate::metrics::Metrics>,
     commands: mpsc::Sender<writer::Command>,
@@ -248,19 +267,22 @@ impl Store {
             .cache_capacity(options.cache_capacity)
             .open()?;
         let sled_open = started.elapsed();
-        let committed = match db.get(keys::META_REVISION)? {
-            Some(v) => Revision::from_be_bytes(
-                v.as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("revision".into()))?,
-            ),
-            None => 0,
+        let log = log::LocalLog::new(db.clone(), options.feed_capacity);
+        let committed = log.last_revision()?;
+        let materialised = match overlay::stored_position(&db)? {
+            Some(position) => position,
+            None => {
+                // A new store, or one of the layout that wrote every record
+                // with its commit: all of it is materialised.
+                db.insert(keys::META_MATERIALISED, &committed.to_be_bytes())?;
+                db.flush()?;
+                committed
+            }
         };
         let settings = match db.get(keys::META_SETTINGS)? {
             Some(v) => Settings::from(codec::decode::<codec::SettingsRecord>(&v)?),
             None => options.initial_settings.clone(),
         };
-        let (feed, _) = broadcast::channel(options.feed_capacity.max(1));
         let (commands, receiver) = mpsc::channel(1024);
         let store = Store {
             inner: Arc::new(Inner {
@@ -271,7 +293,10 @@ impl Store {
                 min_free_bytes: options.min_free_bytes,
                 closed: AtomicBool::new(false),
                 settings: RwLock::new(settings),
-                feed,
+                log,
+                overlay: RwLock::new(overlay::Overlay::new(materialised)),
+                materialised: AtomicU64::new(materialised),
+                hold_write_back: AtomicBool::new(false),
                 index: index::StateIndex::default(),
                 metrics: options.metrics.clone(),
                 commands,
@@ -280,6 +305,7 @@ impl Store {
                 path: path.to_owned(),
             }),
         };
+        let replayed = store.replay_log_tail()?;
         let mut writer = writer::Writer::new(store.clone(), committed, options.max_batch_events);
         writer.finish_interrupted_clear()?;
         let from_snapshot = store
@@ -300,6 +326,7 @@ impl Store {
             index_ms = (started.elapsed() - sled_open).as_millis() as u64,
             records = store.count_states(),
             from_snapshot,
+            replayed,
             "store opened"
         );
         let thread = std::thread::Builder::new()
@@ -454,7 +481,7 @@ impl Store {
 
     /// A receiver of every commit from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<CommittedBatch> {
-        self.inner.feed.subscribe()
+        self.inner.log.subscribe()
     }
 
     /// A new, unique, increasing connection id for the embedded broker.
@@ -543,9 +570,75 @@ impl Store {
         Ok(())
     }
 
+    /// Replays the commits of the log after the materialised position (left
+    /// by a crash) and writes them back, before anything reads or writes.
+    /// Returns the number of changes replayed.
+    fn replay_log_tail(&self) -> Result<usize, StoreError> {
+        let from = self.inner.materialised.load(Ordering::Acquire);
+        let commits = self
+            .inner
+            .log
+            .read_commits(from, self.committed_revision(), usize::MAX)?;
+        let mut replayed = 0;
+        for commit in &commits {
+            replayed += commit.len();
+            self.overlay_mut().add_commit(commit);
+        }
+        if replayed > 0 {
+            tracing::warn!(
+                from,
+                to = self.committed_revision(),
+                changes = replayed,
+                "replaying the change log after an unclean stop"
+            );
+            self.write_back()?;
+            self.inner.db.flush()?;
+        }
+        Ok(replayed)
+    }
+
+    fn overlay(&self) -> std::sync::RwLockReadGuard<'_, overlay::Overlay> {
+        self.inner.overlay.read().expect("overlay lock")
+    }
+
+    fn overlay_mut(&self) -> std::sync::RwLockWriteGuard<'_, overlay::Overlay> {
+        self.inner.overlay.write().expect("overlay lock")
+    }
+
+    /// Writes the overlay back to sled in one batch, with the materialised
+    /// position (not flushed: the log holds it all). Only the writer (or
+    /// the start before it) calls this.
+    fn write_back(&self) -> Result<(), StoreError> {
+        if self.inner.hold_write_back.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let (batch, position) = {
+            let overlay = self.overlay();
+            if overlay.is_empty() {
+                return Ok(());
+            }
+            (overlay.write_back_batch(&self.inner.db)?, overlay.position)
+        };
+        self.inner.db.apply_batch(batch)?;
+        // Readers find the same state in sled as in the overlay from here.
+        let written = std::mem::replace(&mut *self.overlay_mut(), overlay::Overlay::new(position));
+        self.inner.materialised.store(position, Ordering::Release);
+        self.note_log_growth(written.grown);
+        Ok(())
+    }
+
+    /// The newest revision written back to sled.
+    pub(crate) fn materialised_revision(&self) -> Revision {
+        self.inner.materialised.load(Ordering::Acquire)
+    }
+
     /// The record of one client.
     pub fn get_state(&self, client: &ClientId) -> Result<Option<ConnectionState>, StoreError> {
-        match self.inner.db.get(keys::state(client))? {
+        let key = keys::state(client);
+        if let Some(state) = self.overlay().states.get(&key) {
+            return state.as_deref().map(codec::decode_state).transpose();
+        }
+        match self.inner.db.get(key)? {
             Some(v) => Ok(Some(codec::decode_state(&v)?)),
             None => Ok(None),
         }
@@ -618,43 +711,15 @@ impl Store {
 
     /// The oldest revision still in the change feed, if any.
     pub fn oldest_feed_revision(&self) -> Result<Option<Revision>, StoreError> {
-        match self.inner.db.scan_prefix([keys::FEED]).next() {
-            Some(item) => Ok(keys::revision_of(&item?.0)),
-            None => Ok(None),
-        }
+        self.inner.log.first_revision()
     }
 
     /// Committed changes after `after`, oldest first: at least one whole
     /// commit, and no more commits once `limit` changes are reached.
     pub fn changes_after(&self, after: Revision, limit: usize) -> Result<Vec<Change>, StoreError> {
-        let committed = self.committed_revision();
-        if after >= committed {
-            return Ok(Vec::new());
-        }
-        let db = &self.inner.db;
-        // The commit holding `after + 1` starts at or before it.
-        let wanted = keys::revision_key(keys::FEED, after + 1);
-        let start = match db
-            .range(keys::revision_key(keys::FEED, 0)..=wanted)
-            .next_back()
-        {
-            Some(item) => item?.0.to_vec(),
-            None => wanted.to_vec(),
-        };
-        let end = keys::revision_key(keys::FEED, committed);
-        let mut changes = Vec::new();
-        for item in db.range(start..=end.to_vec()) {
-            let (_, value) = item?;
-            for change in codec::decode_feed_batch(&value)? {
-                if change.revision > after && change.revision <= committed {
-                    changes.push(change);
-                }
-            }
-            if changes.len() >= limit {
-                break;
-            }
-        }
-        Ok(changes)
+        self.inner
+            .log
+            .read_after(after, self.committed_revision(), limit)
     }
 
     /// Rebuilds the in-memory indexes from the state records.

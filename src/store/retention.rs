@@ -11,10 +11,10 @@
 
 use chrono::Utc;
 
-use super::{Store, StoreError, codec, keys};
-use crate::domain::{ClientId, Revision};
+use super::{Store, StoreError, codec, keys, log::Log};
+use crate::domain::ClientId;
 
-/// Commits handled per sled batch.
+/// Log batch records handled per sled batch.
 const CHUNK: usize = 256;
 
 /// What one retention pass deleted.
@@ -97,55 +97,14 @@ impl Store {
     }
 
     /// Deletes commits made before `cutoff_ms`, and the oldest ones while
-    /// the feed holds more than `max_entries` changes.
+    /// the feed holds more than `max_entries` changes; never one not yet
+    /// written back, which a crash restart replays.
     fn trim_feed(&self, cutoff_ms: i64, max_entries: u64) -> Result<usize, StoreError> {
-        let db = &self.inner.db;
         let committed = self.committed_revision();
-        // Changes at or below this revision are beyond the size limit.
-        let size_floor: Revision = committed.saturating_sub(max_entries);
-        let mut deleted = 0;
-        loop {
-            let mut batch = sled::Batch::default();
-            let mut commits = 0;
-            let mut keep = false;
-            let mut items = db.scan_prefix([keys::FEED]).take(CHUNK + 1).peekable();
-            while let Some(item) = items.next() {
-                let (key, value) = item?;
-                let first = keys::revision_of(&key).unwrap_or(0);
-                if first > committed {
-                    // Being committed right now: not ours to judge yet.
-                    keep = true;
-                    break;
-                }
-                // The commit ends where the next one starts (or at the
-                // committed revision for the newest).
-                let next_first = match items.peek() {
-                    Some(Ok((next, _))) => keys::revision_of(next).unwrap_or(first + 1),
-                    Some(Err(_)) | None => committed + 1,
-                };
-                let last = next_first.saturating_sub(1);
-                let too_many = last <= size_floor;
-                if !too_many {
-                    let record: codec::FeedBatchRecord = codec::decode(&value)?;
-                    if record.commit_ms >= cutoff_ms {
-                        keep = true;
-                        break;
-                    }
-                }
-                batch.remove(key);
-                deleted += (last + 1).saturating_sub(first) as usize;
-                commits += 1;
-                if commits == CHUNK {
-                    break;
-                }
-            }
-            if commits > 0 {
-                db.apply_batch(batch)?;
-            }
-            if keep || commits < CHUNK {
-                return Ok(deleted);
-            }
-        }
+        let upto = committed.min(self.materialised_revision());
+        // The size limit counts from the newest commit.
+        let max_entries = max_entries.saturating_sub(committed - upto);
+        self.inner.log.trim(cutoff_ms, max_entries, upto)
     }
 }
 

@@ -193,26 +193,60 @@ impl Store {
             return Ok(page.finish(None, revision));
         }
         if order.field == SortField::ClientId && filter.type_id.is_none() {
-            // Records are stored in client id order: walk them directly.
-            let iter = self.inner.db.range::<Vec<u8>, _>((lower, upper));
-            let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
+            // Records are stored in client id order: walk them directly,
+            // merged with the overlay's newer ones. The overlay stays locked
+            // for the page, so that a write-back cannot move a record from
+            // it to sled behind the walk.
+            let overlay = self.overlay();
+            let bounds = (lower.clone(), upper.clone());
+            let stored = self.inner.db.range::<Vec<u8>, _>(bounds.clone());
+            let newer = overlay.states.range::<Vec<u8>, _>(bounds);
+            let (stored, newer): (Box<dyn Iterator<Item = _>>, Box<dyn Iterator<Item = _>>) =
                 if order.descending {
-                    Box::new(iter.rev())
+                    (Box::new(stored.rev()), Box::new(newer.rev()))
                 } else {
-                    Box::new(iter)
+                    (Box::new(stored), Box::new(newer))
                 };
-            for item in iter {
-                let (key, value) = item?;
+            let mut stored = stored.peekable();
+            let mut newer = newer.peekable();
+            loop {
+                // The next key in the walk's direction, the overlay's copy
+                // winning over sled's.
+                let stored_key = match stored.peek() {
+                    Some(Ok((key, _))) => Some(key.to_vec()),
+                    Some(Err(_)) => return Err(stored.next().expect("peeked").unwrap_err().into()),
+                    None => None,
+                };
+                let newer_key = newer.peek().map(|(key, _)| (*key).clone());
+                let take_newer = match (&stored_key, &newer_key) {
+                    (None, None) => break,
+                    (None, Some(_)) => true,
+                    (Some(_), None) => false,
+                    (Some(s), Some(n)) => {
+                        if s == n {
+                            stored.next();
+                            true
+                        } else {
+                            (n < s) != order.descending
+                        }
+                    }
+                };
+                let (key, state) = if take_newer {
+                    let (key, state) = newer.next().expect("peeked");
+                    match state {
+                        Some(state) => (key.clone(), Some(codec::decode_state(state)?)),
+                        // Deleted: not listed.
+                        None => continue,
+                    }
+                } else {
+                    let (key, value) = stored.next().expect("peeked")?;
+                    (key.to_vec(), Some(codec::decode_state(&value)?))
+                };
                 let id_matches = std::str::from_utf8(&key[1..])
                     .ok()
                     .and_then(|id| ClientId::new(id).ok())
                     .is_some_and(|id| filter.matches_client_id(&id));
-                let matching = if id_matches {
-                    let state = codec::decode_state(&value)?;
-                    filter.matches(&state).then_some(state)
-                } else {
-                    None
-                };
+                let matching = state.filter(|s| id_matches && filter.matches(s));
                 if let Some(done) = page.offer(&key, matching) {
                     return Ok(page.finish(Some(done), revision));
                 }
@@ -274,6 +308,9 @@ impl Store {
     ) -> Result<LogPage, StoreError> {
         let revision = self.committed_revision();
         let db = &self.inner.db;
+        // Locked for the page: a write-back cannot move entries from it to
+        // sled behind the listing.
+        let overlay = self.overlay();
         let readable_below = self.readable_revision().saturating_add(1);
         let below = match cursor {
             Some(LogCursor::Revision(r)) => r,
@@ -292,15 +329,27 @@ impl Store {
                 let start = keys::client_log_prefix(client);
                 let end = keys::client_log(client, readable_below);
                 let mut entries = Vec::new();
-                for item in db.range(start..end) {
-                    let (key, value) = item?;
-                    let rev = keys::client_log_revision(&key)
+                let mut offer = |key: &[u8], entry: LogEntry| -> Result<(), StoreError> {
+                    let rev = keys::client_log_revision(key)
                         .ok_or_else(|| StoreError::Corrupt("log key".into()))?;
-                    let entry = codec::decode_log(&value)?;
                     let place = LogCursor::Time(entry.time.timestamp_millis(), rev);
                     if cursor.is_none_or(|c| place < c) {
                         entries.push((place, entry));
                     }
+                    Ok(())
+                };
+                // Entries in sled are older than those in the overlay, and
+                // gone when the overlay deleted their client.
+                if !overlay.deleted.contains(client) {
+                    for item in db.range(start.clone()..end.clone()) {
+                        let (key, value) = item?;
+                        if !overlay.logs.contains_key(key.as_ref()) {
+                            offer(&key, codec::decode_log(&value)?)?;
+                        }
+                    }
+                }
+                for (key, entry) in overlay.logs.range(start..end) {
+                    offer(key, codec::decode_log(entry)?)?;
                 }
                 entries.sort_unstable_by_key(|(place, _)| std::cmp::Reverse(*place));
                 // The log is read whole: the budget does not cut it short.
@@ -314,19 +363,32 @@ impl Store {
             None => {
                 let start = keys::revision_key(keys::LOG_BATCH, 0);
                 let end = keys::revision_key(keys::LOG_BATCH, below);
-                for item in db.range(start..end).rev() {
+                // The overlay's commits are newer than every one in sled.
+                let newer = overlay
+                    .log_batches
+                    .iter()
+                    .rev()
+                    .filter(|(first, _)| *first < below)
+                    .map(|(_, batch)| Ok(batch.clone()));
+                let stored = db.range(start..end).rev().map(|item| {
                     let (_, value) = item?;
-                    let batch: codec::LogBatchRecord = codec::decode(&value)?;
+                    codec::decode::<codec::LogBatchRecord>(&value)
+                });
+                for batch in newer.chain(stored) {
+                    let batch: codec::LogBatchRecord = batch?;
                     for log_ref in batch.entries.iter().rev() {
                         if log_ref.revision >= below {
                             continue;
                         }
                         let id = ClientId::new(log_ref.client_id.as_str())
                             .map_err(|_| StoreError::Corrupt("log reference".into()))?;
-                        let entry = match db.get(keys::client_log(&id, log_ref.revision))? {
-                            Some(v) => Some(codec::decode_log(&v)?),
-                            // Trimmed by retention or deleted with its client.
-                            None => None,
+                        let entry = match overlay.log_entry(&id, log_ref.revision)? {
+                            Some(entry) => entry,
+                            None => match db.get(keys::client_log(&id, log_ref.revision))? {
+                                Some(v) => Some(codec::decode_log(&v)?),
+                                // Trimmed by retention or deleted with its client.
+                                None => None,
+                            },
                         };
                         let matching = entry.filter(|e| filter.matches(e));
                         if page.offer(LogCursor::Revision(log_ref.revision), matching) {

@@ -7,16 +7,19 @@
 //! revision, send the changes to the live feed and acknowledge the commands:
 //! nobody hears of a change that a crash could still lose.
 //!
-//! A group commit writes one key per client it changed, one per log entry,
-//! and one feed record and one log batch record for the whole group.
+//! A group commit appends one record to the change log (the feed record:
+//! each change with its state after and its log entry) and flushes; that
+//! is all it writes. The commit then goes to the overlay, and the writer
+//! writes the overlay back to the state records, per-client log entries
+//! and log batch records when nothing is waiting or it has grown past a
+//! bound ([`super::overlay`]).
 
 use std::{collections::HashMap, sync::Arc};
 
 use chrono::Utc;
-use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Settings, Store, StoreError, codec, index, keys};
+use super::{Settings, Store, StoreError, codec, index, keys, log::Log, overlay};
 use crate::{
     domain::{Change, ChangeKind, ClientId, ConnectionState, LifecycleEvent, Revision},
     rules,
@@ -55,13 +58,9 @@ struct Touched {
 /// What one command has done to the open batch so far, to take it back if
 /// a later event of the command fails.
 struct Staged {
-    /// The writer's revision, change, log and grown-log counts before it.
+    /// The writer's revision and change count before it.
     revision: Revision,
     changes: usize,
-    log_refs: usize,
-    grown_logs: usize,
-    /// Its sled writes, added to the batch only once all its events apply.
-    writes: Vec<(Vec<u8>, Vec<u8>)>,
     /// Each client it touched, as the batch had it before (`None`: not
     /// touched before).
     touched: HashMap<ClientId, Option<Touched>>,
@@ -72,13 +71,11 @@ pub(super) struct Writer {
     /// The last revision handed out (committed or in the open batch).
     revision: Revision,
     max_batch_events: usize,
-    /// The open batch.
+    /// Metadata written with the open commit.
     batch: sled::Batch,
     touched: HashMap<ClientId, Touched>,
     changes: Vec<Arc<Change>>,
-    log_refs: Vec<codec::LogRef>,
     acks: Vec<(Ack, Result<Revision, StoreError>)>,
-    grown_logs: Vec<ClientId>,
 }
 
 impl Writer {
@@ -90,9 +87,7 @@ impl Writer {
             batch: sled::Batch::default(),
             touched: HashMap::new(),
             changes: Vec::new(),
-            log_refs: Vec::new(),
             acks: Vec::new(),
-            grown_logs: Vec::new(),
         }
     }
 
@@ -114,10 +109,26 @@ impl Writer {
             for command in group {
                 if let ControlFlow::Stop = self.handle(command) {
                     self.commit();
+                    self.write_back();
                     return;
                 }
             }
             self.commit();
+            if commands.is_empty() || self.store.overlay().changes >= overlay::MAX_CHANGES {
+                self.write_back();
+            }
+        }
+        self.write_back();
+    }
+
+    /// Writes the overlay back; a failure stops all recording.
+    fn write_back(&mut self) {
+        if self.store.recording().refusal().is_some() {
+            return;
+        }
+        if let Err(e) = self.store.write_back() {
+            tracing::error!(error = %e, "writing the change log back failed; refusing further writes");
+            self.store.mark_failed();
         }
     }
 
@@ -191,23 +202,13 @@ impl Writer {
         let mut staged = Staged {
             revision: self.revision,
             changes: self.changes.len(),
-            log_refs: self.log_refs.len(),
-            grown_logs: self.grown_logs.len(),
-            writes: Vec::new(),
             touched: HashMap::new(),
         };
         match self.stage_events(events, &mut staged) {
-            Ok(last) => {
-                for (key, value) in staged.writes {
-                    self.batch.insert(key, value);
-                }
-                Ok(last)
-            }
+            Ok(last) => Ok(last),
             Err(e) => {
                 self.revision = staged.revision;
                 self.changes.truncate(staged.changes);
-                self.log_refs.truncate(staged.log_refs);
-                self.grown_logs.truncate(staged.grown_logs);
                 for (client, touched) in staged.touched {
                     match touched {
                         Some(t) => self.touched.insert(client, t),
@@ -240,24 +241,10 @@ impl Writer {
             last = revision;
             if let Some(state) = &outcome.state {
                 staged
-                    .writes
-                    .push((keys::state(&state.client_id), codec::encode_state(state)));
-                staged
                     .touched
                     .entry(event.client_id.clone())
                     .or_insert_with(|| self.touched.get(&event.client_id).cloned());
                 self.touch(&event.client_id, current.clone(), Some(state.clone()));
-            }
-            if let Some(entry) = &outcome.log_entry {
-                staged.writes.push((
-                    keys::client_log(&entry.client_id, revision),
-                    codec::encode_log(entry),
-                ));
-                self.log_refs.push(codec::LogRef {
-                    revision,
-                    client_id: entry.client_id.as_str().to_owned(),
-                });
-                self.grown_logs.push(entry.client_id.clone());
             }
             self.changes.push(Arc::new(Change {
                 revision,
@@ -271,9 +258,10 @@ impl Writer {
         Ok(last)
     }
 
-    /// The failed connects in `client`'s log, committed and in the open
-    /// batch, for a client without a record (its log holds nothing else of
-    /// note). A deletion in the open batch removes what came before it.
+    /// The failed connects in `client`'s log, committed (in sled and the
+    /// overlay) and in the open batch, for a client without a record (its
+    /// log holds nothing else of note). A deletion removes what came before
+    /// it.
     fn logged_failures(&self, client: &ClientId) -> Result<u64, StoreError> {
         let mut failures = 0;
         for change in self.changes.iter().rev() {
@@ -286,14 +274,23 @@ impl Writer {
                 _ => {}
             }
         }
-        for entry in self
-            .store
-            .inner
-            .db
-            .scan_prefix(keys::client_log_prefix(client))
-            .values()
+        let failed = |e: &crate::domain::LogEntry| e.kind == crate::domain::LogKind::ConnectFailed;
+        let prefix = keys::client_log_prefix(client);
+        let overlay = self.store.overlay();
+        for (_, entry) in overlay
+            .logs
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
         {
-            if codec::decode_log(&entry?)?.kind == crate::domain::LogKind::ConnectFailed {
+            if failed(&codec::decode_log(entry)?) {
+                failures += 1;
+            }
+        }
+        if overlay.deleted.contains(client) {
+            return Ok(failures);
+        }
+        for entry in self.store.inner.db.scan_prefix(&prefix).values() {
+            if failed(&codec::decode_log(&entry?)?) {
                 failures += 1;
             }
         }
@@ -307,17 +304,8 @@ impl Writer {
         let Some(old) = self.store.get_state(client)? else {
             return Err(StoreError::NotFound);
         };
-        self.batch.remove(keys::state(client));
+        // The record and its log go when the deletion is written back.
         self.touch(client, Some(old), None);
-        for key in self
-            .store
-            .inner
-            .db
-            .scan_prefix(keys::client_log_prefix(client))
-            .keys()
-        {
-            self.batch.remove(key?);
-        }
         self.revision += 1;
         self.changes.push(Arc::new(Change {
             revision: self.revision,
@@ -359,6 +347,8 @@ impl Writer {
     /// ALL_DELETED change. Runs in chunks; the clearing flag makes a crash
     /// in the middle resume at the next start.
     fn clear_all(&mut self) -> Result<(), StoreError> {
+        // Everything the log holds goes to sled first, then all of it goes.
+        self.store.write_back()?;
         let db = self.store.inner.db.clone();
         for prefix in keys::DATA_PREFIXES {
             loop {
@@ -396,41 +386,20 @@ impl Writer {
         }
     }
 
-    /// Applies the open batch, flushes, then publishes and acknowledges.
+    /// Appends the open commit to the log (which flushes), adds it to the
+    /// overlay, then publishes and acknowledges.
     fn commit(&mut self) {
-        let mut batch = std::mem::take(&mut self.batch);
+        let batch = std::mem::take(&mut self.batch);
         let changes = std::mem::take(&mut self.changes);
         let acks = std::mem::take(&mut self.acks);
         let touched = std::mem::take(&mut self.touched);
-        let log_refs = std::mem::take(&mut self.log_refs);
-        let grown = std::mem::take(&mut self.grown_logs);
         // Every write to the batch comes with a change.
-        let Some(first) = changes.first().map(|c| c.revision) else {
+        if changes.is_empty() {
             for (ack, result) in acks {
                 let _ = ack.send(result);
             }
             return;
         };
-        let commit_ms = changes[0].commit_time.timestamp_millis();
-        let feed = codec::FeedBatchRecord {
-            commit_ms,
-            changes: changes
-                .iter()
-                .map(|c| codec::ChangeRecord::from(c.as_ref()))
-                .collect(),
-        };
-        batch.insert(&keys::revision_key(keys::FEED, first), feed.encode_to_vec());
-        if !log_refs.is_empty() {
-            let logs = codec::LogBatchRecord {
-                commit_ms,
-                entries: log_refs,
-            };
-            batch.insert(
-                &keys::revision_key(keys::LOG_BATCH, first),
-                logs.encode_to_vec(),
-            );
-        }
-        batch.insert(keys::META_REVISION, &self.revision.to_be_bytes());
         // Below the reserve nothing is written: sled refuses every write
         // after one that failed, so the store stops short of a full disk.
         if let Some(refusal) = self.store.check_space() {
@@ -464,24 +433,25 @@ impl Writer {
         let index = &self.store.inner.index;
         index.insert_all(added.iter().cloned());
 
-        let db = &self.store.inner.db;
         let started = std::time::Instant::now();
         self.store
             .inner
             .readable
             .store(self.revision, std::sync::atomic::Ordering::Release);
-        let durable = db.apply_batch(batch).and_then(|()| db.flush().map(drop));
+        // The log appends the feed record and the committed revision (with
+        // the commit's metadata in the same atomic batch) and flushes.
+        let changes: super::CommittedBatch = Arc::new(changes);
+        let durable = self.store.inner.log.append_with(&changes, batch);
         match durable {
-            Ok(()) => {
+            Ok(_) => {
+                self.store.overlay_mut().add_commit(&changes);
                 index.remove_all(&removed);
                 self.count(&changes, &touched, started.elapsed());
                 self.store
                     .inner
                     .committed
                     .store(self.revision, std::sync::atomic::Ordering::Release);
-                self.store.note_log_growth(grown);
-                // No receiver is fine: nobody is watching.
-                let _ = self.store.inner.feed.send(Arc::new(changes));
+                self.store.inner.log.publish(changes);
                 for (ack, result) in acks {
                     let _ = ack.send(result);
                 }

@@ -1,0 +1,411 @@
+//! The materialiser and its overlay: state records, per-client log entries
+//! and log batch records are written from the change log behind it.
+//!
+//! A group commit appends only to the log ([`super::log`]) and flushes.
+//! The writer then adds the commit to the [`Overlay`], an in-memory map of
+//! what the log holds and sled does not yet: the newest state of every
+//! client changed since the last write-back (or its deletion), their new
+//! log entries and the log batch records of those commits. Readers look in
+//! the overlay first, so they see the newest state at once. Every so often
+//! (when the writer has nothing waiting, or the overlay grows past a
+//! bound) the writer writes the overlay back to sled in one batch,
+//! coalesced: a client changed ten times is written once. That batch also
+//! records the materialised position (`mmaterialised`), the newest
+//! revision it covers; it is not flushed on its own (the next group
+//! commit's flush carries it), because the log already holds everything.
+//!
+//! After a crash the store replays the log after the materialised position
+//! through the same overlay and writes it back before it serves, so what a
+//! restart finds is exactly what a run without the crash had.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::Arc,
+};
+
+use prost::Message;
+
+use super::{StoreError, codec, keys};
+use crate::domain::{Change, ChangeKind, ClientId, LogEntry, Revision};
+
+/// Changes the overlay holds at most before the writer writes it back even
+/// while commands are waiting.
+pub(super) const MAX_CHANGES: usize = 16 * 1024;
+
+/// What the log holds and sled does not yet; see the module docs.
+#[derive(Default)]
+pub(super) struct Overlay {
+    /// State key ([`keys::state`]) → the newest state record, `None` when
+    /// deleted. Records and entries are held encoded, exactly as sled will
+    /// hold them, so that a read answers the same before and after the
+    /// write-back (the records keep times in milliseconds).
+    pub(super) states: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Log key ([`keys::client_log`]) → encoded entry.
+    pub(super) logs: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Clients deleted since the last write-back: every log entry sled
+    /// holds for them is gone (later ones are in `logs`).
+    pub(super) deleted: HashSet<ClientId>,
+    /// Log batch records (first revision of the commit, record), oldest
+    /// first.
+    pub(super) log_batches: Vec<(Revision, codec::LogBatchRecord)>,
+    /// Clients whose log grew, for retention once written back.
+    pub(super) grown: Vec<ClientId>,
+    /// The newest revision held (the materialised position when empty).
+    pub(super) position: Revision,
+    /// Changes held.
+    pub(super) changes: usize,
+}
+
+impl Overlay {
+    pub(super) fn new(position: Revision) -> Overlay {
+        Overlay {
+            position,
+            ..Overlay::default()
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.changes == 0
+    }
+
+    /// Adds the changes of one commit (oldest first).
+    pub(super) fn add_commit(&mut self, changes: &[Arc<Change>]) {
+        let (Some(first), Some(last)) = (changes.first(), changes.last()) else {
+            return;
+        };
+        let mut refs = Vec::new();
+        for change in changes {
+            self.changes += 1;
+            match (change.kind, &change.client_id) {
+                (ChangeKind::AllDeleted, _) => {
+                    // Whoever clears all data has cleared sled already.
+                    let position = self.position;
+                    *self = Overlay::new(position);
+                    refs.clear();
+                    self.changes = 1;
+                }
+                (ChangeKind::Deleted, Some(client)) => {
+                    self.states.insert(keys::state(client), None);
+                    let prefix = keys::client_log_prefix(client);
+                    let gone: Vec<Vec<u8>> = self
+                        .logs
+                        .range(prefix.clone()..)
+                        .take_while(|(k, _)| k.starts_with(&prefix))
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for key in gone {
+                        self.logs.remove(&key);
+                    }
+                    refs.retain(|r: &codec::LogRef| r.client_id != client.as_str());
+                    self.deleted.insert(client.clone());
+                }
+                (_, Some(client)) => {
+                    if let Some(state) = &change.state {
+                        self.states
+                            .insert(keys::state(client), Some(codec::encode_state(state)));
+                    }
+                    if let Some(entry) = &change.log_entry {
+                        self.logs.insert(
+                            keys::client_log(client, change.revision),
+                            codec::encode_log(entry),
+                        );
+                        refs.push(codec::LogRef {
+                            revision: change.revision,
+                            client_id: client.as_str().to_owned(),
+                        });
+                        self.grown.push(client.clone());
+                    }
+                }
+                (_, None) => {}
+            }
+        }
+        if !refs.is_empty() {
+            self.log_batches.push((
+                first.revision,
+                codec::LogBatchRecord {
+                    commit_ms: first.commit_time.timestamp_millis(),
+                    entries: refs,
+                },
+            ));
+        }
+        self.position = last.revision;
+    }
+
+    /// The sled batch that writes the overlay back, with the materialised
+    /// position.
+    pub(super) fn write_back_batch(&self, db: &sled::Db) -> Result<sled::Batch, StoreError> {
+        let mut batch = sled::Batch::default();
+        for client in &self.deleted {
+            for key in db.scan_prefix(keys::client_log_prefix(client)).keys() {
+                batch.remove(key?);
+            }
+        }
+        for (key, state) in &self.states {
+            match state {
+                Some(state) => batch.insert(key.as_slice(), state.as_slice()),
+                None => batch.remove(key.as_slice()),
+            }
+        }
+        for (key, entry) in &self.logs {
+            batch.insert(key.as_slice(), entry.as_slice());
+        }
+        for (first, record) in &self.log_batches {
+            batch.insert(
+                &keys::revision_key(keys::LOG_BATCH, *first),
+                record.encode_to_vec(),
+            );
+        }
+        batch.insert(keys::META_MATERIALISED, &self.position.to_be_bytes());
+        Ok(batch)
+    }
+
+    /// The entry of `client` at `revision` as the overlay has it: `Some`
+    /// when it holds the answer (`Some(None)`: sled's copy is gone), `None`
+    /// when sled has it.
+    pub(super) fn log_entry(
+        &self,
+        client: &ClientId,
+        revision: Revision,
+    ) -> Result<Option<Option<LogEntry>>, StoreError> {
+        if let Some(entry) = self.logs.get(&keys::client_log(client, revision)) {
+            return Ok(Some(Some(codec::decode_log(entry)?)));
+        }
+        Ok(self.deleted.contains(client).then_some(None))
+    }
+}
+
+/// The materialised position stored in sled (`None` before the first
+/// write-back: every commit of an older store is materialised).
+pub(super) fn stored_position(db: &sled::Db) -> Result<Option<Revision>, StoreError> {
+    match db.get(keys::META_MATERIALISED)? {
+        Some(v) => Ok(Some(Revision::from_be_bytes(
+            v.as_ref()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("materialised position".into()))?,
+        ))),
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{path::Path, sync::atomic::Ordering};
+
+    use chrono::Utc;
+
+    use super::super::{Store, keys};
+    use crate::domain::{
+        ActivityKind, ClientId, ConnectFailure, ConnectionInfo, ConnectionStatus, DisconnectCause,
+        EventKind, LifecycleEvent, LogFilter, MqttProtocol, SortField, StateFilter, StateOrder,
+    };
+
+    fn event(client: &str, connection_id: u64, kind: EventKind) -> LifecycleEvent {
+        LifecycleEvent {
+            client_id: ClientId::new(client).unwrap(),
+            time: Utc::now(),
+            connection_id,
+            broker: std::sync::Arc::from("test"),
+            kind,
+            peer: None,
+        }
+    }
+
+    fn info() -> ConnectionInfo {
+        ConnectionInfo {
+            addr: "127.0.0.1".parse().unwrap(),
+            port: 1,
+            secure: false,
+            username: String::new(),
+            protocol: Some(MqttProtocol::V3_1_1),
+            keep_alive: 60,
+            clean_session: true,
+        }
+    }
+
+    fn connect(client: &str, id: u64) -> LifecycleEvent {
+        event(client, id, EventKind::Connected(info()))
+    }
+
+    fn disconnect(client: &str, id: u64) -> LifecycleEvent {
+        event(
+            client,
+            id,
+            EventKind::Disconnected(DisconnectCause::SocketClosed),
+        )
+    }
+
+    fn failed(client: &str, id: u64) -> LifecycleEvent {
+        event(
+            client,
+            id,
+            EventKind::ConnectFailed {
+                info: info(),
+                failure: ConnectFailure::BadCredentials,
+            },
+        )
+    }
+
+    /// Every record, log entry, log batch record, feed record and the
+    /// revisions, as sled holds them.
+    fn dump(store: &Store) -> Vec<(Vec<u8>, Vec<u8>)> {
+        store
+            .inner
+            .db
+            .iter()
+            .map(|item| item.unwrap())
+            .filter(|(key, _)| {
+                keys::DATA_PREFIXES.contains(&key[0])
+                    || key.as_ref() == keys::META_REVISION
+                    || key.as_ref() == keys::META_MATERIALISED
+            })
+            .map(|(key, value)| (key.to_vec(), value.to_vec()))
+            .collect()
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), target).unwrap();
+            }
+        }
+    }
+
+    /// A store whose last commits were only in the log (not written back)
+    /// when it stopped replays them at the next start and ends in exactly
+    /// the state the same store has when it writes them back without a
+    /// crash: every record, log entry, log batch record, feed record,
+    /// revision and index key. Before the write-back, reads already see
+    /// the newest state.
+    #[tokio::test]
+    async fn replaying_the_log_tail_ends_in_the_state_of_a_run_without_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let live_path = dir.path().join("live");
+        let crashed_path = dir.path().join("crashed");
+        let store = Store::open(&live_path, Default::default()).unwrap();
+
+        store
+            .commit_events(vec![
+                connect("d:o:t:a", 1),
+                connect("d:o:t:b", 1),
+                connect("d:o:t:c", 1),
+                failed("d:o:t:d", 1),
+            ])
+            .await
+            .unwrap();
+        store
+            .commit_events(vec![disconnect("d:o:t:b", 1)])
+            .await
+            .unwrap();
+        // Wait for the first commits to be written back, then hold the rest
+        // in the log only.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store.materialised_revision() < store.committed_revision() {
+            assert!(std::time::Instant::now() < deadline, "no write-back");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        store.inner.hold_write_back.store(true, Ordering::Release);
+
+        // One client changed ten times, a deletion, failed connects before
+        // a first connect, a client deleted and recorded again.
+        for id in 2..7 {
+            store
+                .commit_events(vec![connect("d:o:t:a", id)])
+                .await
+                .unwrap();
+            store
+                .commit_events(vec![disconnect("d:o:t:a", id)])
+                .await
+                .unwrap();
+        }
+        store
+            .commit_events(vec![
+                event("d:o:t:b", 1, EventKind::Activity(ActivityKind::Publish)),
+                failed("d:o:t:e", 1),
+                failed("d:o:t:e", 2),
+                connect("d:o:t:e", 3),
+                connect("d:o:t:f", 1),
+            ])
+            .await
+            .unwrap();
+        let c = ClientId::new("d:o:t:c").unwrap();
+        let f = ClientId::new("d:o:t:f").unwrap();
+        store.delete_state(c.clone()).await.unwrap();
+        store.delete_state(f.clone()).await.unwrap();
+        store
+            .commit_events(vec![connect("d:o:t:f", 2)])
+            .await
+            .unwrap();
+        store
+            .commit_events(vec![failed("d:o:t:d", 2)])
+            .await
+            .unwrap();
+
+        let materialised = store.materialised_revision();
+        assert!(materialised < store.committed_revision());
+        // Reads see the newest state before the write-back.
+        let e = ClientId::new("d:o:t:e").unwrap();
+        let e_state = store.get_state(&e).unwrap().expect("e is recorded");
+        assert_eq!(e_state.status, ConnectionStatus::Connected);
+        assert_eq!(store.get_state(&c).unwrap(), None);
+        let listed: Vec<String> = store
+            .list_states(
+                &StateFilter::default(),
+                StateOrder {
+                    field: SortField::ClientId,
+                    descending: false,
+                },
+                100,
+                None,
+                10_000,
+            )
+            .unwrap()
+            .states
+            .iter()
+            .map(|s| s.client_id.to_string())
+            .collect();
+        assert_eq!(listed, ["d:o:t:a", "d:o:t:b", "d:o:t:e", "d:o:t:f"]);
+        let f_log = store
+            .list_logs(Some(&f), &LogFilter::default(), 100, None, 10_000)
+            .unwrap();
+        assert_eq!(f_log.entries.len(), 1, "the deletion took the older entry");
+        let all = store
+            .list_logs(None, &LogFilter::default(), 1000, None, 100_000)
+            .unwrap();
+        let stored_before = dump(&store);
+        assert!(
+            stored_before
+                .iter()
+                .any(|(k, _)| k.as_slice() == keys::state(&c).as_slice()),
+            "c is still in sled, deleted only in the overlay"
+        );
+
+        // The crash: the store as the disk has it now.
+        copy_dir(&live_path, &crashed_path);
+
+        // The run without a crash writes everything back.
+        store.inner.hold_write_back.store(false, Ordering::Release);
+        let index = store.inner.index.all_keys();
+        store.close().await.unwrap();
+        assert_eq!(store.materialised_revision(), store.committed_revision());
+        let expected = dump(&store);
+
+        let replayed = Store::open(&crashed_path, Default::default()).unwrap();
+        assert_eq!(replayed.committed_revision(), store.committed_revision());
+        assert_eq!(replayed.materialised_revision(), store.committed_revision());
+        assert_eq!(dump(&replayed), expected);
+        assert_eq!(replayed.inner.index.all_keys(), index);
+        assert_eq!(
+            replayed
+                .list_logs(None, &LogFilter::default(), 1000, None, 100_000)
+                .unwrap()
+                .entries,
+            all.entries
+        );
+        replayed.close().await.unwrap();
+    }
+}
