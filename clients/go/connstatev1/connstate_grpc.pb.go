@@ -70,7 +70,9 @@ type ConnectionStateServiceClient interface {
 	// falls further behind the live feed than its buffer is ended with
 	// RESOURCE_EXHAUSTED; the message and the trailer
 	// `x-connstate-last-revision` give the last revision delivered to it, so
-	// that it can resume from there.
+	// that it can resume from there. How the SDKs under clients/ resume,
+	// resynchronise and back off is written down in clients/CONTRACT.md
+	// ("SDK contract").
 	WatchConnections(ctx context.Context, in *WatchConnectionsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchConnectionsResponse], error)
 	// Deletes the state record and the connection log of one client.
 	// NOT_FOUND when there is no record.
@@ -168,7 +170,9 @@ type ConnectionStateServiceServer interface {
 	// falls further behind the live feed than its buffer is ended with
 	// RESOURCE_EXHAUSTED; the message and the trailer
 	// `x-connstate-last-revision` give the last revision delivered to it, so
-	// that it can resume from there.
+	// that it can resume from there. How the SDKs under clients/ resume,
+	// resynchronise and back off is written down in clients/CONTRACT.md
+	// ("SDK contract").
 	WatchConnections(*WatchConnectionsRequest, grpc.ServerStreamingServer[WatchConnectionsResponse]) error
 	// Deletes the state record and the connection log of one client.
 	// NOT_FOUND when there is no record.

@@ -101,7 +101,9 @@ class ConnectionStateServiceServicer:
         falls further behind the live feed than its buffer is ended with
         RESOURCE_EXHAUSTED; the message and the trailer
         `x-connstate-last-revision` give the last revision delivered to it, so
-        that it can resume from there.
+        that it can resume from there. How the SDKs under clients/ resume,
+        resynchronise and back off is written down in clients/CONTRACT.md
+        ("SDK contract").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1878,7 +1878,9 @@ export const ConnectionStateService: GenService<{
    * falls further behind the live feed than its buffer is ended with
    * RESOURCE_EXHAUSTED; the message and the trailer
    * `x-connstate-last-revision` give the last revision delivered to it, so
-   * that it can resume from there.
+   * that it can resume from there. How the SDKs under clients/ resume,
+   * resynchronise and back off is written down in clients/CONTRACT.md
+   * ("SDK contract").
    *
    * @generated from rpc connstate.v1.ConnectionStateService.WatchConnections
    */
