@@ -233,7 +233,9 @@ class AsyncWatch:
         self._wake: asyncio.Event | None = None
         self._call: Any = None
         self._iterator: AsyncIterator[c.WatchEvent] | None = None
-        #: How many times the watch resumed or resynchronised.
+        #: How many times the watch resumed: a stream that broke was followed
+        #: by a new one that delivered its first message (failed attempts in
+        #: between are not counted).
         self.reconnects = 0
 
     @property
@@ -273,6 +275,7 @@ class AsyncWatch:
         stub = self._client.states_stub
         self._wake = asyncio.Event()
         failures = 0
+        broken = False  # the last stream broke; the next one's first message is a resume
         while not self._cancelled:
             error: ConnstateError | None = None
             try:
@@ -287,6 +290,9 @@ class AsyncWatch:
                 try:
                     async for response in call:
                         failures = 0
+                        if broken:
+                            broken = False
+                            self.reconnects += 1
                         event = state.on_response(response)
                         if event is not None:
                             yield event
@@ -307,7 +313,7 @@ class AsyncWatch:
             if step is c.Step.RAISE:
                 assert error is not None
                 raise error
-            self.reconnects += 1
+            broken = True
             if step is c.Step.RESYNC:
                 c.log.info("watch resynchronising: %s", state.pending_resync_reason)
                 yield state.resync_event()

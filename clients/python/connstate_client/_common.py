@@ -33,9 +33,10 @@ DEFAULT_CHANNEL_OPTIONS: dict[str, Any] = {
 }
 
 #: Status codes after which a watch resumes from the last revision it
-#: delivered. INTERNAL is resumable only when the server named the last
-#: revision it delivered (a failed server-side watcher).
-_RESUMABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+#: delivered (the SDK contract, clients/CONTRACT.md). INTERNAL is resumable
+#: only when the server named the last revision it delivered (a failed
+#: server-side watcher).
+_RESUMABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED}
 
 FilterLike = Union[pb.ConnectionStateFilter, Mapping[str, Any], None]
 TimeLike = Union[_dt.datetime, Timestamp, None]
@@ -205,14 +206,15 @@ class WatchEvent:
 @dataclass
 class Backoff:
     """Delay between attempts to resume a watch: ``initial`` seconds,
-    doubled after every failed attempt up to ``maximum``, with jitter."""
+    doubled after every failed attempt up to ``maximum``, with ±20 %
+    jitter; never more than ``maximum``."""
 
     initial: float = 0.1
-    maximum: float = 2.0
+    maximum: float = 5.0
 
     def delay(self, attempt: int) -> float:
-        base = min(self.maximum, self.initial * (2 ** max(0, attempt - 1)))
-        return base * (0.8 + 0.4 * random.random())
+        base = min(self.maximum, self.initial * (2 ** min(max(0, attempt - 1), 32)))
+        return min(self.maximum, base * (0.8 + 0.4 * random.random()))
 
 
 class Step(enum.Enum):

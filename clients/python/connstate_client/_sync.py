@@ -258,7 +258,9 @@ class Watch:
         self._lock = threading.Lock()
         self._call: Any = None
         self._iterator: Iterator[c.WatchEvent] | None = None
-        #: How many times the watch resumed or resynchronised.
+        #: How many times the watch resumed: a stream that broke was followed
+        #: by a new one that delivered its first message (failed attempts in
+        #: between are not counted).
         self.reconnects = 0
 
     @property
@@ -293,6 +295,7 @@ class Watch:
         state = self._state
         stub = self._client.states_stub
         failures = 0
+        broken = False  # the last stream broke; the next one's first message is a resume
         while not self._cancelled.is_set():
             error: ConnstateError | None = None
             try:
@@ -311,6 +314,9 @@ class Watch:
                 try:
                     for response in call:
                         failures = 0
+                        if broken:
+                            broken = False
+                            self.reconnects += 1
                         event = state.on_response(response)
                         if event is not None:
                             yield event
@@ -328,7 +334,7 @@ class Watch:
             if step is c.Step.RAISE:
                 assert error is not None
                 raise error
-            self.reconnects += 1
+            broken = True
             if step is c.Step.RESYNC:
                 c.log.info("watch resynchronising: %s", state.pending_resync_reason)
                 yield state.resync_event()

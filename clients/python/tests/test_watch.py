@@ -278,3 +278,34 @@ def test_cancel_ends_a_blocked_iteration(server: Server) -> None:
         time.sleep(0.2)  # let it block in the stream (no event is expected)
         collector.stop()
         assert collector.error is None
+
+
+def test_backoff_never_waits_longer_than_its_maximum() -> None:
+    backoff = Backoff(initial=0.1, maximum=2.0)
+    delays = [backoff.delay(attempt) for attempt in range(1, 12) for _ in range(200)]
+    assert max(delays) <= 2.0, "the jitter must not push a delay past the maximum"
+    assert min(backoff.delay(1) for _ in range(200)) >= 0.08, "-20 % jitter at most"
+    capped = [backoff.delay(10) for _ in range(200)]
+    assert min(capped) >= 1.6 and max(capped) > 1.6, "±20 % jitter below the cap"
+    assert Backoff().maximum == 5.0, "the contract's default cap"
+
+
+def test_reconnects_counts_resumes_not_attempts(make_server: Callable[..., Server]) -> None:
+    server = make_server("--shutdown-grace", "1s", port=free_port())
+    client = Client(server.address, **AUTH, wait_for_ready=True, timeout=20)
+    try:
+        client.ingest([connected("d:local:n:a", 1)], broker=BROKER)
+        watch = client.watch(start_revision=0, backoff=Backoff(0.02, 0.05))
+        collector = Collector(watch)
+        collector.wait_for(lambda ev: len(ev) >= 1)
+        server.stop()
+        # Down long enough for many failed attempts (delays of at most 50 ms).
+        time.sleep(1.5)
+        server.start()
+        last = client.ingest([connected("d:local:n:b", 2)], broker=BROKER).revision
+        events = collector.wait_for(lambda ev: bool(ev) and ev[-1].revision >= last)
+        collector.stop()
+        assert [e.revision for e in events] == [1, 2]
+        assert watch.reconnects == 1, "one resume, however many attempts it took"
+    finally:
+        client.close()
