@@ -98,14 +98,47 @@ func (b basicAuth) GetRequestMetadata(context.Context, ...string) (map[string]st
 // deployments and tests).
 func (basicAuth) RequireTransportSecurity() bool { return false }
 
-// Dial creates a client of the server at address ("host:port").
+// New creates a client of the server at address ("host:port") with
+// grpc.NewClient: it connects on the first call, and reconnects by itself
+// after the server went away. Options WithBlock has no effect here (see Dial).
+func New(address string, opts ...Option) (*Client, error) {
+	conn, _, err := newConn(address, opts)
+	if err != nil {
+		return nil, err
+	}
+	return NewClient(conn), nil
+}
+
+// Dial is New, and with WithBlock it waits until the connection is ready
+// (or ctx ends).
 func Dial(ctx context.Context, address string, opts ...Option) (*Client, error) {
+	conn, o, err := newConn(address, opts)
+	if err != nil {
+		return nil, err
+	}
+	if o.block {
+		conn.Connect()
+		for {
+			state := conn.GetState()
+			if state == connectivity.Ready {
+				break
+			}
+			if !conn.WaitForStateChange(ctx, state) {
+				conn.Close()
+				return nil, status.FromContextError(ctx.Err()).Err()
+			}
+		}
+	}
+	return NewClient(conn), nil
+}
+
+func newConn(address string, opts []Option) (*grpc.ClientConn, options, error) {
 	var o options
 	for _, opt := range opts {
 		opt(&o)
 	}
 	if o.tlsErr != nil {
-		return nil, o.tlsErr
+		return nil, o, o.tlsErr
 	}
 	transport := insecure.NewCredentials()
 	if o.tls != nil {
@@ -132,22 +165,9 @@ func Dial(ctx context.Context, address string, opts ...Option) (*Client, error) 
 	dial = append(dial, o.dialOptions...)
 	conn, err := grpc.NewClient(address, dial...)
 	if err != nil {
-		return nil, err
+		return nil, o, err
 	}
-	if o.block {
-		conn.Connect()
-		for {
-			state := conn.GetState()
-			if state == connectivity.Ready {
-				break
-			}
-			if !conn.WaitForStateChange(ctx, state) {
-				conn.Close()
-				return nil, status.FromContextError(ctx.Err()).Err()
-			}
-		}
-	}
-	return NewClient(conn), nil
+	return conn, o, nil
 }
 
 // NewClient wraps an existing gRPC connection.

@@ -164,10 +164,10 @@ func (s *testServer) restart(extra ...string) {
 	s.start()
 }
 
-// client dials the server; the client is closed at the end of the test.
+// client makes a client of the server (connstate.New); the client is closed at the end of the test.
 func (s *testServer) client(opts ...connstate.Option) *connstate.Client {
 	s.t.Helper()
-	c, err := connstate.Dial(context.Background(), s.addr, opts...)
+	c, err := connstate.New(s.addr, opts...)
 	if err != nil {
 		s.t.Fatal(err)
 	}

@@ -158,6 +158,8 @@ type watcher struct {
 	// Clients whose snapshot record is newer than the snapshot's revision,
 	// with that record's revision: their older changes are already in it.
 	skip map[string]uint64
+	// The last stream ended with an x-connstate-last-revision trailer.
+	trailerRevision bool
 }
 
 func (w *watcher) run(ctx context.Context, yield func(WatchEvent, error) bool) {
@@ -190,7 +192,7 @@ func (w *watcher) run(ctx context.Context, yield func(WatchEvent, error) bool) {
 	}
 	failures := 0
 	for {
-		progressed, err, stop := w.stream(ctx, yield)
+		progressed, stop, err := w.stream(ctx, yield)
 		if stop {
 			return
 		}
@@ -209,7 +211,7 @@ func (w *watcher) run(ctx context.Context, yield func(WatchEvent, error) bool) {
 			}
 			continue
 		}
-		if !retryable(err) {
+		if !w.resumable(err) {
 			yield(WatchEvent{}, err)
 			return
 		}
@@ -244,15 +246,24 @@ func retryable(err error) bool {
 		return true // ended without a status: resume
 	}
 	switch status.Code(err) {
-	case codes.Unavailable, codes.ResourceExhausted, codes.Aborted:
+	case codes.Unavailable, codes.ResourceExhausted, codes.Aborted, codes.Canceled:
+		// Canceled here is not the caller's (its ctx is checked first): an
+		// HTTP/2 reset of the connection.
 		return true
 	}
 	return false
 }
 
+// resumable: retryable, or INTERNAL from a failed server-side watcher, which
+// names the last revision it delivered in a trailer (the SDK contract,
+// clients/CONTRACT.md).
+func (w *watcher) resumable(err error) bool {
+	return retryable(err) || (status.Code(err) == codes.Internal && w.trailerRevision)
+}
+
 // stream runs one WatchConnections call. It returns whether anything was
-// received, the error that ended it, and whether the consumer stopped.
-func (w *watcher) stream(ctx context.Context, yield func(WatchEvent, error) bool) (progressed bool, err error, stop bool) {
+// received, whether the consumer stopped, and the error that ended it.
+func (w *watcher) stream(ctx context.Context, yield func(WatchEvent, error) bool) (progressed, stop bool, err error) {
 	req := &pb.WatchConnectionsRequest{
 		Filter: w.opts.Filter,
 		Kinds:  w.opts.Kinds,
@@ -268,26 +279,28 @@ func (w *watcher) stream(ctx context.Context, yield func(WatchEvent, error) bool
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	w.trailerRevision = false
 	stream, err := w.client.states.WatchConnections(sctx, req)
 	if err != nil {
-		return false, err, false
+		return false, false, err
 	}
 	var snapshotted map[string]uint64
 	snapshotItems := 0
 	for {
 		resp, err := stream.Recv()
 		if err != nil {
+			_, w.trailerRevision = trailerRevision(stream.Trailer(), LastRevisionTrailer)
 			if inSnapshot {
-				if snapshotItems > 0 && ctx.Err() == nil && retryable(err) {
+				if snapshotItems > 0 && ctx.Err() == nil && w.resumable(err) {
 					// The consumer holds part of a snapshot: it must start over.
 					if !yield(WatchEvent{Kind: EventResync, Revision: w.last, Err: err}, nil) {
-						return progressed, err, true
+						return progressed, true, err
 					}
 				}
 			} else if rev, ok := trailerRevision(stream.Trailer(), LastRevisionTrailer); ok && rev > w.last {
 				w.last = rev
 			}
-			return progressed, err, false
+			return progressed, false, err
 		}
 		progressed = true
 		switch ev := resp.GetEvent().(type) {
@@ -300,7 +313,7 @@ func (w *watcher) stream(ctx context.Context, yield func(WatchEvent, error) bool
 				snapshotted[change.GetClientId()] = change.GetRevision()
 				snapshotItems++
 				if !yield(WatchEvent{Kind: EventSnapshot, Change: change, Revision: change.GetRevision()}, nil) {
-					return progressed, nil, true
+					return progressed, true, nil
 				}
 				continue
 			}
@@ -318,7 +331,7 @@ func (w *watcher) stream(ctx context.Context, yield func(WatchEvent, error) bool
 			}
 			w.last = change.GetRevision()
 			if !yield(WatchEvent{Kind: EventChange, Change: change, Revision: change.GetRevision()}, nil) {
-				return progressed, nil, true
+				return progressed, true, nil
 			}
 		case *pb.WatchConnectionsResponse_SnapshotComplete:
 			rev := ev.SnapshotComplete.GetRevision()
@@ -336,12 +349,12 @@ func (w *watcher) stream(ctx context.Context, yield func(WatchEvent, error) bool
 			w.snapshot = false
 			inSnapshot = false
 			if !yield(WatchEvent{Kind: EventSnapshotComplete, Revision: rev}, nil) {
-				return progressed, nil, true
+				return progressed, true, nil
 			}
 		case *pb.WatchConnectionsResponse_Heartbeat:
 			if w.opts.Heartbeats {
 				if !yield(WatchEvent{Kind: EventHeartbeat, Revision: ev.Heartbeat.GetRevision()}, nil) {
-					return progressed, nil, true
+					return progressed, true, nil
 				}
 			}
 		}

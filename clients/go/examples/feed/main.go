@@ -28,7 +28,7 @@ func main() {
 	flag.Parse()
 
 	ctx := context.Background()
-	client, err := connstate.Dial(ctx, *addr)
+	client, err := connstate.New(*addr)
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -39,7 +39,7 @@ func main() {
 	if *apiKey != "" {
 		opts = append(opts, connstate.WithAPIKey(*apiKey, *token))
 	}
-	client, err := connstate.Dial(ctx, *addr, opts...)
+	client, err := connstate.New(*addr, opts...)
 	if err != nil {
 		log.Fatal(err)
 	}
