@@ -69,7 +69,7 @@ try {
       case "snapshot":
         if (event.state) online.set(event.state.clientId, event.state);
         break;
-      case "snapshot_complete":
+      case "snapshotComplete":
         revision = event.revision;
         printTable(online, revision);
         console.log("--- live ---");

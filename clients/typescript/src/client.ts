@@ -47,7 +47,7 @@ export interface ConnstateClientOptions {
   credentials?: Credentials;
   /** `true` or TLS settings to connect with TLS; plaintext by default. */
   tls?: boolean | TlsOptions;
-  /** Default deadline of unary calls, in milliseconds (none by default). */
+  /** Default deadline of unary calls, in milliseconds (30 000 by default). */
   timeoutMs?: number;
   /** Extra interceptors, run before the credentials interceptor. */
   interceptors?: Interceptor[];
@@ -90,7 +90,7 @@ function credentialsInterceptor(credentials: Credentials): Interceptor {
  * Calls fail with `ConnectError` (from `@connectrpc/connect`), whose `code`
  * is the gRPC status code: `Code.NotFound`, `Code.InvalidArgument`, ...
  */
-export class ConnstateClient {
+export class ConnstateClient implements AsyncDisposable {
   /** The generated service clients. */
   readonly rpc: RawClients;
   /** The underlying gRPC transport. */
@@ -120,7 +120,7 @@ export class ConnstateClient {
       sessionManager: this.session,
       interceptors,
     });
-    this.timeoutMs = options.timeoutMs;
+    this.timeoutMs = options.timeoutMs ?? 30_000;
     this.rpc = {
       states: createClient(ConnectionStateService, this.transport),
       ingest: createClient(IngestService, this.transport),
@@ -221,6 +221,11 @@ export class ConnstateClient {
   /** Changes the settings named in `updateMask` (every set field when empty). */
   async updateSettings(settings: SettingsInit, updateMask: string[] = [], options?: CallOptions): Promise<Settings> {
     return this.rpc.admin.updateSettings({ settings, updateMask }, this.opts(options));
+  }
+
+  /** `await using client = new ConnstateClient(...)`: closes it at the end of the block. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.close();
   }
 
   /** Ends every watch of this client and closes the HTTP/2 connection; open calls fail. */

@@ -19,13 +19,17 @@ export const LAST_REVISION_TRAILER = "x-connstate-last-revision";
 export type FilterInit = Omit<MessageInitShape<typeof ConnectionStateFilterSchema>, "$typeName">;
 
 export interface WatchBackoff {
-  /** First delay before reconnecting (default 100 ms); doubles on each failed attempt. */
+  /**
+   * First delay before reconnecting (default 100 ms); doubles on each failed
+   * attempt, with ±20 % jitter.
+   */
   initialMs?: number;
-  /** Longest delay (default 5000 ms). */
+  /** Longest delay, jitter included (default 5000 ms). */
   maxMs?: number;
   /**
    * Consecutive failed attempts (without any message received in between)
-   * after which the watch gives up and throws the last error (default 10).
+   * after which the watch gives up and throws the last error. Unbounded by
+   * default: the watch outlives any downtime of the server.
    */
   maxAttempts?: number;
 }
@@ -41,6 +45,8 @@ export interface WatchOptions {
   includeSnapshot?: boolean;
   /** Heartbeat interval asked of the server (at least 1000 ms; server default 10 s). */
   heartbeatIntervalMs?: number;
+  /** Yield the server's heartbeats as `heartbeat` events (consumed silently by default). */
+  heartbeats?: boolean;
   /** Ends the watch (the iteration then finishes without error). */
   signal?: AbortSignal;
   backoff?: WatchBackoff;
@@ -55,26 +61,44 @@ export type WatchEvent =
   /** One record of a snapshot (at start with `includeSnapshot`, or after a resync). */
   | { type: "snapshot"; revision: bigint; state: ConnectionState | undefined; change: Change }
   /** The snapshot is complete: the caller's view is current as of `revision`; changes follow. */
-  | { type: "snapshot_complete"; revision: bigint }
+  | { type: "snapshotComplete"; revision: bigint }
   /**
    * The watch could not resume without a gap (the revision left the change
    * feed, or a snapshot was cut short): discard the view built so far; a
-   * fresh snapshot (`snapshot` events, then `snapshot_complete`) follows.
+   * fresh snapshot (`snapshot` events, then `snapshotComplete`) follows.
    */
   | { type: "resync"; reason: ConnectError; oldestRevision: bigint | undefined }
-  /** Nothing happened for a heartbeat interval; `revision` is the server's position for this watch. */
+  /**
+   * Nothing happened for a heartbeat interval; `revision` is the server's
+   * position for this watch. Only with `heartbeats: true`.
+   */
   | { type: "heartbeat"; revision: bigint; time: Date | undefined };
 
-/** gRPC codes after which the watch reconnects and resumes. */
+/**
+ * gRPC codes after which the watch reconnects and resumes (the SDK contract,
+ * clients/CONTRACT.md); INTERNAL only with the last-revision trailer.
+ */
 const RETRYABLE = new Set<Code>([
   Code.Unavailable,
   Code.ResourceExhausted,
-  Code.Internal,
-  Code.Unknown,
   Code.Aborted,
+  // Not caused by the caller (its cancellation ends the watch before this
+  // is consulted): Node's HTTP/2 reports a connection reset as CANCEL.
   Code.Canceled,
-  Code.DeadlineExceeded,
 ]);
+
+function retryable(error: ConnectError): boolean {
+  return (
+    RETRYABLE.has(error.code) ||
+    (error.code === Code.Internal && trailerRevision(error, LAST_REVISION_TRAILER) !== undefined)
+  );
+}
+
+/** The n-th delay: doubling from `initialMs`, ±20 % jitter, never above `maxMs`. */
+function backoffDelay(initialMs: number, maxMs: number, attempt: number): number {
+  const base = Math.min(maxMs, initialMs * 2 ** Math.min(attempt - 1, 32));
+  return Math.min(maxMs, Math.round(base * (0.8 + 0.4 * Math.random())));
+}
 
 function trailerRevision(error: ConnectError, name: string): bigint | undefined {
   const value = error.metadata.get(name);
@@ -114,7 +138,7 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
  *
  * A watch is iterated once.
  */
-export class ConnectionWatch implements AsyncIterable<WatchEvent> {
+export class ConnectionWatch implements AsyncIterable<WatchEvent>, AsyncDisposable {
   private last: bigint | undefined;
   private readonly abort = new AbortController();
   private started = false;
@@ -159,6 +183,11 @@ export class ConnectionWatch implements AsyncIterable<WatchEvent> {
     this.onEnd();
   }
 
+  /** `await using watch = client.watch(...)`: closes the watch at the end of the block. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.close();
+  }
+
   [Symbol.asyncIterator](): AsyncGenerator<WatchEvent, void, undefined> {
     if (this.started) {
       throw new Error("a ConnectionWatch can be iterated only once");
@@ -182,7 +211,7 @@ export class ConnectionWatch implements AsyncIterable<WatchEvent> {
     const backoff = {
       initialMs: this.options.backoff?.initialMs ?? 100,
       maxMs: this.options.backoff?.maxMs ?? 5000,
-      maxAttempts: this.options.backoff?.maxAttempts ?? 10,
+      maxAttempts: this.options.backoff?.maxAttempts ?? Number.POSITIVE_INFINITY,
     };
     // Without a snapshot, resuming needs a revision to start from: a watch
     // "from now" starts from the store's current revision.
@@ -199,8 +228,8 @@ export class ConnectionWatch implements AsyncIterable<WatchEvent> {
           if (signal.aborted) return;
           const error = ConnectError.from(e);
           attempt += 1;
-          if (!RETRYABLE.has(error.code) || attempt >= backoff.maxAttempts) throw error;
-          const delay = Math.min(backoff.maxMs, backoff.initialMs * 2 ** (attempt - 1));
+          if (!retryable(error) || attempt >= backoff.maxAttempts) throw error;
+          const delay = backoffDelay(backoff.initialMs, backoff.maxMs, attempt);
           this.options.onRetry?.(error, attempt, delay);
           await sleep(delay, signal);
           if (signal.aborted) return;
@@ -258,10 +287,11 @@ export class ConnectionWatch implements AsyncIterable<WatchEvent> {
                 skip = pruned;
                 needSnapshot = false;
                 this.last = revision;
-                yield { type: "snapshot_complete", revision };
+                yield { type: "snapshotComplete", revision };
                 break;
               }
               case "heartbeat": {
+                if (!this.options.heartbeats) break;
                 const hb = event.value;
                 yield {
                   type: "heartbeat",
@@ -289,7 +319,7 @@ export class ConnectionWatch implements AsyncIterable<WatchEvent> {
           yield { type: "resync", reason: error, oldestRevision: trailerRevision(error, OLDEST_REVISION_TRAILER) };
           continue;
         }
-        if (!RETRYABLE.has(error.code)) {
+        if (!retryable(error)) {
           throw error;
         }
         attempt += 1;
@@ -308,7 +338,7 @@ export class ConnectionWatch implements AsyncIterable<WatchEvent> {
             this.last = delivered;
           }
         }
-        const delay = Math.min(backoff.maxMs, backoff.initialMs * 2 ** (attempt - 1));
+        const delay = backoffDelay(backoff.initialMs, backoff.maxMs, attempt);
         this.options.onRetry?.(error, attempt, delay);
         await sleep(delay, signal);
         if (signal.aborted) return;

@@ -61,7 +61,7 @@ describe("watch", () => {
   it("delivers live changes in revision order, from now", async () => {
     await withServer([], async ({ client }) => {
       const before = await client.ingest("sdk-test", connects("d:local:w:old", 3));
-      const rec = new Recorder(client.watch({ heartbeatIntervalMs: 1000 }));
+      const rec = new Recorder(client.watch({ heartbeatIntervalMs: 1000, heartbeats: true }));
       // The watch starts at the current revision even before it is pulled.
       const first = rec.until("a heartbeat", (ev) => ev.some((e) => e.type === "heartbeat"));
       await first;
@@ -98,11 +98,11 @@ describe("watch", () => {
       const rec = new Recorder(
         client.watch({ includeSnapshot: true, filter: { connectionStatus: ConnectionStatus.CONNECTED } }),
       );
-      await rec.until("snapshot_complete", (ev) => ev.some((e) => e.type === "snapshot_complete"));
+      await rec.until("snapshotComplete", (ev) => ev.some((e) => e.type === "snapshotComplete"));
       const snapshot = rec.events.filter((e) => e.type === "snapshot");
       assert.equal(snapshot.length, 4);
       const complete = rec.events.at(-1)!;
-      assert.deepEqual(complete, { type: "snapshot_complete", revision: 6n });
+      assert.deepEqual(complete, { type: "snapshotComplete", revision: 6n });
       const res = await client.ingest("sdk-test", [disconnected("d:local:s:0", 1)]);
       await rec.untilRevision(res.revision);
       assert.deepEqual(rec.changeRevisions(), [7n]);
@@ -237,7 +237,7 @@ describe("watch", () => {
 
       // The consumer pulls again: resync, snapshot, then live.
       await rec.until("snapshot_complete after the resync", (ev) =>
-        ev.slice(seen).some((e) => e.type === "snapshot_complete"),
+        ev.slice(seen).some((e) => e.type === "snapshotComplete"),
       );
       const after = rec.events.slice(seen);
       const resyncAt = after.findIndex((e) => e.type === "resync");
@@ -253,7 +253,7 @@ describe("watch", () => {
       const snapshot = after.slice(resyncAt + 1, -1);
       assert.ok(snapshot.every((e) => e.type === "snapshot"), "only snapshot records until snapshot_complete");
       const complete = after.at(-1)!;
-      assert.ok(complete.type === "snapshot_complete");
+      assert.ok(complete.type === "snapshotComplete");
       // 10 + 10 clients with the prefix, one deleted.
       assert.equal(snapshot.length, 19);
 
