@@ -36,7 +36,13 @@ DEFAULT_CHANNEL_OPTIONS: dict[str, Any] = {
 #: delivered (the SDK contract, clients/CONTRACT.md). INTERNAL is resumable
 #: only when the server named the last revision it delivered (a failed
 #: server-side watcher).
-_RESUMABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED}
+#: CANCELLED reaches here only when the caller did not cancel.
+_RESUMABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.CANCELLED,
+}
 
 FilterLike = Union[pb.ConnectionStateFilter, Mapping[str, Any], None]
 TimeLike = Union[_dt.datetime, Timestamp, None]
