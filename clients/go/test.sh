@@ -15,3 +15,41 @@ export CONNSTATE_BIN
 go mod download
 go vet ./...
 go test -count=1 -v ./...
+
+# The install route of the README: a fresh module outside this one, with a
+# replace directive pointing at this checkout, builds.
+fresh="$(mktemp -d)"
+trap 'rm -rf "$fresh"' EXIT
+checkout="$(pwd)"
+(
+  cd "$fresh"
+  go mod init example.com/myapp
+  go mod edit -require=github.com/connstate/connstate/clients/go@v0.0.0 \
+    -replace=github.com/connstate/connstate/clients/go="$checkout"
+  cat > main.go <<'GO'
+package main
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/connstate/connstate/clients/go/connstate"
+	"github.com/connstate/connstate/clients/go/connstatev1"
+)
+
+func main() {
+	client, err := connstate.New("127.0.0.1:50051")
+	if err != nil {
+		panic(err)
+	}
+	defer client.Close()
+	for s, err := range client.List(context.Background(), &connstatev1.ListConnectionStatesRequest{PageSize: 100}) {
+		fmt.Println(s, err)
+	}
+}
+GO
+  go mod tidy
+  go build ./...
+  go vet ./...
+)
+echo "install route of the README: a fresh module builds against this checkout"
