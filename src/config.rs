@@ -70,6 +70,9 @@ pub struct Config {
     pub watch_buffer: usize,
     /// How often retention runs.
     pub retention_interval: Duration,
+    /// How often the in-memory indexes are checkpointed (when something
+    /// changed), so that a crash restart need not read every record.
+    pub checkpoint_interval: Duration,
     /// How long shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
     /// sled page cache, in MiB.
@@ -122,6 +125,7 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(10),
             watch_buffer: 1024,
             retention_interval: Duration::from_secs(60),
+            checkpoint_interval: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
             cache_mb: 256,
             min_free_disk_mb: 64,
@@ -293,6 +297,10 @@ pub struct ConfigLayer {
     /// Retention pass interval, e.g. 60s [default: 60s]
     #[arg(long, env = "CONNSTATE_RETENTION_INTERVAL")]
     pub retention_interval: Option<String>,
+    /// Index checkpoint interval, e.g. 60s: a crash restart loads the last
+    /// checkpoint and the log after it [default: 60s]
+    #[arg(long, env = "CONNSTATE_CHECKPOINT_INTERVAL")]
+    pub checkpoint_interval: Option<String>,
     /// Shutdown grace period, e.g. 10s [default: 10s]
     #[arg(long, env = "CONNSTATE_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
@@ -448,6 +456,9 @@ impl Config {
             }
             if let Some(v) = &l.retention_interval {
                 c.retention_interval = duration("retention_interval", v)?;
+            }
+            if let Some(v) = &l.checkpoint_interval {
+                c.checkpoint_interval = duration("checkpoint_interval", v)?;
             }
             if let Some(v) = &l.shutdown_grace {
                 c.shutdown_grace = duration("shutdown_grace", v)?;

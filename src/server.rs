@@ -279,6 +279,7 @@ pub async fn run(
     let flusher = tracker.spawn_activity_flusher(config.activity_interval, stop.clone());
     let lease_keeper = tracker.spawn_lease_keeper(stop.clone());
     let retention = spawn_retention(store.clone(), config.retention_interval, stop.clone());
+    let checkpoints = spawn_checkpoints(store.clone(), config.checkpoint_interval, stop.clone());
 
     let rest = match listeners.rest {
         None => None,
@@ -404,6 +405,7 @@ pub async fn run(
     let _ = flusher.await;
     let _ = lease_keeper.await;
     let _ = retention.await;
+    let _ = checkpoints.await;
     let _ = watchdog.await;
     store.close().await?;
     let _ = std::fs::remove_file(config.data_dir.join(PID_FILE));
@@ -457,6 +459,35 @@ fn read_pid_file(data_dir: &std::path::Path) -> Option<u32> {
         .trim()
         .parse()
         .ok()
+}
+
+/// Checkpoints the store's indexes every `interval` in which something was
+/// committed (the store checkpoints once more when it closes).
+fn spawn_checkpoints(
+    store: Store,
+    interval: Duration,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = store.committed_revision();
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            if store.committed_revision() == last || !store.can_record() {
+                continue;
+            }
+            let store = store.clone();
+            match tokio::task::spawn_blocking(move || store.checkpoint()).await {
+                Ok(Ok(revision)) => last = revision,
+                Ok(Err(e)) => tracing::warn!(error = %e, "index checkpoint failed"),
+                Err(_) => return,
+            }
+        }
+    })
 }
 
 fn spawn_retention(

@@ -7,10 +7,13 @@
 //! is what bounds ingest throughput. Keys use the byte layout of
 //! [`super::keys`], so ranges and cursors work as they would on disk.
 //!
-//! A clean shutdown writes the indexes to a snapshot file stamped with the
-//! store revision; the next start loads it instead of reading every record
-//! when the revision still matches (after a crash it does not, and the
-//! indexes are rebuilt from the records).
+//! The indexes are checkpointed to a snapshot file stamped with the store
+//! revision they hold, periodically and at a clean stop. A start loads the
+//! newest checkpoint instead of reading every record, then brings it up to
+//! date from the log: the keys of every client changed after the stamp are
+//! dropped and made again from its record. Only without a usable
+//! checkpoint (none, damaged, or older than the log reaches back) are the
+//! indexes rebuilt from all the records.
 //!
 //! Readers copy short runs of keys under the read lock and release it, so a
 //! long listing never holds the writer up. The writer adds a record's new
@@ -165,9 +168,20 @@ const SNAPSHOT_FILE: &str = "index.snapshot";
 const SNAPSHOT_MAGIC: &[u8; 8] = b"CSIDX\x00\x00\x02";
 
 impl StateIndex {
-    /// Writes the indexes to the snapshot file, stamped with `revision`
-    /// (write to a temporary file, sync, rename).
-    pub(super) fn save_snapshot(&self, dir: &Path, revision: u64) -> std::io::Result<()> {
+    /// Writes the indexes to the snapshot file (write to a temporary file,
+    /// sync, rename), stamped with the revision `revision` gives while the
+    /// keys are copied under the lock: the keys then hold every change up
+    /// to the stamp (and perhaps some of the commit under way, which the
+    /// load brings up to date like any other change after the stamp).
+    pub(super) fn save_snapshot(
+        &self,
+        dir: &Path,
+        revision: impl FnOnce() -> u64,
+    ) -> std::io::Result<u64> {
+        let (revision, keys) = {
+            let keys = self.keys.read().expect("index lock");
+            (revision(), keys.iter().cloned().collect::<Vec<_>>())
+        };
         let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
         let file = std::fs::File::create(&tmp)?;
         let mut out = BufWriter::new(file);
@@ -176,7 +190,6 @@ impl StateIndex {
             crc.update(bytes);
             out.write_all(bytes)
         };
-        let keys = self.keys.read().expect("index lock");
         put(&mut out, SNAPSHOT_MAGIC)?;
         put(&mut out, &revision.to_be_bytes())?;
         put(&mut out, &(keys.len() as u64).to_be_bytes())?;
@@ -185,44 +198,57 @@ impl StateIndex {
             put(&mut out, &len.to_be_bytes())?;
             put(&mut out, key)?;
         }
-        drop(keys);
         out.write_all(&crc.finalize().to_be_bytes())?;
         let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))?;
-        Ok(())
+        Ok(revision)
     }
 
-    /// Loads the snapshot if it is intact and stamped with `revision`; it is
-    /// removed either way, so that it can never be loaded twice.
-    pub(super) fn load_snapshot(&self, dir: &Path, revision: u64) -> bool {
-        let path = dir.join(SNAPSHOT_FILE);
-        let Ok(bytes) = std::fs::read(&path) else {
-            return false;
-        };
-        let _ = std::fs::remove_file(&path);
-        match parse_snapshot(&bytes, revision) {
-            Some(keys) => {
-                let records = keys.iter().filter(|k| is_record_key(k)).count();
-                *self.keys.write().expect("index lock") = keys;
-                self.records.store(records, Ordering::Relaxed);
-                true
-            }
-            None => false,
+    /// Loads the snapshot if it is intact and its stamp is at most
+    /// `committed`; returns the stamp. The keys of changes after the stamp
+    /// still have to be brought up to date ([`StateIndex::refresh`]).
+    pub(super) fn load_snapshot(&self, dir: &Path, committed: u64) -> Option<u64> {
+        let bytes = std::fs::read(dir.join(SNAPSHOT_FILE)).ok()?;
+        let (stamp, keys) = parse_snapshot(&bytes)?;
+        if stamp > committed {
+            return None;
         }
+        let records = keys.iter().filter(|k| is_record_key(k)).count();
+        *self.keys.write().expect("index lock") = keys;
+        self.records.store(records, Ordering::Relaxed);
+        Some(stamp)
+    }
+
+    /// Removes the snapshot: after a failed write or a clearing of all
+    /// data it may hold keys no later change accounts for.
+    pub(super) fn discard_snapshot(dir: &Path) {
+        let _ = std::fs::remove_file(dir.join(SNAPSHOT_FILE));
+    }
+
+    /// Drops every key of the clients in `changed` and adds the keys of
+    /// their records as they are now (`None`: deleted).
+    pub(super) fn refresh(&self, changed: &[(ClientId, Option<ConnectionState>)]) {
+        let names: std::collections::HashSet<&str> =
+            changed.iter().map(|(c, _)| c.as_str()).collect();
+        let mut keys = self.keys.write().expect("index lock");
+        keys.retain(|k| keys::client_of_index(k).is_none_or(|c| !names.contains(c)));
+        for state in changed.iter().filter_map(|(_, s)| s.as_ref()) {
+            keys.extend(keys_of(state));
+        }
+        let records = keys.iter().filter(|k| is_record_key(k)).count();
+        self.records.store(records, Ordering::Relaxed);
     }
 }
 
-fn parse_snapshot(bytes: &[u8], revision: u64) -> Option<BTreeSet<Box<[u8]>>> {
+fn parse_snapshot(bytes: &[u8]) -> Option<(u64, BTreeSet<Box<[u8]>>)> {
     let (body, crc) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
     if crc32fast::hash(body).to_be_bytes() != crc {
         return None;
     }
     let rest = body.strip_prefix(SNAPSHOT_MAGIC)?;
     let (stamp, rest) = rest.split_at_checked(8)?;
-    if u64::from_be_bytes(stamp.try_into().ok()?) != revision {
-        return None;
-    }
+    let stamp = u64::from_be_bytes(stamp.try_into().ok()?);
     let (count, mut rest) = rest.split_at_checked(8)?;
     let count = u64::from_be_bytes(count.try_into().ok()?);
     let mut keys = Vec::with_capacity(usize::try_from(count).ok()?.min(1 << 26));
@@ -237,7 +263,7 @@ fn parse_snapshot(bytes: &[u8], revision: u64) -> Option<BTreeSet<Box<[u8]>>> {
         return None;
     }
     // Written in order: building from sorted keys is linear.
-    Some(keys.into_iter().collect())
+    Some((stamp, keys.into_iter().collect()))
 }
 
 #[cfg(test)]
@@ -289,27 +315,31 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_loads_once_and_only_at_its_revision() {
+    fn a_snapshot_loads_only_up_to_the_committed_revision_and_intact() {
         let dir = tempfile::tempdir().unwrap();
         let index = StateIndex::default();
         index.insert_all([b"a1".to_vec().into(), b"t2".to_vec().into()]);
-        index.save_snapshot(dir.path(), 7).unwrap();
+        assert_eq!(index.save_snapshot(dir.path(), || 7).unwrap(), 7);
 
         let other = StateIndex::default();
-        assert!(!other.load_snapshot(dir.path(), 8), "wrong revision");
-        index.save_snapshot(dir.path(), 7).unwrap();
-        assert!(other.load_snapshot(dir.path(), 7));
+        assert_eq!(
+            other.load_snapshot(dir.path(), 6),
+            None,
+            "newer than the store"
+        );
+        assert_eq!(other.load_snapshot(dir.path(), 9), Some(7));
         assert_eq!(other.records(), 1);
-        assert!(!other.load_snapshot(dir.path(), 7), "removed after loading");
 
-        index.save_snapshot(dir.path(), 7).unwrap();
         let path = dir.path().join(SNAPSHOT_FILE);
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[20] ^= 1;
         std::fs::write(&path, bytes).unwrap();
-        assert!(
-            !StateIndex::default().load_snapshot(dir.path(), 7),
+        assert_eq!(
+            StateIndex::default().load_snapshot(dir.path(), 7),
+            None,
             "corrupt"
         );
+        StateIndex::discard_snapshot(dir.path());
+        assert!(!path.exists());
     }
 }

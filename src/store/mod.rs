@@ -235,6 +235,9 @@ struct Inner {
     materialised: AtomicU64,
     /// Keeps the overlay in memory (tests of the crash replay).
     hold_write_back: AtomicBool,
+    /// Whether the indexes came from a checkpoint at open (rather than
+    /// from reading every record).
+    index_from_checkpoint: AtomicBool,
     index: index::StateIndex,
     metrics: Arc<crate::metrics::Metrics>,
     commands: mpsc::Sender<writer::Command>,
@@ -297,6 +300,7 @@ impl Store {
                 overlay: RwLock::new(overlay::Overlay::new(materialised)),
                 materialised: AtomicU64::new(materialised),
                 hold_write_back: AtomicBool::new(false),
+                index_from_checkpoint: AtomicBool::new(false),
                 index: index::StateIndex::default(),
                 metrics: options.metrics.clone(),
                 commands,
@@ -308,10 +312,11 @@ impl Store {
         let replayed = store.replay_log_tail()?;
         let mut writer = writer::Writer::new(store.clone(), committed, options.max_batch_events);
         writer.finish_interrupted_clear()?;
-        let from_snapshot = store
+        let from_snapshot = store.load_index_checkpoint()?;
+        store
             .inner
-            .index
-            .load_snapshot(path, store.committed_revision());
+            .index_from_checkpoint
+            .store(from_snapshot, Ordering::Relaxed);
         if !from_snapshot {
             store.rebuild_index()?;
         }
@@ -556,13 +561,7 @@ impl Store {
         // Nothing writes any more: the indexes match the committed revision.
         if self.can_record() {
             let store = self.clone();
-            let saved = tokio::task::spawn_blocking(move || {
-                store
-                    .inner
-                    .index
-                    .save_snapshot(&store.inner.path, store.committed_revision())
-            })
-            .await;
+            let saved = tokio::task::spawn_blocking(move || store.checkpoint()).await;
             if let Ok(Err(e)) = saved {
                 tracing::warn!(error = %e, "could not save the index snapshot; the next start rebuilds it");
             }
@@ -743,6 +742,53 @@ impl Store {
 
     fn mark_failed(&self) {
         self.inner.recording.send_replace(Recording::Failed);
+        // The indexes may hold keys of the commit that failed, which no
+        // later change accounts for: the next start rebuilds them.
+        index::StateIndex::discard_snapshot(&self.inner.path);
+    }
+
+    /// Checkpoints the in-memory indexes (see [`index`]): a crash restart
+    /// then loads them and brings them up to date from the log, instead of
+    /// reading every record. Returns the revision checkpointed.
+    pub fn checkpoint(&self) -> std::io::Result<Revision> {
+        self.inner
+            .index
+            .save_snapshot(&self.inner.path, || self.committed_revision())
+    }
+
+    /// Loads the newest index checkpoint and brings it up to date with the
+    /// changes the log holds after it. `false` when there is none to use
+    /// (none, damaged, or older than the log reaches back).
+    fn load_index_checkpoint(&self) -> Result<bool, StoreError> {
+        let committed = self.committed_revision();
+        let Some(stamp) = self.inner.index.load_snapshot(&self.inner.path, committed) else {
+            return Ok(false);
+        };
+        if stamp < committed {
+            let reaches = self.inner.log.first_revision()?;
+            if reaches.is_none_or(|first| first > stamp + 1) {
+                self.inner.index.clear();
+                return Ok(false);
+            }
+            let mut changed: Vec<ClientId> = self
+                .inner
+                .log
+                .read_after(stamp, committed, usize::MAX)?
+                .into_iter()
+                .filter_map(|c| c.client_id)
+                .collect();
+            changed.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+            changed.dedup();
+            let now = changed
+                .into_iter()
+                .map(|c| {
+                    let state = self.get_state(&c)?;
+                    Ok((c, state))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            self.inner.index.refresh(&now);
+        }
+        Ok(true)
     }
 
     fn set_settings(&self, settings: Settings) {

@@ -408,4 +408,65 @@ mod tests {
         );
         replayed.close().await.unwrap();
     }
+
+    /// A crash restart loads the last index checkpoint and brings it up to
+    /// date from the log: the indexes end exactly as in a run without a
+    /// crash, without reading every record.
+    #[tokio::test]
+    async fn a_checkpoint_plus_the_log_tail_gives_the_indexes_of_a_run_without_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let live_path = dir.path().join("live");
+        let crashed_path = dir.path().join("crashed");
+        let store = Store::open(&live_path, Default::default()).unwrap();
+        store
+            .commit_events(vec![
+                connect("d:o:t:a", 1),
+                connect("d:o:t:b", 1),
+                connect("d:o:t:c", 1),
+            ])
+            .await
+            .unwrap();
+        let stamp = store.checkpoint().unwrap();
+        assert_eq!(stamp, store.committed_revision());
+
+        // After the checkpoint: a client's times and status change, one is
+        // deleted, one is new, one changes twice.
+        store
+            .commit_events(vec![disconnect("d:o:t:a", 1), connect("d:o:t:d", 1)])
+            .await
+            .unwrap();
+        store
+            .delete_state(ClientId::new("d:o:t:c").unwrap())
+            .await
+            .unwrap();
+        store
+            .commit_events(vec![disconnect("d:o:t:b", 1), connect("d:o:t:b", 2)])
+            .await
+            .unwrap();
+        assert!(store.committed_revision() > stamp);
+
+        // The crash: the store as the disk has it now.
+        copy_dir(&live_path, &crashed_path);
+        let index = store.inner.index.all_keys();
+        store.close().await.unwrap();
+
+        let recovered = Store::open(&crashed_path, Default::default()).unwrap();
+        assert!(
+            recovered
+                .inner
+                .index_from_checkpoint
+                .load(Ordering::Relaxed)
+        );
+        assert_eq!(recovered.inner.index.all_keys(), index);
+        assert_eq!(recovered.count_states(), 3);
+        recovered.close().await.unwrap();
+        drop(recovered);
+
+        // Without a checkpoint the indexes are rebuilt, to the same keys.
+        std::fs::remove_file(crashed_path.join("index.snapshot")).unwrap();
+        let rebuilt = Store::open(&crashed_path, Default::default()).unwrap();
+        assert!(!rebuilt.inner.index_from_checkpoint.load(Ordering::Relaxed));
+        assert_eq!(rebuilt.inner.index.all_keys(), index);
+        rebuilt.close().await.unwrap();
+    }
 }

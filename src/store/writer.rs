@@ -368,6 +368,7 @@ impl Writer {
             }
         }
         self.store.inner.index.clear();
+        index::StateIndex::discard_snapshot(self.store.path());
         self.store.take_grown_logs();
         self.revision += 1;
         self.changes.push(Arc::new(Change {
