@@ -56,6 +56,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum SourceKind {
     /// Mosquitto 2.x, through its log on `$SYS/broker/log/#`.
     Mosquitto,
+    /// EMQX 5, through its `$SYS/brokers/+/clients/#` messages.
+    Emqx,
     /// EMQX 5 rule engine / webhook payloads POSTed to `/sources/{name}`.
     EmqxWebhook,
     /// VerneMQ webhooks POSTed to `/sources/{name}`.
@@ -66,6 +68,7 @@ impl SourceKind {
     pub fn as_str(self) -> &'static str {
         match self {
             SourceKind::Mosquitto => "mosquitto",
+            SourceKind::Emqx => "emqx",
             SourceKind::EmqxWebhook => "emqx-webhook",
             SourceKind::VernemqWebhook => "vernemq-webhook",
         }
@@ -86,7 +89,7 @@ pub const MIN_SECRET_LEN: usize = 16;
 pub struct SourceSpec {
     /// Broker name (1 to 64 characters, not "embedded") [default: the kind].
     pub name: Option<String>,
-    /// `mosquitto`.
+    /// `mosquitto`, `emqx`, `emqx-webhook` or `vernemq-webhook`.
     pub kind: Option<String>,
     /// `mqtt://[user[:password]@]host[:port]` (port 1883 by default).
     pub url: Option<String>,
@@ -191,9 +194,10 @@ impl SourceConfig {
     /// Validates a `[[source]]` table; the error says what is wrong with
     /// which key.
     pub fn from_spec(spec: &SourceSpec) -> Result<SourceConfig, String> {
-        const KINDS: &str = "mosquitto, emqx-webhook or vernemq-webhook";
+        const KINDS: &str = "mosquitto, emqx, emqx-webhook or vernemq-webhook";
         let kind = match spec.kind.as_deref() {
             Some("mosquitto") => SourceKind::Mosquitto,
+            Some("emqx") => SourceKind::Emqx,
             Some("emqx-webhook") => SourceKind::EmqxWebhook,
             Some("vernemq-webhook") => SourceKind::VernemqWebhook,
             Some(other) => return Err(format!("kind {other:?} is not known; write {KINDS}")),
@@ -360,7 +364,10 @@ impl Source {
             password: self.config.password.clone(),
             keep_alive: self.config.keep_alive,
         };
-        let filters = mosquitto::LOG_TOPICS;
+        let filters = match self.config.kind {
+            SourceKind::Emqx => emqx::SYS_TOPICS,
+            _ => mosquitto::LOG_TOPICS,
+        };
         self.set_up(false).await;
         let mut lines = Lines::new(self.broker.clone(), endpoint.client_id.clone());
         let mut last_uptime = None;
@@ -463,6 +470,10 @@ impl Source {
             tracing::warn!(source = %name, topic, "source message is not UTF-8; ignored");
             return;
         };
+        if self.config.kind == SourceKind::Emqx {
+            self.handle_emqx(topic, text).await;
+            return;
+        }
         if topic == mosquitto::UPTIME_TOPIC {
             let Some(uptime) = mosquitto::parse_uptime(text) else {
                 self.metrics().count_source_input(name, "bad");
@@ -510,6 +521,58 @@ impl Source {
             Err(e) => {
                 self.metrics().count_source_input(name, "bad");
                 tracing::warn!(source = %name, error = %e, "source line ignored");
+            }
+        }
+    }
+
+    /// One `$SYS` message of EMQX.
+    async fn handle_emqx(&self, topic: &str, text: &str) {
+        let name = &self.config.name;
+        let Some((kind, client)) = emqx::sys_topic(topic) else {
+            self.metrics().count_source_input(name, "ignored");
+            return;
+        };
+        let event = serde_json::from_str::<serde_json::Value>(text)
+            .map_err(|e| webhook::Invalid::new("body", format!("is not JSON ({e})")))
+            .and_then(|v| {
+                let now = truncate_to_millis(Utc::now());
+                emqx::sys_event(
+                    kind,
+                    client,
+                    &v,
+                    &self.broker,
+                    now,
+                    &StoreRecords(&self.store),
+                )
+            });
+        self.record(topic, text, event).await;
+    }
+
+    /// Records what a message of a JSON-speaking broker became, counting
+    /// and logging what is not recorded.
+    async fn record(
+        &self,
+        topic: &str,
+        text: &str,
+        event: Result<Option<crate::domain::LifecycleEvent>, webhook::Invalid>,
+    ) {
+        let name = &self.config.name;
+        match event {
+            Ok(Some(event)) => {
+                self.metrics().count_source_input(name, "event");
+                if let Err(e) = self.tracker.record(vec![event]).await {
+                    self.metrics().count_source_input(name, "unrecorded");
+                    tracing::warn!(source = %name, error = %e, topic, "source event not recorded");
+                }
+            }
+            Ok(None) => {
+                self.metrics().count_source_input(name, "unmatched");
+                tracing::debug!(source = %name, topic, "source message about a connection not followed; ignored");
+            }
+            Err(e) => {
+                self.metrics().count_source_input(name, "bad");
+                let payload: String = text.chars().take(200).collect();
+                tracing::warn!(source = %name, error = %e, topic, payload, "source message ignored");
             }
         }
     }
