@@ -148,7 +148,7 @@ impl WebhookSource {
                 .and_then(|kind| emqx::event(kind, body, &self.broker, now))
                 .map(|e| Some(vec![e])),
             SourceKind::VernemqWebhook => self.vernemq(hook, body, now),
-            SourceKind::Mosquitto | SourceKind::Emqx => {
+            SourceKind::Mosquitto | SourceKind::Emqx | SourceKind::AwsIot => {
                 Err(Invalid::new("name", "is not a webhook source"))
             }
         };
