@@ -746,6 +746,9 @@ mod tests {
             lease: any(|t| &t.lease),
             keep_alive: any(|t| &t.keep_alive),
             secret: any(|t| &t.secret),
+            ca_file: any(|t| &t.ca_file),
+            cert_file: any(|t| &t.cert_file),
+            key_file: any(|t| &t.key_file),
         }]);
         let unset = format!("{layer:?}");
         assert!(

@@ -58,6 +58,8 @@ pub enum ServerError {
     Registry(#[from] RegistryError),
     #[error("TLS: {0}")]
     Tls(std::io::Error),
+    #[error("[[source]] {name}: {reason}")]
+    SourceTls { name: String, reason: String },
     #[error(
         "data folder {} is in use by another connstate{}; stop it, or give this one \
          another folder with --data-dir",
@@ -245,6 +247,18 @@ pub async fn run(
         metrics.clone(),
         stop.clone(),
     );
+    // A source's TLS files are read before anything starts: a bad one stops
+    // the start, naming the source and the file.
+    for source in &config.sources {
+        if let Some(files) = &source.tls {
+            crate::source::upstream::tls_config(files).map_err(|reason| {
+                ServerError::SourceTls {
+                    name: source.name.clone(),
+                    reason,
+                }
+            })?;
+        }
+    }
     let mqtt_tls = match (&config.tls, listeners.mqtt.tls.is_some()) {
         (Some((cert, key)), true) => Some(
             crate::mqtt::tls_config(cert, key)

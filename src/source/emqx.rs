@@ -1,6 +1,7 @@
 //! EMQX 5 as a source: the payloads of its rule engine / webhook events
-//! `client.connected`, `client.disconnected` and `client.connack`, turned
-//! into lifecycle events.
+//! `client.connected`, `client.disconnected` and `client.connack`, and of
+//! its `$SYS/brokers/{node}/clients/{clientid}/connected|disconnected`
+//! messages, turned into lifecycle events.
 //!
 //! EMQX's `connected_at` (milliseconds) names a connection: it is the
 //! connection id, so a late or repeated payload is recognised by the
@@ -10,7 +11,7 @@ use std::{net::IpAddr, sync::Arc};
 
 use serde_json::Value;
 
-use super::webhook::Invalid;
+use super::{mosquitto::Recorded, webhook::Invalid};
 use crate::domain::{
     ClientId, ConnectFailure, ConnectionInfo, DisconnectCause, EventKind, LifecycleEvent,
     MqttProtocol, ReasonCode, Timestamp,
@@ -103,11 +104,9 @@ fn peer(v: &Value) -> Result<(IpAddr, u16), Invalid> {
     let ip = ip
         .parse()
         .map_err(|_| Invalid::new("ipaddress", "must be an IP address"))?;
-    let port = match field(v, "sockport").or_else(|| field(v, "peerport")) {
-        Some(p) => p.as_u64().and_then(|p| u16::try_from(p).ok()).unwrap_or(0),
-        None => 0,
-    };
-    Ok((ip, port))
+    // `sockport` is the port of EMQX's listener; the client's port is not
+    // in a `$SYS` payload.
+    Ok((ip, 0))
 }
 
 fn info(v: &Value) -> Result<ConnectionInfo, Invalid> {
@@ -227,6 +226,62 @@ pub fn event(
     }
 }
 
+/// The topic filter of an `emqx` source. EMQX puts the client id in the
+/// topic as it is, so a client id with `/` in it makes more levels than
+/// `$SYS/brokers/+/clients/+/connected` matches: the source takes the whole
+/// subtree and reads the kind from the last level.
+pub const SYS_TOPICS: &[&str] = &["$SYS/brokers/+/clients/#"];
+
+/// The event kind and client id of a
+/// `$SYS/brokers/{node}/clients/{clientid}/connected|disconnected` topic;
+/// `None` for any other topic.
+pub fn sys_topic(topic: &str) -> Option<(&'static str, &str)> {
+    let rest = topic.strip_prefix("$SYS/brokers/")?;
+    let (_node, rest) = rest.split_once('/')?;
+    let (client_id, last) = rest.strip_prefix("clients/")?.rsplit_once('/')?;
+    let kind = match last {
+        "connected" => "client.connected",
+        "disconnected" => "client.disconnected",
+        _ => return None,
+    };
+    (!client_id.is_empty()).then_some((kind, client_id))
+}
+
+/// The event of one `$SYS` message on the topic of `kind` and `topic_client`
+/// (see [`sys_topic`]). A `disconnected` payload without `connected_at`
+/// (EMQX 4 sends none) ends the connection the client is recorded on for
+/// this broker; `None` when it is recorded on none.
+pub fn sys_event(
+    kind: &str,
+    topic_client: &str,
+    v: &Value,
+    broker: &Arc<str>,
+    now: Timestamp,
+    recorded: &impl Recorded,
+) -> Result<Option<LifecycleEvent>, Invalid> {
+    if !v.is_object() {
+        return Err(Invalid::new("body", "must be a JSON object"));
+    }
+    let client_id = required_text(v, "clientid")?;
+    if client_id != topic_client {
+        return Err(Invalid::new(
+            "clientid",
+            format!("{client_id:?} is not the client id of the topic ({topic_client:?})"),
+        ));
+    }
+    if kind == "client.disconnected" && field(v, "connected_at").is_none() {
+        let client =
+            ClientId::new(client_id).map_err(|e| Invalid::new("clientid", e.to_string()))?;
+        let Some(connection) = recorded.connection_on(&client, broker) else {
+            return Ok(None);
+        };
+        let mut with_id = v.clone();
+        with_id["connected_at"] = Value::from(connection);
+        return event(kind, &with_id, broker, now).map(Some);
+    }
+    event(kind, v, broker, now).map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,6 +313,47 @@ mod tests {
             connect_failure("not_authorized"),
             Some(ConnectFailure::NotAuthorized)
         );
+    }
+
+    #[test]
+    fn a_sys_payload_has_no_client_port() {
+        // `sockport` is the port of EMQX's listener, not the client's.
+        let v = serde_json::json!({
+            "clientid": "c", "ipaddress": "192.0.2.7", "sockport": 1883,
+            "proto_ver": 4, "keepalive": 60, "clean_start": true,
+            "connected_at": 1_790_000_000_000i64, "ts": 1_790_000_000_000i64
+        });
+        let e = event(
+            "client.connected",
+            &v,
+            &Arc::from("emqx"),
+            chrono::Utc::now(),
+        )
+        .unwrap();
+        let EventKind::Connected(info) = e.kind else {
+            panic!("not a connect");
+        };
+        assert_eq!((info.addr.to_string(), info.port), ("192.0.2.7".into(), 0));
+    }
+
+    #[test]
+    fn reads_sys_topics() {
+        assert_eq!(
+            sys_topic("$SYS/brokers/emqx@10.0.0.1/clients/dev-1/connected"),
+            Some(("client.connected", "dev-1"))
+        );
+        assert_eq!(
+            sys_topic("$SYS/brokers/n/clients/a/b/disconnected"),
+            Some(("client.disconnected", "a/b"))
+        );
+        for other in [
+            "$SYS/brokers/n/clients/c/subscribed",
+            "$SYS/brokers/n/clients//connected",
+            "$SYS/brokers/n/uptime",
+            "$SYS/brokers",
+        ] {
+            assert_eq!(sys_topic(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //!
 //! It must not write the store itself, nor hold a lock across an await.
 
+pub mod aws;
 pub mod emqx;
 pub mod mosquitto;
 pub mod upstream;
@@ -38,7 +39,7 @@ use crate::{
     tracker::{MAX_LEASE, MIN_LEASE, Tracker},
 };
 use mosquitto::{Lines, Outcome, Recorded};
-use upstream::{Endpoint, Upstream, UpstreamError};
+use upstream::{Endpoint, TlsFiles, Upstream, UpstreamError};
 
 /// The lease of a source unless configured.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
@@ -56,6 +57,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum SourceKind {
     /// Mosquitto 2.x, through its log on `$SYS/broker/log/#`.
     Mosquitto,
+    /// EMQX 5, through its `$SYS/brokers/+/clients/#` messages.
+    Emqx,
+    /// AWS IoT Core, through its `$aws/events/presence/...` messages.
+    AwsIot,
     /// EMQX 5 rule engine / webhook payloads POSTed to `/sources/{name}`.
     EmqxWebhook,
     /// VerneMQ webhooks POSTed to `/sources/{name}`.
@@ -66,6 +71,8 @@ impl SourceKind {
     pub fn as_str(self) -> &'static str {
         match self {
             SourceKind::Mosquitto => "mosquitto",
+            SourceKind::Emqx => "emqx",
+            SourceKind::AwsIot => "aws-iot",
             SourceKind::EmqxWebhook => "emqx-webhook",
             SourceKind::VernemqWebhook => "vernemq-webhook",
         }
@@ -86,10 +93,18 @@ pub const MIN_SECRET_LEN: usize = 16;
 pub struct SourceSpec {
     /// Broker name (1 to 64 characters, not "embedded") [default: the kind].
     pub name: Option<String>,
-    /// `mosquitto`.
+    /// `mosquitto`, `emqx`, `aws-iot`, `emqx-webhook` or `vernemq-webhook`.
     pub kind: Option<String>,
-    /// `mqtt://[user[:password]@]host[:port]` (port 1883 by default).
+    /// `mqtt://[user[:password]@]host[:port]` (port 1883 by default), or
+    /// `mqtts://...` for TLS (port 8883 by default).
     pub url: Option<String>,
+    /// PEM file of the certificate authorities the broker's certificate
+    /// must chain to (`mqtts://` only).
+    pub ca_file: Option<String>,
+    /// PEM file of the client certificate (chain) to present (`mqtts://`).
+    pub cert_file: Option<String>,
+    /// PEM file of the client certificate's private key.
+    pub key_file: Option<String>,
     /// User name at the broker (instead of the URL's).
     pub username: Option<String>,
     /// Password at the broker (instead of the URL's).
@@ -119,6 +134,8 @@ pub struct SourceConfig {
     pub configured_lease: Option<Duration>,
     pub keep_alive: Duration,
     pub secret: Option<String>,
+    /// TLS to the broker (`mqtts://`), with the files it reads.
+    pub tls: Option<TlsFiles>,
 }
 
 impl fmt::Debug for SourceConfig {
@@ -134,17 +151,25 @@ impl fmt::Debug for SourceConfig {
             .field("configured_lease", &self.configured_lease)
             .field("keep_alive", &self.keep_alive)
             .field("secret", &self.secret.as_ref().map(|_| "***"))
+            .field("tls", &self.tls)
             .finish()
     }
 }
 
-/// Host, port and credentials of `mqtt://[user[:password]@]host[:port]`.
-type ParsedUrl = (String, u16, Option<String>, Option<String>);
+/// Whether TLS, host, port and credentials of
+/// `mqtt[s]://[user[:password]@]host[:port]`.
+type ParsedUrl = (bool, String, u16, Option<String>, Option<String>);
 
 fn parse_url(url: &str) -> Result<ParsedUrl, String> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .ok_or_else(|| format!("{url:?}: write mqtt://HOST:PORT"))?;
+    let (tls, rest) = match (url.strip_prefix("mqtt://"), url.strip_prefix("mqtts://")) {
+        (Some(rest), _) => (false, rest),
+        (_, Some(rest)) => (true, rest),
+        _ => {
+            return Err(format!(
+                "{url:?}: write mqtt://HOST:PORT or mqtts://HOST:PORT"
+            ));
+        }
+    };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     let (user, host_port) = match rest.rsplit_once('@') {
         Some((user, host)) => (Some(user), host),
@@ -172,6 +197,7 @@ fn parse_url(url: &str) -> Result<ParsedUrl, String> {
         return Err(format!("{url:?}: write mqtt://HOST:PORT"));
     }
     let port = match port {
+        None if tls => 8883,
         None => 1883,
         Some(p) => p
             .parse::<u16>()
@@ -179,7 +205,7 @@ fn parse_url(url: &str) -> Result<ParsedUrl, String> {
             .filter(|p| *p != 0)
             .ok_or_else(|| format!("{url:?}: {p:?} is not a port"))?,
     };
-    Ok((host.to_owned(), port, username, password))
+    Ok((tls, host.to_owned(), port, username, password))
 }
 
 fn duration(text: &str, field: &str) -> Result<Duration, String> {
@@ -191,15 +217,17 @@ impl SourceConfig {
     /// Validates a `[[source]]` table; the error says what is wrong with
     /// which key.
     pub fn from_spec(spec: &SourceSpec) -> Result<SourceConfig, String> {
-        const KINDS: &str = "mosquitto, emqx-webhook or vernemq-webhook";
+        const KINDS: &str = "mosquitto, emqx, aws-iot, emqx-webhook or vernemq-webhook";
         let kind = match spec.kind.as_deref() {
             Some("mosquitto") => SourceKind::Mosquitto,
+            Some("emqx") => SourceKind::Emqx,
+            Some("aws-iot") => SourceKind::AwsIot,
             Some("emqx-webhook") => SourceKind::EmqxWebhook,
             Some("vernemq-webhook") => SourceKind::VernemqWebhook,
             Some(other) => return Err(format!("kind {other:?} is not known; write {KINDS}")),
             None => return Err(format!("kind is required ({KINDS})")),
         };
-        let (host, port, url_user, url_password) = if kind.is_webhook() {
+        let (tls, host, port, url_user, url_password) = if kind.is_webhook() {
             if spec.url.is_some() {
                 return Err(format!(
                     "url is not taken by a {} source: its broker calls POST /sources/NAME",
@@ -214,7 +242,7 @@ impl SourceConfig {
                     ));
                 }
             }
-            (String::new(), 0, None, None)
+            (false, String::new(), 0, None, None)
         } else {
             if spec.secret.is_some() {
                 return Err("secret is taken by webhook sources only".into());
@@ -222,6 +250,7 @@ impl SourceConfig {
             let url = spec.url.as_deref().ok_or("url is required")?;
             parse_url(url).map_err(|e| format!("url {e}"))?
         };
+        let tls = Self::tls_files(spec, kind, tls)?;
         let name = spec
             .name
             .clone()
@@ -263,7 +292,52 @@ impl SourceConfig {
             configured_lease: spec.lease.as_ref().map(|_| lease),
             keep_alive,
             secret: spec.secret.clone(),
+            tls,
         })
+    }
+
+    /// The TLS files of a source (read when the server starts).
+    fn tls_files(
+        spec: &SourceSpec,
+        kind: SourceKind,
+        tls: bool,
+    ) -> Result<Option<TlsFiles>, String> {
+        if !tls {
+            for (key, set) in [
+                ("ca_file", &spec.ca_file),
+                ("cert_file", &spec.cert_file),
+                ("key_file", &spec.key_file),
+            ] {
+                if set.is_some() {
+                    return Err(format!("{key} is taken with an mqtts:// url only"));
+                }
+            }
+            if kind == SourceKind::AwsIot {
+                return Err("url of an aws-iot source must be mqtts://ENDPOINT:8883".into());
+            }
+            return Ok(None);
+        }
+        let ca_file = spec
+            .ca_file
+            .as_ref()
+            .ok_or("ca_file is required with an mqtts:// url")?;
+        let client = match (&spec.cert_file, &spec.key_file) {
+            (Some(cert), Some(key)) => Some((cert.into(), key.into())),
+            (None, None) if kind == SourceKind::AwsIot => {
+                return Err(
+                    "cert_file and key_file are required: AWS IoT Core takes a client certificate"
+                        .into(),
+                );
+            }
+            (None, None) => None,
+            (Some(_), None) => return Err("key_file is required with cert_file".into()),
+            (None, Some(_)) => return Err("cert_file is required with key_file".into()),
+        };
+        let files = TlsFiles {
+            ca_file: ca_file.into(),
+            client,
+        };
+        Ok(Some(files))
     }
 
     /// The source of `--source-mosquitto URL`, named `mosquitto`.
@@ -352,20 +426,45 @@ impl Source {
     /// Connects, follows, reconnects with backoff, until `stop`.
     async fn run(self, stop: CancellationToken) {
         let name = self.config.name.clone();
-        let endpoint = Endpoint {
+        let mut endpoint = Endpoint {
             host: self.config.host.clone(),
             port: self.config.port,
             client_id: self.config.client_id(),
             username: self.config.username.clone(),
             password: self.config.password.clone(),
             keep_alive: self.config.keep_alive,
+            tls: None,
         };
-        let filters = mosquitto::LOG_TOPICS;
+        let filters = match self.config.kind {
+            SourceKind::Emqx => emqx::SYS_TOPICS,
+            SourceKind::AwsIot => aws::PRESENCE_TOPICS,
+            _ => mosquitto::LOG_TOPICS,
+        };
         self.set_up(false).await;
         let mut lines = Lines::new(self.broker.clone(), endpoint.client_id.clone());
         let mut last_uptime = None;
         let mut backoff = MIN_BACKOFF;
         loop {
+            // The TLS files are read again at each connect: a renewed
+            // certificate is taken without a restart.
+            let tls = self
+                .config
+                .tls
+                .as_ref()
+                .map(upstream::tls_config)
+                .transpose();
+            endpoint.tls = match tls {
+                Ok(tls) => tls,
+                Err(e) => {
+                    tracing::warn!(source = %name, error = %e, "source {name}: its TLS files cannot be read; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.cancelled() => break,
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            };
             let connected = tokio::select! {
                 c = Upstream::connect(&endpoint, filters, CONNECT_TIMEOUT) => c,
                 _ = stop.cancelled() => break,
@@ -463,6 +562,11 @@ impl Source {
             tracing::warn!(source = %name, topic, "source message is not UTF-8; ignored");
             return;
         };
+        match self.config.kind {
+            SourceKind::Emqx => return self.handle_emqx(topic, text).await,
+            SourceKind::AwsIot => return self.handle_aws(topic, text).await,
+            _ => {}
+        }
         if topic == mosquitto::UPTIME_TOPIC {
             let Some(uptime) = mosquitto::parse_uptime(text) else {
                 self.metrics().count_source_input(name, "bad");
@@ -510,6 +614,74 @@ impl Source {
             Err(e) => {
                 self.metrics().count_source_input(name, "bad");
                 tracing::warn!(source = %name, error = %e, "source line ignored");
+            }
+        }
+    }
+
+    /// One `$SYS` message of EMQX.
+    async fn handle_emqx(&self, topic: &str, text: &str) {
+        let name = &self.config.name;
+        let Some((kind, client)) = emqx::sys_topic(topic) else {
+            self.metrics().count_source_input(name, "ignored");
+            return;
+        };
+        let event = serde_json::from_str::<serde_json::Value>(text)
+            .map_err(|e| webhook::Invalid::new("body", format!("is not JSON ({e})")))
+            .and_then(|v| {
+                let now = truncate_to_millis(Utc::now());
+                emqx::sys_event(
+                    kind,
+                    client,
+                    &v,
+                    &self.broker,
+                    now,
+                    &StoreRecords(&self.store),
+                )
+            });
+        self.record(topic, text, event).await;
+    }
+
+    /// One presence message of AWS IoT Core.
+    async fn handle_aws(&self, topic: &str, text: &str) {
+        let Some((connected, client)) = aws::presence_topic(topic) else {
+            self.metrics()
+                .count_source_input(&self.config.name, "ignored");
+            return;
+        };
+        let event = serde_json::from_str::<serde_json::Value>(text)
+            .map_err(|e| webhook::Invalid::new("body", format!("is not JSON ({e})")))
+            .and_then(|v| {
+                let now = truncate_to_millis(Utc::now());
+                aws::event(connected, client, &v, &self.broker, now).map(Some)
+            });
+        self.record(topic, text, event).await;
+    }
+
+    /// Records what a message of a JSON-speaking broker became, counting
+    /// and logging what is not recorded.
+    async fn record(
+        &self,
+        topic: &str,
+        text: &str,
+        event: Result<Option<crate::domain::LifecycleEvent>, webhook::Invalid>,
+    ) {
+        let name = &self.config.name;
+        match event {
+            Ok(Some(event)) => {
+                self.metrics().count_source_input(name, "event");
+                if let Err(e) = self.tracker.record(vec![event]).await {
+                    self.metrics().count_source_input(name, "unrecorded");
+                    tracing::warn!(source = %name, error = %e, topic, "source event not recorded");
+                }
+            }
+            Ok(None) => {
+                self.metrics().count_source_input(name, "unmatched");
+                tracing::debug!(source = %name, topic, "source message about a connection not followed; ignored");
+            }
+            Err(e) => {
+                self.metrics().count_source_input(name, "bad");
+                let payload: String = text.chars().take(200).collect();
+                tracing::warn!(source = %name, error = %e, topic, payload, "source message ignored");
             }
         }
     }

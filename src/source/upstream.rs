@@ -1,10 +1,13 @@
 //! The MQTT 3.1.1 client a source uses to follow a broker: connect,
 //! subscribe at QoS 0, receive, ping. Nothing else (no publishing, no
 //! sessions), so it is a few dozen lines over the codec the embedded broker
-//! already uses (rmqtt-codec), rather than a general client crate.
+//! already uses (rmqtt-codec), rather than a general client crate. Over
+//! plain TCP or TLS (rustls), with a client certificate when given.
 
 use std::{
     num::NonZeroU16,
+    path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -15,7 +18,17 @@ use rmqtt_codec::{
     types::{Protocol, QoS},
     v3::{Codec, Connect, ConnectAckReason, Packet},
 };
-use tokio::net::TcpStream;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+};
+use tokio_rustls::{
+    TlsConnector,
+    rustls::{
+        self, ClientConfig, RootCertStore,
+        pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject},
+    },
+};
 use tokio_util::codec::Framed;
 
 /// Largest packet taken from the broker (a log line is far smaller).
@@ -28,6 +41,8 @@ pub enum UpstreamError {
     Io(#[from] std::io::Error),
     #[error("timed out")]
     Timeout,
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("the broker refused the connection: {0}")]
     Refused(&'static str),
     #[error("the broker refused the subscription to {0} (not authorised to read it?)")]
@@ -40,8 +55,53 @@ pub enum UpstreamError {
     Silent(Duration),
 }
 
+/// The files of a TLS connection: the certificate authorities the broker's
+/// certificate must chain to, and the client's certificate and key (PEM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub ca_file: PathBuf,
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+/// Reads `files` into a TLS client configuration; the error names the file
+/// and what is wrong with it.
+pub fn tls_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, String> {
+    let read_certs = |path: &Path| -> Result<Vec<CertificateDer<'static>>, String> {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{}: no PEM certificate in it", path.display()));
+        }
+        Ok(certs)
+    };
+    let mut roots = RootCertStore::empty();
+    for cert in read_certs(&files.ca_file)? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: {e}", files.ca_file.display()))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let config = match &files.client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = read_certs(cert)?;
+            let key =
+                PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("{}: {e}", cert.display()))?
+        }
+    };
+    Ok(Arc::new(config))
+}
+
 /// Where and as whom to connect.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Endpoint {
     pub host: String,
     pub port: u16,
@@ -49,11 +109,17 @@ pub struct Endpoint {
     pub username: Option<String>,
     pub password: Option<String>,
     pub keep_alive: Duration,
+    /// TLS over the TCP connection, when set.
+    pub tls: Option<Arc<ClientConfig>>,
 }
+
+/// The byte stream under the codec: TCP or TLS over TCP.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// One connection to a broker.
 pub struct Upstream {
-    framed: Framed<TcpStream, Codec>,
+    framed: Framed<Box<dyn Io>, Codec>,
     filters: Vec<String>,
     /// When the last packet came from the broker.
     pub last_received: Instant,
@@ -75,6 +141,19 @@ impl Upstream {
     async fn connect_now(endpoint: &Endpoint, filters: &[&str]) -> Result<Upstream, UpstreamError> {
         let stream = TcpStream::connect((endpoint.host.as_str(), endpoint.port)).await?;
         stream.set_nodelay(true)?;
+        let stream: Box<dyn Io> = match &endpoint.tls {
+            None => Box::new(stream),
+            Some(config) => {
+                let name = ServerName::try_from(endpoint.host.clone()).map_err(|e| {
+                    UpstreamError::Tls(format!("{:?} is not a server name: {e}", endpoint.host))
+                })?;
+                let tls = TlsConnector::from(config.clone())
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| UpstreamError::Tls(e.to_string()))?;
+                Box::new(tls)
+            }
+        };
         let mut framed = Framed::new(stream, Codec::new(MAX_PACKET_SIZE));
         let connect = Connect {
             protocol: Protocol(4),

@@ -148,7 +148,9 @@ impl WebhookSource {
                 .and_then(|kind| emqx::event(kind, body, &self.broker, now))
                 .map(|e| Some(vec![e])),
             SourceKind::VernemqWebhook => self.vernemq(hook, body, now),
-            SourceKind::Mosquitto => Err(Invalid::new("name", "is not a webhook source")),
+            SourceKind::Mosquitto | SourceKind::Emqx | SourceKind::AwsIot => {
+                Err(Invalid::new("name", "is not a webhook source"))
+            }
         };
         let events = match events {
             Ok(Some(events)) => events,
