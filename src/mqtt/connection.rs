@@ -33,7 +33,7 @@ use super::{
     identity::Identity,
     link::{Conn, FAR_OFF, IDLE_RELEASE, PEEK, far_off, log_lifecycle, make_room, now, read_some},
     monitor::Action,
-    packet::{In, Will},
+    packet::{Codec, In, Will},
     qos::{Delivered, Incoming, Out, QosState},
     session::{Mailbox, Session},
     topic::{self, Share},
@@ -472,6 +472,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                 no_local: opts.no_local,
                 retain_as_published: opts.retain_as_published,
                 id,
+                one_copy: matches!(self.codec, Codec::V5(_)),
             };
             let new = self.broker.add_subscription(&live.session, &key, options);
             // Retained messages are not sent for a shared subscription
@@ -487,7 +488,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                     retained.push(Delivery {
                         qos: m.qos.less_value(options.qos),
                         retain: true,
-                        subscription_id: id,
+                        subscription_ids: id.into(),
                         message: m,
                     });
                 }

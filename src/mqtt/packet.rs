@@ -397,7 +397,7 @@ impl Codec {
     }
 
     /// PUBLISH of `d` under the client's own `topic`. v5 clients get what
-    /// is left of the expiry interval and the subscription id.
+    /// is left of the expiry interval and the subscription ids.
     pub(super) fn publish(
         &mut self,
         d: &Delivery,
@@ -426,7 +426,7 @@ impl Codec {
                 properties.topic_alias = None;
                 // What is left of the expiry interval (MQTT-3.3.2-6).
                 properties.message_expiry_interval = m.expiry_left().and_then(NonZeroU32::new);
-                properties.subscription_ids = d.subscription_id.into_iter().collect();
+                properties.subscription_ids = d.subscription_ids.to_vec();
                 c.encode(
                     v5::Packet::Publish(Box::new(Publish {
                         dup,
