@@ -70,6 +70,9 @@ pub struct Config {
     pub watch_buffer: usize,
     /// How often retention runs.
     pub retention_interval: Duration,
+    /// How often the broker publishes its `$SYS/broker/...` statistics;
+    /// zero: never.
+    pub sys_interval: Duration,
     /// How long shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
     /// sled page cache, in MiB.
@@ -122,6 +125,7 @@ impl Default for Config {
             heartbeat_interval: Duration::from_secs(10),
             watch_buffer: 1024,
             retention_interval: Duration::from_secs(60),
+            sys_interval: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             cache_mb: 256,
             min_free_disk_mb: 64,
@@ -293,6 +297,11 @@ pub struct ConfigLayer {
     /// Retention pass interval, e.g. 60s [default: 60s]
     #[arg(long, env = "CONNSTATE_RETENTION_INTERVAL")]
     pub retention_interval: Option<String>,
+    /// How often the MQTT broker publishes its $SYS/broker/... statistics
+    /// (retained, as Mosquitto does), e.g. 10s; 0s turns them off
+    /// [default: 10s]
+    #[arg(long, env = "CONNSTATE_SYS_INTERVAL")]
+    pub sys_interval: Option<String>,
     /// Shutdown grace period, e.g. 10s [default: 10s]
     #[arg(long, env = "CONNSTATE_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
@@ -368,6 +377,15 @@ fn duration(field: &'static str, text: &str) -> Result<Duration, ConfigError> {
         });
     }
     Ok(d)
+}
+
+/// A duration where zero means "off".
+fn duration_or_zero(field: &'static str, text: &str) -> Result<Duration, ConfigError> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Ok(d),
+        _ if text.trim() == "0" => Ok(Duration::ZERO),
+        _ => duration(field, text),
+    }
 }
 
 impl Config {
@@ -448,6 +466,9 @@ impl Config {
             }
             if let Some(v) = &l.retention_interval {
                 c.retention_interval = duration("retention_interval", v)?;
+            }
+            if let Some(v) = &l.sys_interval {
+                c.sys_interval = duration_or_zero("sys_interval", v)?;
             }
             if let Some(v) = &l.shutdown_grace {
                 c.shutdown_grace = duration("shutdown_grace", v)?;

@@ -18,6 +18,7 @@
 //!   and the encoders of what the broker sends.
 //! - `qos`: the QoS 1/2 state of a connection, without a socket.
 //! - `monitor`: the Connect / Disconnect / FailedConnect monitor messages.
+//! - `sys`: the `$SYS/broker/...` statistics, as Mosquitto's.
 //! - `listener`: TCP, TLS and WebSocket listeners.
 
 mod connection;
@@ -29,6 +30,7 @@ mod monitor;
 mod packet;
 mod qos;
 mod session;
+mod sys;
 pub mod topic;
 
 use std::{
