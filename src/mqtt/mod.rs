@@ -83,7 +83,8 @@ pub struct BrokerOptions {
     /// Messages waiting for a connection's writer before QoS 0 messages are
     /// dropped for it.
     pub outbound_buffer: usize,
-    /// Topic aliases a v5 client may use towards the broker.
+    /// Topic aliases a v5 client may use towards the broker, and at most
+    /// as many the broker uses towards a client that accepts them.
     pub topic_alias_max: u16,
     /// How often a busy connection reports activity to the tracker (which
     /// coalesces further).

@@ -306,3 +306,51 @@ def test_leading_slash_deep_and_long_topics(broker, peers, version):
         pub.publish(t, b"x", qos=1)
     got = [sub.expect(timeout=5).topic for _ in range(3)]
     assert sorted(got) == sorted([f"/{base}", deep, long_level])
+
+
+def resolve_aliases(messages) -> list[tuple[str, int | None]]:
+    """(topic, alias) of each message, resolving aliases as a client must:
+    a topic with an alias sets it, an empty topic uses it."""
+    table: dict[int, str] = {}
+    out = []
+    for m in messages:
+        alias = getattr(m.properties, "TopicAlias", None)
+        if m.topic:
+            if alias is not None:
+                table[alias] = m.topic
+            out.append((m.topic, alias))
+        else:
+            assert alias in table, f"alias {alias} used before it was set"
+            out.append((table[alias], alias))
+    return out
+
+
+@pytest.mark.connstate
+def test_v5_topic_aliases_towards_the_client(broker, peers):
+    """A client announcing a Topic Alias Maximum gets aliases for topics
+    that repeat, never more than it allows: a topic is sent once with its
+    alias, then as the alias alone; with every alias taken they are given
+    again, and the client reads the right topic every time."""
+    base = f"outalias/{unique()}"
+    sub = peers(broker, unique("sub"), version=V5, properties=props(PacketTypes.CONNECT, TopicAliasMaximum=2))
+    plain = peers(broker, unique("plain"), version=V5)
+    for p in (sub, plain):
+        p.subscribe_ok(f"{base}/#", 1)
+    pub = peers(broker, unique("pub"), version=V5)
+    sequence = ["a", "b", "a", "a", "c", "a", "b", "b", "end"]
+    for i, leaf in enumerate(sequence):
+        pub.publish(f"{base}/{leaf}", str(i).encode(), qos=i % 2)
+    got = sub.until(f"{base}/end")
+    resolved = resolve_aliases(got)
+    assert [t for t, _ in resolved] == [f"{base}/{leaf}" for leaf in sequence]
+    assert [m.payload for m in got] == [str(i).encode() for i in range(len(sequence))]
+    aliases = [a for _, a in resolved]
+    assert all(a in (1, 2) for a in aliases), aliases
+    # Repeats went as the alias alone: the second "a", right after it, and
+    # the second "b" after the first one of the pair.
+    alone = [m.topic == "" for m in got]
+    assert alone[:4] == [False, False, True, True] and alone[7], alone
+    # A client that announced none gets none.
+    others = plain.until(f"{base}/end")
+    assert [m.topic for m in others] == [f"{base}/{leaf}" for leaf in sequence]
+    assert all(getattr(m.properties, "TopicAlias", None) is None for m in others)
