@@ -73,6 +73,9 @@ pub struct Config {
     /// How often the in-memory indexes are checkpointed (when something
     /// changed), so that a crash restart need not read every record.
     pub checkpoint_interval: Duration,
+    /// How often the broker publishes its `$SYS/broker/...` statistics;
+    /// zero: never.
+    pub sys_interval: Duration,
     /// How long shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
     /// sled page cache, in MiB.
@@ -126,6 +129,7 @@ impl Default for Config {
             watch_buffer: 1024,
             retention_interval: Duration::from_secs(60),
             checkpoint_interval: Duration::from_secs(60),
+            sys_interval: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             cache_mb: 256,
             min_free_disk_mb: 64,
@@ -301,6 +305,11 @@ pub struct ConfigLayer {
     /// checkpoint and the log after it [default: 60s]
     #[arg(long, env = "CONNSTATE_CHECKPOINT_INTERVAL")]
     pub checkpoint_interval: Option<String>,
+    /// How often the MQTT broker publishes its $SYS/broker/... statistics
+    /// (retained, as Mosquitto does), e.g. 10s; 0s turns them off
+    /// [default: 10s]
+    #[arg(long, env = "CONNSTATE_SYS_INTERVAL")]
+    pub sys_interval: Option<String>,
     /// Shutdown grace period, e.g. 10s [default: 10s]
     #[arg(long, env = "CONNSTATE_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
@@ -376,6 +385,15 @@ fn duration(field: &'static str, text: &str) -> Result<Duration, ConfigError> {
         });
     }
     Ok(d)
+}
+
+/// A duration where zero means "off".
+fn duration_or_zero(field: &'static str, text: &str) -> Result<Duration, ConfigError> {
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Ok(d),
+        _ if text.trim() == "0" => Ok(Duration::ZERO),
+        _ => duration(field, text),
+    }
 }
 
 impl Config {
@@ -459,6 +477,9 @@ impl Config {
             }
             if let Some(v) = &l.checkpoint_interval {
                 c.checkpoint_interval = duration("checkpoint_interval", v)?;
+            }
+            if let Some(v) = &l.sys_interval {
+                c.sys_interval = duration_or_zero("sys_interval", v)?;
             }
             if let Some(v) = &l.shutdown_grace {
                 c.shutdown_grace = duration("shutdown_grace", v)?;

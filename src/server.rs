@@ -294,6 +294,7 @@ pub async fn run(
     let lease_keeper = tracker.spawn_lease_keeper(stop.clone());
     let retention = spawn_retention(store.clone(), config.retention_interval, stop.clone());
     let checkpoints = spawn_checkpoints(store.clone(), config.checkpoint_interval, stop.clone());
+    let sys_statistics = broker.spawn_sys_statistics(config.sys_interval);
 
     let rest = match listeners.rest {
         None => None,
@@ -420,6 +421,9 @@ pub async fn run(
     let _ = lease_keeper.await;
     let _ = retention.await;
     let _ = checkpoints.await;
+    if let Some(task) = sys_statistics {
+        let _ = task.await;
+    }
     let _ = watchdog.await;
     store.close().await?;
     let _ = std::fs::remove_file(config.data_dir.join(PID_FILE));

@@ -33,7 +33,7 @@ use super::{
     identity::Identity,
     link::{Conn, FAR_OFF, IDLE_RELEASE, PEEK, far_off, log_lifecycle, make_room, now, read_some},
     monitor::Action,
-    packet::{In, Will},
+    packet::{Codec, In, TopicAliases, Will},
     qos::{Delivered, Incoming, Out, QosState},
     session::{Mailbox, Session},
     topic::{self, Share},
@@ -68,6 +68,8 @@ struct Live {
     will: Option<Box<Will>>,
     qos: QosState,
     aliases: BTreeMap<u16, ByteString>,
+    /// The aliases the broker uses towards the client.
+    topic_aliases: TopicAliases,
     /// Session expiry of the CONNECT.
     connect_expiry: u32,
     activity: Option<(ActivityKind, Timestamp)>,
@@ -93,7 +95,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         let max_inflight = a.hello.receive_max.min(options.max_inflight_messages);
         let mut sends = Vec::new();
         let qos = QosState::resume(a.attached.carried, max_inflight, &mut |s| sends.push(s));
-        let live = Live {
+        let mut live = Live {
             client_id: a.client_id,
             record_id: a.record_id,
             connection_id: a.connection_id,
@@ -106,12 +108,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             will: a.hello.will,
             qos,
             aliases: BTreeMap::new(),
+            topic_aliases: TopicAliases::new(a.hello.topic_alias_max.min(options.topic_alias_max)),
             connect_expiry: a.hello.session_expiry,
             activity: None,
             activity_reported: Instant::now(),
         };
         for s in sends {
-            self.write(&live.identity, s);
+            self.write(&live.identity, &mut live.topic_aliases, s);
         }
         (live, a.mailbox, a.finished)
     }
@@ -289,20 +292,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                 self.on_publish(live, *p)?;
             }
             In::PubAck(id) => {
-                let identity = &live.identity;
-                live.qos.puback(id, &mut |s| self.write(identity, s));
+                let (identity, aliases) = (&live.identity, &mut live.topic_aliases);
+                live.qos
+                    .puback(id, &mut |s| self.write(identity, aliases, s));
             }
             In::PubRec(id) => {
-                let identity = &live.identity;
-                live.qos.pubrec(id, &mut |s| self.write(identity, s));
+                let (identity, aliases) = (&live.identity, &mut live.topic_aliases);
+                live.qos
+                    .pubrec(id, &mut |s| self.write(identity, aliases, s));
             }
             In::PubComp(id) => {
-                let identity = &live.identity;
-                live.qos.pubcomp(id, &mut |s| self.write(identity, s));
+                let (identity, aliases) = (&live.identity, &mut live.topic_aliases);
+                live.qos
+                    .pubcomp(id, &mut |s| self.write(identity, aliases, s));
             }
             In::PubRel(id) => {
-                let identity = &live.identity;
-                live.qos.pubrel(id, &mut |s| self.write(identity, s));
+                let (identity, aliases) = (&live.identity, &mut live.topic_aliases);
+                live.qos
+                    .pubrel(id, &mut |s| self.write(identity, aliases, s));
             }
             In::Subscribe {
                 packet_id,
@@ -472,6 +479,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                 no_local: opts.no_local,
                 retain_as_published: opts.retain_as_published,
                 id,
+                one_copy: matches!(self.codec, Codec::V5(_)),
             };
             let new = self.broker.add_subscription(&live.session, &key, options);
             // Retained messages are not sent for a shared subscription
@@ -487,7 +495,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                     retained.push(Delivery {
                         qos: m.qos.less_value(options.qos),
                         retain: true,
-                        subscription_id: id,
+                        subscription_ids: id.into(),
                         message: m,
                     });
                 }
@@ -531,17 +539,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
     /// later.
     fn deliver(&mut self, live: &mut Live, d: Delivery) {
         let max_queued = self.broker.options().max_queued_messages;
-        let identity = &live.identity;
+        let (identity, aliases) = (&live.identity, &mut live.topic_aliases);
         let delivered = live
             .qos
-            .deliver(d, max_queued, &mut |s| self.write(identity, s));
+            .deliver(d, max_queued, &mut |s| self.write(identity, aliases, s));
         if delivered == Delivered::Dropped {
             self.broker.metrics().mqtt_dropped_messages.inc();
         }
     }
 
     /// Writes what the QoS state machine asks for.
-    fn write(&mut self, identity: &Identity, s: Out) {
+    fn write(&mut self, identity: &Identity, aliases: &mut TopicAliases, s: Out) {
         let result = match s {
             Out::Publish {
                 delivery,
@@ -549,11 +557,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                 dup,
             } => {
                 let topic = identity.client_topic(&delivery.message.topic);
+                let alias = aliases.lookup(&topic);
+                let sent = match alias {
+                    Some((alias, true)) => (ByteString::new(), Some(alias)),
+                    Some((alias, false)) => (topic.clone(), Some(alias)),
+                    None => (topic.clone(), None),
+                };
                 match self
                     .codec
-                    .publish(&delivery, topic, packet_id, dup, &mut self.wbuf)
+                    .publish(&delivery, sent.0, sent.1, packet_id, dup, &mut self.wbuf)
                 {
                     Ok(()) => {
+                        if let Some((alias, false)) = alias {
+                            aliases.assign(alias, topic);
+                        }
                         self.traffic.write_msgs += 1;
                         Ok(())
                     }

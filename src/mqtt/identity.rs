@@ -7,7 +7,7 @@
 //! device's own namespace `iot-2/type/{t}/id/{d}/...`, so a device never
 //! sees another device's traffic. Applications use the namespaced topics
 //! directly and may subscribe to nothing outside `iot-2/` (and the `$SYS`
-//! monitor topics).
+//! monitor topics and broker statistics).
 
 use bytestring::ByteString;
 
@@ -138,7 +138,10 @@ impl Identity {
                 Err(NotAuthorized)
             }
             Identity::Application => {
-                if filter.starts_with("iot-2/") || filter.starts_with("$SYS/clients/") {
+                if filter.starts_with("iot-2/")
+                    || filter.starts_with("$SYS/clients/")
+                    || filter.starts_with("$SYS/broker/")
+                {
                     Ok(filter.to_owned())
                 } else {
                     Err(NotAuthorized)
@@ -252,6 +255,7 @@ mod tests {
         assert!(a.subscribe_filter("iot-2/type/+/id/+/evt/+/fmt/+").is_ok());
         assert!(a.subscribe_filter("iot-2/type/+/id/+/mon").is_ok());
         assert!(a.subscribe_filter("$SYS/clients/+/mon").is_ok());
+        assert!(a.subscribe_filter("$SYS/broker/#").is_ok());
         for refused in ["#", "+/#", "$SYS/#", "other/topic"] {
             assert_eq!(a.subscribe_filter(refused), Err(NotAuthorized), "{refused}");
         }
@@ -468,6 +472,7 @@ mod tests {
             ("iot-2/app/+/mon", [SAME, None, None, SAME]),
             ("$SYS/clients/+/mon", [SAME, None, None, SAME]),
             ("$SYS/#", [SAME, None, None, None]),
+            ("$SYS/broker/+", [SAME, None, None, SAME]),
             ("iot-2/#", [SAME, None, None, SAME]),
             ("iot-2/evt/+/fmt/+", [SAME, None, None, SAME]),
             ("#", [SAME, None, None, None]),

@@ -18,6 +18,7 @@
 //!   and the encoders of what the broker sends.
 //! - `qos`: the QoS 1/2 state of a connection, without a socket.
 //! - `monitor`: the Connect / Disconnect / FailedConnect monitor messages.
+//! - `sys`: the `$SYS/broker/...` statistics, as Mosquitto's.
 //! - `listener`: TCP, TLS and WebSocket listeners.
 
 mod connection;
@@ -29,6 +30,7 @@ mod monitor;
 mod packet;
 mod qos;
 mod session;
+mod sys;
 pub mod topic;
 
 use std::{
@@ -81,7 +83,8 @@ pub struct BrokerOptions {
     /// Messages waiting for a connection's writer before QoS 0 messages are
     /// dropped for it.
     pub outbound_buffer: usize,
-    /// Topic aliases a v5 client may use towards the broker.
+    /// Topic aliases a v5 client may use towards the broker, and at most
+    /// as many the broker uses towards a client that accepts them.
     pub topic_alias_max: u16,
     /// How often a busy connection reports activity to the tracker (which
     /// coalesces further).
@@ -148,7 +151,51 @@ pub(crate) struct Delivery {
     pub message: Arc<Message>,
     pub qos: QoS,
     pub retain: bool,
-    pub subscription_id: Option<NonZeroU32>,
+    pub subscription_ids: SubscriptionIds,
+}
+
+/// The Subscription Identifiers a v5 delivery carries: those of every
+/// subscription of the client that matched (MQTT 5 §3.3.4). Rarely more
+/// than one, so one is held inline.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) enum SubscriptionIds {
+    #[default]
+    None,
+    One(NonZeroU32),
+    Many(Box<[NonZeroU32]>),
+}
+
+impl SubscriptionIds {
+    /// Adds the identifier of one more matching subscription (if it has
+    /// one and it is not there yet).
+    pub fn add(&mut self, id: Option<NonZeroU32>) {
+        let Some(id) = id else { return };
+        *self = match std::mem::take(self) {
+            SubscriptionIds::None => SubscriptionIds::One(id),
+            SubscriptionIds::One(first) if first == id => SubscriptionIds::One(first),
+            SubscriptionIds::One(first) => SubscriptionIds::Many(Box::new([first, id])),
+            SubscriptionIds::Many(ids) if ids.contains(&id) => SubscriptionIds::Many(ids),
+            SubscriptionIds::Many(ids) => {
+                let mut ids = ids.into_vec();
+                ids.push(id);
+                SubscriptionIds::Many(ids.into_boxed_slice())
+            }
+        };
+    }
+
+    pub fn to_vec(&self) -> Vec<NonZeroU32> {
+        match self {
+            SubscriptionIds::None => Vec::new(),
+            SubscriptionIds::One(id) => vec![*id],
+            SubscriptionIds::Many(ids) => ids.to_vec(),
+        }
+    }
+}
+
+impl From<Option<NonZeroU32>> for SubscriptionIds {
+    fn from(id: Option<NonZeroU32>) -> Self {
+        id.map_or(SubscriptionIds::None, SubscriptionIds::One)
+    }
 }
 
 /// What a subscription asked for.
@@ -158,6 +205,11 @@ pub(crate) struct SubOptions {
     pub no_local: bool,
     pub retain_as_published: bool,
     pub id: Option<NonZeroU32>,
+    /// Made by a v5 client: a message matching several of the client's
+    /// own (not shared) subscriptions goes to it once, with every
+    /// identifier, at the highest QoS granted. A v3 client gets one copy
+    /// per subscription, as before (and as Mosquitto does).
+    pub one_copy: bool,
 }
 
 /// Work for a connection's task from elsewhere in the broker.
@@ -395,16 +447,20 @@ impl Broker {
                 retained.insert(message.topic.clone(), message.clone());
             }
         }
-        let mut targets: Vec<(Arc<Session>, SubOptions)> = Vec::new();
+        // (session, options, whether through a group)
+        let mut targets: Vec<(Arc<Session>, SubOptions, bool)> = Vec::new();
         self.inner
             .subscriptions
             .read()
             .expect("subscriptions lock")
             .for_each_match(&message.topic, |_, sub| {
-                targets.extend(sub.pick());
+                let shared = matches!(sub, Subscriber::Shared { .. });
+                targets.extend(sub.pick().map(|(s, o)| (s, o, shared)));
             });
-        let mut delivered = 0;
-        for (session, options) in targets {
+        let mut deliveries: Vec<(Arc<Session>, Delivery)> = Vec::with_capacity(targets.len());
+        // Where the one copy of each v5 client is, once it has one.
+        let mut copies: HashMap<Arc<str>, usize> = HashMap::new();
+        for (session, options, shared) in targets {
             if options.no_local
                 && message
                     .publisher
@@ -413,12 +469,32 @@ impl Broker {
             {
                 continue;
             }
+            let qos = message.qos.less_value(options.qos);
+            let retain = options.retain_as_published && message.retain;
+            if options.one_copy && !shared {
+                match copies.entry(session.client_id.clone()) {
+                    std::collections::hash_map::Entry::Occupied(at) => {
+                        let copy = &mut deliveries[*at.get()].1;
+                        copy.qos = copy.qos.max(qos);
+                        copy.retain |= retain;
+                        copy.subscription_ids.add(options.id);
+                        continue;
+                    }
+                    std::collections::hash_map::Entry::Vacant(at) => {
+                        at.insert(deliveries.len());
+                    }
+                }
+            }
             let delivery = Delivery {
-                qos: message.qos.less_value(options.qos),
-                retain: options.retain_as_published && message.retain,
-                subscription_id: options.id,
+                qos,
+                retain,
+                subscription_ids: options.id.into(),
                 message: message.clone(),
             };
+            deliveries.push((session, delivery));
+        }
+        let mut delivered = 0;
+        for (session, delivery) in deliveries {
             if session.deliver(delivery, &self.inner.options) {
                 delivered += 1;
             } else {

@@ -144,6 +144,8 @@ pub(super) struct Hello {
     pub(super) will: Option<Box<Will>>,
     pub(super) session_expiry: u32,
     pub(super) receive_max: u16,
+    /// Topic aliases the client accepts from the broker (v5; 0: none).
+    pub(super) topic_alias_max: u16,
     pub(super) max_packet_size: Option<u32>,
     pub(super) auth_method: bool,
 }
@@ -183,6 +185,7 @@ impl Hello {
             }),
             session_expiry: if c.clean_session { 0 } else { session::NEVER },
             receive_max: u16::MAX,
+            topic_alias_max: 0,
             max_packet_size: None,
             auth_method: false,
         }
@@ -217,6 +220,7 @@ impl Hello {
             }),
             session_expiry: c.session_expiry_interval_secs,
             receive_max: c.receive_max.map_or(u16::MAX, NonZeroU16::get),
+            topic_alias_max: c.topic_alias_max,
             max_packet_size: c.max_packet_size.map(NonZeroU32::get),
             auth_method: c.auth_method.is_some(),
         }
@@ -396,12 +400,14 @@ impl Codec {
         )
     }
 
-    /// PUBLISH of `d` under the client's own `topic`. v5 clients get what
-    /// is left of the expiry interval and the subscription id.
+    /// PUBLISH of `d` under the client's own `topic` (empty when `alias`
+    /// stands for it). v5 clients get what is left of the expiry interval,
+    /// the subscription ids and the topic alias.
     pub(super) fn publish(
         &mut self,
         d: &Delivery,
         topic: ByteString,
+        alias: Option<NonZeroU16>,
         packet_id: Option<NonZeroU16>,
         dup: bool,
         buf: &mut BytesMut,
@@ -423,10 +429,10 @@ impl Codec {
             ),
             Codec::V5(c) => {
                 let mut properties = m.properties.as_deref().cloned().unwrap_or_default();
-                properties.topic_alias = None;
+                properties.topic_alias = alias;
                 // What is left of the expiry interval (MQTT-3.3.2-6).
                 properties.message_expiry_interval = m.expiry_left().and_then(NonZeroU32::new);
-                properties.subscription_ids = d.subscription_id.into_iter().collect();
+                properties.subscription_ids = d.subscription_ids.to_vec();
                 c.encode(
                     v5::Packet::Publish(Box::new(Publish {
                         dup,
@@ -612,4 +618,67 @@ mod tests {
         foreign[4] = b'X';
         assert_eq!(sniff_connect(&foreign), Some(None), "not MQTT");
     }
+}
+
+/// The topic aliases the broker uses towards one v5 client (MQTT 5
+/// §3.3.2.3.4): at most as many as the client accepts and the broker's
+/// bound, given to topics as they are first sent and, once all are taken,
+/// given again round robin (the client learns the new topic with the
+/// PUBLISH that carries both). A topic that repeats is then sent as its
+/// alias alone. v3 clients and v5 clients accepting none have none. Boxed:
+/// one pointer in every connection's task, the table only for clients that
+/// take aliases (at most `topic_alias_max` topics).
+#[derive(Debug, Default)]
+pub(super) struct TopicAliases(Option<Box<AliasTable>>);
+
+#[derive(Debug)]
+struct AliasTable {
+    /// The topic of alias `i + 1`.
+    topics: Vec<ByteString>,
+    max: u16,
+    /// The alias given again next, less one, once all are taken.
+    next: u16,
+}
+
+impl TopicAliases {
+    pub(super) fn new(max: u16) -> TopicAliases {
+        TopicAliases((max > 0).then(|| {
+            Box::new(AliasTable {
+                topics: Vec::new(),
+                max,
+                next: 0,
+            })
+        }))
+    }
+
+    /// The alias to send `topic` with, and whether the client knows it
+    /// already (then the topic is left out); `None`: no alias.
+    pub(super) fn lookup(&self, topic: &str) -> Option<(NonZeroU16, bool)> {
+        let table = self.0.as_deref()?;
+        if let Some(i) = table.topics.iter().position(|t| t == topic) {
+            return Some((alias_of(i), true));
+        }
+        if table.topics.len() < usize::from(table.max) {
+            return Some((alias_of(table.topics.len()), false));
+        }
+        Some((alias_of(usize::from(table.next)), false))
+    }
+
+    /// Records that `alias` now stands for `topic` (it was sent with both).
+    pub(super) fn assign(&mut self, alias: NonZeroU16, topic: ByteString) {
+        let Some(table) = self.0.as_deref_mut() else {
+            return;
+        };
+        let i = usize::from(alias.get() - 1);
+        if i == table.topics.len() {
+            table.topics.push(topic);
+        } else if let Some(t) = table.topics.get_mut(i) {
+            *t = topic;
+            table.next = alias.get() % table.max;
+        }
+    }
+}
+
+fn alias_of(i: usize) -> NonZeroU16 {
+    NonZeroU16::new(u16::try_from(i + 1).unwrap_or(u16::MAX)).unwrap_or(NonZeroU16::MIN)
 }

@@ -322,7 +322,7 @@ mod tests {
             }),
             qos,
             retain: false,
-            subscription_id: None,
+            subscription_ids: Default::default(),
         }
     }
 

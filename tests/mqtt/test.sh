@@ -19,12 +19,14 @@ fi
 
 # Mosquitto 2.x: the broker connstate's sources follow (test_sources.py), and
 # the reference for MQTT_TEST_BROKER=mosquitto. Debian's package.
-if ! command -v mosquitto >/dev/null 2>&1 || ! command -v mosquitto_passwd >/dev/null 2>&1; then
+# The AWS IoT source tests make their certificates with openssl.
+if ! command -v mosquitto >/dev/null 2>&1 || ! command -v mosquitto_passwd >/dev/null 2>&1 \
+  || ! command -v openssl >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto openssl >/dev/null
   else
-    echo "mosquitto not found: install Debian's mosquitto package (apt-get install mosquitto)" >&2
+    echo "mosquitto or openssl not found: install Debian's mosquitto and openssl packages" >&2
     exit 1
   fi
 fi

@@ -423,3 +423,18 @@ def test_a_gateway_logging_in_as_a_device_has_device_rights_only(auth_server, pe
     app.publish(f"iot-2/type/gclass/id/{gw_id}/cmd/reboot/fmt/txt", b"yours", qos=1)
     assert as_device.expect().payload == b"yours"
     assert as_device.quiet(0.3) == []
+
+
+def test_applications_read_the_broker_statistics_and_devices_do_not(auth_server, peers, app_key):
+    """`$SYS/broker/...` (Mosquitto's statistics) are for applications."""
+    app = application(auth_server, peers, app_key)
+    app.subscribe_ok("$SYS/broker/#", 0)
+    assert app.expect(topic="$SYS/broker/version").payload.startswith(b"connstate version ")
+    app3 = application(auth_server, peers, app_key, version=V311)
+    app3.subscribe_ok("$SYS/broker/clients/+", 0)
+    assert int(app3.expect(topic="$SYS/broker/clients/connected").payload) >= 0
+    dev, _ = device(auth_server, peers, version=V5)
+    assert dev.subscribe("$SYS/broker/#", 0)[0] == 0x87
+    assert dev.subscribe("$SYS/#", 0)[0] == 0x87
+    dev3, _ = device(auth_server, peers, version=V311)
+    assert dev3.subscribe("$SYS/broker/uptime", 0) == [0x80]

@@ -85,11 +85,35 @@ def test_delivered_qos_is_the_minimum_of_publish_and_subscription(broker, peers,
     assert [(m.payload, m.qos) for m in got] == [(b"0", 0), (b"1", 1), (b"2", 1)]
 
 
-def test_v5_overlapping_subscriptions_deliver_one_copy_per_subscription(broker, peers):
-    """Both connstate and Mosquitto answer a message matching two of a
-    client's subscriptions with one copy per subscription (MQTT 5 §3.3.4
-    allows either that or one copy for all), each copy with the QoS and the
-    subscription identifier of its own subscription."""
+@pytest.mark.connstate
+def test_v5_overlapping_subscriptions_deliver_one_copy_with_every_identifier(broker, peers):
+    """MQTT 5 §3.3.4 allows one copy per matching subscription (Mosquitto)
+    or one copy for all of them; connstate sends one copy to a v5 client,
+    at the highest QoS granted by the subscriptions that matched, carrying
+    the identifier of each of them (a subscription without one adds none).
+    Subscriptions that do not match add nothing."""
+    base = f"overlap/{unique()}"
+    sub = peers(broker, unique("sub"), version=V5)
+    sub.subscribe_ok(f"{base}/#", 0, properties=props(PacketTypes.SUBSCRIBE, SubscriptionIdentifier=1))
+    sub.subscribe_ok(f"{base}/+", 1, properties=props(PacketTypes.SUBSCRIBE, SubscriptionIdentifier=2))
+    sub.subscribe_ok(f"{base}/x", 0, properties=props(PacketTypes.SUBSCRIBE, SubscriptionIdentifier=3))
+    sub.subscribe_ok(f"{base}/+/y", 1)
+    pub = peers(broker, unique("pub"), version=V5)
+    pub.publish(f"{base}/x", b"three", qos=2)
+    pub.publish(f"{base}/x/y", b"two", qos=1)
+    pub.publish(f"{base}/z/z", b"one", qos=1)
+    got = sub.until(f"{base}/z/z") + sub.quiet(0.3)
+    copies = [
+        (m.payload, m.qos, tuple(sorted(getattr(m.properties, "SubscriptionIdentifier", []))))
+        for m in got
+    ]
+    assert copies == [(b"three", 1, (1, 2, 3)), (b"two", 1, (1,)), (b"one", 0, (1,))]
+
+
+def test_v5_overlapping_subscriptions_deliver_every_identifier(broker, peers):
+    """Whether one copy (connstate) or one per subscription (Mosquitto),
+    every matching subscription's identifier reaches the client, and the
+    highest QoS among them is used by at least one copy."""
     base = f"overlap/{unique()}"
     sub = peers(broker, unique("sub"), version=V5)
     sub.subscribe_ok(f"{base}/#", 0, properties=props(PacketTypes.SUBSCRIBE, SubscriptionIdentifier=1))
@@ -98,8 +122,10 @@ def test_v5_overlapping_subscriptions_deliver_one_copy_per_subscription(broker, 
     pub.publish(f"{base}/x", b"both", qos=1)
     pub.publish(f"{base}/x/y", b"only-hash", qos=1)
     got = sub.until(f"{base}/x/y") + sub.quiet(0.3)
-    copies = sorted((m.payload, m.qos, tuple(m.properties.SubscriptionIdentifier)) for m in got)
-    assert copies == [(b"both", 0, (1,)), (b"both", 1, (2,)), (b"only-hash", 0, (1,))]
+    both = [m for m in got if m.payload == b"both"]
+    ids = sorted(i for m in both for i in m.properties.SubscriptionIdentifier)
+    assert ids == [1, 2] and 1 in [m.qos for m in both]
+    assert [(m.qos, m.properties.SubscriptionIdentifier) for m in got if m.payload == b"only-hash"] == [(0, [1])]
 
 
 def test_v311_overlapping_subscriptions(broker, peers):
@@ -280,3 +306,51 @@ def test_leading_slash_deep_and_long_topics(broker, peers, version):
         pub.publish(t, b"x", qos=1)
     got = [sub.expect(timeout=5).topic for _ in range(3)]
     assert sorted(got) == sorted([f"/{base}", deep, long_level])
+
+
+def resolve_aliases(messages) -> list[tuple[str, int | None]]:
+    """(topic, alias) of each message, resolving aliases as a client must:
+    a topic with an alias sets it, an empty topic uses it."""
+    table: dict[int, str] = {}
+    out = []
+    for m in messages:
+        alias = getattr(m.properties, "TopicAlias", None)
+        if m.topic:
+            if alias is not None:
+                table[alias] = m.topic
+            out.append((m.topic, alias))
+        else:
+            assert alias in table, f"alias {alias} used before it was set"
+            out.append((table[alias], alias))
+    return out
+
+
+@pytest.mark.connstate
+def test_v5_topic_aliases_towards_the_client(broker, peers):
+    """A client announcing a Topic Alias Maximum gets aliases for topics
+    that repeat, never more than it allows: a topic is sent once with its
+    alias, then as the alias alone; with every alias taken they are given
+    again, and the client reads the right topic every time."""
+    base = f"outalias/{unique()}"
+    sub = peers(broker, unique("sub"), version=V5, properties=props(PacketTypes.CONNECT, TopicAliasMaximum=2))
+    plain = peers(broker, unique("plain"), version=V5)
+    for p in (sub, plain):
+        p.subscribe_ok(f"{base}/#", 1)
+    pub = peers(broker, unique("pub"), version=V5)
+    sequence = ["a", "b", "a", "a", "c", "a", "b", "b", "end"]
+    for i, leaf in enumerate(sequence):
+        pub.publish(f"{base}/{leaf}", str(i).encode(), qos=i % 2)
+    got = sub.until(f"{base}/end")
+    resolved = resolve_aliases(got)
+    assert [t for t, _ in resolved] == [f"{base}/{leaf}" for leaf in sequence]
+    assert [m.payload for m in got] == [str(i).encode() for i in range(len(sequence))]
+    aliases = [a for _, a in resolved]
+    assert all(a in (1, 2) for a in aliases), aliases
+    # Repeats went as the alias alone: the second "a", right after it, and
+    # the second "b" after the first one of the pair.
+    alone = [m.topic == "" for m in got]
+    assert alone[:4] == [False, False, True, True] and alone[7], alone
+    # A client that announced none gets none.
+    others = plain.until(f"{base}/end")
+    assert [m.topic for m in others] == [f"{base}/{leaf}" for leaf in sequence]
+    assert all(getattr(m.properties, "TopicAlias", None) is None for m in others)
