@@ -99,6 +99,10 @@ pub struct Config {
     /// Certificate chain and private key (PEM files): the REST gateway
     /// serves HTTPS and gRPC uses TLS when set.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Access rules file of the embedded broker (Mosquitto's `acl_file`
+    /// syntax), applied on top of the platform's rules; read at start and
+    /// again on SIGHUP.
+    pub acl_file: Option<PathBuf>,
     /// External brokers followed (`[[source]]` tables and
     /// `--source-mosquitto`).
     pub sources: Vec<SourceConfig>,
@@ -139,6 +143,7 @@ impl Default for Config {
             auth: false,
             admin_key: None,
             tls: None,
+            acl_file: None,
             sources: Vec::new(),
         }
     }
@@ -346,6 +351,12 @@ pub struct ConfigLayer {
     /// PEM private key of --tls-cert
     #[arg(long, env = "CONNSTATE_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// MQTT access rules file in Mosquitto's acl_file syntax (user, topic,
+    /// pattern with %c/%u; read|write|readwrite|deny), on top of the
+    /// platform's rules; once given, what no rule grants is refused.
+    /// Reloaded on SIGHUP (a bad file keeps the rules in force)
+    #[arg(long, env = "CONNSTATE_ACL_FILE")]
+    pub acl_file: Option<PathBuf>,
     /// Follow a Mosquitto 2.x broker through its `$SYS/broker/log/#` topic, as the source named "mosquitto"
     #[arg(
         long,
@@ -504,6 +515,9 @@ impl Config {
             }
             if let Some(v) = l.auth {
                 c.auth = v;
+            }
+            if let Some(v) = &l.acl_file {
+                c.acl_file = Some(v.clone());
             }
             match (&l.tls_cert, &l.tls_key) {
                 (Some(cert), Some(key)) => c.tls = Some((cert.clone(), key.clone())),

@@ -67,6 +67,8 @@ pub struct Metrics {
     pub mqtt_received_bytes: Counter,
     pub mqtt_sent_bytes: Counter,
     pub mqtt_dropped_messages: Counter,
+    pub mqtt_denied_publishes: Counter,
+    pub mqtt_denied_subscriptions: Counter,
     pub connections_refused: Family<ListenerLabel, Counter>,
     pub accept_failures: Family<ListenerLabel, Counter>,
     pub source_up: Family<SourceLabel, Gauge>,
@@ -160,6 +162,18 @@ impl Default for Metrics {
             "Messages dropped for clients that could not take them (queue full)",
             mqtt_dropped_messages.clone(),
         );
+        let mqtt_denied_publishes = Counter::default();
+        registry.register(
+            "mqtt_denied_publishes",
+            "PUBLISH packets refused by the platform's topic rules or the access rules file",
+            mqtt_denied_publishes.clone(),
+        );
+        let mqtt_denied_subscriptions = Counter::default();
+        registry.register(
+            "mqtt_denied_subscriptions",
+            "SUBSCRIBE filters refused by the platform's topic rules or the access rules file",
+            mqtt_denied_subscriptions.clone(),
+        );
         let connections_refused = Family::<ListenerLabel, Counter>::default();
         registry.register(
             "connections_refused",
@@ -210,6 +224,8 @@ impl Default for Metrics {
             mqtt_received_bytes,
             mqtt_sent_bytes,
             mqtt_dropped_messages,
+            mqtt_denied_publishes,
+            mqtt_denied_subscriptions,
             connected_clients,
             connects,
             failed_connects,

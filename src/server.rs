@@ -58,6 +58,10 @@ pub enum ServerError {
     Registry(#[from] RegistryError),
     #[error("TLS: {0}")]
     Tls(std::io::Error),
+    #[error(transparent)]
+    Acl(#[from] crate::mqtt::acl::AclError),
+    #[error("installing the SIGHUP handler (reloads --acl-file): {0}")]
+    ReloadSignal(std::io::Error),
     #[error("[[source]] {name}: {reason}")]
     SourceTls { name: String, reason: String },
     #[error(
@@ -259,6 +263,19 @@ pub async fn run(
             })?;
         }
     }
+    // The access rules file is read before anything serves: a bad one
+    // stops the start, naming the file and the line.
+    let acl_reload = match &config.acl_file {
+        Some(path) => {
+            broker.set_access_rules(Some(crate::mqtt::acl::AclRules::load(path)?));
+            Some(spawn_acl_reload(
+                broker.clone(),
+                path.clone(),
+                stop.clone(),
+            )?)
+        }
+        None => None,
+    };
     let mqtt_tls = match (&config.tls, listeners.mqtt.tls.is_some()) {
         (Some((cert, key)), true) => Some(
             crate::mqtt::tls_config(cert, key)
@@ -424,12 +441,48 @@ pub async fn run(
     if let Some(task) = sys_statistics {
         let _ = task.await;
     }
+    if let Some(task) = acl_reload {
+        let _ = task.await;
+    }
     let _ = watchdog.await;
     store.close().await?;
     let _ = std::fs::remove_file(config.data_dir.join(PID_FILE));
     tracing::info!(revision = store.committed_revision(), "store closed");
     served?;
     Ok(())
+}
+
+/// Reads the access rules file again on each SIGHUP, as Mosquitto does,
+/// and puts the new rules in force on every connection (none is dropped).
+/// A file that cannot be read or parsed keeps the rules in force.
+fn spawn_acl_reload(
+    broker: crate::mqtt::Broker,
+    path: std::path::PathBuf,
+    stop: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, ServerError> {
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(ServerError::ReloadSignal)?;
+    Ok(tokio::spawn(async move {
+        loop {
+            #[cfg(unix)]
+            tokio::select! {
+                _ = hangup.recv() => {}
+                () = stop.cancelled() => return,
+            }
+            #[cfg(not(unix))]
+            return stop.cancelled().await;
+            match crate::mqtt::acl::AclRules::load(&path) {
+                Ok(rules) => {
+                    broker.set_access_rules(Some(rules));
+                    tracing::info!(file = %path.display(), "access rules reloaded");
+                }
+                Err(e) => {
+                    tracing::error!("{e}; the access rules in force are kept");
+                }
+            }
+        }
+    }))
 }
 
 impl Listeners {

@@ -29,8 +29,9 @@ use tokio_util::sync::CancellationToken;
 pub use super::link::Transport;
 use super::{
     Broker, Delivery, Message, Outbound, SubOptions,
+    acl::Access,
     handshake::{Accepted, HandshakeEnd},
-    identity::Identity,
+    identity::{Identity, NotAuthorized},
     link::{Conn, FAR_OFF, IDLE_RELEASE, PEEK, far_off, log_lifecycle, make_room, now, read_some},
     monitor::Action,
     packet::{Codec, In, TopicAliases, Will},
@@ -385,7 +386,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         if let Some(props) = &mut p.properties {
             props.subscription_ids.clear();
         }
-        let routed = live.identity.publish_topic(&p.topic);
+        let routed = live.identity.publish_topic(&p.topic).and_then(|t| {
+            self.broker
+                .acl_allows(&live.client_id, &live.username, &p.topic, Access::Write)
+                .then_some(t)
+                .ok_or(NotAuthorized)
+        });
         let packet_id = p.packet_id;
         let authorised = routed.is_ok();
         // The Receive Maximum is announced to v5 clients only; a v3 client,
@@ -433,6 +439,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             (_, None) => return Err(DisconnectCause::ProtocolError(ReasonCode::PROTOCOL_ERROR)),
         }
         if !authorised {
+            self.broker.metrics().mqtt_denied_publishes.inc();
             tracing::debug!(client_id = %live.client_id, topic = %p.topic, "publish not authorised");
         }
         Ok(())
@@ -466,7 +473,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                 Share::Group { group, filter } => (Some(group), filter),
             };
             // The platform's topic rules apply to the filter inside $share.
-            let Ok(internal) = live.identity.subscribe_filter(inner) else {
+            let permitted = live.identity.subscribe_filter(inner).ok().filter(|_| {
+                self.broker
+                    .acl_allows(&live.client_id, &live.username, inner, Access::Read)
+            });
+            let Some(internal) = permitted else {
+                self.broker.metrics().mqtt_denied_subscriptions.inc();
                 codes.push(Err(v5::SubscribeAckReason::NotAuthorized));
                 continue;
             };
@@ -538,6 +550,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
     /// Sends `d` now (QoS 0, or a free in-flight slot) or keeps it for
     /// later.
     fn deliver(&mut self, live: &mut Live, d: Delivery) {
+        // Read access is checked again for each message (as Mosquitto
+        // does): a filter may be wider than a `deny` rule inside it, and
+        // the rules may have been reloaded since the SUBSCRIBE.
+        let topic = live.identity.client_topic(&d.message.topic);
+        if !self
+            .broker
+            .acl_allows(&live.client_id, &live.username, &topic, Access::Read)
+        {
+            return;
+        }
         let max_queued = self.broker.options().max_queued_messages;
         let (identity, aliases) = (&live.identity, &mut live.topic_aliases);
         let delivered = live

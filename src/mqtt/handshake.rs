@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::{codec::Decoder, sync::CancellationToken};
 
 use super::{
+    acl::Access,
     identity::Identity,
     link::{Conn, log_lifecycle, make_room, now},
     monitor::Action,
@@ -323,8 +324,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             Identity::Open
         };
         if let Some(will) = &mut hello.will {
+            let username = hello.username.as_deref().unwrap_or("");
+            let permitted =
+                self.broker
+                    .acl_allows(&hello.client_id, username, &will.topic, Access::Write);
             match identity.publish_topic(&will.topic) {
-                Ok(t) if topic::valid_topic_name(&t) => will.topic = t,
+                Ok(t) if topic::valid_topic_name(&t) && permitted => will.topic = t,
                 _ => {
                     self.refuse(
                         hello,

@@ -9,6 +9,7 @@
 //! - [`topic`]: topic names, filters and the subscription tree.
 //! - `identity`: who a client is (open mode, device, gateway, application)
 //!   and which topics it may use.
+//! - `acl`: the access rules file (`--acl-file`), on top of `identity`.
 //! - `session`: sessions that outlive connections, queued messages, expiry.
 //! - `connection`: one task per network connection: the connected loop
 //!   and the goodbye.
@@ -21,6 +22,7 @@
 //! - `sys`: the `$SYS/broker/...` statistics, as Mosquitto's.
 //! - `listener`: TCP, TLS and WebSocket listeners.
 
+pub mod acl;
 mod connection;
 mod handshake;
 mod identity;
@@ -298,6 +300,9 @@ struct Inner {
     /// The broker name of every event, shared rather than allocated per
     /// event.
     name: Arc<str>,
+    /// The access rules file's rules, if one is given; replaced whole on
+    /// a reload, so a check sees the old rules or the new ones.
+    acl: RwLock<Option<Arc<acl::AclRules>>>,
 }
 
 /// The task that hands lifecycle events to the tracker in order, and the
@@ -341,6 +346,7 @@ impl Broker {
                 stop,
                 connections: TaskTracker::new(),
                 name: Arc::from(crate::domain::EMBEDDED_BROKER),
+                acl: RwLock::new(None),
             }),
         };
         (broker, EventPump { handle, drain })
@@ -348,6 +354,29 @@ impl Broker {
 
     pub fn options(&self) -> &BrokerOptions {
         &self.inner.options
+    }
+
+    /// Puts `rules` in force for every check from now on, also on the
+    /// connections already open; `None` leaves only the platform's rules.
+    pub fn set_access_rules(&self, rules: Option<acl::AclRules>) {
+        *self.inner.acl.write().expect("acl lock") = rules.map(Arc::new);
+    }
+
+    /// Whether the access rules file (if any) lets `client_id` with
+    /// `username` (empty: none) have `access` to `topic`, as the client
+    /// names it.
+    pub(crate) fn acl_allows(
+        &self,
+        client_id: &str,
+        username: &str,
+        topic: &str,
+        access: acl::Access,
+    ) -> bool {
+        let rules = self.inner.acl.read().expect("acl lock").clone();
+        rules.is_none_or(|rules| {
+            let username = (!username.is_empty()).then_some(username);
+            rules.allows(client_id, username, topic, access)
+        })
     }
 
     /// Waits until every connection has said goodbye and reported its

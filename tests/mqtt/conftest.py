@@ -168,7 +168,7 @@ class MosquittoBroker(Broker):
 
     kind = "mosquitto"
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, extra_conf: str = "") -> None:
         self.root = root
         self.mqtt_port = free_port()
         self.ws_port = free_port()
@@ -179,6 +179,7 @@ class MosquittoBroker(Broker):
             "persistence false\n"
             "log_dest stderr\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
+            f"{extra_conf}"
             f"listener {self.mqtt_port} {HOST}\n"
             f"listener {self.ws_port} {HOST}\n"
             "protocol websockets\n"
@@ -199,6 +200,10 @@ class MosquittoBroker(Broker):
             return True
 
         eventually(listening, timeout=15, what="mosquitto listening")
+
+    def hangup(self) -> None:
+        """SIGHUP: Mosquitto reloads its configuration (and acl_file)."""
+        self.proc.send_signal(signal.SIGHUP)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -320,6 +325,11 @@ class ConnstateServer(Broker):
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def hangup(self) -> None:
+        """SIGHUP: connstate reads its --acl-file again."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
 
     # -- state through the SDK (gRPC) ----------------------------------------
 
@@ -557,6 +567,8 @@ class Peer:
         self.connack: tuple[bool, int, Any] | None = None
         self.disconnect_info: tuple[bool, int, Any] | None = None
         self._acks: dict[int, Any] = {}
+        #: Reason code of each PUBACK / PUBREC by message id (MQTT 5).
+        self.publish_codes: dict[int, int] = {}
         self._acks_cv = threading.Condition()
         kwargs: dict[str, Any] = {}
         if version != V5:
@@ -580,6 +592,7 @@ class Peer:
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
         self.client.on_unsubscribe = self._on_unsubscribe
+        self.client.on_publish = self._on_publish
         self._clean = clean
         self._keepalive = keepalive
         self._properties = properties
@@ -606,6 +619,11 @@ class Peer:
     def _on_subscribe(self, client: Any, userdata: Any, mid: int, rcs: list[Any], properties: Any) -> None:
         with self._acks_cv:
             self._acks[mid] = [rc_value(r) for r in rcs]
+            self._acks_cv.notify_all()
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, rc: Any, properties: Any) -> None:
+        with self._acks_cv:
+            self.publish_codes[mid] = rc_value(rc)
             self._acks_cv.notify_all()
 
     def _on_unsubscribe(self, client: Any, userdata: Any, mid: int, rcs: Any, properties: Any) -> None:
@@ -677,12 +695,17 @@ class Peer:
 
     def publish(
         self, topic: str, payload: bytes | str = b"", qos: int = 0, retain: bool = False, properties: Properties | None = None, timeout: float = 10
-    ) -> None:
-        """Publishes and waits until sent (QoS 0) or acknowledged (QoS 1/2)."""
+    ) -> int:
+        """Publishes and waits until sent (QoS 0) or acknowledged (QoS 1/2);
+        returns the reason code of the PUBACK / PUBREC (0 for QoS 0 and
+        MQTT 3.1.1)."""
         info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         assert info.rc == mqtt.MQTT_ERR_SUCCESS, f"publish failed locally: {info.rc}"
         info.wait_for_publish(timeout)
         assert info.is_published(), f"{self.client_id}: publish to {topic!r} not completed within {timeout} s"
+        with self._acks_cv:
+            self._acks_cv.wait_for(lambda: info.mid in self.publish_codes, timeout)
+            return self.publish_codes.pop(info.mid, 0)
 
     def expect(self, timeout: float = 5, topic: str | None = None) -> mqtt.MQTTMessage:
         """The next message (optionally: the next one on ``topic``, skipping others)."""
