@@ -630,4 +630,64 @@ mod tests {
             .count();
         assert_eq!(entries, 21, "every log entry");
     }
+
+    /// While a write-back is held up, the writer takes commands until the
+    /// overlay holds its bound of changes, then waits for the write-back
+    /// instead of growing the overlay further; it goes on once the
+    /// write-back is through.
+    #[tokio::test]
+    async fn the_writer_waits_for_a_write_back_that_is_far_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        let group = crate::store::StoreOptions::default().max_batch_events;
+        let (applied_tx, applied) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel();
+        *store.inner.write_back_pause.lock().unwrap() = Some((applied_tx, go_rx));
+        store
+            .commit_events(vec![connect("d:o:t:first", 1)])
+            .await
+            .unwrap();
+        store.inner.pacer.wake();
+        let applied = tokio::task::spawn_blocking(move || {
+            applied.recv_timeout(std::time::Duration::from_secs(10))
+        });
+        applied.await.unwrap().expect("a write-back started");
+
+        let mut n = 0;
+        while store.overlay().changes < super::MAX_CHANGES {
+            let events = (0..group)
+                .map(|_| {
+                    n += 1;
+                    connect(&format!("d:o:t:c{n}"), 1)
+                })
+                .collect();
+            tokio::time::timeout(
+                std::time::Duration::from_secs(60),
+                store.commit_events(events),
+            )
+            .await
+            .expect("below the bound the writer does not wait")
+            .unwrap();
+        }
+        let late = store.commit_events(vec![connect("d:o:t:late", 1)]);
+        tokio::pin!(late);
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(500), &mut late)
+                .await
+                .is_err(),
+            "the writer waits for the write-back"
+        );
+        assert!(store.overlay().changes < super::MAX_CHANGES + group);
+
+        go.send(()).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(30), &mut late)
+            .await
+            .expect("the writer goes on after the write-back")
+            .unwrap();
+        let late = ClientId::new("d:o:t:late").unwrap();
+        assert!(store.get_state(&late).unwrap().is_some());
+        store.close().await.unwrap();
+        assert!(store.overlay().is_empty());
+        assert_eq!(store.count_states(), n + 2);
+    }
 }
