@@ -7,10 +7,10 @@
 //! flushes once (group commit), and only then publishes the committed
 //! revision, sends the changes to the live feed and acknowledges. The log
 //! is the source of truth: state records, per-client log entries and log
-//! batch records are written back from it behind the commits, coalesced,
-//! while readers see the newest state at once through an in-memory overlay
-//! ([`overlay`]); a crash restart replays the log after the last write-back
-//! before it serves. The log sits behind a seam ([`log::Log`]: append, read
+//! batch records are written back from it behind the commits, coalesced, by
+//! a write-back thread of its own, while readers see the newest state at
+//! once through an in-memory overlay ([`overlay`]); a crash restart replays
+//! the log after the last write-back before it serves. The log sits behind a seam ([`log::Log`]: append, read
 //! from a revision, subscribe) that a replicated log will implement; watch
 //! replay, the crash replay and feed retention read and trim it there too.
 //! Readers read the overlay, sled and the in-memory indexes ([`index`])
@@ -235,6 +235,16 @@ struct Inner {
     materialised: AtomicU64,
     /// Keeps the overlay in memory (tests of the crash replay).
     hold_write_back: AtomicBool,
+    /// Held by each write-back, and by a clearing of all data throughout.
+    write_back_lock: Mutex<()>,
+    /// Wakes the write-back thread, and the writer waiting for it.
+    pacer: Arc<Pacer>,
+    write_back_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Stops the next write-back between applying its batch to sled and
+    /// trimming the overlay: it says so on the first channel and goes on
+    /// when the second one says so (tests of reads during a write-back).
+    #[cfg(test)]
+    write_back_pause: Mutex<Option<WriteBackPause>>,
     /// Whether the indexes came from a checkpoint at open (rather than
     /// from reading every record).
     index_from_checkpoint: AtomicBool,
@@ -300,6 +310,11 @@ impl Store {
                 overlay: RwLock::new(overlay::Overlay::new(materialised)),
                 materialised: AtomicU64::new(materialised),
                 hold_write_back: AtomicBool::new(false),
+                write_back_lock: Mutex::new(()),
+                pacer: Arc::default(),
+                write_back_thread: Mutex::new(None),
+                #[cfg(test)]
+                write_back_pause: Mutex::new(None),
                 index_from_checkpoint: AtomicBool::new(false),
                 index: index::StateIndex::default(),
                 metrics: options.metrics.clone(),
@@ -339,6 +354,17 @@ impl Store {
             .spawn(move || writer.run(receiver))
             .map_err(|e| StoreError::Corrupt(format!("cannot start the writer: {e}")))?;
         *store.inner.writer_thread.lock().expect("writer lock") = Some(thread);
+        let weak = Arc::downgrade(&store.inner);
+        let pacer = store.inner.pacer.clone();
+        let thread = std::thread::Builder::new()
+            .name("connstate-write-back".into())
+            .spawn(move || Store::run_write_back(weak, pacer))
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the write-back: {e}")))?;
+        *store
+            .inner
+            .write_back_thread
+            .lock()
+            .expect("write-back lock") = Some(thread);
         store.check_space();
         let weak = Arc::downgrade(&store.inner);
         std::thread::Builder::new()
@@ -538,7 +564,8 @@ impl Store {
         done.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Stops the writer after the commands already sent and flushes.
+    /// Stops the writer after the commands already sent, then the
+    /// write-back after a last one, and flushes.
     pub async fn close(&self) -> Result<(), StoreError> {
         self.inner.closed.store(true, Ordering::Release);
         let (ack, done) = oneshot::channel();
@@ -557,6 +584,21 @@ impl Store {
                 .await
                 .ok();
         }
+        self.inner.pacer.stop();
+        let thread = self
+            .inner
+            .write_back_thread
+            .lock()
+            .expect("write-back lock")
+            .take();
+        if let Some(thread) = thread {
+            tokio::task::spawn_blocking(move || thread.join())
+                .await
+                .ok();
+        }
+        // Whatever is left (a second close, a write-back thread that died).
+        let store = self.clone();
+        let _ = tokio::task::spawn_blocking(move || store.write_back_now()).await;
         self.inner.db.flush_async().await?;
         // Nothing writes any more: the indexes match the committed revision.
         if self.can_record() {
@@ -604,25 +646,98 @@ impl Store {
         self.inner.overlay.write().expect("overlay lock")
     }
 
+    /// The write-back thread: writes the overlay back every
+    /// [`overlay::WRITE_BACK_INTERVAL`], or when the writer wakes it, until
+    /// the store closes (after a last write-back) or its last handle is
+    /// dropped.
+    fn run_write_back(inner: std::sync::Weak<Inner>, pacer: Arc<Pacer>) {
+        loop {
+            let stop = pacer.wait(overlay::WRITE_BACK_INTERVAL);
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            Store { inner }.write_back_now();
+            pacer.drained.notify_all();
+            if stop {
+                return;
+            }
+        }
+    }
+
+    /// Writes the overlay back unless the store cannot record; a failure
+    /// stops all recording.
+    fn write_back_now(&self) {
+        if self.recording().refusal().is_some() {
+            return;
+        }
+        if let Err(e) = self.write_back() {
+            tracing::error!(error = %e, "writing the change log back failed; refusing further writes");
+            self.mark_failed();
+        }
+    }
+
+    /// Blocks the writer until the overlay holds fewer than
+    /// [`overlay::MAX_CHANGES`] changes (or no write-back can run).
+    fn wait_for_write_back(&self) {
+        loop {
+            if self.overlay().changes < overlay::MAX_CHANGES
+                || self.recording().refusal().is_some()
+                || self.inner.hold_write_back.load(Ordering::Acquire)
+                || !self.inner.pacer.running()
+            {
+                return;
+            }
+            self.inner.pacer.wake();
+            self.inner
+                .pacer
+                .wait_drained(overlay::WRITE_BACK_INTERVAL / 4);
+        }
+    }
+
+    fn lock_write_back(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.inner.write_back_lock.lock().expect("write-back lock")
+    }
+
     /// Writes the overlay back to sled in one batch, with the materialised
-    /// position (not flushed: the log holds it all). Only the writer (or
-    /// the start before it) calls this.
+    /// position (not flushed: the log holds it all).
     fn write_back(&self) -> Result<(), StoreError> {
+        let _one_at_a_time = self.lock_write_back();
+        self.write_back_locked()
+    }
+
+    /// [`Store::write_back`], for the holder of [`Store::lock_write_back`].
+    /// Readers see the overlay throughout; commits go on meanwhile and stay
+    /// in the overlay for the next write-back.
+    fn write_back_locked(&self) -> Result<(), StoreError> {
         if self.inner.hold_write_back.load(Ordering::Acquire) {
             return Ok(());
         }
-        let (batch, position) = {
+        let (batch, written) = {
             let overlay = self.overlay();
             if overlay.is_empty() {
                 return Ok(());
             }
-            (overlay.write_back_batch(&self.inner.db)?, overlay.position)
+            overlay.write_back_batch(&self.inner.db)?
         };
         self.inner.db.apply_batch(batch)?;
+        #[cfg(test)]
+        {
+            let pause = self
+                .inner
+                .write_back_pause
+                .lock()
+                .expect("pause lock")
+                .take();
+            if let Some((applied, go)) = pause {
+                let _ = applied.send(());
+                let _ = go.recv_timeout(Duration::from_secs(30));
+            }
+        }
         // Readers find the same state in sled as in the overlay from here.
-        let written = std::mem::replace(&mut *self.overlay_mut(), overlay::Overlay::new(position));
+        let position = written.position;
+        let grown = self.overlay_mut().trim(written);
         self.inner.materialised.store(position, Ordering::Release);
-        self.note_log_growth(written.grown);
+        self.note_log_growth(grown);
         Ok(())
     }
 
@@ -809,5 +924,66 @@ impl Store {
 
     fn encode_settings(settings: &Settings) -> Vec<u8> {
         codec::SettingsRecord::from(settings).encode_to_vec()
+    }
+}
+
+/// See `Inner::write_back_pause`.
+#[cfg(test)]
+type WriteBackPause = (std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>);
+
+/// Wakes the write-back thread (a bound passed, the store closing) and the
+/// writer waiting for a write-back to finish.
+#[derive(Default)]
+struct Pacer {
+    state: Mutex<PacerState>,
+    wake: std::sync::Condvar,
+    drained: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct PacerState {
+    woken: bool,
+    stopped: bool,
+}
+
+impl Pacer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PacerState> {
+        self.state.lock().expect("pacer lock")
+    }
+
+    /// Starts a write-back now.
+    fn wake(&self) {
+        self.lock().woken = true;
+        self.wake.notify_one();
+    }
+
+    /// Makes the write-back thread do a last write-back and stop.
+    fn stop(&self) {
+        self.lock().stopped = true;
+        self.wake.notify_one();
+    }
+
+    fn running(&self) -> bool {
+        !self.lock().stopped
+    }
+
+    /// Waits until woken, stopped or `interval` passed; true when stopped.
+    fn wait(&self, interval: Duration) -> bool {
+        let state = self.lock();
+        let (mut state, _) = self
+            .wake
+            .wait_timeout_while(state, interval, |s| !s.woken && !s.stopped)
+            .expect("pacer lock");
+        state.woken = false;
+        state.stopped
+    }
+
+    /// Waits for the end of a write-back, at most `timeout`.
+    fn wait_drained(&self, timeout: Duration) {
+        let state = self.lock();
+        let _ = self
+            .drained
+            .wait_timeout(state, timeout)
+            .expect("pacer lock");
     }
 }

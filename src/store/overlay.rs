@@ -6,21 +6,29 @@
 //! what the log holds and sled does not yet: the newest state of every
 //! client changed since the last write-back (or its deletion), their new
 //! log entries and the log batch records of those commits. Readers look in
-//! the overlay first, so they see the newest state at once. Every so often
-//! (when the writer has nothing waiting, or the overlay grows past a
-//! bound) the writer writes the overlay back to sled in one batch,
-//! coalesced: a client changed ten times is written once. That batch also
-//! records the materialised position (`mmaterialised`), the newest
-//! revision it covers; it is not flushed on its own (the next group
+//! the overlay first, so they see the newest state at once.
+//!
+//! A write-back thread of its own (not the writer) writes the overlay back
+//! to sled every [`WRITE_BACK_INTERVAL`], or sooner once it holds
+//! [`WRITE_BACK_CHANGES`] changes, in one batch, coalesced: a client changed
+//! ten times is written once (its newest state, every log entry). That
+//! batch also records the materialised position (`mmaterialised`), the
+//! newest revision it covers; it is not flushed on its own (the next group
 //! commit's flush carries it), because the log already holds everything.
+//! The overlay stays readable while the batch is built and applied; then
+//! exactly what was written leaves it ([`Overlay::trim`]), and whatever
+//! commits added meanwhile stays for the next write-back. When the
+//! write-back falls [`MAX_CHANGES`] behind, the writer waits for it rather
+//! than let the overlay grow without bound.
 //!
 //! After a crash the store replays the log after the materialised position
 //! through the same overlay and writes it back before it serves, so what a
 //! restart finds is exactly what a run without the crash had.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap},
     sync::Arc,
+    time::Duration,
 };
 
 use prost::Message;
@@ -28,9 +36,15 @@ use prost::Message;
 use super::{StoreError, codec, keys};
 use crate::domain::{Change, ChangeKind, ClientId, LogEntry, Revision};
 
-/// Changes the overlay holds at most before the writer writes it back even
-/// while commands are waiting.
-pub(super) const MAX_CHANGES: usize = 16 * 1024;
+/// How often the write-back thread writes the overlay back.
+pub(super) const WRITE_BACK_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Changes held that start a write-back before the interval is over.
+pub(super) const WRITE_BACK_CHANGES: usize = 16 * 1024;
+
+/// Changes the overlay holds at most: past it the writer waits for the
+/// write-back before it takes more commands.
+pub(super) const MAX_CHANGES: usize = 4 * WRITE_BACK_CHANGES;
 
 /// What the log holds and sled does not yet; see the module docs.
 #[derive(Default)]
@@ -42,9 +56,10 @@ pub(super) struct Overlay {
     pub(super) states: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// Log key ([`keys::client_log`]) → encoded entry.
     pub(super) logs: BTreeMap<Vec<u8>, Vec<u8>>,
-    /// Clients deleted since the last write-back: every log entry sled
-    /// holds for them is gone (later ones are in `logs`).
-    pub(super) deleted: HashSet<ClientId>,
+    /// Clients deleted since the last write-back, with the revision of the
+    /// deletion: every log entry sled holds for them is gone (later ones
+    /// are in `logs`).
+    pub(super) deleted: HashMap<ClientId, Revision>,
     /// Log batch records (first revision of the commit, record), oldest
     /// first.
     pub(super) log_batches: Vec<(Revision, codec::LogBatchRecord)>,
@@ -54,6 +69,23 @@ pub(super) struct Overlay {
     pub(super) position: Revision,
     /// Changes held.
     pub(super) changes: usize,
+    /// Counts the clearings of all data, which empty the overlay: a
+    /// write-back started before one has nothing left to trim.
+    epoch: u64,
+}
+
+/// What one write-back took from the overlay, to trim exactly that from it
+/// once sled holds it.
+pub(super) struct Written {
+    epoch: u64,
+    /// The newest revision covered: the materialised position.
+    pub(super) position: Revision,
+    changes: usize,
+    states: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    logs: Vec<Vec<u8>>,
+    deleted: Vec<(ClientId, Revision)>,
+    log_batches: usize,
+    grown: usize,
 }
 
 impl Overlay {
@@ -79,8 +111,9 @@ impl Overlay {
             match (change.kind, &change.client_id) {
                 (ChangeKind::AllDeleted, _) => {
                     // Whoever clears all data has cleared sled already.
-                    let position = self.position;
+                    let (position, epoch) = (self.position, self.epoch);
                     *self = Overlay::new(position);
+                    self.epoch = epoch + 1;
                     refs.clear();
                     self.changes = 1;
                 }
@@ -97,7 +130,7 @@ impl Overlay {
                         self.logs.remove(&key);
                     }
                     refs.retain(|r: &codec::LogRef| r.client_id != client.as_str());
-                    self.deleted.insert(client.clone());
+                    self.deleted.insert(client.clone(), change.revision);
                 }
                 (_, Some(client)) => {
                     if let Some(state) = &change.state {
@@ -132,10 +165,13 @@ impl Overlay {
     }
 
     /// The sled batch that writes the overlay back, with the materialised
-    /// position.
-    pub(super) fn write_back_batch(&self, db: &sled::Db) -> Result<sled::Batch, StoreError> {
+    /// position, and what it holds (for [`Overlay::trim`]).
+    pub(super) fn write_back_batch(
+        &self,
+        db: &sled::Db,
+    ) -> Result<(sled::Batch, Written), StoreError> {
         let mut batch = sled::Batch::default();
-        for client in &self.deleted {
+        for client in self.deleted.keys() {
             for key in db.scan_prefix(keys::client_log_prefix(client)).keys() {
                 batch.remove(key?);
             }
@@ -156,7 +192,49 @@ impl Overlay {
             );
         }
         batch.insert(keys::META_MATERIALISED, &self.position.to_be_bytes());
-        Ok(batch)
+        let written = Written {
+            epoch: self.epoch,
+            position: self.position,
+            changes: self.changes,
+            states: self
+                .states
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            logs: self.logs.keys().cloned().collect(),
+            deleted: self.deleted.iter().map(|(c, r)| (c.clone(), *r)).collect(),
+            log_batches: self.log_batches.len(),
+            grown: self.grown.len(),
+        };
+        Ok((batch, written))
+    }
+
+    /// Drops what a write-back wrote, now that sled holds it, and keeps
+    /// what commits added meanwhile: a state only while it is still the one
+    /// written (a newer one stays), a deletion only when no newer deletion
+    /// of the client came since. Returns the clients whose log grew in
+    /// sled, for retention.
+    pub(super) fn trim(&mut self, written: Written) -> Vec<ClientId> {
+        if written.epoch != self.epoch {
+            // All data was cleared since: nothing of it is left here.
+            return Vec::new();
+        }
+        for (key, state) in written.states {
+            if self.states.get(&key) == Some(&state) {
+                self.states.remove(&key);
+            }
+        }
+        for key in &written.logs {
+            self.logs.remove(key);
+        }
+        for (client, revision) in written.deleted {
+            if self.deleted.get(&client) == Some(&revision) {
+                self.deleted.remove(&client);
+            }
+        }
+        self.log_batches.drain(..written.log_batches);
+        self.changes -= written.changes;
+        self.grown.drain(..written.grown).collect()
     }
 
     /// The entry of `client` at `revision` as the overlay has it: `Some`
@@ -170,7 +248,7 @@ impl Overlay {
         if let Some(entry) = self.logs.get(&keys::client_log(client, revision)) {
             return Ok(Some(Some(codec::decode_log(entry)?)));
         }
-        Ok(self.deleted.contains(client).then_some(None))
+        Ok(self.deleted.contains_key(client).then_some(None))
     }
 }
 
@@ -468,5 +546,148 @@ mod tests {
         assert!(!rebuilt.inner.index_from_checkpoint.load(Ordering::Relaxed));
         assert_eq!(rebuilt.inner.index.all_keys(), index);
         rebuilt.close().await.unwrap();
+    }
+
+    /// A client changed many times between two write-backs is written
+    /// once, with its newest state and every log entry; a read while a
+    /// write-back is in flight sees the newest state, and a commit made
+    /// meanwhile stays in the overlay for the next write-back.
+    #[tokio::test]
+    async fn a_write_back_writes_each_client_once_and_keeps_what_came_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        let a = ClientId::new("d:o:t:a").unwrap();
+        let key = keys::state(&a);
+        let written = |sub: &mut sled::Subscriber| {
+            let mut n = 0;
+            while let Ok(event) = sub.next_timeout(std::time::Duration::from_millis(50)) {
+                if event.key().as_ref() == key.as_slice() {
+                    n += 1;
+                }
+            }
+            n
+        };
+        let mut sub = store.inner.db.watch_prefix(key.clone());
+
+        store.inner.hold_write_back.store(true, Ordering::Release);
+        for id in 1..=10 {
+            store
+                .commit_events(vec![connect("d:o:t:a", id)])
+                .await
+                .unwrap();
+            store
+                .commit_events(vec![disconnect("d:o:t:a", id)])
+                .await
+                .unwrap();
+        }
+        let (applied_tx, applied) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel();
+        *store.inner.write_back_pause.lock().unwrap() = Some((applied_tx, go_rx));
+        store.inner.hold_write_back.store(false, Ordering::Release);
+        store.inner.pacer.wake();
+        let applied = tokio::task::spawn_blocking(move || {
+            applied.recv_timeout(std::time::Duration::from_secs(10))
+        });
+        applied.await.unwrap().expect("a write-back started");
+        let covered = store.committed_revision();
+
+        // The write-back has put its batch into sled and not yet trimmed the
+        // overlay; the writer goes on meanwhile.
+        store
+            .commit_events(vec![connect("d:o:t:a", 11)])
+            .await
+            .unwrap();
+        let now = store.get_state(&a).unwrap().unwrap();
+        assert_eq!(now.status, ConnectionStatus::Connected);
+        go.send(()).unwrap();
+
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store.materialised_revision() < covered {
+            assert!(std::time::Instant::now() < deadline, "no write-back");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(written(&mut sub), 1, "twenty changes, one write");
+        // The newer state stayed in the overlay, and reads still see it.
+        assert!(store.committed_revision() > covered);
+        assert_eq!(
+            store.get_state(&a).unwrap().unwrap().status,
+            ConnectionStatus::Connected
+        );
+
+        store.close().await.unwrap();
+        assert_eq!(written(&mut sub), 1, "the change made meanwhile, once");
+        assert_eq!(store.materialised_revision(), store.committed_revision());
+        assert!(store.overlay().is_empty());
+        let stored = store.inner.db.get(&key).unwrap().unwrap();
+        assert_eq!(
+            crate::store::codec::decode_state(&stored).unwrap().status,
+            ConnectionStatus::Connected
+        );
+        let entries = store
+            .inner
+            .db
+            .scan_prefix(keys::client_log_prefix(&a))
+            .count();
+        assert_eq!(entries, 21, "every log entry");
+    }
+
+    /// While a write-back is held up, the writer takes commands until the
+    /// overlay holds its bound of changes, then waits for the write-back
+    /// instead of growing the overlay further; it goes on once the
+    /// write-back is through.
+    #[tokio::test]
+    async fn the_writer_waits_for_a_write_back_that_is_far_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        let group = crate::store::StoreOptions::default().max_batch_events;
+        let (applied_tx, applied) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel();
+        *store.inner.write_back_pause.lock().unwrap() = Some((applied_tx, go_rx));
+        store
+            .commit_events(vec![connect("d:o:t:first", 1)])
+            .await
+            .unwrap();
+        store.inner.pacer.wake();
+        let applied = tokio::task::spawn_blocking(move || {
+            applied.recv_timeout(std::time::Duration::from_secs(10))
+        });
+        applied.await.unwrap().expect("a write-back started");
+
+        let mut n = 0;
+        while store.overlay().changes < super::MAX_CHANGES {
+            let events = (0..group)
+                .map(|_| {
+                    n += 1;
+                    connect(&format!("d:o:t:c{n}"), 1)
+                })
+                .collect();
+            tokio::time::timeout(
+                std::time::Duration::from_secs(60),
+                store.commit_events(events),
+            )
+            .await
+            .expect("below the bound the writer does not wait")
+            .unwrap();
+        }
+        let late = store.commit_events(vec![connect("d:o:t:late", 1)]);
+        tokio::pin!(late);
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(500), &mut late)
+                .await
+                .is_err(),
+            "the writer waits for the write-back"
+        );
+        assert!(store.overlay().changes < super::MAX_CHANGES + group);
+
+        go.send(()).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(30), &mut late)
+            .await
+            .expect("the writer goes on after the write-back")
+            .unwrap();
+        let late = ClientId::new("d:o:t:late").unwrap();
+        assert!(store.get_state(&late).unwrap().is_some());
+        store.close().await.unwrap();
+        assert!(store.overlay().is_empty());
+        assert_eq!(store.count_states(), n + 2);
     }
 }

@@ -340,7 +340,7 @@ impl Store {
                 };
                 // Entries in sled are older than those in the overlay, and
                 // gone when the overlay deleted their client.
-                if !overlay.deleted.contains(client) {
+                if !overlay.deleted.contains_key(client) {
                     for item in db.range(start.clone()..end.clone()) {
                         let (key, value) = item?;
                         if !overlay.logs.contains_key(key.as_ref()) {

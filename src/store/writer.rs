@@ -9,10 +9,10 @@
 //!
 //! A group commit appends one record to the change log (the feed record:
 //! each change with its state after and its log entry) and flushes; that
-//! is all it writes. The commit then goes to the overlay, and the writer
-//! writes the overlay back to the state records, per-client log entries
-//! and log batch records when nothing is waiting or it has grown past a
-//! bound ([`super::overlay`]).
+//! is all it writes. The commit then goes to the overlay; the write-back
+//! thread writes it back to the state records, per-client log entries and
+//! log batch records behind the writer ([`super::overlay`]). The writer
+//! only waits for it when the overlay has grown past its bound.
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -108,27 +108,19 @@ impl Writer {
             }
             for command in group {
                 if let ControlFlow::Stop = self.handle(command) {
+                    // The store's close writes the overlay back.
                     self.commit();
-                    self.write_back();
                     return;
                 }
             }
             self.commit();
-            if commands.is_empty() || self.store.overlay().changes >= overlay::MAX_CHANGES {
-                self.write_back();
+            let held = self.store.overlay().changes;
+            if held >= overlay::WRITE_BACK_CHANGES {
+                self.store.inner.pacer.wake();
             }
-        }
-        self.write_back();
-    }
-
-    /// Writes the overlay back; a failure stops all recording.
-    fn write_back(&mut self) {
-        if self.store.recording().refusal().is_some() {
-            return;
-        }
-        if let Err(e) = self.store.write_back() {
-            tracing::error!(error = %e, "writing the change log back failed; refusing further writes");
-            self.store.mark_failed();
+            if held >= overlay::MAX_CHANGES {
+                self.store.wait_for_write_back();
+            }
         }
     }
 
@@ -286,11 +278,14 @@ impl Writer {
                 failures += 1;
             }
         }
-        if overlay.deleted.contains(client) {
+        if overlay.deleted.contains_key(client) {
             return Ok(failures);
         }
-        for entry in self.store.inner.db.scan_prefix(&prefix).values() {
-            if failed(&codec::decode_log(&entry?)?) {
+        // A write-back may be putting the overlay's entries into sled right
+        // now: count each entry once.
+        for item in self.store.inner.db.scan_prefix(&prefix) {
+            let (key, entry) = item?;
+            if !overlay.logs.contains_key(key.as_ref()) && failed(&codec::decode_log(&entry)?) {
                 failures += 1;
             }
         }
@@ -347,8 +342,11 @@ impl Writer {
     /// ALL_DELETED change. Runs in chunks; the clearing flag makes a crash
     /// in the middle resume at the next start.
     fn clear_all(&mut self) -> Result<(), StoreError> {
-        // Everything the log holds goes to sled first, then all of it goes.
-        self.store.write_back()?;
+        // Everything the log holds goes to sled first, then all of it goes;
+        // no write-back runs meanwhile.
+        let store = self.store.clone();
+        let _no_write_back = store.lock_write_back();
+        store.write_back_locked()?;
         let db = self.store.inner.db.clone();
         for prefix in keys::DATA_PREFIXES {
             loop {
