@@ -232,6 +232,10 @@ pub async fn run(
     }
 
     let stop = CancellationToken::new();
+    // Until every part has started, a failure (an early return) cancels
+    // `stop`, which ends every task and listener started so far: a failed
+    // start leaves nothing running.
+    let starting = stop.clone().drop_guard();
     let (broker, pump) = Broker::new(
         BrokerOptions {
             org_id: config.org_id.clone(),
@@ -399,6 +403,7 @@ pub async fn run(
     let recording = store.watch_recording();
     set_health(&reporter, store.can_record()).await;
     let watchdog = spawn_store_watchdog(recording, reporter.clone(), stop.clone());
+    starting.disarm();
     announce(&announcements);
     tracing::info!("serving");
 

@@ -267,3 +267,49 @@ fn help_documents_off_and_rust_log() {
         );
     }
 }
+
+/// A start that fails after some parts are running stops them all: here
+/// the MQTT listener already serves when the REST gateway's certificate
+/// turns out to be unreadable, and the failed start leaves no listener
+/// behind.
+#[tokio::test]
+async fn a_failed_start_stops_what_it_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("cert.pem");
+    std::fs::write(&cert, "not a certificate").unwrap();
+    let bind = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
+    let mqtt = bind().await;
+    let mqtt_addr = mqtt.local_addr().unwrap();
+    let config = connstate::Config {
+        data_dir: dir.path().join("data"),
+        tls: Some((cert.clone(), cert)),
+        ..connstate::Config::default()
+    };
+    let listeners = connstate::Listeners {
+        grpc: Some(bind().await),
+        rest: Some(bind().await),
+        mqtt: connstate::mqtt::MqttListeners {
+            tcp: Some(mqtt),
+            tls: None,
+            ws: None,
+        },
+    };
+    let started = tokio::time::timeout(
+        LIMIT,
+        connstate::run(listeners, config, std::future::pending()),
+    )
+    .await
+    .expect("a start with a bad certificate ends");
+    assert!(started.is_err(), "the start fails");
+    // Nothing is left accepting MQTT connections.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::net::TcpStream::connect(mqtt_addr).await {
+            Err(_) => break,
+            Ok(_) => {
+                assert!(Instant::now() < deadline, "the MQTT listener still accepts");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
