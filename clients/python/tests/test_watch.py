@@ -156,7 +156,10 @@ def test_watch_resumes_across_a_server_restart(make_server: Callable[..., Server
         got = [e.revision for e in events]
         assert all(e.type is WatchEventType.CHANGE for e in events)
         assert got == list(range(1, last + 1)), "every change exactly once, in revision order"
-        assert watch.reconnects >= 2
+        # `reconnects` counts resumes (a broken stream, then one that
+        # delivered): a watch still backing off from the first restart when
+        # the second comes resumes once for both.
+        assert watch.reconnects >= 1
         lost = [e for e in events if e.kind == pb.CHANGE_KIND_DISCONNECTED]
         assert len(lost) == 15 + 26, "the disconnects the broker reported after each restart"
         assert all(e.state.last_disconnect_initiator == pb.DISCONNECT_INITIATOR_NETWORK for e in lost)  # type: ignore[union-attr]
