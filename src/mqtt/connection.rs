@@ -388,7 +388,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         }
         let routed = live.identity.publish_topic(&p.topic).and_then(|t| {
             self.broker
-                .acl_allows(&live.client_id, &live.username, &p.topic, Access::Write)
+                .acl_allows(&live.client_id, &live.username, || &p.topic, Access::Write)
                 .then_some(t)
                 .ok_or(NotAuthorized)
         });
@@ -475,7 +475,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             // The platform's topic rules apply to the filter inside $share.
             let permitted = live.identity.subscribe_filter(inner).ok().filter(|_| {
                 self.broker
-                    .acl_allows(&live.client_id, &live.username, inner, Access::Read)
+                    .acl_allows(&live.client_id, &live.username, || inner, Access::Read)
             });
             let Some(internal) = permitted else {
                 self.broker.metrics().mqtt_denied_subscriptions.inc();
@@ -553,10 +553,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         // Read access is checked again for each message (as Mosquitto
         // does): a filter may be wider than a `deny` rule inside it, and
         // the rules may have been reloaded since the SUBSCRIBE.
-        let topic = live.identity.client_topic(&d.message.topic);
+        let topic = || live.identity.client_topic(&d.message.topic);
         if !self
             .broker
-            .acl_allows(&live.client_id, &live.username, &topic, Access::Read)
+            .acl_allows(&live.client_id, &live.username, topic, Access::Read)
         {
             return;
         }

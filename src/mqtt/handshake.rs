@@ -327,7 +327,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             let username = hello.username.as_deref().unwrap_or("");
             let permitted =
                 self.broker
-                    .acl_allows(&hello.client_id, username, &will.topic, Access::Write);
+                    .acl_allows(&hello.client_id, username, || &will.topic, Access::Write);
             match identity.publish_topic(&will.topic) {
                 Ok(t) if topic::valid_topic_name(&t) && permitted => will.topic = t,
                 _ => {

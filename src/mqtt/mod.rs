@@ -363,19 +363,20 @@ impl Broker {
     }
 
     /// Whether the access rules file (if any) lets `client_id` with
-    /// `username` (empty: none) have `access` to `topic`, as the client
-    /// names it.
-    pub(crate) fn acl_allows(
+    /// `username` (empty: none) have `access` to the topic `topic` gives,
+    /// as the client names it. `topic` is only called when a file is in
+    /// force: without one, a delivery pays nothing for it.
+    pub(crate) fn acl_allows<T: AsRef<str>>(
         &self,
         client_id: &str,
         username: &str,
-        topic: &str,
+        topic: impl FnOnce() -> T,
         access: acl::Access,
     ) -> bool {
         let rules = self.inner.acl.read().expect("acl lock").clone();
         rules.is_none_or(|rules| {
             let username = (!username.is_empty()).then_some(username);
-            rules.allows(client_id, username, topic, access)
+            rules.allows(client_id, username, topic().as_ref(), access)
         })
     }
 
