@@ -75,6 +75,9 @@ pub(super) struct Writer {
     batch: sled::Batch,
     touched: HashMap<ClientId, Touched>,
     changes: Vec<Arc<Change>>,
+    /// Where each client's changes sit in `changes`, in order: looking up
+    /// one client's changes in a large batch must not scan all of it.
+    client_changes: HashMap<ClientId, Vec<usize>>,
     acks: Vec<(Ack, Result<Revision, StoreError>)>,
 }
 
@@ -87,6 +90,7 @@ impl Writer {
             batch: sled::Batch::default(),
             touched: HashMap::new(),
             changes: Vec::new(),
+            client_changes: HashMap::new(),
             acks: Vec::new(),
         }
     }
@@ -163,6 +167,17 @@ impl Writer {
         ControlFlow::Continue
     }
 
+    /// Adds a change to the open batch.
+    fn push_change(&mut self, change: Change) {
+        if let Some(client) = &change.client_id {
+            self.client_changes
+                .entry(client.clone())
+                .or_default()
+                .push(self.changes.len());
+        }
+        self.changes.push(Arc::new(change));
+    }
+
     fn current(&self, client: &ClientId) -> Result<Option<ConnectionState>, StoreError> {
         match self.touched.get(client) {
             Some(t) => Ok(t.after.clone()),
@@ -201,6 +216,14 @@ impl Writer {
             Err(e) => {
                 self.revision = staged.revision;
                 self.changes.truncate(staged.changes);
+                for event in events {
+                    if let Some(at) = self.client_changes.get_mut(&event.client_id) {
+                        at.retain(|&i| i < staged.changes);
+                        if at.is_empty() {
+                            self.client_changes.remove(&event.client_id);
+                        }
+                    }
+                }
                 for (client, touched) in staged.touched {
                     match touched {
                         Some(t) => self.touched.insert(client, t),
@@ -238,14 +261,14 @@ impl Writer {
                     .or_insert_with(|| self.touched.get(&event.client_id).cloned());
                 self.touch(&event.client_id, current.clone(), Some(state.clone()));
             }
-            self.changes.push(Arc::new(Change {
+            self.push_change(Change {
                 revision,
                 kind: outcome.kind,
                 client_id: Some(event.client_id.clone()),
                 state: outcome.state.or(current),
                 log_entry: outcome.log_entry,
                 commit_time,
-            }));
+            });
         }
         Ok(last)
     }
@@ -256,10 +279,18 @@ impl Writer {
     /// it.
     fn logged_failures(&self, client: &ClientId) -> Result<u64, StoreError> {
         let mut failures = 0;
-        for change in self.changes.iter().rev() {
-            if change.client_id.as_ref() != Some(client) {
-                continue;
-            }
+        let in_batch = self
+            .client_changes
+            .get(client)
+            .map_or(&[][..], Vec::as_slice);
+        // Positions are taken back with a failed command; checking the
+        // client as well keeps a stale one harmless.
+        let own = in_batch
+            .iter()
+            .rev()
+            .filter_map(|&i| self.changes.get(i))
+            .filter(|c| c.client_id.as_ref() == Some(client));
+        for change in own {
             match change.kind {
                 ChangeKind::ConnectFailed => failures += 1,
                 ChangeKind::Deleted => return Ok(failures),
@@ -302,14 +333,14 @@ impl Writer {
         // The record and its log go when the deletion is written back.
         self.touch(client, Some(old), None);
         self.revision += 1;
-        self.changes.push(Arc::new(Change {
+        self.push_change(Change {
             revision: self.revision,
             kind: ChangeKind::Deleted,
             client_id: Some(client.clone()),
             state: None,
             log_entry: None,
             commit_time: Utc::now(),
-        }));
+        });
         Ok(self.revision)
     }
 
@@ -390,6 +421,7 @@ impl Writer {
     fn commit(&mut self) {
         let batch = std::mem::take(&mut self.batch);
         let changes = std::mem::take(&mut self.changes);
+        self.client_changes.clear();
         let acks = std::mem::take(&mut self.acks);
         let touched = std::mem::take(&mut self.touched);
         // Every write to the batch comes with a change.
@@ -589,5 +621,44 @@ mod tests {
             .collect();
         assert_eq!(clients, ["d:local:t:c"]);
         assert_eq!(store.changes_after(before, 100).unwrap().len(), 1);
+    }
+
+    /// A failed command takes back its place in the batch's per-client
+    /// lookup too: a first connect of the same client later in the same
+    /// group commit counts no failed connect of the command that failed
+    /// (several rounds, so that some land in one group commit).
+    #[tokio::test]
+    async fn a_failed_command_leaves_no_failed_connect_to_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        let broken = ClientId::new("d:local:t:broken").unwrap();
+        store
+            .inner
+            .db
+            .insert(keys::state(&broken), &b"not a record"[..])
+            .unwrap();
+        for round in 0..20 {
+            let name = format!("d:local:t:x{round}");
+            let refused = LifecycleEvent {
+                kind: EventKind::ConnectFailed {
+                    info: match connect(&name, 1).kind {
+                        EventKind::Connected(info) => info,
+                        _ => unreachable!(),
+                    },
+                    failure: crate::domain::ConnectFailure::BadCredentials,
+                },
+                ..connect(&name, 1)
+            };
+            let failing = store.commit_events(vec![refused, connect("d:local:t:broken", 1)]);
+            let other = store.commit_events(vec![connect(&name, 2)]);
+            let (failing, other) = tokio::join!(failing, other);
+            assert!(failing.is_err(), "round {round}: {failing:?}");
+            other.unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+            let state = store
+                .get_state(&ClientId::new(&name).unwrap())
+                .unwrap()
+                .expect("recorded");
+            assert_eq!(state.counters.failed_connects, 0, "round {round}");
+        }
     }
 }
