@@ -271,7 +271,8 @@ fn help_documents_off_and_rust_log() {
 /// A start that fails after some parts are running stops them all: here
 /// the MQTT listener already serves when the REST gateway's certificate
 /// turns out to be unreadable, and the failed start leaves no listener
-/// behind.
+/// behind, and no store: its writer ends with its last handle, and the
+/// data folder is free for the next start in the same process.
 #[tokio::test]
 async fn a_failed_start_stops_what_it_started() {
     let dir = tempfile::tempdir().unwrap();
@@ -280,8 +281,9 @@ async fn a_failed_start_stops_what_it_started() {
     let bind = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
     let mqtt = bind().await;
     let mqtt_addr = mqtt.local_addr().unwrap();
+    let data_dir = dir.path().join("data");
     let config = connstate::Config {
-        data_dir: dir.path().join("data"),
+        data_dir: data_dir.clone(),
         tls: Some((cert.clone(), cert)),
         ..connstate::Config::default()
     };
@@ -308,6 +310,24 @@ async fn a_failed_start_stops_what_it_started() {
             Err(_) => break,
             Ok(_) => {
                 assert!(Instant::now() < deadline, "the MQTT listener still accepts");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    // The store it opened is closed again: the folder opens.
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let options = connstate::store::StoreOptions::default();
+        match connstate::store::Store::open(&data_dir, options) {
+            Ok(store) => {
+                store.close().await.unwrap();
+                break;
+            }
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the data folder is still held after the failed start: {e}"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }

@@ -210,9 +210,17 @@ impl Default for StoreOptions {
 }
 
 /// A cheap, cloneable handle to the store.
+///
+/// Dropping the last handle (without [`Store::close`]) stops the store: the
+/// writer's command channel closes, the writer ends, the write-back thread
+/// ends after a last write-back, and the folder is flushed and released.
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
+    /// The writer's commands. Every outside handle holds a sender, the
+    /// store's own threads none ([`Store::internal`]): a writer kept alive
+    /// by its own sender would never see its last handle go.
+    commands: Option<mpsc::Sender<writer::Command>>,
 }
 
 struct Inner {
@@ -250,7 +258,6 @@ struct Inner {
     index_from_checkpoint: AtomicBool,
     index: index::StateIndex,
     metrics: Arc<crate::metrics::Metrics>,
-    commands: mpsc::Sender<writer::Command>,
     /// Clients whose log grew since the last retention pass.
     grown_logs: Mutex<HashSet<ClientId>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -318,14 +325,14 @@ impl Store {
                 index_from_checkpoint: AtomicBool::new(false),
                 index: index::StateIndex::default(),
                 metrics: options.metrics.clone(),
-                commands,
                 grown_logs: Mutex::new(HashSet::new()),
                 writer_thread: Mutex::new(None),
                 path: path.to_owned(),
             }),
+            commands: Some(commands),
         };
         let replayed = store.replay_log_tail()?;
-        let mut writer = writer::Writer::new(store.clone(), committed, options.max_batch_events);
+        let mut writer = writer::Writer::new(store.internal(), committed, options.max_batch_events);
         writer.finish_interrupted_clear()?;
         let from_snapshot = store.load_index_checkpoint()?;
         store
@@ -374,6 +381,20 @@ impl Store {
         Ok(store)
     }
 
+    /// A handle for the store's own threads: it reads and writes back like
+    /// any other, but holds no sender of the writer's commands, so it keeps
+    /// neither the writer nor itself alive once every outside handle is gone.
+    fn internal(&self) -> Store {
+        Store::internal_of(self.inner.clone())
+    }
+
+    fn internal_of(inner: Arc<Inner>) -> Store {
+        Store {
+            inner,
+            commands: None,
+        }
+    }
+
     /// Looks at the free space every [`SPACE_PROBE_INTERVAL`] until the
     /// store closes, so that a disk filled by others stops recording and
     /// freed space resumes it without waiting for a write.
@@ -386,7 +407,7 @@ impl Store {
             if inner.closed.load(Ordering::Acquire) {
                 return;
             }
-            Store { inner }.check_space();
+            Store::internal_of(inner).check_space();
         }
     }
 
@@ -555,9 +576,9 @@ impl Store {
         if let Some(refusal) = self.recording().refusal() {
             return Err(refusal);
         }
+        let commands = self.commands.as_ref().ok_or(StoreError::Closed)?;
         let (ack, done) = oneshot::channel();
-        self.inner
-            .commands
+        commands
             .send(command(ack))
             .await
             .map_err(|_| StoreError::Closed)?;
@@ -569,12 +590,11 @@ impl Store {
     pub async fn close(&self) -> Result<(), StoreError> {
         self.inner.closed.store(true, Ordering::Release);
         let (ack, done) = oneshot::channel();
-        if self
-            .inner
-            .commands
-            .send(writer::Command::Shutdown { ack })
-            .await
-            .is_ok()
+        if let Some(commands) = &self.commands
+            && commands
+                .send(writer::Command::Shutdown { ack })
+                .await
+                .is_ok()
         {
             let _ = done.await;
         }
@@ -609,6 +629,35 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// The end of a store whose last handle was dropped without a close,
+    /// on the writer thread once its channel has closed: the write-back
+    /// thread stops after a last write-back, then the store is flushed and
+    /// its indexes checkpointed, as at a close.
+    fn finish_after_last_handle(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.pacer.stop();
+        let thread = self
+            .inner
+            .write_back_thread
+            .lock()
+            .expect("write-back lock")
+            .take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+        // Whatever is left (a write-back thread that died).
+        self.write_back_now();
+        if let Err(e) = self.inner.db.flush() {
+            tracing::warn!(error = %e, "flushing the store after its last handle went failed");
+            return;
+        }
+        if self.can_record()
+            && let Err(e) = self.checkpoint()
+        {
+            tracing::warn!(error = %e, "could not save the index snapshot; the next start rebuilds it");
+        }
     }
 
     /// Replays the commits of the log after the materialised position (left
@@ -656,7 +705,7 @@ impl Store {
             let Some(inner) = inner.upgrade() else {
                 return;
             };
-            Store { inner }.write_back_now();
+            Store::internal_of(inner).write_back_now();
             pacer.drained.notify_all();
             if stop {
                 return;

@@ -111,3 +111,193 @@ impl Store {
 fn millis(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::{
+            Arc,
+            atomic::{AtomicBool, Ordering},
+        },
+        time::{Duration, Instant},
+    };
+
+    use chrono::Utc;
+
+    use super::super::{Settings, Store, log::Log};
+    use crate::domain::{ClientId, ConnectionInfo, EventKind, LifecycleEvent, MqttProtocol};
+
+    fn connect(client: &str, connection_id: u64) -> LifecycleEvent {
+        LifecycleEvent {
+            client_id: ClientId::new(client).unwrap(),
+            time: Utc::now(),
+            connection_id,
+            broker: Arc::from("test"),
+            kind: EventKind::Connected(ConnectionInfo {
+                addr: "127.0.0.1".parse().unwrap(),
+                port: 1,
+                secure: false,
+                username: String::new(),
+                protocol: Some(MqttProtocol::V3_1_1),
+                keep_alive: 60,
+                clean_session: true,
+            }),
+            peer: None,
+        }
+    }
+
+    /// Keeps the feed to `max_entries` changes, whatever their age.
+    async fn keep_feed(store: &Store, max_entries: u64) {
+        store
+            .update_settings(Settings {
+                feed_max_entries: max_entries,
+                ..store.settings()
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Feed retention trims only what is written back: with the write-back
+    /// held and a feed limit of nothing, a pass keeps every commit after
+    /// the materialised position (a crash restart replays them), and trims
+    /// them once they are written back.
+    #[tokio::test]
+    async fn feed_retention_never_trims_past_the_materialised_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        for id in 1..=5 {
+            store
+                .commit_events(vec![connect("d:o:t:a", id), connect("d:o:t:b", id)])
+                .await
+                .unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.materialised_revision() < store.committed_revision() {
+            assert!(Instant::now() < deadline, "no write-back");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        store.inner.hold_write_back.store(true, Ordering::Release);
+        for id in 6..=9 {
+            store
+                .commit_events(vec![connect("d:o:t:a", id), connect("d:o:t:c", id)])
+                .await
+                .unwrap();
+        }
+        let materialised = store.materialised_revision();
+        assert!(materialised < store.committed_revision());
+
+        keep_feed(&store, 0).await;
+        let report = store.run_retention().unwrap();
+        assert_eq!(report.changes as u64, materialised);
+        assert_eq!(
+            store.oldest_feed_revision().unwrap(),
+            Some(materialised + 1),
+            "every commit not written back stays"
+        );
+        assert_eq!(
+            store.changes_after(materialised, usize::MAX).unwrap().len() as u64,
+            store.committed_revision() - materialised
+        );
+
+        store.inner.hold_write_back.store(false, Ordering::Release);
+        store.inner.pacer.wake();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.materialised_revision() < store.committed_revision() {
+            assert!(Instant::now() < deadline, "no write-back");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        store.run_retention().unwrap();
+        assert_eq!(store.oldest_feed_revision().unwrap(), None);
+        store.close().await.unwrap();
+    }
+
+    /// A retention pass over a large feed runs beside the writer and the
+    /// write-back: commits go on being acknowledged, promptly, while it
+    /// deletes, and it trims the feed from its oldest end to one
+    /// contiguous run.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retention_pass_over_a_large_feed_never_blocks_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        // Many small commits: the feed's retention walks commit by commit.
+        let mut pending = Vec::new();
+        for n in 0..20_000u64 {
+            let store = store.clone();
+            pending.push(tokio::spawn(async move {
+                store
+                    .commit_events(vec![connect(&format!("d:o:t:c{}", n % 5000), n + 1)])
+                    .await
+            }));
+        }
+        for commit in pending {
+            commit.await.unwrap().unwrap();
+        }
+        keep_feed(&store, 10).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while store.materialised_revision() < store.committed_revision() {
+            assert!(Instant::now() < deadline, "no write-back");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+
+        let passing = Arc::new(AtomicBool::new(true));
+        let writes = {
+            let store = store.clone();
+            let passing = passing.clone();
+            tokio::spawn(async move {
+                let (mut during, mut slowest) = (0, Duration::ZERO);
+                for n in 0u64.. {
+                    let started = Instant::now();
+                    store
+                        .commit_events(vec![connect("d:o:t:writer", 100_000 + n)])
+                        .await
+                        .unwrap();
+                    if !passing.load(Ordering::Acquire) {
+                        return (during, slowest);
+                    }
+                    during += 1;
+                    slowest = slowest.max(started.elapsed());
+                }
+                unreachable!()
+            })
+        };
+        let pass = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || {
+                let started = Instant::now();
+                let report = store.run_retention();
+                (report, started.elapsed())
+            })
+        };
+        let (report, took) = tokio::time::timeout(Duration::from_secs(60), pass)
+            .await
+            .expect("the pass ends")
+            .unwrap();
+        passing.store(false, Ordering::Release);
+        let (during, slowest) = tokio::time::timeout(Duration::from_secs(30), writes)
+            .await
+            .expect("the writes go on")
+            .unwrap();
+        let report = report.unwrap();
+        assert!(report.changes > 19_000, "{report:?}");
+        assert!(
+            during >= 1,
+            "no commit was acknowledged during a {took:?} retention pass"
+        );
+        assert!(
+            slowest < Duration::from_secs(2),
+            "a commit waited {slowest:?} during a {took:?} retention pass"
+        );
+        // The feed is one contiguous run up to the newest commit.
+        let first = store.oldest_feed_revision().unwrap().unwrap();
+        let committed = store.committed_revision();
+        let left = store
+            .inner
+            .log
+            .read_after(first - 1, committed, usize::MAX)
+            .unwrap();
+        let revisions: Vec<u64> = left.iter().map(|c| c.revision).collect();
+        assert_eq!(revisions, (first..=committed).collect::<Vec<_>>());
+        println!("{during} commits during a {took:?} pass, slowest {slowest:?}");
+        store.close().await.unwrap();
+    }
+}

@@ -67,6 +67,9 @@ struct Staged {
 }
 
 pub(super) struct Writer {
+    /// An internal handle ([`Store::internal`]): no sender of the writer's
+    /// own commands, so that the writer ends once every outside handle is
+    /// gone.
     store: Store,
     /// The last revision handed out (committed or in the open batch).
     revision: Revision,
@@ -95,6 +98,10 @@ impl Writer {
         }
     }
 
+    /// Takes commands until a [`Command::Shutdown`] (the store's close does
+    /// the rest) or until the channel closes: every handle of the store is
+    /// gone (the writer holds none that sends), and the writer ends the
+    /// store itself.
     pub(super) fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         while let Some(first) = commands.blocking_recv() {
             let mut group = vec![first];
@@ -126,6 +133,7 @@ impl Writer {
                 self.store.wait_for_write_back();
             }
         }
+        self.store.finish_after_last_handle();
     }
 
     fn handle(&mut self, command: Command) -> ControlFlow {
@@ -660,5 +668,82 @@ mod tests {
                 .expect("recorded");
             assert_eq!(state.counters.failed_connects, 0, "round {round}");
         }
+    }
+
+    /// Dropping every handle of the store, without closing it, ends its
+    /// writer and write-back threads after a last write-back: the store's
+    /// own threads keep nothing of it alive. The folder is free again, and
+    /// reopening it finds every commit written back, nothing to replay.
+    #[tokio::test]
+    async fn dropping_the_last_handle_stops_the_writer_and_the_write_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        let other = store.clone();
+        store
+            .commit_events(vec![connect("d:local:t:a", 1), connect("d:local:t:b", 1)])
+            .await
+            .unwrap();
+        // The last commit stays in the overlay until the end.
+        store
+            .inner
+            .hold_write_back
+            .store(true, std::sync::atomic::Ordering::Release);
+        other
+            .commit_events(vec![connect("d:local:t:c", 1)])
+            .await
+            .unwrap();
+        assert!(store.materialised_revision() < store.committed_revision());
+        store
+            .inner
+            .hold_write_back
+            .store(false, std::sync::atomic::Ordering::Release);
+        let committed = store.committed_revision();
+        let writer = store.inner.writer_thread.lock().unwrap().take().unwrap();
+        let write_back = store
+            .inner
+            .write_back_thread
+            .lock()
+            .unwrap()
+            .take()
+            .unwrap();
+        drop(store);
+        drop(other);
+
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !(writer.is_finished() && write_back.is_finished()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer ({}) and the write-back ({}) still run with no handle left",
+                if writer.is_finished() {
+                    "ended"
+                } else {
+                    "running"
+                },
+                if write_back.is_finished() {
+                    "ended"
+                } else {
+                    "running"
+                },
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        writer.join().unwrap();
+        write_back.join().unwrap();
+
+        // The last write-back reached the disk: nothing is left to replay.
+        let db = sled::open(dir.path()).expect("the folder is free again");
+        let position = super::super::overlay::stored_position(&db).unwrap();
+        assert_eq!(position, Some(committed));
+        drop(db);
+        let reopened = Store::open(dir.path(), Default::default()).unwrap();
+        assert_eq!(reopened.committed_revision(), committed);
+        for client in ["d:local:t:a", "d:local:t:b", "d:local:t:c"] {
+            let state = reopened
+                .get_state(&ClientId::new(client).unwrap())
+                .unwrap()
+                .unwrap_or_else(|| panic!("{client} is recorded"));
+            assert_eq!(state.status, ConnectionStatus::Connected);
+        }
+        reopened.close().await.unwrap();
     }
 }
