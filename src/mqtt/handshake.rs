@@ -73,8 +73,60 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             return Err(HandshakeEnd::Refused);
         };
         let accepted = self.attach(hello, record_id, connection_id, identity).await;
+        // The connect is durable before the client hears CONNACK: a crash
+        // after it leaves a record, which the restart ends.
+        let kind = EventKind::Connected(self.connection_info(&accepted.hello));
+        let recorded = self
+            .broker
+            .record(
+                &accepted.record_id,
+                accepted.connect_time,
+                accepted.connection_id,
+                None,
+                kind.clone(),
+            )
+            .await;
+        if !recorded {
+            self.unrecorded(accepted).await;
+            return Err(HandshakeEnd::Refused);
+        }
+        log_lifecycle(
+            &accepted.record_id,
+            self.transport.peer,
+            &kind,
+            accepted.hello.keep_alive,
+        );
         self.welcome(&accepted, assigned);
         Ok(accepted)
+    }
+
+    /// Refuses a connect the store could not record (v3 CONNACK 3, v5
+    /// 0x88, as when the store refuses writes before the handshake) and
+    /// hands the session it had attached back untouched.
+    async fn unrecorded(&mut self, mut a: Accepted) {
+        tracing::warn!(
+            client_id = %a.record_id,
+            peer = %self.transport.peer,
+            "CONNECT refused: its connect could not be recorded (server unavailable, 0x88)"
+        );
+        self.broker
+            .metrics()
+            .count_failed_connect(Some(ConnectFailure::ServerUnavailable.reason_code()));
+        self.write_connack_refused(ConnectFailure::ServerUnavailable)
+            .await;
+        let leftovers = a
+            .mailbox
+            .close()
+            .into_iter()
+            .filter_map(|item| match item {
+                super::Outbound::Deliver(d) => Some(d),
+                super::Outbound::Close(_) => None,
+            })
+            .collect();
+        let carried = std::mem::take(&mut a.attached.carried);
+        self.broker
+            .detach(&a.attached.session, a.connection_id, carried, leftovers);
+        a.finished.cancel();
     }
 
     /// Reads until a whole CONNECT is decoded, choosing the codec by its
@@ -388,7 +440,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         }
     }
 
-    /// CONNACK, the connect recorded, the Connect monitor message.
+    /// CONNACK and the Connect monitor message.
     fn welcome(&mut self, a: &Accepted, assigned: Option<String>) {
         let options = self.broker.options();
         let welcome = Welcome {
@@ -403,11 +455,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         let result = self.codec.connack(welcome, &mut self.wbuf);
         self.sent("CONNACK", result);
 
-        let info = self.connection_info(&a.hello);
-        let kind = EventKind::Connected(info);
-        log_lifecycle(&a.record_id, self.transport.peer, &kind, a.hello.keep_alive);
-        self.broker
-            .report(&a.record_id, a.connect_time, a.connection_id, kind);
         let origin = self.origin(&a.client_id, &a.username);
         self.broker.publish_monitor(
             &origin,

@@ -48,7 +48,7 @@ use std::{
 use bytes::Bytes;
 use bytestring::ByteString;
 use rmqtt_codec::{types::QoS, v5::PublishProperties};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use listener::{ListenerLimits, MqttListeners, spawn_listeners, tls_config};
@@ -288,7 +288,7 @@ struct Inner {
     store: Store,
     registry: Registry,
     metrics: Arc<crate::metrics::Metrics>,
-    events: mpsc::UnboundedSender<LifecycleEvent>,
+    events: mpsc::UnboundedSender<Reported>,
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     subscriptions: RwLock<SubscriptionTree<Arc<str>, Subscriber>>,
     /// Retained messages by topic; sorted, so that the messages under a
@@ -451,14 +451,51 @@ impl Broker {
     ) {
         // The pump outlives every connection; a send after it stopped has
         // nowhere to go anyway.
-        let _ = self.inner.events.send(LifecycleEvent {
+        let _ = self.inner.events.send(Reported {
+            event: self.event(client_id, time, connection_id, peer, kind),
+            durable: None,
+        });
+    }
+
+    /// [`Broker::report_from`], returning once the event is durable: `false`
+    /// when it could not be recorded (the store refuses writes, or the
+    /// broker is stopping). A connect is acknowledged only after this, so
+    /// that no client holds a CONNACK the store could lose in a crash.
+    async fn record(
+        &self,
+        client_id: &ClientId,
+        time: crate::domain::Timestamp,
+        connection_id: u64,
+        peer: Option<std::net::SocketAddr>,
+        kind: crate::domain::EventKind,
+    ) -> bool {
+        let (durable, done) = oneshot::channel();
+        let reported = Reported {
+            event: self.event(client_id, time, connection_id, peer, kind),
+            durable: Some(durable),
+        };
+        if self.inner.events.send(reported).is_err() {
+            return false;
+        }
+        done.await.unwrap_or(false)
+    }
+
+    fn event(
+        &self,
+        client_id: &ClientId,
+        time: crate::domain::Timestamp,
+        connection_id: u64,
+        peer: Option<std::net::SocketAddr>,
+        kind: crate::domain::EventKind,
+    ) -> LifecycleEvent {
+        LifecycleEvent {
             client_id: client_id.clone(),
             time,
             connection_id,
             broker: self.inner.name.clone(),
             kind,
             peer,
-        });
+        }
     }
 
     fn next_connection_id(&self) -> Result<u64, StoreError> {
@@ -563,9 +600,16 @@ impl Broker {
     }
 }
 
+/// A lifecycle event on its way to the tracker, with whoever waits for it
+/// to be durable.
+struct Reported {
+    event: LifecycleEvent,
+    durable: Option<oneshot::Sender<bool>>,
+}
+
 async fn pump_events(
     tracker: Tracker,
-    mut rx: mpsc::UnboundedReceiver<LifecycleEvent>,
+    mut rx: mpsc::UnboundedReceiver<Reported>,
     drain: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(1024);
@@ -580,9 +624,24 @@ async fn pump_events(
         if received == 0 {
             return;
         }
-        match tracker.record(std::mem::take(&mut batch)).await {
-            Ok(_) | Err(StoreError::Disabled) => {}
-            Err(e) => tracing::error!(error = %e, "recording lifecycle events failed"),
+        let mut waiting = Vec::new();
+        let events = batch
+            .drain(..)
+            .map(|r| {
+                waiting.extend(r.durable);
+                r.event
+            })
+            .collect();
+        // Nothing to record with tracking switched off: a connect goes on.
+        let recorded = match tracker.record(events).await {
+            Ok(_) | Err(StoreError::Disabled) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "recording lifecycle events failed");
+                false
+            }
+        };
+        for durable in waiting {
+            let _ = durable.send(recorded);
         }
     }
 }
