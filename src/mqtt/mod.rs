@@ -11,6 +11,7 @@
 //!   and which topics it may use.
 //! - `acl`: the access rules file (`--acl-file`), on top of `identity`.
 //! - `session`: sessions that outlive connections, queued messages, expiry.
+//! - `expiry`: the one queue of session expiries and delayed wills.
 //! - `connection`: one task per network connection: the connected loop
 //!   and the goodbye.
 //! - `handshake`: CONNECT to CONNACK, in steps.
@@ -24,6 +25,7 @@
 
 pub mod acl;
 mod connection;
+mod expiry;
 mod handshake;
 mod identity;
 mod link;
@@ -303,6 +305,17 @@ struct Inner {
     /// The access rules file's rules, if one is given; replaced whole on
     /// a reload, so a check sees the old rules or the new ones.
     acl: RwLock<Option<Arc<acl::AclRules>>>,
+    /// Session expiries and delayed wills, one timer wheel for the broker.
+    expiries: expiry::ExpiryQueue<Due>,
+}
+
+/// What an expiry timer ends.
+pub(crate) enum Due {
+    /// The detached session is discarded, unless a connection came back.
+    Session(Arc<Session>),
+    /// The will of the session's last connection is published, unless a
+    /// connection came back.
+    Will(Arc<Session>, Box<Message>),
 }
 
 /// The task that hands lifecycle events to the tracker in order, and the
@@ -333,6 +346,7 @@ impl Broker {
         let (events, rx) = mpsc::unbounded_channel();
         let drain = CancellationToken::new();
         let handle = tokio::spawn(pump_events(tracker, rx, drain.clone()));
+        let (expiries, due) = expiry::ExpiryQueue::new();
         let broker = Broker {
             inner: Arc::new(Inner {
                 options,
@@ -347,8 +361,17 @@ impl Broker {
                 connections: TaskTracker::new(),
                 name: Arc::from(crate::domain::EMBEDDED_BROKER),
                 acl: RwLock::new(None),
+                expiries,
             }),
         };
+        // The timers hold the broker weakly: they end with it.
+        let weak = Arc::downgrade(&broker.inner);
+        let stop = broker.inner.stop.clone();
+        tokio::spawn(due.run(stop, move |fired| {
+            if let Some(inner) = weak.upgrade() {
+                Broker { inner }.expired(fired);
+            }
+        }));
         (broker, EventPump { handle, drain })
     }
 
@@ -359,7 +382,7 @@ impl Broker {
     /// Puts `rules` in force for every check from now on, also on the
     /// connections already open; `None` leaves only the platform's rules.
     pub fn set_access_rules(&self, rules: Option<acl::AclRules>) {
-        *self.inner.acl.write().expect("acl lock") = rules.map(Arc::new);
+        *self.inner.acl.write().expect("lock") = rules.map(Arc::new);
     }
 
     /// Whether the access rules file (if any) lets `client_id` with
@@ -373,7 +396,7 @@ impl Broker {
         topic: impl FnOnce() -> T,
         access: acl::Access,
     ) -> bool {
-        let rules = self.inner.acl.read().expect("acl lock").clone();
+        let rules = self.inner.acl.read().expect("lock").clone();
         rules.is_none_or(|rules| {
             let username = (!username.is_empty()).then_some(username);
             rules.allows(client_id, username, topic().as_ref(), access)
@@ -404,7 +427,7 @@ impl Broker {
             .inner
             .sessions
             .lock()
-            .expect("sessions lock")
+            .expect("lock")
             .values()
             .cloned()
             .collect();
@@ -419,7 +442,7 @@ impl Broker {
         self.inner
             .sessions
             .lock()
-            .expect("sessions lock")
+            .expect("lock")
             .get(client_id)
             .cloned()
     }
@@ -470,7 +493,7 @@ impl Broker {
     pub(crate) fn publish(&self, message: Message) -> usize {
         let message = Arc::new(message);
         if message.retain {
-            let mut retained = self.inner.retained.write().expect("retained lock");
+            let mut retained = self.inner.retained.write().expect("lock");
             if message.payload.is_empty() {
                 retained.remove(&message.topic);
             } else {
@@ -482,7 +505,7 @@ impl Broker {
         self.inner
             .subscriptions
             .read()
-            .expect("subscriptions lock")
+            .expect("lock")
             .for_each_match(&message.topic, |_, sub| {
                 let shared = matches!(sub, Subscriber::Shared { .. });
                 targets.extend(sub.pick().map(|(s, o)| (s, o, shared)));
@@ -536,11 +559,7 @@ impl Broker {
 
     /// Removes the retained message of `topic`.
     pub(crate) fn clear_retained(&self, topic: &str) {
-        self.inner
-            .retained
-            .write()
-            .expect("retained lock")
-            .remove(topic);
+        self.inner.retained.write().expect("lock").remove(topic);
     }
 
     /// Retained messages matching `filter`.
@@ -551,7 +570,7 @@ impl Broker {
         self.inner
             .retained
             .read()
-            .expect("retained lock")
+            .expect("lock")
             .range::<str, _>((
                 std::ops::Bound::Included(literal),
                 std::ops::Bound::Unbounded,
@@ -584,5 +603,57 @@ async fn pump_events(
             Ok(_) | Err(StoreError::Disabled) => {}
             Err(e) => tracing::error!(error = %e, "recording lifecycle events failed"),
         }
+    }
+}
+
+/// A broker over a store in a temporary folder, for unit tests that drive
+/// it without sockets.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub(crate) fn broker(options: BrokerOptions) -> (Broker, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path(), Default::default()).expect("store");
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let tracker = Tracker::new(store.clone(), metrics.clone());
+        let registry = Registry::new(&store, &options.org_id).expect("registry");
+        let (broker, _pump) = Broker::new(
+            options,
+            store,
+            tracker,
+            registry,
+            metrics,
+            CancellationToken::new(),
+        );
+        (broker, dir)
+    }
+
+    /// A subscriber's session, online, subscribed to `filter` at QoS 0;
+    /// what reaches it arrives in the returned mailbox.
+    pub(crate) async fn subscriber(broker: &Broker, filter: &str) -> Arc<session::Mailbox> {
+        let mailbox = Arc::new(session::Mailbox::default());
+        let id: Arc<str> = Arc::from("subscriber");
+        let attached = broker
+            .attach(
+                &id,
+                u64::MAX,
+                true,
+                0,
+                "",
+                "test",
+                mailbox.clone(),
+                CancellationToken::new(),
+            )
+            .await;
+        let options = SubOptions {
+            qos: QoS::AtMostOnce,
+            no_local: false,
+            retain_as_published: false,
+            id: None,
+            one_copy: false,
+        };
+        broker.add_subscription(&attached.session, filter, options);
+        mailbox
     }
 }
