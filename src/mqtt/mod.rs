@@ -382,7 +382,7 @@ impl Broker {
     /// Puts `rules` in force for every check from now on, also on the
     /// connections already open; `None` leaves only the platform's rules.
     pub fn set_access_rules(&self, rules: Option<acl::AclRules>) {
-        *self.inner.acl.write().expect("lock") = rules.map(Arc::new);
+        *crate::lock::write(&self.inner.acl) = rules.map(Arc::new);
     }
 
     /// Whether the access rules file (if any) lets `client_id` with
@@ -396,7 +396,7 @@ impl Broker {
         topic: impl FnOnce() -> T,
         access: acl::Access,
     ) -> bool {
-        let rules = self.inner.acl.read().expect("lock").clone();
+        let rules = crate::lock::read(&self.inner.acl).clone();
         rules.is_none_or(|rules| {
             let username = (!username.is_empty()).then_some(username);
             rules.allows(client_id, username, topic().as_ref(), access)
@@ -423,11 +423,7 @@ impl Broker {
     /// Ends every connection whose credentials match `revoked` (a device
     /// deleted, an API key deleted).
     pub fn revoke(&self, revoked: impl Fn(&ClientId, &str) -> bool) -> usize {
-        let sessions: Vec<Arc<Session>> = self
-            .inner
-            .sessions
-            .lock()
-            .expect("lock")
+        let sessions: Vec<Arc<Session>> = crate::lock::lock(&self.inner.sessions)
             .values()
             .cloned()
             .collect();
@@ -439,10 +435,7 @@ impl Broker {
     }
 
     fn session(&self, client_id: &str) -> Option<Arc<Session>> {
-        self.inner
-            .sessions
-            .lock()
-            .expect("lock")
+        crate::lock::lock(&self.inner.sessions)
             .get(client_id)
             .cloned()
     }
@@ -493,7 +486,7 @@ impl Broker {
     pub(crate) fn publish(&self, message: Message) -> usize {
         let message = Arc::new(message);
         if message.retain {
-            let mut retained = self.inner.retained.write().expect("lock");
+            let mut retained = crate::lock::write(&self.inner.retained);
             if message.payload.is_empty() {
                 retained.remove(&message.topic);
             } else {
@@ -502,14 +495,10 @@ impl Broker {
         }
         // (session, options, whether through a group)
         let mut targets: Vec<(Arc<Session>, SubOptions, bool)> = Vec::new();
-        self.inner
-            .subscriptions
-            .read()
-            .expect("lock")
-            .for_each_match(&message.topic, |_, sub| {
-                let shared = matches!(sub, Subscriber::Shared { .. });
-                targets.extend(sub.pick().map(|(s, o)| (s, o, shared)));
-            });
+        crate::lock::read(&self.inner.subscriptions).for_each_match(&message.topic, |_, sub| {
+            let shared = matches!(sub, Subscriber::Shared { .. });
+            targets.extend(sub.pick().map(|(s, o)| (s, o, shared)));
+        });
         let mut deliveries: Vec<(Arc<Session>, Delivery)> = Vec::with_capacity(targets.len());
         // Where the one copy of each v5 client is, once it has one.
         let mut copies: HashMap<Arc<str>, usize> = HashMap::new();
@@ -559,7 +548,7 @@ impl Broker {
 
     /// Removes the retained message of `topic`.
     pub(crate) fn clear_retained(&self, topic: &str) {
-        self.inner.retained.write().expect("lock").remove(topic);
+        crate::lock::write(&self.inner.retained).remove(topic);
     }
 
     /// Retained messages matching `filter`.
@@ -567,10 +556,7 @@ impl Broker {
         // Only topics starting with the part before the first wildcard can
         // match: one range of the sorted map, not the whole map.
         let literal = &filter[..filter.find(['+', '#']).unwrap_or(filter.len())];
-        self.inner
-            .retained
-            .read()
-            .expect("lock")
+        crate::lock::read(&self.inner.retained)
             .range::<str, _>((
                 std::ops::Bound::Included(literal),
                 std::ops::Bound::Unbounded,

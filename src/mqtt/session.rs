@@ -91,7 +91,7 @@ pub struct Mailbox {
 
 impl Mailbox {
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Outbound>> {
-        self.queue.lock().expect("lock")
+        crate::lock::lock(&self.queue)
     }
 
     /// Queues `item`, unless the mailbox is closed or holds `limit`
@@ -153,7 +153,7 @@ impl Session {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().expect("lock")
+        crate::lock::lock(&self.state)
     }
 
     /// Hands `delivery` to the connection, or queues it while offline.
@@ -301,7 +301,7 @@ impl Broker {
                 tracing::warn!(client_id = %client_id, "taken-over connection did not close in time");
             }
         }
-        let mut sessions = self.inner.sessions.lock().expect("lock");
+        let mut sessions = crate::lock::lock(&self.inner.sessions);
         let session = sessions
             .entry(client_id.clone())
             .or_insert_with(|| Arc::new(Session::new(client_id.clone())))
@@ -431,7 +431,7 @@ impl Broker {
     /// Ends `session` if no connection came back since `generation`.
     fn discard_if_idle(&self, session: &Arc<Session>, generation: u64) {
         let filters: Vec<String> = {
-            let mut sessions = self.inner.sessions.lock().expect("lock");
+            let mut sessions = crate::lock::lock(&self.inner.sessions);
             let mut state = session.lock();
             if state.online.is_some() || state.generation != generation {
                 return;
@@ -456,7 +456,7 @@ impl Broker {
             return;
         }
         let group = super::shared_group(client_id);
-        let mut tree = self.inner.subscriptions.write().expect("lock");
+        let mut tree = crate::lock::write(&self.inner.subscriptions);
         for filter in filters {
             if let Share::Group { group, filter } = Share::parse(filter) {
                 leave(&mut tree, filter, super::share_key(group), client_id);
@@ -480,7 +480,7 @@ impl Broker {
         options: SubOptions,
     ) -> bool {
         let new = session.subscribe(filter, options);
-        let mut tree = self.inner.subscriptions.write().expect("lock");
+        let mut tree = crate::lock::write(&self.inner.subscriptions);
         if let Share::Group { group, filter } = Share::parse(filter) {
             join(&mut tree, filter, super::share_key(group), session, options);
             return new;
@@ -579,6 +579,58 @@ mod tests {
         sleep(Duration::from_secs(10 * 365 * 86400)).await;
         assert!(broker.session("never").is_some());
         assert!(connect(&broker, "never", 2, NEVER).await.session_present);
+    }
+
+    /// A bug that panics in one connection while it holds the session
+    /// table, its session and the subscription tree leaves them poisoned;
+    /// later connects, takeovers and routing go on.
+    #[tokio::test(start_paused = true)]
+    async fn a_panic_under_the_broker_locks_does_not_stop_later_connects() {
+        let (broker, _dir) = testing::broker(BrokerOptions::default());
+        let mailbox = testing::subscriber(&broker, "t").await;
+        let first = connect(&broker, "c", 1, NEVER).await;
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _sessions = broker.inner.sessions.lock().unwrap();
+            let _state = first.session.state.lock().unwrap();
+            let _tree = broker.inner.subscriptions.write().unwrap();
+            panic!("a bug in one connection");
+        }));
+        assert!(panicked.is_err());
+        assert!(broker.inner.sessions.is_poisoned());
+        assert!(first.session.state.is_poisoned());
+        assert!(broker.inner.subscriptions.is_poisoned());
+
+        // The poisoned client's connection goes and comes back.
+        disconnect(&broker, &first, 1);
+        let again = connect(&broker, "c", 2, NEVER).await;
+        assert!(again.session_present);
+        assert!(broker.add_subscription(&again.session, "u", sub_options()));
+        // Another client connects, and messages are routed.
+        let other = connect(&broker, "other", 1, 0).await;
+        assert!(!other.session_present);
+        let sent = broker.publish(crate::mqtt::Message {
+            topic: "t".into(),
+            payload: bytes::Bytes::from_static(b"hello"),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: None,
+            publisher: None,
+            received: std::time::Instant::now(),
+        });
+        assert_eq!(sent, 1);
+        let mut out = Vec::new();
+        mailbox.recv(&mut out, 1).await;
+        assert!(matches!(&out[..], [Outbound::Deliver(d)] if &*d.message.topic == "t"));
+    }
+
+    fn sub_options() -> SubOptions {
+        SubOptions {
+            qos: QoS::AtMostOnce,
+            no_local: false,
+            retain_as_published: false,
+            id: None,
+            one_copy: false,
+        }
     }
 
     async fn sleep_until(t0: Instant, at: Duration) {
