@@ -307,6 +307,9 @@ struct Inner {
     acl: RwLock<Option<Arc<acl::AclRules>>>,
     /// Session expiries and delayed wills, one timer wheel for the broker.
     expiries: expiry::ExpiryQueue<Due>,
+    /// Listeners that stopped accepting, each said in a sentence; empty
+    /// while every configured listener accepts.
+    listeners_down: tokio::sync::watch::Sender<Vec<String>>,
 }
 
 /// What an expiry timer ends.
@@ -362,6 +365,7 @@ impl Broker {
                 name: Arc::from(crate::domain::EMBEDDED_BROKER),
                 acl: RwLock::new(None),
                 expiries,
+                listeners_down: tokio::sync::watch::Sender::new(Vec::new()),
             }),
         };
         // The timers hold the broker weakly: they end with it.
@@ -377,6 +381,30 @@ impl Broker {
 
     pub fn options(&self) -> &BrokerOptions {
         &self.inner.options
+    }
+
+    /// What keeps the broker from serving, each said in a sentence: a
+    /// configured listener that stopped accepting, or shutdown. Empty
+    /// while it serves; health and `/ready` report it.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = self.inner.listeners_down.borrow().clone();
+        if self.inner.stop.is_cancelled() {
+            problems.push("the MQTT broker is shutting down".to_owned());
+        }
+        problems
+    }
+
+    /// Changes of the listeners that stopped accepting (see
+    /// [`Broker::problems`]).
+    pub fn watch_listeners(&self) -> tokio::sync::watch::Receiver<Vec<String>> {
+        self.inner.listeners_down.subscribe()
+    }
+
+    /// Records that a listener stopped accepting, and why.
+    fn listener_down(&self, problem: String) {
+        self.inner
+            .listeners_down
+            .send_modify(|down| down.push(problem));
     }
 
     /// Puts `rules` in force for every check from now on, also on the
