@@ -81,6 +81,22 @@ impl Acceptor {
     /// The next connection within the cap, with Nagle's algorithm off
     /// (small responses must not wait for delayed ACKs).
     pub async fn accept(&self) -> (Capped<TcpStream>, SocketAddr) {
+        loop {
+            // Never an error: it backs off on every failure.
+            if let Ok(accepted) = self.next(false).await {
+                return accepted;
+            }
+        }
+    }
+
+    /// [`Acceptor::accept`], but ends with the error once the socket can
+    /// accept no more (it is no longer listening: `EINVAL`), rather than
+    /// backing off for ever: the caller can then say that it stopped.
+    pub async fn try_accept(&self) -> io::Result<(Capped<TcpStream>, SocketAddr)> {
+        self.next(true).await
+    }
+
+    async fn next(&self, end_when_dead: bool) -> io::Result<(Capped<TcpStream>, SocketAddr)> {
         let mut backoff = Duration::ZERO;
         loop {
             match self.listener.accept().await {
@@ -96,7 +112,7 @@ impl Acceptor {
                                 inner: stream,
                                 _slot: slot,
                             };
-                            return (capped, peer);
+                            return Ok((capped, peer));
                         }
                         Err(_) => {
                             // Dropping the stream closes it.
@@ -109,6 +125,10 @@ impl Acceptor {
                 // The peer gave up before we took the connection: nothing
                 // is wrong with the listener.
                 Err(e) if is_per_connection(&e) => {}
+                Err(e) if end_when_dead && e.kind() == io::ErrorKind::InvalidInput => {
+                    self.failures.inc();
+                    return Err(e);
+                }
                 Err(e) => {
                     self.failures.inc();
                     if backoff.is_zero() {

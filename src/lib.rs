@@ -24,6 +24,8 @@
 //!   their lifecycle signals into events for the tracker.
 //! - [`metrics`]: Prometheus metrics of all of the above.
 //! - [`config`]: one validated configuration.
+//! - `lock`: taking the shared locks of the connect path, so that a panic
+//!   under one does not poison it for every later connect.
 //! - [`accept`]: every listener's connection cap and accept back-off;
 //!   [`http`]: HTTP/1.1 serving with header and idle timeouts over it.
 //! - [`server`]: wires it all together: [`server::run`] takes bound
@@ -33,7 +35,7 @@
 //!
 //! A module uses only modules below it, from the bottom up: `domain` ←
 //! `metrics` ← `rules` ← `store` ← `tracker`, `registry` ← `query`, `mqtt`
-//! ← `api` ← `server`; `config`, `accept` and `http` sit beside them and
+//! ← `api` ← `server`; `config`, `lock`, `accept` and `http` sit beside them and
 //! use nothing above them. A pure function (the rules) sits below
 //! everything that calls it, so the store applies the rules without knowing
 //! the tracker that feeds it.
@@ -44,6 +46,7 @@ pub mod api;
 pub mod config;
 pub mod domain;
 pub mod http;
+mod lock;
 pub mod metrics;
 pub mod mqtt;
 pub mod query;

@@ -152,17 +152,30 @@ const SERVICES: [&str; 3] = [
     "connstate.v1.AdminService",
 ];
 
-async fn set_health(reporter: &HealthReporter, serving: bool) {
+/// gRPC health name of the embedded MQTT broker: NOT_SERVING while a
+/// configured MQTT listener is not accepting, or the broker stops.
+const BROKER_SERVICE: &str = "connstate.mqtt";
+
+/// Reports `store_ok` for the API services and `broker_ok` for the
+/// broker; the whole server ("") serves when both do, as `/ready` says.
+async fn set_health(reporter: &HealthReporter, store_ok: bool, broker_ok: bool) {
     use tonic_health::ServingStatus;
-    let status = if serving {
-        ServingStatus::Serving
-    } else {
-        ServingStatus::NotServing
+    let status = |serving| {
+        if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        }
     };
-    reporter.set_service_status("", status).await;
+    reporter
+        .set_service_status("", status(store_ok && broker_ok))
+        .await;
     for name in SERVICES {
-        reporter.set_service_status(name, status).await;
+        reporter.set_service_status(name, status(store_ok)).await;
     }
+    reporter
+        .set_service_status(BROKER_SERVICE, status(broker_ok))
+        .await;
 }
 
 /// Runs the service on `listeners` until `shutdown` completes.
@@ -174,7 +187,7 @@ pub async fn run(
     config.validate()?;
     let announcements = listeners.addresses();
     let (reporter, health) = tonic_health::server::health_reporter();
-    set_health(&reporter, false).await;
+    set_health(&reporter, false, false).await;
 
     // One set of metrics, handed to every part that counts.
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
@@ -401,8 +414,15 @@ pub async fn run(
     // no source running.
     let sources = crate::source::spawn_sources(&config.sources, &tracker, &store, &reporter, &stop);
     let recording = store.watch_recording();
-    set_health(&reporter, store.can_record()).await;
-    let watchdog = spawn_store_watchdog(recording, reporter.clone(), stop.clone());
+    let listeners_down = broker.watch_listeners();
+    set_health(&reporter, store.can_record(), broker.problems().is_empty()).await;
+    let watchdog = spawn_health_watchdog(
+        recording,
+        listeners_down,
+        broker.clone(),
+        reporter.clone(),
+        stop.clone(),
+    );
     starting.disarm();
     announce(&announcements);
     tracing::info!("serving");
@@ -412,7 +432,7 @@ pub async fn run(
         result = &mut serve => result,
         () = shutdown => {
             tracing::info!("shutting down");
-            set_health(&reporter, false).await;
+            set_health(&reporter, false, false).await;
             stop.cancel();
             match tokio::time::timeout(config.shutdown_grace, &mut serve).await {
                 Ok(result) => result,
@@ -424,7 +444,7 @@ pub async fn run(
         }
     };
     stop.cancel();
-    set_health(&reporter, false).await;
+    set_health(&reporter, false, false).await;
     if let Some(rest) = rest {
         // It bounds its own wait by the grace period.
         let _ = rest.await;
@@ -597,12 +617,15 @@ fn spawn_retention(
     })
 }
 
-/// Health follows [`crate::store::Recording`]: NOT_SERVING the moment the
-/// store stops recording (full disk, failed write), SERVING again the
-/// moment it records again. `/ready` reads the same value, so the two turn
-/// together.
-fn spawn_store_watchdog(
+/// Health follows [`crate::store::Recording`] and the broker's listeners:
+/// NOT_SERVING the moment the store stops recording (full disk, failed
+/// write) or an MQTT listener stops accepting, SERVING again the moment
+/// the store records again. `/ready` reads the same values, so the two
+/// turn together.
+fn spawn_health_watchdog(
     mut recording: tokio::sync::watch::Receiver<crate::store::Recording>,
+    mut listeners_down: tokio::sync::watch::Receiver<Vec<String>>,
+    broker: Broker,
     reporter: HealthReporter,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -616,17 +639,23 @@ fn spawn_store_watchdog(
                         return;
                     }
                 }
+                changed = listeners_down.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
                 _ = stop.cancelled() => return,
             }
             let now = *recording.borrow_and_update();
+            listeners_down.mark_unchanged();
             if stop.is_cancelled() {
                 return;
             }
-            let serving = now == crate::store::Recording::Ready;
+            let store_ok = now == crate::store::Recording::Ready;
             if let Some(why) = now.refusal() {
                 tracing::error!(reason = %why, "the store cannot record: reporting NOT_SERVING");
             }
-            set_health(&reporter, serving).await;
+            set_health(&reporter, store_ok, broker.problems().is_empty()).await;
         }
     })
 }

@@ -692,15 +692,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             return;
         }
         // Delayed: not sent if the client comes back first (MQTT-3.1.3-9).
-        let broker = self.broker.clone();
-        let session = live.session.clone();
-        let generation = live.generation;
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
-            if session.generation() == generation {
-                broker.publish(message);
-            }
-        });
+        self.broker.schedule_will(
+            &live.session,
+            live.generation,
+            message,
+            Duration::from_secs(u64::from(delay)),
+        );
     }
 }
 
@@ -724,5 +721,220 @@ mod size_tests {
         assert!(task <= 1536, "a connection's future is {task} bytes");
         assert!(std::mem::size_of::<Live>() <= 320);
         assert!(std::mem::size_of::<Message>() <= 128);
+    }
+}
+
+/// The connection's timers on the paused clock, over an in-memory stream:
+/// keepalive (the client's and the server's) and the will delay.
+#[cfg(test)]
+mod timer_tests {
+    use super::*;
+    use crate::mqtt::{BrokerOptions, testing};
+    use tokio::{
+        io::{AsyncReadExt, DuplexStream},
+        time::{Instant, sleep, timeout},
+    };
+
+    /// A client's end of a new connection to `broker`.
+    fn open(broker: &Broker) -> DuplexStream {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let addr = "127.0.0.1:1883".parse().unwrap();
+        let transport = Transport {
+            peer: addr,
+            local: addr,
+            secure: false,
+        };
+        tokio::spawn(serve(broker.clone(), server, transport));
+        client
+    }
+
+    fn string(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    fn packet(header: u8, body: Vec<u8>) -> Vec<u8> {
+        assert!(body.len() < 128);
+        let mut out = vec![header, body.len() as u8];
+        out.extend(body);
+        out
+    }
+
+    fn connect_v3(client_id: &str, keep_alive: u16) -> Vec<u8> {
+        let mut body = Vec::new();
+        string(&mut body, "MQTT");
+        body.extend_from_slice(&[4, 0x02]);
+        body.extend_from_slice(&keep_alive.to_be_bytes());
+        string(&mut body, client_id);
+        packet(0x10, body)
+    }
+
+    /// A v5 CONNECT without clean start; `will` is (topic, will delay).
+    fn connect_v5(
+        client_id: &str,
+        keep_alive: u16,
+        session_expiry: u32,
+        will: Option<(&str, u32)>,
+    ) -> Vec<u8> {
+        let mut body = Vec::new();
+        string(&mut body, "MQTT");
+        body.extend_from_slice(&[5, if will.is_some() { 0x04 } else { 0 }]);
+        body.extend_from_slice(&keep_alive.to_be_bytes());
+        body.extend_from_slice(&[5, 0x11]);
+        body.extend_from_slice(&session_expiry.to_be_bytes());
+        string(&mut body, client_id);
+        if let Some((topic, delay)) = will {
+            body.extend_from_slice(&[5, 0x18]);
+            body.extend_from_slice(&delay.to_be_bytes());
+            string(&mut body, topic);
+            string(&mut body, "gone");
+        }
+        packet(0x10, body)
+    }
+
+    /// Reads one packet: its first byte and its body.
+    async fn read_packet(client: &mut DuplexStream) -> (u8, Vec<u8>) {
+        let header = client.read_u8().await.unwrap();
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            let b = client.read_u8().await.unwrap();
+            len |= usize::from(b & 0x7f) << shift;
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        let mut body = vec![0; len];
+        client.read_exact(&mut body).await.unwrap();
+        (header, body)
+    }
+
+    /// Waits for the server to close the connection; what it sent last.
+    async fn closed(client: &mut DuplexStream) -> Vec<u8> {
+        let mut rest = Vec::new();
+        timeout(Duration::from_secs(3600), client.read_to_end(&mut rest))
+            .await
+            .expect("closed within the hour")
+            .unwrap();
+        rest
+    }
+
+    fn assert_at(t0: Instant, expected: Duration) {
+        let elapsed = t0.elapsed();
+        assert!(
+            elapsed >= expected && elapsed <= expected + Duration::from_millis(5),
+            "at {elapsed:?}, expected {expected:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_is_disconnected_after_one_and_a_half_keepalives() {
+        let (broker, _dir) = testing::broker(BrokerOptions::default());
+        let mut client = open(&broker);
+        client.write_all(&connect_v3("k", 2)).await.unwrap();
+        assert_eq!(read_packet(&mut client).await, (0x20, vec![0, 0]));
+        let t0 = Instant::now();
+        // A ping within 3 s is answered and starts the 3 s again.
+        sleep(Duration::from_millis(2900)).await;
+        client.write_all(&[0xC0, 0]).await.unwrap();
+        assert_eq!(read_packet(&mut client).await.0, 0xD0);
+        // Then silence: closed 3 s after the ping, not before; MQTT 3
+        // gets no DISCONNECT.
+        assert!(closed(&mut client).await.is_empty());
+        assert_at(t0, Duration::from_millis(5900));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_is_held_to_the_server_keepalive() {
+        let options = BrokerOptions {
+            max_keepalive: 2,
+            ..BrokerOptions::default()
+        };
+        let (broker, _dir) = testing::broker(options);
+        let mut client = open(&broker);
+        // It asks for 60 s; the CONNACK says 2 (Server Keep Alive, 0x13).
+        client
+            .write_all(&connect_v5("k5", 60, 0, None))
+            .await
+            .unwrap();
+        let (header, connack) = read_packet(&mut client).await;
+        assert_eq!(header, 0x20);
+        assert!(
+            connack.windows(3).any(|w| w == [0x13, 0, 2]),
+            "{connack:02x?}"
+        );
+        let t0 = Instant::now();
+        let rest = closed(&mut client).await;
+        assert_at(t0, Duration::from_secs(3));
+        // DISCONNECT, keep alive timeout (0x8D).
+        assert_eq!(&rest[..1], &[0xE0]);
+        assert_eq!(rest[2], 0x8D);
+    }
+
+    /// The will of a connection that drops with `will_delay` and
+    /// `session_expiry`: when it comes after the drop, if at all within
+    /// the hour; `back_after` reconnects the client that long after.
+    async fn will_after(
+        will_delay: u32,
+        session_expiry: u32,
+        back_after: Option<Duration>,
+    ) -> Option<Duration> {
+        let (broker, _dir) = testing::broker(BrokerOptions::default());
+        let mailbox = testing::subscriber(&broker, "will/#").await;
+        let mut client = open(&broker);
+        let connect = connect_v5("w", 0, session_expiry, Some(("will/w", will_delay)));
+        client.write_all(&connect).await.unwrap();
+        assert_eq!(read_packet(&mut client).await.0, 0x20);
+        let t0 = Instant::now();
+        drop(client);
+        // Kept open: the will must not come while it is connected.
+        let mut _back = None;
+        if let Some(after) = back_after {
+            sleep(after).await;
+            let mut again = open(&broker);
+            again
+                .write_all(&connect_v5("w", 0, session_expiry, None))
+                .await
+                .unwrap();
+            assert_eq!(read_packet(&mut again).await.0, 0x20);
+            _back = Some(again);
+        }
+        let mut out = Vec::new();
+        timeout(Duration::from_secs(3600), mailbox.recv(&mut out, 1))
+            .await
+            .ok()?;
+        let Some(Outbound::Deliver(will)) = out.pop() else {
+            panic!("a delivery");
+        };
+        assert_eq!(&*will.message.topic, "will/w");
+        Some(t0.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_will_waits_for_its_delay() {
+        let at = will_after(5, 60, None).await.expect("a will");
+        assert!(
+            at >= Duration::from_secs(5) && at <= Duration::from_millis(5005),
+            "{at:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_will_comes_when_the_session_expires_if_that_is_sooner() {
+        let at = will_after(30, 10, None).await.expect("a will");
+        assert!(
+            at >= Duration::from_secs(10) && at <= Duration::from_millis(10_005),
+            "{at:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_will_without_delay_or_session_comes_at_once() {
+        assert_eq!(will_after(5, 0, None).await, Some(Duration::ZERO));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_back_within_the_delay_cancels_its_will() {
+        assert_eq!(will_after(5, 60, Some(Duration::from_secs(2))).await, None);
     }
 }

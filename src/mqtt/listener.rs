@@ -57,6 +57,8 @@ pub async fn tls_config(cert: &Path, key: &Path) -> std::io::Result<Arc<rustls::
 }
 
 /// Starts one accept loop per listener; each ends when the broker stops.
+/// One that ends before (its socket no longer listens, or it panicked) is
+/// reported in [`Broker::problems`], and so in health and `/ready`.
 pub fn spawn_listeners(
     broker: &Broker,
     listeners: MqttListeners,
@@ -68,37 +70,87 @@ pub fn spawn_listeners(
     let mut tasks = Vec::new();
     if let Some(listener) = listeners.tcp {
         let acceptor = capped(listener, "mqtt");
-        tasks.push(tokio::spawn(accept_tcp(broker.clone(), acceptor, None)));
+        let local = local_addr(&acceptor);
+        let task = accept_tcp(broker.clone(), local, acceptor, None);
+        tasks.push(supervise(broker, "mqtt", local, task));
     }
     if let (Some(listener), Some(tls)) = (listeners.tls, tls) {
         let acceptor = capped(listener, "mqtt-tls");
-        tasks.push(tokio::spawn(accept_tcp(
-            broker.clone(),
-            acceptor,
-            Some(TlsAcceptor::from(tls)),
-        )));
+        let local = local_addr(&acceptor);
+        let tls = Some(TlsAcceptor::from(tls));
+        let task = accept_tcp(broker.clone(), local, acceptor, tls);
+        tasks.push(supervise(broker, "mqtt-tls", local, task));
     }
     if let Some(listener) = listeners.ws {
         let acceptor = capped(listener, "mqtt-ws");
-        tasks.push(tokio::spawn(serve_ws(
-            broker.clone(),
-            acceptor,
-            limits.websocket,
-        )));
+        let local = local_addr(&acceptor);
+        let serve = serve_ws(broker.clone(), local, acceptor, limits.websocket);
+        let task = async move {
+            serve.await;
+            Ok(())
+        };
+        tasks.push(supervise(broker, "mqtt-ws", local, task));
     }
     tasks
 }
 
-async fn accept_tcp(broker: Broker, acceptor: Acceptor, tls: Option<TlsAcceptor>) {
+fn local_addr(acceptor: &Acceptor) -> SocketAddr {
+    // A bound listener knows its address; the fallback only names it.
+    acceptor
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+/// Runs the accept loop `task` of the listener `name` on `local`; when it
+/// ends (or panics) while the broker is not stopping, the listener is
+/// reported down.
+fn supervise(
+    broker: &Broker,
+    name: &'static str,
+    local: SocketAddr,
+    task: impl std::future::Future<Output = Result<(), String>> + Send + 'static,
+) -> JoinHandle<()> {
+    let broker = broker.clone();
+    let task = tokio::spawn(task);
+    tokio::spawn(async move {
+        let why = match task.await {
+            Ok(Ok(())) => "its accept loop ended".to_owned(),
+            Ok(Err(why)) => why,
+            Err(e) if e.is_panic() => "its accept loop panicked".to_owned(),
+            Err(_) => "its accept loop was cancelled".to_owned(),
+        };
+        if broker.inner.stop.is_cancelled() {
+            return;
+        }
+        tracing::error!(
+            listener = name,
+            address = %local,
+            reason = %why,
+            "MQTT listener stopped accepting connections"
+        );
+        broker.listener_down(format!(
+            "MQTT listener {name} on {local} is not accepting connections: {why}"
+        ));
+    })
+}
+
+/// Accepts until the broker stops (`Ok`) or the socket can accept no more
+/// (`Err`, why).
+async fn accept_tcp(
+    broker: Broker,
+    local: SocketAddr,
+    acceptor: Acceptor,
+    tls: Option<TlsAcceptor>,
+) -> Result<(), String> {
     let stop = broker.inner.stop.clone();
-    let Ok(local) = acceptor.local_addr() else {
-        return;
-    };
     tracing::info!(mqtt = %local, tls = tls.is_some(), "MQTT listener");
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = acceptor.accept() => accepted,
-            () = stop.cancelled() => return,
+            accepted = acceptor.try_accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => return Err(format!("accept failed: {e}")),
+            },
+            () = stop.cancelled() => return Ok(()),
         };
         let transport = Transport {
             peer,
@@ -135,10 +187,7 @@ struct WsState {
     local: SocketAddr,
 }
 
-async fn serve_ws(broker: Broker, acceptor: Acceptor, limits: HttpLimits) {
-    let Ok(local) = acceptor.local_addr() else {
-        return;
-    };
+async fn serve_ws(broker: Broker, local: SocketAddr, acceptor: Acceptor, limits: HttpLimits) {
     tracing::info!(mqtt_ws = %local, "MQTT over WebSocket listener (path /mqtt)");
     let stop = broker.inner.stop.clone();
     let router = Router::new()

@@ -11,6 +11,7 @@
 //!   and which topics it may use.
 //! - `acl`: the access rules file (`--acl-file`), on top of `identity`.
 //! - `session`: sessions that outlive connections, queued messages, expiry.
+//! - `expiry`: the one queue of session expiries and delayed wills.
 //! - `connection`: one task per network connection: the connected loop
 //!   and the goodbye.
 //! - `handshake`: CONNECT to CONNACK, in steps.
@@ -24,6 +25,7 @@
 
 pub mod acl;
 mod connection;
+mod expiry;
 mod handshake;
 mod identity;
 mod link;
@@ -303,6 +305,20 @@ struct Inner {
     /// The access rules file's rules, if one is given; replaced whole on
     /// a reload, so a check sees the old rules or the new ones.
     acl: RwLock<Option<Arc<acl::AclRules>>>,
+    /// Session expiries and delayed wills, one timer wheel for the broker.
+    expiries: expiry::ExpiryQueue<Due>,
+    /// Listeners that stopped accepting, each said in a sentence; empty
+    /// while every configured listener accepts.
+    listeners_down: tokio::sync::watch::Sender<Vec<String>>,
+}
+
+/// What an expiry timer ends.
+pub(crate) enum Due {
+    /// The detached session is discarded, unless a connection came back.
+    Session(Arc<Session>),
+    /// The will of the session's last connection is published, unless a
+    /// connection came back.
+    Will(Arc<Session>, Box<Message>),
 }
 
 /// The task that hands lifecycle events to the tracker in order, and the
@@ -333,6 +349,7 @@ impl Broker {
         let (events, rx) = mpsc::unbounded_channel();
         let drain = CancellationToken::new();
         let handle = tokio::spawn(pump_events(tracker, rx, drain.clone()));
+        let (expiries, due) = expiry::ExpiryQueue::new();
         let broker = Broker {
             inner: Arc::new(Inner {
                 options,
@@ -347,8 +364,18 @@ impl Broker {
                 connections: TaskTracker::new(),
                 name: Arc::from(crate::domain::EMBEDDED_BROKER),
                 acl: RwLock::new(None),
+                expiries,
+                listeners_down: tokio::sync::watch::Sender::new(Vec::new()),
             }),
         };
+        // The timers hold the broker weakly: they end with it.
+        let weak = Arc::downgrade(&broker.inner);
+        let stop = broker.inner.stop.clone();
+        tokio::spawn(due.run(stop, move |fired| {
+            if let Some(inner) = weak.upgrade() {
+                Broker { inner }.expired(fired);
+            }
+        }));
         (broker, EventPump { handle, drain })
     }
 
@@ -356,10 +383,34 @@ impl Broker {
         &self.inner.options
     }
 
+    /// What keeps the broker from serving, each said in a sentence: a
+    /// configured listener that stopped accepting, or shutdown. Empty
+    /// while it serves; health and `/ready` report it.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = self.inner.listeners_down.borrow().clone();
+        if self.inner.stop.is_cancelled() {
+            problems.push("the MQTT broker is shutting down".to_owned());
+        }
+        problems
+    }
+
+    /// Changes of the listeners that stopped accepting (see
+    /// [`Broker::problems`]).
+    pub fn watch_listeners(&self) -> tokio::sync::watch::Receiver<Vec<String>> {
+        self.inner.listeners_down.subscribe()
+    }
+
+    /// Records that a listener stopped accepting, and why.
+    fn listener_down(&self, problem: String) {
+        self.inner
+            .listeners_down
+            .send_modify(|down| down.push(problem));
+    }
+
     /// Puts `rules` in force for every check from now on, also on the
     /// connections already open; `None` leaves only the platform's rules.
     pub fn set_access_rules(&self, rules: Option<acl::AclRules>) {
-        *self.inner.acl.write().expect("acl lock") = rules.map(Arc::new);
+        *crate::lock::write(&self.inner.acl) = rules.map(Arc::new);
     }
 
     /// Whether the access rules file (if any) lets `client_id` with
@@ -373,7 +424,7 @@ impl Broker {
         topic: impl FnOnce() -> T,
         access: acl::Access,
     ) -> bool {
-        let rules = self.inner.acl.read().expect("acl lock").clone();
+        let rules = crate::lock::read(&self.inner.acl).clone();
         rules.is_none_or(|rules| {
             let username = (!username.is_empty()).then_some(username);
             rules.allows(client_id, username, topic().as_ref(), access)
@@ -400,11 +451,7 @@ impl Broker {
     /// Ends every connection whose credentials match `revoked` (a device
     /// deleted, an API key deleted).
     pub fn revoke(&self, revoked: impl Fn(&ClientId, &str) -> bool) -> usize {
-        let sessions: Vec<Arc<Session>> = self
-            .inner
-            .sessions
-            .lock()
-            .expect("sessions lock")
+        let sessions: Vec<Arc<Session>> = crate::lock::lock(&self.inner.sessions)
             .values()
             .cloned()
             .collect();
@@ -416,10 +463,7 @@ impl Broker {
     }
 
     fn session(&self, client_id: &str) -> Option<Arc<Session>> {
-        self.inner
-            .sessions
-            .lock()
-            .expect("sessions lock")
+        crate::lock::lock(&self.inner.sessions)
             .get(client_id)
             .cloned()
     }
@@ -507,7 +551,7 @@ impl Broker {
     pub(crate) fn publish(&self, message: Message) -> usize {
         let message = Arc::new(message);
         if message.retain {
-            let mut retained = self.inner.retained.write().expect("retained lock");
+            let mut retained = crate::lock::write(&self.inner.retained);
             if message.payload.is_empty() {
                 retained.remove(&message.topic);
             } else {
@@ -516,14 +560,10 @@ impl Broker {
         }
         // (session, options, whether through a group)
         let mut targets: Vec<(Arc<Session>, SubOptions, bool)> = Vec::new();
-        self.inner
-            .subscriptions
-            .read()
-            .expect("subscriptions lock")
-            .for_each_match(&message.topic, |_, sub| {
-                let shared = matches!(sub, Subscriber::Shared { .. });
-                targets.extend(sub.pick().map(|(s, o)| (s, o, shared)));
-            });
+        crate::lock::read(&self.inner.subscriptions).for_each_match(&message.topic, |_, sub| {
+            let shared = matches!(sub, Subscriber::Shared { .. });
+            targets.extend(sub.pick().map(|(s, o)| (s, o, shared)));
+        });
         let mut deliveries: Vec<(Arc<Session>, Delivery)> = Vec::with_capacity(targets.len());
         // Where the one copy of each v5 client is, once it has one.
         let mut copies: HashMap<Arc<str>, usize> = HashMap::new();
@@ -573,11 +613,7 @@ impl Broker {
 
     /// Removes the retained message of `topic`.
     pub(crate) fn clear_retained(&self, topic: &str) {
-        self.inner
-            .retained
-            .write()
-            .expect("retained lock")
-            .remove(topic);
+        crate::lock::write(&self.inner.retained).remove(topic);
     }
 
     /// Retained messages matching `filter`.
@@ -585,10 +621,7 @@ impl Broker {
         // Only topics starting with the part before the first wildcard can
         // match: one range of the sorted map, not the whole map.
         let literal = &filter[..filter.find(['+', '#']).unwrap_or(filter.len())];
-        self.inner
-            .retained
-            .read()
-            .expect("retained lock")
+        crate::lock::read(&self.inner.retained)
             .range::<str, _>((
                 std::ops::Bound::Included(literal),
                 std::ops::Bound::Unbounded,
@@ -643,5 +676,57 @@ async fn pump_events(
         for durable in waiting {
             let _ = durable.send(recorded);
         }
+    }
+}
+
+/// A broker over a store in a temporary folder, for unit tests that drive
+/// it without sockets.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub(crate) fn broker(options: BrokerOptions) -> (Broker, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path(), Default::default()).expect("store");
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let tracker = Tracker::new(store.clone(), metrics.clone());
+        let registry = Registry::new(&store, &options.org_id).expect("registry");
+        let (broker, _pump) = Broker::new(
+            options,
+            store,
+            tracker,
+            registry,
+            metrics,
+            CancellationToken::new(),
+        );
+        (broker, dir)
+    }
+
+    /// A subscriber's session, online, subscribed to `filter` at QoS 0;
+    /// what reaches it arrives in the returned mailbox.
+    pub(crate) async fn subscriber(broker: &Broker, filter: &str) -> Arc<session::Mailbox> {
+        let mailbox = Arc::new(session::Mailbox::default());
+        let id: Arc<str> = Arc::from("subscriber");
+        let attached = broker
+            .attach(
+                &id,
+                u64::MAX,
+                true,
+                0,
+                "",
+                "test",
+                mailbox.clone(),
+                CancellationToken::new(),
+            )
+            .await;
+        let options = SubOptions {
+            qos: QoS::AtMostOnce,
+            no_local: false,
+            retain_as_published: false,
+            id: None,
+            one_copy: false,
+        };
+        broker.add_subscription(&attached.session, filter, options);
+        mailbox
     }
 }

@@ -19,7 +19,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Broker, BrokerOptions, Delivery, Outbound, SubOptions, Subscriber,
+    Broker, BrokerOptions, Delivery, Due, Outbound, SubOptions, Subscriber,
+    expiry::{Fired, Timer},
     topic::{Share, SubscriptionTree},
 };
 use crate::domain::{ClientId, DisconnectCause};
@@ -90,7 +91,7 @@ pub struct Mailbox {
 
 impl Mailbox {
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Outbound>> {
-        self.queue.lock().expect("mailbox lock")
+        crate::lock::lock(&self.queue)
     }
 
     /// Queues `item`, unless the mailbox is closed or holds `limit`
@@ -152,7 +153,7 @@ impl Session {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().expect("session lock")
+        crate::lock::lock(&self.state)
     }
 
     /// Hands `delivery` to the connection, or queues it while offline.
@@ -300,7 +301,7 @@ impl Broker {
                 tracing::warn!(client_id = %client_id, "taken-over connection did not close in time");
             }
         }
-        let mut sessions = self.inner.sessions.lock().expect("sessions lock");
+        let mut sessions = crate::lock::lock(&self.inner.sessions);
         let session = sessions
             .entry(client_id.clone())
             .or_insert_with(|| Arc::new(Session::new(client_id.clone())))
@@ -323,6 +324,9 @@ impl Broker {
             state.carried = Carried::default();
         }
         state.generation += 1;
+        // Under the session's lock, after the generation grew: the cancel
+        // follows every timer an older connection scheduled.
+        self.inner.expiries.cancel(client_id, state.generation);
         state.expiry_secs = expiry_secs;
         state.username = username.to_owned();
         state.online = Some(Online {
@@ -373,27 +377,61 @@ impl Broker {
                 }
                 state.carried = carried;
             }
+            if !matches!(state.expiry_secs, 0 | NEVER) {
+                self.inner.expiries.schedule(
+                    &session.client_id,
+                    Timer::SessionExpiry,
+                    state.generation,
+                    Duration::from_secs(u64::from(state.expiry_secs)),
+                    Due::Session(session.clone()),
+                );
+            }
             (state.expiry_secs, state.generation)
         };
-        match expiry {
-            0 => self.discard_if_idle(session, generation),
-            NEVER => {}
-            secs => {
-                let broker = self.clone();
-                let session = session.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs(u64::from(secs))).await;
-                    broker.discard_if_idle(&session, generation);
-                });
-            }
+        if expiry == 0 {
+            self.discard_if_idle(session, generation);
         }
         expiry
+    }
+
+    /// Publishes `will` of `session`'s connection `generation` after
+    /// `delay`, unless a connection of the client comes first
+    /// (MQTT-3.1.3-9); a client already back gets no will.
+    pub(crate) fn schedule_will(
+        &self,
+        session: &Arc<Session>,
+        generation: u64,
+        will: super::Message,
+        delay: Duration,
+    ) {
+        let state = session.lock();
+        if state.generation == generation && state.online.is_none() {
+            self.inner.expiries.schedule(
+                &session.client_id,
+                Timer::Will,
+                generation,
+                delay,
+                Due::Will(session.clone(), Box::new(will)),
+            );
+        }
+    }
+
+    /// A timer of the expiry queue came due.
+    pub(crate) fn expired(&self, fired: Fired<Due>) {
+        match fired.item {
+            Due::Session(session) => self.discard_if_idle(&session, fired.generation),
+            Due::Will(session, will) => {
+                if session.generation() == fired.generation {
+                    self.publish(*will);
+                }
+            }
+        }
     }
 
     /// Ends `session` if no connection came back since `generation`.
     fn discard_if_idle(&self, session: &Arc<Session>, generation: u64) {
         let filters: Vec<String> = {
-            let mut sessions = self.inner.sessions.lock().expect("sessions lock");
+            let mut sessions = crate::lock::lock(&self.inner.sessions);
             let mut state = session.lock();
             if state.online.is_some() || state.generation != generation {
                 return;
@@ -418,11 +456,7 @@ impl Broker {
             return;
         }
         let group = super::shared_group(client_id);
-        let mut tree = self
-            .inner
-            .subscriptions
-            .write()
-            .expect("subscriptions lock");
+        let mut tree = crate::lock::write(&self.inner.subscriptions);
         for filter in filters {
             if let Share::Group { group, filter } = Share::parse(filter) {
                 leave(&mut tree, filter, super::share_key(group), client_id);
@@ -446,11 +480,7 @@ impl Broker {
         options: SubOptions,
     ) -> bool {
         let new = session.subscribe(filter, options);
-        let mut tree = self
-            .inner
-            .subscriptions
-            .write()
-            .expect("subscriptions lock");
+        let mut tree = crate::lock::write(&self.inner.subscriptions);
         if let Share::Group { group, filter } = Share::parse(filter) {
             join(&mut tree, filter, super::share_key(group), session, options);
             return new;
@@ -475,5 +505,135 @@ impl Broker {
         let existed = session.unsubscribe(filter);
         self.drop_subscriptions(&session.client_id, &[filter.to_owned()]);
         existed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mqtt::testing;
+    use tokio::time::{Instant, sleep};
+
+    /// Connects `client_id` as connection `connection_id` with session
+    /// expiry `expiry_secs`, without clean start.
+    async fn connect(
+        broker: &Broker,
+        client_id: &str,
+        connection_id: u64,
+        expiry: u32,
+    ) -> Attached {
+        broker
+            .attach(
+                &Arc::from(client_id),
+                connection_id,
+                false,
+                expiry,
+                "",
+                "test",
+                Arc::new(Mailbox::default()),
+                CancellationToken::new(),
+            )
+            .await
+    }
+
+    fn disconnect(broker: &Broker, attached: &Attached, connection_id: u64) -> u32 {
+        broker.detach(
+            &attached.session,
+            connection_id,
+            Carried::default(),
+            Vec::new(),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_detached_session_expires_after_its_interval_unless_the_client_comes_back() {
+        let (broker, _dir) = testing::broker(BrokerOptions::default());
+        let t0 = Instant::now();
+        let first = connect(&broker, "c", 1, 10).await;
+        disconnect(&broker, &first, 1);
+        // Back after 5 s, gone again after 6 s: its expiry counts from then.
+        sleep(Duration::from_secs(5)).await;
+        let second = connect(&broker, "c", 2, 10).await;
+        assert!(second.session_present);
+        sleep(Duration::from_secs(1)).await;
+        disconnect(&broker, &second, 2);
+        // The first connection's expiry (at 10 s) does not end the session.
+        sleep_until(t0, Duration::from_millis(15_999)).await;
+        assert!(broker.session("c").is_some(), "expired early");
+        sleep_until(t0, Duration::from_secs(16)).await;
+        tokio::task::yield_now().await;
+        assert!(broker.session("c").is_none(), "not expired at 16 s");
+        let third = connect(&broker, "c", 3, 10).await;
+        assert!(!third.session_present);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expiry_zero_ends_at_once_and_never_keeps_forever() {
+        let (broker, _dir) = testing::broker(BrokerOptions::default());
+        let now = connect(&broker, "zero", 1, 0).await;
+        disconnect(&broker, &now, 1);
+        assert!(broker.session("zero").is_none());
+        // MQTT 3 clean session = 0 and v5 0xFFFFFFFF.
+        let kept = connect(&broker, "never", 1, NEVER).await;
+        disconnect(&broker, &kept, 1);
+        sleep(Duration::from_secs(10 * 365 * 86400)).await;
+        assert!(broker.session("never").is_some());
+        assert!(connect(&broker, "never", 2, NEVER).await.session_present);
+    }
+
+    /// A bug that panics in one connection while it holds the session
+    /// table, its session and the subscription tree leaves them poisoned;
+    /// later connects, takeovers and routing go on.
+    #[tokio::test(start_paused = true)]
+    async fn a_panic_under_the_broker_locks_does_not_stop_later_connects() {
+        let (broker, _dir) = testing::broker(BrokerOptions::default());
+        let mailbox = testing::subscriber(&broker, "t").await;
+        let first = connect(&broker, "c", 1, NEVER).await;
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _sessions = broker.inner.sessions.lock().unwrap();
+            let _state = first.session.state.lock().unwrap();
+            let _tree = broker.inner.subscriptions.write().unwrap();
+            panic!("a bug in one connection");
+        }));
+        assert!(panicked.is_err());
+        assert!(broker.inner.sessions.is_poisoned());
+        assert!(first.session.state.is_poisoned());
+        assert!(broker.inner.subscriptions.is_poisoned());
+
+        // The poisoned client's connection goes and comes back.
+        disconnect(&broker, &first, 1);
+        let again = connect(&broker, "c", 2, NEVER).await;
+        assert!(again.session_present);
+        assert!(broker.add_subscription(&again.session, "u", sub_options()));
+        // Another client connects, and messages are routed.
+        let other = connect(&broker, "other", 1, 0).await;
+        assert!(!other.session_present);
+        let sent = broker.publish(crate::mqtt::Message {
+            topic: "t".into(),
+            payload: bytes::Bytes::from_static(b"hello"),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: None,
+            publisher: None,
+            received: std::time::Instant::now(),
+        });
+        assert_eq!(sent, 1);
+        let mut out = Vec::new();
+        mailbox.recv(&mut out, 1).await;
+        assert!(matches!(&out[..], [Outbound::Deliver(d)] if &*d.message.topic == "t"));
+    }
+
+    fn sub_options() -> SubOptions {
+        SubOptions {
+            qos: QoS::AtMostOnce,
+            no_local: false,
+            retain_as_published: false,
+            id: None,
+            one_copy: false,
+        }
+    }
+
+    async fn sleep_until(t0: Instant, at: Duration) {
+        tokio::time::sleep_until(t0 + at).await;
     }
 }

@@ -76,17 +76,12 @@ impl Broker {
 
     fn publish_sys_statistics(&self, started: Instant, loads: &mut Loads) {
         let (connected, total) = {
-            let sessions = self.inner.sessions.lock().expect("sessions lock");
+            let sessions = crate::lock::lock(&self.inner.sessions);
             let total = sessions.len();
             (sessions.values().filter(|s| s.is_online()).count(), total)
         };
-        let retained = self.inner.retained.read().expect("retained lock").len();
-        let subscriptions = self
-            .inner
-            .subscriptions
-            .read()
-            .expect("subscriptions lock")
-            .len();
+        let retained = crate::lock::read(&self.inner.retained).len();
+        let subscriptions = crate::lock::read(&self.inner.subscriptions).len();
         let counts = self.counts();
         let mut values: Vec<(String, String)> = vec![
             (

@@ -194,7 +194,17 @@ impl QueryService {
 
     /// Serving: the store can record and shutdown has not begun.
     pub fn is_ready(&self) -> bool {
-        self.store.can_record() && !self.shutdown.is_cancelled()
+        self.unready().is_none()
+    }
+
+    /// Why the service is not ready, `None` while it is: the server is
+    /// shutting down, or the store cannot record.
+    pub fn unready(&self) -> Option<String> {
+        if self.shutdown.is_cancelled() {
+            return Some("the server is shutting down".to_owned());
+        }
+        let why = self.store.recording().refusal()?;
+        Some(format!("the store cannot record: {why}"))
     }
 
     pub fn options(&self) -> &QueryOptions {

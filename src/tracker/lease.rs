@@ -52,7 +52,7 @@ impl Tracker {
     pub fn load_leases(&self) -> Result<usize, StoreError> {
         let stored = self.store.leases()?;
         let now = Instant::now();
-        let mut leases = self.leases.lock().expect("lease lock");
+        let mut leases = crate::lock::lock(&self.leases);
         for (holder, duration) in &stored {
             leases.insert(
                 holder.clone(),
@@ -68,10 +68,7 @@ impl Tracker {
     /// Renews (or takes) the lease of `holder` for `duration` from now. The
     /// duration is stored when it is new or changed.
     pub async fn renew_lease(&self, holder: &str, duration: Duration) -> Result<Lease, StoreError> {
-        let known = self
-            .leases
-            .lock()
-            .expect("lease lock")
+        let known = crate::lock::lock(&self.leases)
             .get(holder)
             .map(|h| h.duration);
         if known != Some(duration) {
@@ -81,7 +78,7 @@ impl Tracker {
                 .await
                 .map_err(|_| StoreError::Closed)??;
         }
-        self.leases.lock().expect("lease lock").insert(
+        crate::lock::lock(&self.leases).insert(
             holder.to_owned(),
             Held {
                 duration,
@@ -101,7 +98,7 @@ impl Tracker {
     pub async fn end_lapsed_leases(&self) -> Result<Vec<String>, StoreError> {
         let now = Instant::now();
         let lapsed: Vec<(String, Held)> = {
-            let leases = self.leases.lock().expect("lease lock");
+            let leases = crate::lock::lock(&self.leases);
             leases
                 .iter()
                 .filter(|(_, held)| held.expires <= now)
@@ -125,7 +122,7 @@ impl Tracker {
             }
             // Renewed meanwhile: the holder is back, its lease stays.
             {
-                let mut leases = self.leases.lock().expect("lease lock");
+                let mut leases = crate::lock::lock(&self.leases);
                 if leases.get(&holder).is_some_and(|h| h.expires <= now) {
                     leases.remove(&holder);
                 } else {

@@ -69,7 +69,7 @@ impl Tracker {
         self.metrics.events_ingested.inc_by(events.len() as u64);
         let mut to_commit = Vec::with_capacity(events.len());
         {
-            let mut pending = self.pending_activity.lock().expect("activity lock");
+            let mut pending = crate::lock::lock(&self.pending_activity);
             for event in events {
                 match &event.kind {
                     EventKind::Activity(_) => {
@@ -110,7 +110,7 @@ impl Tracker {
     /// Writes through every pending activity event.
     pub async fn flush_activity(&self) -> Result<Revision, StoreError> {
         let events: Vec<LifecycleEvent> = {
-            let mut pending = self.pending_activity.lock().expect("activity lock");
+            let mut pending = crate::lock::lock(&self.pending_activity);
             pending.drain().map(|(_, event)| event).collect()
         };
         if events.is_empty() {

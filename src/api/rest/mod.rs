@@ -675,15 +675,24 @@ async fn metrics(State(query): State<QueryService>) -> Response {
         .into_response()
 }
 
-/// `GET /ready`: 200 while the store is healthy and the server is not
-/// shutting down (the same truth as gRPC health), 503 otherwise.
-async fn ready(State(query): State<QueryService>) -> Response {
-    if query.is_ready() {
+/// `GET /ready`: 200 while the store is healthy, every configured MQTT
+/// listener accepts and the server is not shutting down (the same truth
+/// as gRPC health for the whole server), 503 otherwise, with the reasons.
+async fn ready(
+    State(query): State<QueryService>,
+    axum::Extension(broker): axum::Extension<Option<Broker>>,
+) -> Response {
+    let reasons: Vec<String> = query
+        .unready()
+        .into_iter()
+        .chain(broker.iter().flat_map(Broker::problems))
+        .collect();
+    if reasons.is_empty() {
         (StatusCode::OK, Json(serde_json::json!({"status": "ready"}))).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({"status": "not ready"})),
+            Json(serde_json::json!({"status": "not ready", "reasons": reasons})),
         )
             .into_response()
     }
