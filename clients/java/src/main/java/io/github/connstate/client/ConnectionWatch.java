@@ -96,7 +96,7 @@ public final class ConnectionWatch implements Iterator<WatchEvent>, Iterable<Wat
     return reconnects;
   }
 
-  /** The last revision delivered (or reached by a snapshot); -1 before the watch knows it. */
+  /** The last revision delivered (or reached by a snapshot); -1 while it awaits a snapshot. */
   public long lastRevision() {
     return started && !snapshot ? last : -1;
   }
@@ -177,7 +177,8 @@ public final class ConnectionWatch implements Iterator<WatchEvent>, Iterable<Wat
     stream = null;
   }
 
-  private void start() {
+  /** Fixes the starting position: at once, so that the watch begins when it is made. */
+  void start() {
     started = true;
     if (options.startRevision().isPresent()) {
       last = options.startRevision().getAsLong();
@@ -192,12 +193,6 @@ public final class ConnectionWatch implements Iterator<WatchEvent>, Iterable<Wat
 
   /** The next event, or null when the watch was closed. */
   private WatchEvent advance() {
-    if (!started) {
-      if (closed) {
-        return null;
-      }
-      start();
-    }
     while (true) {
       if (closed) {
         return null;
@@ -209,6 +204,8 @@ public final class ConnectionWatch implements Iterator<WatchEvent>, Iterable<Wat
           if (!sleep(delay)) {
             return null;
           }
+          // The watch's backoff, not the channel's (which grows to minutes), decides when to try.
+          client.resetConnectBackoff();
         }
         open();
       }

@@ -222,15 +222,24 @@ public final class ConnstateClient implements AutoCloseable {
 
   /**
    * A resumable watch (see {@link ConnectionWatch}). Without a start revision or a snapshot it
-   * first reads the current revision, so that it starts from a known position.
+   * reads the current revision first, so that it starts from a known position: the changes after
+   * this call are delivered, however late the iteration begins.
+   *
+   * @throws io.grpc.StatusRuntimeException when reading the current revision fails
    */
   public ConnectionWatch watch(WatchOptions options) {
     if (managed.isShutdown()) {
       throw new IllegalStateException("the client is closed");
     }
     ConnectionWatch watch = new ConnectionWatch(this, options, watches::remove);
+    watch.start();
     watches.add(watch);
     return watch;
+  }
+
+  /** Makes the channel try to connect at once if it is waiting to reconnect. */
+  void resetConnectBackoff() {
+    managed.resetConnectBackoff();
   }
 
   /** Closes the connection; open watches end (their iteration finishes without an error). */

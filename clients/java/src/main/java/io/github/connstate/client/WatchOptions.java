@@ -138,6 +138,11 @@ public final class WatchOptions {
       return this;
     }
 
+    /** {@link #filter(ConnectionStateFilter)} with the filter the builder builds. */
+    public Builder filter(ConnectionStateFilter.Builder filter) {
+      return filter(filter.build());
+    }
+
     /** Only changes of these kinds (any when empty); ALL_DELETED always comes through. */
     public Builder kinds(List<ChangeKind> kinds) {
       this.kinds = List.copyOf(kinds);

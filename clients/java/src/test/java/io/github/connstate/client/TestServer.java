@@ -58,6 +58,7 @@ final class TestServer implements AutoCloseable {
 
   /** Starts a server on a free port that restarts keep. */
   static TestServer start(Path dir, String... args) throws IOException {
+    Files.createDirectories(dir);
     TestServer server = new TestServer(dir.resolve("data"), freePort(), List.of(args));
     server.start();
     return server;
