@@ -238,7 +238,10 @@ class WatchTest {
       reported.addAll(lost("d:acme:live" + batch + ":l", 20));
     }
     reported.addAll(lost("d:acme:midway:m", 20));
-    ingest(client, reported);
+    long reportedRevision = ingest(client, reported);
+    // Resumed within the watch's own backoff cap (5 s, +20 %), not the
+    // channel's reconnect backoff, which grows far beyond it in 40 s.
+    collector.awaitRevision(reportedRevision, Duration.ofSeconds(8));
     for (int batch = 0; batch < 3; batch++) {
       rev = ingest(client, connects("d:acme:after" + batch + ":a", 20));
     }
