@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Regenerates the code of every SDK under clients/ from proto/, with the
 # generator versions each SDK pins. Running it on a clean checkout must
-# change nothing: scripts/test.sh checks that.
+# change nothing: scripts/test.sh checks that. clients/java commits no
+# generated code: its Maven build generates it from proto/ every time
+# (clients/java/test.sh builds it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -38,7 +38,7 @@ fi
 echo "== testing the MQTT broker with paho-mqtt (tests/mqtt)"
 tests/mqtt/test.sh
 
-for sdk in python typescript go; do
+for sdk in python typescript go java; do
   echo "== testing clients/$sdk"
   "clients/$sdk/test.sh"
 done

@@ -1,0 +1,424 @@
+package io.github.connstate.client;
+
+import connstate.v1.AdminServiceGrpc;
+import connstate.v1.Connstate.ConnectionState;
+import connstate.v1.Connstate.ConnectionStateFilter;
+import connstate.v1.Connstate.DeleteConnectionStateRequest;
+import connstate.v1.Connstate.GetConnectionStateRequest;
+import connstate.v1.Connstate.GetSettingsRequest;
+import connstate.v1.Connstate.IngestEventsRequest;
+import connstate.v1.Connstate.IngestEventsResponse;
+import connstate.v1.Connstate.LifecycleEvent;
+import connstate.v1.Connstate.ListConnectionLogsRequest;
+import connstate.v1.Connstate.ListConnectionLogsResponse;
+import connstate.v1.Connstate.ListConnectionStatesRequest;
+import connstate.v1.Connstate.ListConnectionStatesResponse;
+import connstate.v1.Connstate.LogEntry;
+import connstate.v1.Connstate.Settings;
+import connstate.v1.Connstate.UpdateSettingsRequest;
+import connstate.v1.ConnectionStateServiceGrpc;
+import connstate.v1.IngestServiceGrpc;
+import io.grpc.CallOptions;
+import io.grpc.Channel;
+import io.grpc.ChannelCredentials;
+import io.grpc.ClientCall;
+import io.grpc.ClientInterceptor;
+import io.grpc.ClientInterceptors;
+import io.grpc.ForwardingClientCall;
+import io.grpc.Grpc;
+import io.grpc.InsecureChannelCredentials;
+import io.grpc.ManagedChannel;
+import io.grpc.ManagedChannelBuilder;
+import io.grpc.Metadata;
+import io.grpc.MethodDescriptor;
+import io.grpc.TlsChannelCredentials;
+import java.io.IOException;
+import java.io.UncheckedIOException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.Base64;
+import java.util.Iterator;
+import java.util.List;
+import java.util.NoSuchElementException;
+import java.util.Set;
+import java.util.Spliterator;
+import java.util.Spliterators;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.TimeUnit;
+import java.util.function.Consumer;
+import java.util.function.Function;
+import java.util.stream.Stream;
+import java.util.stream.StreamSupport;
+
+/**
+ * Client of the connstate service (the connection state of every MQTT client of a fleet).
+ *
+ * <p>It follows the contract shared by every connstate SDK (clients/CONTRACT.md): unary calls get
+ * a default deadline of 30 s ({@link Builder#deadline}, or per call with {@link #withDeadline});
+ * they are not retried. Errors are thrown as {@link io.grpc.StatusRuntimeException}; {@code
+ * Status.fromThrowable(e).getCode()} tells which (NOT_FOUND, INVALID_ARGUMENT naming the field,
+ * PERMISSION_DENIED, ...).
+ *
+ * <pre>{@code
+ * try (ConnstateClient client = ConnstateClient.builder()
+ *     .address("127.0.0.1:50051")
+ *     .apiKey(key, token)
+ *     .build()) {
+ *   ConnectionState state = client.get("d:acme:thermostat:t01");
+ *   client.list(ConnectionStateFilter.getDefaultInstance()).forEach(System.out::println);
+ * }
+ * }</pre>
+ */
+public final class ConnstateClient implements AutoCloseable {
+  /** The contract's default deadline of unary calls. */
+  public static final Duration DEFAULT_DEADLINE = Duration.ofSeconds(30);
+
+  private static final Metadata.Key<String> AUTHORIZATION =
+      Metadata.Key.of("authorization", Metadata.ASCII_STRING_MARSHALLER);
+
+  private final ManagedChannel managed;
+  private final Channel channel;
+  private final Duration deadline;
+  /** Open watches (shared with the views of {@link #withDeadline}), closed with the client. */
+  private final Set<ConnectionWatch> watches;
+
+  private ConnstateClient(ManagedChannel managed, Channel channel, Duration deadline, Set<ConnectionWatch> watches) {
+    this.managed = managed;
+    this.channel = channel;
+    this.deadline = deadline;
+    this.watches = watches;
+  }
+
+  /** A client of {@code address} without credentials, plaintext unless it starts with https://. */
+  public static ConnstateClient connect(String address) {
+    return builder().address(address).build();
+  }
+
+  public static Builder builder() {
+    return new Builder();
+  }
+
+  /**
+   * A view of this client whose unary calls get {@code deadline} instead; it shares the
+   * connection (closing either closes both).
+   */
+  public ConnstateClient withDeadline(Duration deadline) {
+    return new ConnstateClient(managed, channel, checkDeadline(deadline), watches);
+  }
+
+  /** The default deadline of unary calls. */
+  public Duration deadline() {
+    return deadline;
+  }
+
+  /** The channel, with the credentials attached, for calls this class does not wrap. */
+  public Channel channel() {
+    return channel;
+  }
+
+  /** The generated stub of ConnectionStateService, with the default deadline applied per call. */
+  public ConnectionStateServiceGrpc.ConnectionStateServiceBlockingStub stateStub() {
+    return ConnectionStateServiceGrpc.newBlockingStub(channel).withDeadlineAfter(deadline.toNanos(), TimeUnit.NANOSECONDS);
+  }
+
+  /** The generated stub of IngestService, with the default deadline applied. */
+  public IngestServiceGrpc.IngestServiceBlockingStub ingestStub() {
+    return IngestServiceGrpc.newBlockingStub(channel).withDeadlineAfter(deadline.toNanos(), TimeUnit.NANOSECONDS);
+  }
+
+  /** The generated stub of AdminService, with the default deadline applied. */
+  public AdminServiceGrpc.AdminServiceBlockingStub adminStub() {
+    return AdminServiceGrpc.newBlockingStub(channel).withDeadlineAfter(deadline.toNanos(), TimeUnit.NANOSECONDS);
+  }
+
+  /** The state record of one client; NOT_FOUND when there is none. */
+  public ConnectionState get(String clientId) {
+    return stateStub().getConnectionState(GetConnectionStateRequest.newBuilder().setClientId(clientId).build());
+  }
+
+  /** Every state record, by client id. */
+  public Stream<ConnectionState> list() {
+    return list(ListConnectionStatesRequest.getDefaultInstance());
+  }
+
+  /** Every state record matching {@code filter}, by client id. */
+  public Stream<ConnectionState> list(ConnectionStateFilter filter) {
+    return list(ListConnectionStatesRequest.newBuilder().setFilter(filter).build());
+  }
+
+  /**
+   * Every state record the request selects, following {@code next_page_token} page by page (each
+   * page is fetched when the stream reaches it, with its own deadline).
+   */
+  public Stream<ConnectionState> list(ListConnectionStatesRequest request) {
+    return listPages(request).flatMap(page -> page.getStatesList().stream());
+  }
+
+  /** The pages of a listing, from the request's page token to the last page. */
+  public Stream<ListConnectionStatesResponse> listPages(ListConnectionStatesRequest request) {
+    return pages(
+        request,
+        r -> stateStub().listConnectionStates(r),
+        (r, token) -> r.toBuilder().setPageToken(token).build(),
+        ListConnectionStatesResponse::getNextPageToken);
+  }
+
+  /** The connection log of one client, newest first. */
+  public Stream<LogEntry> logs(String clientId) {
+    return logs(ListConnectionLogsRequest.newBuilder().setClientId(clientId).build());
+  }
+
+  /** Connection log entries the request selects, newest first, following page tokens. */
+  public Stream<LogEntry> logs(ListConnectionLogsRequest request) {
+    return logPages(request).flatMap(page -> page.getEntriesList().stream());
+  }
+
+  /** The pages of a log listing, from the request's page token to the last page. */
+  public Stream<ListConnectionLogsResponse> logPages(ListConnectionLogsRequest request) {
+    return pages(
+        request,
+        r -> stateStub().listConnectionLogs(r),
+        (r, token) -> r.toBuilder().setPageToken(token).build(),
+        ListConnectionLogsResponse::getNextPageToken);
+  }
+
+  /** Deletes the record and log of one client; returns the revision of the deletion. */
+  public long delete(String clientId) {
+    return stateStub()
+        .deleteConnectionState(DeleteConnectionStateRequest.newBuilder().setClientId(clientId).build())
+        .getRevision();
+  }
+
+  /** Records lifecycle events reported by {@code broker}; returns once they are durable. */
+  public IngestEventsResponse ingest(String broker, List<LifecycleEvent> events) {
+    return ingestStub().ingestEvents(IngestEventsRequest.newBuilder().setBroker(broker).addAllEvents(events).build());
+  }
+
+  public Settings settings() {
+    return adminStub().getSettings(GetSettingsRequest.getDefaultInstance());
+  }
+
+  /** Changes the settings named in {@code mask} (every field set in {@code settings} when empty). */
+  public Settings updateSettings(Settings settings, List<String> mask) {
+    return adminStub()
+        .updateSettings(UpdateSettingsRequest.newBuilder().setSettings(settings).addAllUpdateMask(mask).build());
+  }
+
+  /** The newest committed revision of the store. */
+  public long currentRevision() {
+    return stateStub().listConnectionStates(ListConnectionStatesRequest.newBuilder().setPageSize(1).build()).getRevision();
+  }
+
+  /** A watch of every change from now on. */
+  public ConnectionWatch watch() {
+    return watch(WatchOptions.builder().build());
+  }
+
+  /** A resumable watch with the request's filter, kinds, start and snapshot. */
+  public ConnectionWatch watch(connstate.v1.Connstate.WatchConnectionsRequest request) {
+    return watch(WatchOptions.builder(request).build());
+  }
+
+  /**
+   * A resumable watch (see {@link ConnectionWatch}). Without a start revision or a snapshot it
+   * reads the current revision first, so that it starts from a known position: the changes after
+   * this call are delivered, however late the iteration begins.
+   *
+   * @throws io.grpc.StatusRuntimeException when reading the current revision fails
+   */
+  public ConnectionWatch watch(WatchOptions options) {
+    if (managed.isShutdown()) {
+      throw new IllegalStateException("the client is closed");
+    }
+    ConnectionWatch watch = new ConnectionWatch(this, options, watches::remove);
+    watch.start();
+    watches.add(watch);
+    return watch;
+  }
+
+  /** Makes the channel try to connect at once if it is waiting to reconnect. */
+  void resetConnectBackoff() {
+    managed.resetConnectBackoff();
+  }
+
+  /** Closes the connection; open watches end (their iteration finishes without an error). */
+  @Override
+  public void close() {
+    managed.shutdown();
+    for (ConnectionWatch watch : List.copyOf(watches)) {
+      watch.close();
+    }
+    managed.shutdownNow();
+    try {
+      managed.awaitTermination(5, TimeUnit.SECONDS);
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt();
+    }
+  }
+
+  private interface PageToken<R> {
+    R with(R request, String token);
+  }
+
+  private static <R, P> Stream<P> pages(
+      R first, Function<R, P> fetch, PageToken<R> withToken, Function<P, String> nextToken) {
+    Iterator<P> it =
+        new Iterator<>() {
+          private R next = first;
+
+          @Override
+          public boolean hasNext() {
+            return next != null;
+          }
+
+          @Override
+          public P next() {
+            if (next == null) {
+              throw new NoSuchElementException();
+            }
+            P page = fetch.apply(next);
+            String token = nextToken.apply(page);
+            next = token.isEmpty() ? null : withToken.with(next, token);
+            return page;
+          }
+        };
+    return StreamSupport.stream(
+        Spliterators.spliteratorUnknownSize(it, Spliterator.ORDERED | Spliterator.NONNULL), false);
+  }
+
+  private static Duration checkDeadline(Duration deadline) {
+    if (deadline == null || deadline.isNegative() || deadline.isZero()) {
+      throw new IllegalArgumentException("deadline must be positive, got " + deadline);
+    }
+    return deadline;
+  }
+
+  /** Builds a {@link ConnstateClient}. */
+  public static final class Builder {
+    private String address = "127.0.0.1:50051";
+    private String apiKey;
+    private String token;
+    private Boolean tls;
+    private Path rootCertificates;
+    private Duration deadline = DEFAULT_DEADLINE;
+    private Consumer<ManagedChannelBuilder<?>> channelConfig = b -> {};
+
+    private Builder() {}
+
+    /**
+     * Anything else about the channel (message sizes, keepalive, an executor, ...), applied last
+     * to the grpc-java channel builder.
+     */
+    public Builder configureChannel(Consumer<ManagedChannelBuilder<?>> config) {
+      this.channelConfig = config;
+      return this;
+    }
+
+    /**
+     * {@code host:port}; {@code https://host:port} turns TLS on, {@code http://host:port} (or no
+     * scheme) is plaintext. Default 127.0.0.1:50051.
+     */
+    public Builder address(String address) {
+      if (address == null || address.isBlank()) {
+        throw new IllegalArgumentException("address must not be empty");
+      }
+      this.address = address.trim();
+      return this;
+    }
+
+    /**
+     * The API key and its token, sent on every call (a watch's reconnections included) as {@code
+     * authorization: Basic base64(key:token)}. Null for neither.
+     */
+    public Builder apiKey(String apiKey, String token) {
+      if ((apiKey == null) != (token == null)) {
+        throw new IllegalArgumentException("an API key and its token are given together");
+      }
+      this.apiKey = apiKey;
+      this.token = token;
+      return this;
+    }
+
+    /** TLS on or off, whatever the address's scheme says. Off by default. */
+    public Builder tls(boolean tls) {
+      this.tls = tls;
+      return this;
+    }
+
+    /**
+     * TLS with these PEM root certificates instead of the system's (turns TLS on).
+     */
+    public Builder rootCertificates(Path pemFile) {
+      this.rootCertificates = pemFile;
+      this.tls = true;
+      return this;
+    }
+
+    /** The default deadline of unary calls (30 s). */
+    public Builder deadline(Duration deadline) {
+      this.deadline = checkDeadline(deadline);
+      return this;
+    }
+
+    public ConnstateClient build() {
+      String target = address;
+      boolean secure = false;
+      if (target.startsWith("https://")) {
+        secure = true;
+        target = target.substring("https://".length());
+      } else if (target.startsWith("http://")) {
+        target = target.substring("http://".length());
+      }
+      if (target.endsWith("/")) {
+        target = target.substring(0, target.length() - 1);
+      }
+      if (tls != null) {
+        secure = tls;
+      }
+      ChannelCredentials credentials;
+      if (secure) {
+        TlsChannelCredentials.Builder b = TlsChannelCredentials.newBuilder();
+        if (rootCertificates != null) {
+          try {
+            b.trustManager(rootCertificates.toFile());
+          } catch (IOException e) {
+            throw new UncheckedIOException("reading root certificates " + rootCertificates, e);
+          }
+        }
+        credentials = b.build();
+      } else {
+        credentials = InsecureChannelCredentials.create();
+      }
+      ManagedChannelBuilder<?> builder = Grpc.newChannelBuilder(target, credentials);
+      channelConfig.accept(builder);
+      ManagedChannel managed = builder.build();
+      Channel channel = managed;
+      if (apiKey != null) {
+        String value =
+            "Basic " + Base64.getEncoder().encodeToString((apiKey + ":" + token).getBytes(StandardCharsets.UTF_8));
+        channel = ClientInterceptors.intercept(managed, new Authorization(value));
+      }
+      return new ConnstateClient(managed, channel, deadline, ConcurrentHashMap.newKeySet());
+    }
+  }
+
+  private static final class Authorization implements ClientInterceptor {
+    private final String value;
+
+    Authorization(String value) {
+      this.value = value;
+    }
+
+    @Override
+    public <Q, A> ClientCall<Q, A> interceptCall(MethodDescriptor<Q, A> method, CallOptions options, Channel next) {
+      return new ForwardingClientCall.SimpleForwardingClientCall<>(next.newCall(method, options)) {
+        @Override
+        public void start(Listener<A> listener, Metadata headers) {
+          headers.put(AUTHORIZATION, value);
+          super.start(listener, headers);
+        }
+      };
+    }
+  }
+}
