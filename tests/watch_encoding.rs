@@ -262,3 +262,96 @@ async fn the_watch_route_still_asks_for_credentials() {
     );
     server.stop().await;
 }
+
+/// Reads every message of a watch until `count` changes have arrived; the
+/// changes in order, and how many messages carried them.
+async fn batched_changes(
+    stream: &mut Streaming<pb::WatchConnectionsResponse>,
+    count: usize,
+    max: usize,
+) -> (Vec<pb::Change>, usize) {
+    let mut out = Vec::new();
+    let mut messages = 0;
+    while out.len() < count {
+        let message = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("a message within 10 s")
+            .expect("stream open")
+            .expect("no error");
+        match message.event.expect("event set") {
+            Event::Change(change) => out.push(change),
+            Event::Changes(batch) => {
+                assert!(
+                    (2..=max).contains(&batch.changes.len()),
+                    "a batch holds 2 to {max} changes, not {}",
+                    batch.changes.len()
+                );
+                out.extend(batch.changes);
+            }
+            Event::Heartbeat(_) | Event::SnapshotComplete(_) => continue,
+        }
+        messages += 1;
+    }
+    (out, messages)
+}
+
+#[tokio::test]
+async fn a_watcher_that_asks_gets_several_changes_per_message_and_others_one() {
+    let server = TestServer::start().await;
+    let total = 2000u64;
+    for chunk in 0..total / 500 {
+        let events = (chunk * 500..(chunk + 1) * 500)
+            .map(|i| connected(&format!("d:local:t:c{i}"), i + 1, 0))
+            .collect();
+        server.ingest(events).await;
+    }
+    let watch = |max: u32| {
+        let mut client = server.states();
+        async move {
+            client
+                .watch_connections(pb::WatchConnectionsRequest {
+                    start_revision: Some(0),
+                    max_changes_per_message: max,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let mut batched = watch(50).await;
+    let mut plain = watch(0).await;
+    // The live feed too: a commit of 500 while both replay.
+    let events = (total..total + 500)
+        .map(|i| connected(&format!("d:local:t:c{i}"), i + 1, 0))
+        .collect();
+    server.ingest(events).await;
+    let total = total as usize + 500;
+
+    let (got, messages) = batched_changes(&mut batched, total, 50).await;
+    let revisions: Vec<u64> = got.iter().map(|c| c.revision).collect();
+    assert_eq!(revisions, (1..=total as u64).collect::<Vec<_>>());
+    assert!(
+        messages < total,
+        "{total} changes ready in backlogs came in {messages} messages"
+    );
+    let (plain_got, plain_messages) = batched_changes(&mut plain, total, 1).await;
+    assert_eq!(plain_messages, total, "one change per message unless asked");
+    assert_eq!(plain_got, got, "the same changes either way");
+
+    let too_many = server
+        .states()
+        .watch_connections(pb::WatchConnectionsRequest {
+            max_changes_per_message: 1001,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(too_many.code(), tonic::Code::InvalidArgument);
+    assert!(
+        too_many.message().contains("max_changes_per_message"),
+        "{}",
+        too_many.message()
+    );
+    server.stop().await;
+}

@@ -83,10 +83,11 @@ impl GrpcApi {
         request: Request<pb::WatchConnectionsRequest>,
     ) -> Result<Response<watch::FrameStream>, Status> {
         allow(&request, Role::ReadOnly)?;
+        let batch = convert::parse_max_changes_per_message(request.get_ref())?;
         let request = convert::parse_watch(request.get_ref())?;
         let items = self.query.watch(request)?;
         let encoded = watch::protobuf_encodings(self.query.metrics());
-        Ok(Response::new(watch::frames(items, encoded)))
+        Ok(Response::new(watch::frames(items, batch, encoded)))
     }
 }
 
@@ -137,15 +138,18 @@ impl ConnectionStateService for GrpcApi {
 
     type WatchConnectionsStream = WatchStream;
 
-    /// The generated server's form, encoding every message per stream; the
-    /// server mounts [`watch::ConnectionStateRoutes`], which sends the same
-    /// bytes through [`GrpcApi::watch_frames`].
+    /// The generated server's form, encoding every message per stream and
+    /// one change per message; the server mounts
+    /// [`watch::ConnectionStateRoutes`], which sends the same bytes through
+    /// [`GrpcApi::watch_frames`].
     #[tracing::instrument(skip_all)]
     async fn watch_connections(
         &self,
         request: Request<pb::WatchConnectionsRequest>,
     ) -> Result<Response<Self::WatchConnectionsStream>, Status> {
         allow(&request, Role::ReadOnly)?;
+        // One change per message here: `changes` needs the shared bytes.
+        convert::parse_max_changes_per_message(request.get_ref())?;
         let watch = convert::parse_watch(request.get_ref())?;
         let items = self.query.watch(watch)?;
         let stream = ReceiverStream::new(items).map(|item| match item {

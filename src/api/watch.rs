@@ -21,7 +21,7 @@ use bytes::{BufMut, Bytes};
 use prometheus_client::metrics::counter::Counter;
 use prost::Message;
 use tokio::sync::mpsc;
-use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tokio_stream::Stream;
 use tonic::{
     Status,
     body::Body as TonicBody,
@@ -91,15 +91,93 @@ pub fn protobuf_encodings(metrics: &Metrics) -> Counter {
         .clone()
 }
 
-/// The encoded messages of a watcher's items; its end becomes the status
-/// that closes the stream.
-pub fn frames(items: mpsc::Receiver<Result<WatchItem, WatchEnd>>, encoded: Counter) -> FrameStream {
-    Box::pin(ReceiverStream::new(items).map(move |item| match item {
-        Ok(WatchItem::Change(change)) => Ok(change_frame(&change, &encoded)),
-        // Snapshots, heartbeats and their ends belong to one stream.
-        Ok(item) => Ok(Bytes::from(watch_item(item).encode_to_vec())),
-        Err(end) => Err(Status::from(end)),
-    }))
+/// The encoded messages of a watcher's items, with up to `batch` changes
+/// that are ready together in one `changes` message (1: one `change` per
+/// message); the watcher's end becomes the status that closes the stream.
+pub fn frames(
+    items: mpsc::Receiver<Result<WatchItem, WatchEnd>>,
+    batch: usize,
+    encoded: Counter,
+) -> FrameStream {
+    Box::pin(Frames {
+        items,
+        held: None,
+        batch: batch.max(1),
+        encoded,
+    })
+}
+
+struct Frames {
+    items: mpsc::Receiver<Result<WatchItem, WatchEnd>>,
+    /// An item taken while filling a batch that does not belong in it.
+    held: Option<Result<WatchItem, WatchEnd>>,
+    batch: usize,
+    encoded: Counter,
+}
+
+impl Stream for Frames {
+    type Item = Result<Bytes, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let item = match this.held.take() {
+            Some(item) => item,
+            None => match this.items.poll_recv(cx) {
+                Poll::Ready(Some(item)) => item,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            },
+        };
+        let change = match item {
+            Ok(WatchItem::Change(change)) => change,
+            // Snapshots, heartbeats and their ends belong to one stream.
+            Ok(item) => return Poll::Ready(Some(Ok(watch_item(item).encode_to_vec().into()))),
+            Err(end) => return Poll::Ready(Some(Err(Status::from(end)))),
+        };
+        let first = change_frame(&change, &this.encoded);
+        if this.batch == 1 {
+            return Poll::Ready(Some(Ok(first)));
+        }
+        // Only what is ready now: a message is never held back to fill it.
+        let mut ready = vec![first];
+        while ready.len() < this.batch {
+            match this.items.try_recv() {
+                Ok(Ok(WatchItem::Change(change))) => {
+                    ready.push(change_frame(&change, &this.encoded));
+                }
+                Ok(other) => {
+                    this.held = Some(other);
+                    break;
+                }
+                // Empty, or closed: the next poll sees the end.
+                Err(_) => break,
+            }
+        }
+        Poll::Ready(Some(Ok(match ready.len() {
+            1 => ready.swap_remove(0),
+            _ => batch_frame(&ready),
+        })))
+    }
+}
+
+/// The response carrying the changes of several `change` responses as one
+/// `changes`, from their encoded bytes: a `change` response is field 1
+/// holding the change, and so is each change in a `ChangeBatch`, so the
+/// batch's body is the responses one after the other.
+fn batch_frame(responses: &[Bytes]) -> Bytes {
+    const CHANGES_FIELD: u32 = 4;
+    let body: usize = responses.iter().map(Bytes::len).sum();
+    let mut out = bytes::BytesMut::with_capacity(body + 16);
+    prost::encoding::encode_key(
+        CHANGES_FIELD,
+        prost::encoding::WireType::LengthDelimited,
+        &mut out,
+    );
+    prost::encoding::encode_varint(body as u64, &mut out);
+    for response in responses {
+        out.put_slice(response);
+    }
+    out.freeze()
 }
 
 /// The codec of WatchConnections: decodes the request as prost does and
@@ -227,7 +305,7 @@ mod tests {
         let mut streams = Vec::new();
         for _ in 0..100 {
             let (tx, rx) = mpsc::channel(4);
-            let mut frames = frames(rx, encoded.clone());
+            let mut frames = frames(rx, 1, encoded.clone());
             let change = change.clone();
             streams.push(tokio::spawn(async move {
                 tx.send(Ok(WatchItem::Change(change))).await.unwrap();
@@ -253,5 +331,61 @@ mod tests {
         let replayed = Arc::new((*change).clone());
         assert_eq!(change_frame(&replayed, &encoded), expected);
         assert_eq!(encoded.get(), 2);
+    }
+
+    #[tokio::test]
+    async fn changes_ready_together_share_a_message_up_to_the_limit() {
+        let encoded = Counter::default();
+        let changes: Vec<_> = (1..=4).map(deletion).collect();
+        let heartbeat = WatchItem::Heartbeat {
+            revision: 3,
+            time: Utc::now(),
+        };
+        let (tx, rx) = mpsc::channel(8);
+        for item in [
+            WatchItem::Change(changes[0].clone()),
+            WatchItem::Change(changes[1].clone()),
+            WatchItem::Change(changes[2].clone()),
+            heartbeat.clone(),
+            WatchItem::Change(changes[3].clone()),
+        ] {
+            tx.send(Ok(item)).await.unwrap();
+        }
+        tx.send(Err(WatchEnd::ShuttingDown { last_delivered: 4 }))
+            .await
+            .unwrap();
+        drop(tx);
+        let sent: Vec<_> = tokio_stream::StreamExt::collect(frames(rx, 2, encoded.clone())).await;
+        assert_eq!(sent.len(), 5, "{sent:?}");
+        let batch = pb::WatchConnectionsResponse {
+            event: Some(pb::watch_connections_response::Event::Changes(
+                pb::ChangeBatch {
+                    changes: changes[..2]
+                        .iter()
+                        .map(|c| pb::Change::from(c.as_ref()))
+                        .collect(),
+                },
+            )),
+        };
+        let single = |item| Some(Bytes::from(watch_item(item).encode_to_vec()));
+        assert_eq!(
+            sent[0].as_ref().ok(),
+            Some(&Bytes::from(batch.encode_to_vec())),
+            "the first two in one message, as prost encodes it"
+        );
+        assert_eq!(
+            sent[1].as_ref().ok(),
+            single(WatchItem::Change(changes[2].clone())).as_ref()
+        );
+        assert_eq!(sent[2].as_ref().ok(), single(heartbeat).as_ref());
+        assert_eq!(
+            sent[3].as_ref().ok(),
+            single(WatchItem::Change(changes[3].clone())).as_ref()
+        );
+        assert_eq!(
+            sent[4].as_ref().unwrap_err().code(),
+            tonic::Code::Unavailable
+        );
+        assert_eq!(encoded.get(), 4);
     }
 }
