@@ -49,6 +49,12 @@ pub struct SourceInputLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FormatLabel {
+    /// `protobuf` (gRPC watch streams) or `json` (Server-Sent Events).
+    pub format: &'static str,
+}
+
 /// Every metric of the service.
 pub struct Metrics {
     registry: Registry,
@@ -61,6 +67,7 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     pub watchers: Gauge,
     pub watchers_dropped: Counter,
+    pub watch_changes_encoded: Family<FormatLabel, Counter>,
     pub mqtt_connections: Gauge,
     pub mqtt_received_messages: Counter,
     pub mqtt_sent_messages: Counter,
@@ -125,6 +132,12 @@ impl Default for Metrics {
             "watchers_dropped",
             "Watch streams ended for falling behind the live feed",
             watchers_dropped.clone(),
+        );
+        let watch_changes_encoded = Family::<FormatLabel, Counter>::default();
+        registry.register(
+            "watch_changes_encoded",
+            "Changes encoded for watch streams, by format: once per change, however many streams send it",
+            watch_changes_encoded.clone(),
         );
         let mqtt_connections = Gauge::default();
         registry.register(
@@ -235,6 +248,7 @@ impl Default for Metrics {
             commit_seconds,
             watchers,
             watchers_dropped,
+            watch_changes_encoded,
         }
     }
 }

@@ -10,6 +10,7 @@ use std::{future::Future, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic_health::server::HealthReporter;
 
 use crate::{
@@ -17,15 +18,12 @@ use crate::{
     api::{
         auth::Gate,
         grpc::{GrpcApi, interceptor},
+        watch::ConnectionStateRoutes,
     },
     config::Config,
     http::HttpLimits,
     mqtt::{Broker, BrokerOptions, MqttListeners},
-    pb::{
-        admin_service_server::AdminServiceServer,
-        connection_state_service_server::ConnectionStateServiceServer,
-        ingest_service_server::IngestServiceServer,
-    },
+    pb::{admin_service_server::AdminServiceServer, ingest_service_server::IngestServiceServer},
     query::{QueryOptions, QueryService},
     registry::{Registry, RegistryError, Role},
     store::{Store, StoreError, StoreOptions},
@@ -383,8 +381,8 @@ pub async fn run(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(ConnectionStateServiceServer::with_interceptor(
-            api.clone(),
+        .add_service(InterceptedService::new(
+            ConnectionStateRoutes::new(api.clone()),
             interceptor(gate.clone()),
         ))
         .add_service(IngestServiceServer::with_interceptor(

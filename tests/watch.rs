@@ -167,6 +167,7 @@ async fn a_snapshot_comes_first_then_live_changes() {
             }
             Event::SnapshotComplete(s) => break s.revision,
             Event::Heartbeat(_) => {}
+            Event::Changes(batch) => panic!("a batch that was not asked for: {batch:?}"),
         }
     };
     assert_eq!(snapshot.len(), 5);

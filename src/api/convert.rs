@@ -41,6 +41,8 @@ const MAX_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
 
 /// The longest watch heartbeat interval.
 pub const MAX_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(3600);
+/// The most changes a watcher may ask for in one message.
+pub const MAX_CHANGES_PER_MESSAGE: u32 = 1000;
 /// The longest retention age (ten years).
 pub const MAX_RETENTION_AGE: Duration = Duration::from_secs(3650 * 24 * 3600);
 
@@ -558,6 +560,19 @@ pub fn parse_watch(r: &pb::WatchConnectionsRequest) -> Result<crate::query::Watc
         kinds,
         heartbeat_interval,
     })
+}
+
+/// How many changes a watch stream may put in one message (1: one
+/// `change` per message, as for clients that do not know `changes`).
+pub fn parse_max_changes_per_message(r: &pb::WatchConnectionsRequest) -> Result<usize> {
+    match r.max_changes_per_message {
+        0 => Ok(1),
+        n if n <= MAX_CHANGES_PER_MESSAGE => Ok(n as usize),
+        _ => Err(invalid(
+            "max_changes_per_message",
+            format!("must be 0 to {MAX_CHANGES_PER_MESSAGE}"),
+        )),
+    }
 }
 
 pub fn parse_list_states(r: &pb::ListConnectionStatesRequest) -> Result<crate::query::ListStates> {

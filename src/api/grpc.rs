@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::{
     auth::{Gate, Refusal, require},
-    convert,
+    convert, watch,
 };
 use crate::registry::{Principal, Role};
 use crate::{
@@ -18,7 +18,7 @@ use crate::{
         connection_state_service_server::ConnectionStateService,
         ingest_service_server::IngestService,
     },
-    query::{QueryService, WatchItem},
+    query::QueryService,
 };
 
 /// Implements the three gRPC services over one query service.
@@ -74,27 +74,21 @@ fn allow<T>(request: &Request<T>, needed: Role) -> Result<(), Status> {
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchConnectionsResponse, Status>> + Send>>;
 
-fn watch_item(item: WatchItem) -> pb::WatchConnectionsResponse {
-    use pb::watch_connections_response::Event;
-    let event = match item {
-        WatchItem::Change(change) => Event::Change(pb::Change::from(change.as_ref())),
-        WatchItem::Snapshot(state) => Event::Change(pb::Change {
-            revision: state.revision,
-            kind: pb::ChangeKind::Snapshot as i32,
-            client_id: state.client_id.to_string(),
-            state: Some(pb::ConnectionState::from(state.as_ref())),
-            log_entry: None,
-            commit_time: None,
-        }),
-        WatchItem::SnapshotComplete(revision) => {
-            Event::SnapshotComplete(pb::SnapshotComplete { revision })
-        }
-        WatchItem::Heartbeat { revision, time } => Event::Heartbeat(pb::Heartbeat {
-            revision,
-            time: Some(convert::timestamp(time)),
-        }),
-    };
-    pb::WatchConnectionsResponse { event: Some(event) }
+impl GrpcApi {
+    /// WatchConnections as the server sends it: each change encoded once
+    /// and shared by every stream that sends it (see [`watch`]).
+    #[tracing::instrument(skip_all)]
+    pub async fn watch_frames(
+        &self,
+        request: Request<pb::WatchConnectionsRequest>,
+    ) -> Result<Response<watch::FrameStream>, Status> {
+        allow(&request, Role::ReadOnly)?;
+        let batch = convert::parse_max_changes_per_message(request.get_ref())?;
+        let request = convert::parse_watch(request.get_ref())?;
+        let items = self.query.watch(request)?;
+        let encoded = watch::protobuf_encodings(self.query.metrics());
+        Ok(Response::new(watch::frames(items, batch, encoded)))
+    }
 }
 
 #[tonic::async_trait]
@@ -144,16 +138,22 @@ impl ConnectionStateService for GrpcApi {
 
     type WatchConnectionsStream = WatchStream;
 
+    /// The generated server's form, encoding every message per stream and
+    /// one change per message; the server mounts
+    /// [`watch::ConnectionStateRoutes`], which sends the same bytes through
+    /// [`GrpcApi::watch_frames`].
     #[tracing::instrument(skip_all)]
     async fn watch_connections(
         &self,
         request: Request<pb::WatchConnectionsRequest>,
     ) -> Result<Response<Self::WatchConnectionsStream>, Status> {
         allow(&request, Role::ReadOnly)?;
+        // One change per message here: `changes` needs the shared bytes.
+        convert::parse_max_changes_per_message(request.get_ref())?;
         let watch = convert::parse_watch(request.get_ref())?;
         let items = self.query.watch(watch)?;
         let stream = ReceiverStream::new(items).map(|item| match item {
-            Ok(item) => Ok(watch_item(item)),
+            Ok(item) => Ok(watch::watch_item(item)),
             Err(end) => Err(Status::from(end)),
         });
         Ok(Response::new(Box::pin(stream)))

@@ -7,3 +7,4 @@ pub mod convert;
 pub mod error;
 pub mod grpc;
 pub mod rest;
+pub mod watch;

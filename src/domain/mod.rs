@@ -11,7 +11,7 @@ mod query;
 mod reason;
 mod state;
 
-pub use change::{Change, ChangeKind};
+pub use change::{Change, ChangeKind, WireForms};
 pub use client_id::{ClientId, ClientIdError, ClientKind, ClientType, MAX_CLIENT_ID_LEN};
 pub use event::{
     ActivityKind, ConnectionId, ConnectionInfo, EMBEDDED_BROKER, EventKind, LifecycleEvent,

@@ -10,7 +10,7 @@ use super::{Settings, StoreError};
 use crate::domain::{
     ActivityKind, Change, ChangeKind, ClientId, CloseCode, ConnectionInfo, ConnectionState,
     ConnectionStatus, Counters, DisconnectInitiator, LastDisconnect, LogEntry, LogKind,
-    MqttProtocol, ReasonCode, Timestamp,
+    MqttProtocol, ReasonCode, Timestamp, WireForms,
 };
 
 #[derive(Clone, PartialEq, Message)]
@@ -480,6 +480,7 @@ impl TryFrom<ChangeRecord> for Change {
             state: r.state.map(ConnectionState::try_from).transpose()?,
             log_entry: r.log_entry.map(LogEntry::try_from).transpose()?,
             commit_time: time_from_ms(r.commit_ms)?,
+            wire: WireForms::default(),
         })
     }
 }

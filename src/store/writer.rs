@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Settings, Store, StoreError, codec, index, keys, log::Log, overlay};
 use crate::{
-    domain::{Change, ChangeKind, ClientId, ConnectionState, LifecycleEvent, Revision},
+    domain::{Change, ChangeKind, ClientId, ConnectionState, LifecycleEvent, Revision, WireForms},
     rules,
 };
 
@@ -276,6 +276,7 @@ impl Writer {
                 state: outcome.state.or(current),
                 log_entry: outcome.log_entry,
                 commit_time,
+                wire: WireForms::default(),
             });
         }
         Ok(last)
@@ -348,6 +349,7 @@ impl Writer {
             state: None,
             log_entry: None,
             commit_time: Utc::now(),
+            wire: WireForms::default(),
         });
         Ok(self.revision)
     }
@@ -415,6 +417,7 @@ impl Writer {
             state: None,
             log_entry: None,
             commit_time: Utc::now(),
+            wire: WireForms::default(),
         }));
         self.batch.remove(keys::META_CLEARING);
         self.commit();

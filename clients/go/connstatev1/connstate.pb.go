@@ -1677,8 +1677,17 @@ type WatchConnectionsRequest struct {
 	// How often to send a heartbeat when nothing else was sent; 0 means the
 	// server default (10 s); otherwise 1 s to 1 h (INVALID_ARGUMENT outside).
 	HeartbeatInterval *durationpb.Duration `protobuf:"bytes,5,opt,name=heartbeat_interval,json=heartbeatInterval,proto3" json:"heartbeat_interval,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Opt in to several changes per message: when two or more changes are
+	// ready for this stream at once (a replay, or a backlog of the live
+	// feed), up to this many are sent in one `changes` message, in revision
+	// order; a change ready on its own still comes as `change`. The server
+	// never waits to fill a message. 0 or 1 (the default): one `change` per
+	// message, as for clients that do not know `changes`. At most 1000
+	// (INVALID_ARGUMENT above). Snapshot records, heartbeats and
+	// `snapshot_complete` always come in messages of their own.
+	MaxChangesPerMessage uint32 `protobuf:"varint,6,opt,name=max_changes_per_message,json=maxChangesPerMessage,proto3" json:"max_changes_per_message,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *WatchConnectionsRequest) Reset() {
@@ -1746,6 +1755,13 @@ func (x *WatchConnectionsRequest) GetHeartbeatInterval() *durationpb.Duration {
 	return nil
 }
 
+func (x *WatchConnectionsRequest) GetMaxChangesPerMessage() uint32 {
+	if x != nil {
+		return x.MaxChangesPerMessage
+	}
+	return 0
+}
+
 type WatchConnectionsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Event:
@@ -1753,6 +1769,7 @@ type WatchConnectionsResponse struct {
 	//	*WatchConnectionsResponse_Change
 	//	*WatchConnectionsResponse_Heartbeat
 	//	*WatchConnectionsResponse_SnapshotComplete
+	//	*WatchConnectionsResponse_Changes
 	Event         isWatchConnectionsResponse_Event `protobuf_oneof:"event"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1822,6 +1839,15 @@ func (x *WatchConnectionsResponse) GetSnapshotComplete() *SnapshotComplete {
 	return nil
 }
 
+func (x *WatchConnectionsResponse) GetChanges() *ChangeBatch {
+	if x != nil {
+		if x, ok := x.Event.(*WatchConnectionsResponse_Changes); ok {
+			return x.Changes
+		}
+	}
+	return nil
+}
+
 type isWatchConnectionsResponse_Event interface {
 	isWatchConnectionsResponse_Event()
 }
@@ -1841,11 +1867,64 @@ type WatchConnectionsResponse_SnapshotComplete struct {
 	SnapshotComplete *SnapshotComplete `protobuf:"bytes,3,opt,name=snapshot_complete,json=snapshotComplete,proto3,oneof"`
 }
 
+type WatchConnectionsResponse_Changes struct {
+	// Several changes, only when the request set `max_changes_per_message`
+	// above 1.
+	Changes *ChangeBatch `protobuf:"bytes,4,opt,name=changes,proto3,oneof"`
+}
+
 func (*WatchConnectionsResponse_Change) isWatchConnectionsResponse_Event() {}
 
 func (*WatchConnectionsResponse_Heartbeat) isWatchConnectionsResponse_Event() {}
 
 func (*WatchConnectionsResponse_SnapshotComplete) isWatchConnectionsResponse_Event() {}
+
+func (*WatchConnectionsResponse_Changes) isWatchConnectionsResponse_Event() {}
+
+// Changes sent in one message, in revision order.
+type ChangeBatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Changes       []*Change              `protobuf:"bytes,1,rep,name=changes,proto3" json:"changes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChangeBatch) Reset() {
+	*x = ChangeBatch{}
+	mi := &file_connstate_v1_connstate_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangeBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangeBatch) ProtoMessage() {}
+
+func (x *ChangeBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_connstate_v1_connstate_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangeBatch.ProtoReflect.Descriptor instead.
+func (*ChangeBatch) Descriptor() ([]byte, []int) {
+	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ChangeBatch) GetChanges() []*Change {
+	if x != nil {
+		return x.Changes
+	}
+	return nil
+}
 
 // One committed change.
 type Change struct {
@@ -1865,7 +1944,7 @@ type Change struct {
 
 func (x *Change) Reset() {
 	*x = Change{}
-	mi := &file_connstate_v1_connstate_proto_msgTypes[11]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1877,7 +1956,7 @@ func (x *Change) String() string {
 func (*Change) ProtoMessage() {}
 
 func (x *Change) ProtoReflect() protoreflect.Message {
-	mi := &file_connstate_v1_connstate_proto_msgTypes[11]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1890,7 +1969,7 @@ func (x *Change) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Change.ProtoReflect.Descriptor instead.
 func (*Change) Descriptor() ([]byte, []int) {
-	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{11}
+	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Change) GetRevision() uint64 {
@@ -1948,7 +2027,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_connstate_v1_connstate_proto_msgTypes[12]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1960,7 +2039,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_connstate_v1_connstate_proto_msgTypes[12]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1973,7 +2052,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{12}
+	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Heartbeat) GetRevision() uint64 {
@@ -2002,7 +2081,7 @@ type SnapshotComplete struct {
 
 func (x *SnapshotComplete) Reset() {
 	*x = SnapshotComplete{}
-	mi := &file_connstate_v1_connstate_proto_msgTypes[13]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2014,7 +2093,7 @@ func (x *SnapshotComplete) String() string {
 func (*SnapshotComplete) ProtoMessage() {}
 
 func (x *SnapshotComplete) ProtoReflect() protoreflect.Message {
-	mi := &file_connstate_v1_connstate_proto_msgTypes[13]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2027,7 +2106,7 @@ func (x *SnapshotComplete) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotComplete.ProtoReflect.Descriptor instead.
 func (*SnapshotComplete) Descriptor() ([]byte, []int) {
-	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{13}
+	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SnapshotComplete) GetRevision() uint64 {
@@ -2046,7 +2125,7 @@ type DeleteConnectionStateRequest struct {
 
 func (x *DeleteConnectionStateRequest) Reset() {
 	*x = DeleteConnectionStateRequest{}
-	mi := &file_connstate_v1_connstate_proto_msgTypes[14]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2058,7 +2137,7 @@ func (x *DeleteConnectionStateRequest) String() string {
 func (*DeleteConnectionStateRequest) ProtoMessage() {}
 
 func (x *DeleteConnectionStateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_connstate_v1_connstate_proto_msgTypes[14]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2071,7 +2150,7 @@ func (x *DeleteConnectionStateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteConnectionStateRequest.ProtoReflect.Descriptor instead.
 func (*DeleteConnectionStateRequest) Descriptor() ([]byte, []int) {
-	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{14}
+	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DeleteConnectionStateRequest) GetClientId() string {
@@ -2091,7 +2170,7 @@ type DeleteConnectionStateResponse struct {
 
 func (x *DeleteConnectionStateResponse) Reset() {
 	*x = DeleteConnectionStateResponse{}
-	mi := &file_connstate_v1_connstate_proto_msgTypes[15]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2103,7 +2182,7 @@ func (x *DeleteConnectionStateResponse) String() string {
 func (*DeleteConnectionStateResponse) ProtoMessage() {}
 
 func (x *DeleteConnectionStateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_connstate_v1_connstate_proto_msgTypes[15]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2116,7 +2195,7 @@ func (x *DeleteConnectionStateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteConnectionStateResponse.ProtoReflect.Descriptor instead.
 func (*DeleteConnectionStateResponse) Descriptor() ([]byte, []int) {
-	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{15}
+	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DeleteConnectionStateResponse) GetRevision() uint64 {
@@ -2152,7 +2231,7 @@ type IngestEventsRequest struct {
 
 func (x *IngestEventsRequest) Reset() {
 	*x = IngestEventsRequest{}
-	mi := &file_connstate_v1_connstate_proto_msgTypes[16]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2164,7 +2243,7 @@ func (x *IngestEventsRequest) String() string {
 func (*IngestEventsRequest) ProtoMessage() {}
 
 func (x *IngestEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_connstate_v1_connstate_proto_msgTypes[16]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2177,7 +2256,7 @@ func (x *IngestEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IngestEventsRequest.ProtoReflect.Descriptor instead.
 func (*IngestEventsRequest) Descriptor() ([]byte, []int) {
-	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{16}
+	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *IngestEventsRequest) GetBroker() string {
@@ -2213,7 +2292,7 @@ type RenewBrokerLeaseRequest struct {
 
 func (x *RenewBrokerLeaseRequest) Reset() {
 	*x = RenewBrokerLeaseRequest{}
-	mi := &file_connstate_v1_connstate_proto_msgTypes[17]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2225,7 +2304,7 @@ func (x *RenewBrokerLeaseRequest) String() string {
 func (*RenewBrokerLeaseRequest) ProtoMessage() {}
 
 func (x *RenewBrokerLeaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_connstate_v1_connstate_proto_msgTypes[17]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2238,7 +2317,7 @@ func (x *RenewBrokerLeaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewBrokerLeaseRequest.ProtoReflect.Descriptor instead.
 func (*RenewBrokerLeaseRequest) Descriptor() ([]byte, []int) {
-	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{17}
+	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RenewBrokerLeaseRequest) GetBroker() string {
@@ -2268,7 +2347,7 @@ type BrokerLease struct {
 
 func (x *BrokerLease) Reset() {
 	*x = BrokerLease{}
-	mi := &file_connstate_v1_connstate_proto_msgTypes[18]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2280,7 +2359,7 @@ func (x *BrokerLease) String() string {
 func (*BrokerLease) ProtoMessage() {}
 
 func (x *BrokerLease) ProtoReflect() protoreflect.Message {
-	mi := &file_connstate_v1_connstate_proto_msgTypes[18]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2293,7 +2372,7 @@ func (x *BrokerLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BrokerLease.ProtoReflect.Descriptor instead.
 func (*BrokerLease) Descriptor() ([]byte, []int) {
-	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{18}
+	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *BrokerLease) GetBroker() string {
@@ -2347,7 +2426,7 @@ type LifecycleEvent struct {
 
 func (x *LifecycleEvent) Reset() {
 	*x = LifecycleEvent{}
-	mi := &file_connstate_v1_connstate_proto_msgTypes[19]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2359,7 +2438,7 @@ func (x *LifecycleEvent) String() string {
 func (*LifecycleEvent) ProtoMessage() {}
 
 func (x *LifecycleEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_connstate_v1_connstate_proto_msgTypes[19]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2372,7 +2451,7 @@ func (x *LifecycleEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LifecycleEvent.ProtoReflect.Descriptor instead.
 func (*LifecycleEvent) Descriptor() ([]byte, []int) {
-	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{19}
+	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *LifecycleEvent) GetClientId() string {
@@ -2485,7 +2564,7 @@ type ConnectionInfo struct {
 
 func (x *ConnectionInfo) Reset() {
 	*x = ConnectionInfo{}
-	mi := &file_connstate_v1_connstate_proto_msgTypes[20]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2497,7 +2576,7 @@ func (x *ConnectionInfo) String() string {
 func (*ConnectionInfo) ProtoMessage() {}
 
 func (x *ConnectionInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_connstate_v1_connstate_proto_msgTypes[20]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2510,7 +2589,7 @@ func (x *ConnectionInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectionInfo.ProtoReflect.Descriptor instead.
 func (*ConnectionInfo) Descriptor() ([]byte, []int) {
-	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{20}
+	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ConnectionInfo) GetClientAddr() string {
@@ -2572,7 +2651,7 @@ type Connected struct {
 
 func (x *Connected) Reset() {
 	*x = Connected{}
-	mi := &file_connstate_v1_connstate_proto_msgTypes[21]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2584,7 +2663,7 @@ func (x *Connected) String() string {
 func (*Connected) ProtoMessage() {}
 
 func (x *Connected) ProtoReflect() protoreflect.Message {
-	mi := &file_connstate_v1_connstate_proto_msgTypes[21]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2597,7 +2676,7 @@ func (x *Connected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Connected.ProtoReflect.Descriptor instead.
 func (*Connected) Descriptor() ([]byte, []int) {
-	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{21}
+	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Connected) GetInfo() *ConnectionInfo {
@@ -2618,7 +2697,7 @@ type ConnectFailed struct {
 
 func (x *ConnectFailed) Reset() {
 	*x = ConnectFailed{}
-	mi := &file_connstate_v1_connstate_proto_msgTypes[22]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2630,7 +2709,7 @@ func (x *ConnectFailed) String() string {
 func (*ConnectFailed) ProtoMessage() {}
 
 func (x *ConnectFailed) ProtoReflect() protoreflect.Message {
-	mi := &file_connstate_v1_connstate_proto_msgTypes[22]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2643,7 +2722,7 @@ func (x *ConnectFailed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectFailed.ProtoReflect.Descriptor instead.
 func (*ConnectFailed) Descriptor() ([]byte, []int) {
-	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{22}
+	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ConnectFailed) GetInfo() *ConnectionInfo {
@@ -2676,7 +2755,7 @@ type Disconnected struct {
 
 func (x *Disconnected) Reset() {
 	*x = Disconnected{}
-	mi := &file_connstate_v1_connstate_proto_msgTypes[23]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2688,7 +2767,7 @@ func (x *Disconnected) String() string {
 func (*Disconnected) ProtoMessage() {}
 
 func (x *Disconnected) ProtoReflect() protoreflect.Message {
-	mi := &file_connstate_v1_connstate_proto_msgTypes[23]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2701,7 +2780,7 @@ func (x *Disconnected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Disconnected.ProtoReflect.Descriptor instead.
 func (*Disconnected) Descriptor() ([]byte, []int) {
-	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{23}
+	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Disconnected) GetCause() DisconnectCause {
@@ -2736,7 +2815,7 @@ type Activity struct {
 
 func (x *Activity) Reset() {
 	*x = Activity{}
-	mi := &file_connstate_v1_connstate_proto_msgTypes[24]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2748,7 +2827,7 @@ func (x *Activity) String() string {
 func (*Activity) ProtoMessage() {}
 
 func (x *Activity) ProtoReflect() protoreflect.Message {
-	mi := &file_connstate_v1_connstate_proto_msgTypes[24]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2761,7 +2840,7 @@ func (x *Activity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Activity.ProtoReflect.Descriptor instead.
 func (*Activity) Descriptor() ([]byte, []int) {
-	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{24}
+	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Activity) GetKind() ActivityKind {
@@ -2784,7 +2863,7 @@ type IngestEventsResponse struct {
 
 func (x *IngestEventsResponse) Reset() {
 	*x = IngestEventsResponse{}
-	mi := &file_connstate_v1_connstate_proto_msgTypes[25]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2796,7 +2875,7 @@ func (x *IngestEventsResponse) String() string {
 func (*IngestEventsResponse) ProtoMessage() {}
 
 func (x *IngestEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_connstate_v1_connstate_proto_msgTypes[25]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2809,7 +2888,7 @@ func (x *IngestEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IngestEventsResponse.ProtoReflect.Descriptor instead.
 func (*IngestEventsResponse) Descriptor() ([]byte, []int) {
-	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{25}
+	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *IngestEventsResponse) GetAccepted() uint32 {
@@ -2834,7 +2913,7 @@ type GetSettingsRequest struct {
 
 func (x *GetSettingsRequest) Reset() {
 	*x = GetSettingsRequest{}
-	mi := &file_connstate_v1_connstate_proto_msgTypes[26]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2846,7 +2925,7 @@ func (x *GetSettingsRequest) String() string {
 func (*GetSettingsRequest) ProtoMessage() {}
 
 func (x *GetSettingsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_connstate_v1_connstate_proto_msgTypes[26]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2859,7 +2938,7 @@ func (x *GetSettingsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSettingsRequest.ProtoReflect.Descriptor instead.
 func (*GetSettingsRequest) Descriptor() ([]byte, []int) {
-	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{26}
+	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{27}
 }
 
 type Settings struct {
@@ -2882,7 +2961,7 @@ type Settings struct {
 
 func (x *Settings) Reset() {
 	*x = Settings{}
-	mi := &file_connstate_v1_connstate_proto_msgTypes[27]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2894,7 +2973,7 @@ func (x *Settings) String() string {
 func (*Settings) ProtoMessage() {}
 
 func (x *Settings) ProtoReflect() protoreflect.Message {
-	mi := &file_connstate_v1_connstate_proto_msgTypes[27]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2907,7 +2986,7 @@ func (x *Settings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Settings.ProtoReflect.Descriptor instead.
 func (*Settings) Descriptor() ([]byte, []int) {
-	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{27}
+	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Settings) GetEnabled() bool {
@@ -2959,7 +3038,7 @@ type UpdateSettingsRequest struct {
 
 func (x *UpdateSettingsRequest) Reset() {
 	*x = UpdateSettingsRequest{}
-	mi := &file_connstate_v1_connstate_proto_msgTypes[28]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2971,7 +3050,7 @@ func (x *UpdateSettingsRequest) String() string {
 func (*UpdateSettingsRequest) ProtoMessage() {}
 
 func (x *UpdateSettingsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_connstate_v1_connstate_proto_msgTypes[28]
+	mi := &file_connstate_v1_connstate_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2984,7 +3063,7 @@ func (x *UpdateSettingsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateSettingsRequest.ProtoReflect.Descriptor instead.
 func (*UpdateSettingsRequest) Descriptor() ([]byte, []int) {
-	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{28}
+	return file_connstate_v1_connstate_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *UpdateSettingsRequest) GetSettings() *Settings {
@@ -3109,19 +3188,23 @@ const file_connstate_v1_connstate_proto_rawDesc = "" +
 	"\x1aListConnectionLogsResponse\x120\n" +
 	"\aentries\x18\x01 \x03(\v2\x16.connstate.v1.LogEntryR\aentries\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x04R\brevision\"\xba\x02\n" +
+	"\brevision\x18\x03 \x01(\x04R\brevision\"\xf1\x02\n" +
 	"\x17WatchConnectionsRequest\x12;\n" +
 	"\x06filter\x18\x01 \x01(\v2#.connstate.v1.ConnectionStateFilterR\x06filter\x12*\n" +
 	"\x0estart_revision\x18\x02 \x01(\x04H\x00R\rstartRevision\x88\x01\x01\x12)\n" +
 	"\x10include_snapshot\x18\x03 \x01(\bR\x0fincludeSnapshot\x12.\n" +
 	"\x05kinds\x18\x04 \x03(\x0e2\x18.connstate.v1.ChangeKindR\x05kinds\x12H\n" +
-	"\x12heartbeat_interval\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatIntervalB\x11\n" +
-	"\x0f_start_revision\"\xdb\x01\n" +
+	"\x12heartbeat_interval\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x125\n" +
+	"\x17max_changes_per_message\x18\x06 \x01(\rR\x14maxChangesPerMessageB\x11\n" +
+	"\x0f_start_revision\"\x92\x02\n" +
 	"\x18WatchConnectionsResponse\x12.\n" +
 	"\x06change\x18\x01 \x01(\v2\x14.connstate.v1.ChangeH\x00R\x06change\x127\n" +
 	"\theartbeat\x18\x02 \x01(\v2\x17.connstate.v1.HeartbeatH\x00R\theartbeat\x12M\n" +
-	"\x11snapshot_complete\x18\x03 \x01(\v2\x1e.connstate.v1.SnapshotCompleteH\x00R\x10snapshotCompleteB\a\n" +
-	"\x05event\"\x96\x02\n" +
+	"\x11snapshot_complete\x18\x03 \x01(\v2\x1e.connstate.v1.SnapshotCompleteH\x00R\x10snapshotComplete\x125\n" +
+	"\achanges\x18\x04 \x01(\v2\x19.connstate.v1.ChangeBatchH\x00R\achangesB\a\n" +
+	"\x05event\"=\n" +
+	"\vChangeBatch\x12.\n" +
+	"\achanges\x18\x01 \x03(\v2\x14.connstate.v1.ChangeR\achanges\"\x96\x02\n" +
 	"\x06Change\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\x12,\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x18.connstate.v1.ChangeKindR\x04kind\x12\x1b\n" +
@@ -3290,7 +3373,7 @@ func file_connstate_v1_connstate_proto_rawDescGZIP() []byte {
 }
 
 var file_connstate_v1_connstate_proto_enumTypes = make([]protoimpl.EnumInfo, 9)
-var file_connstate_v1_connstate_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_connstate_v1_connstate_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_connstate_v1_connstate_proto_goTypes = []any{
 	(ClientType)(0),                       // 0: connstate.v1.ClientType
 	(ConnectionStatus)(0),                 // 1: connstate.v1.ConnectionStatus
@@ -3312,110 +3395,113 @@ var file_connstate_v1_connstate_proto_goTypes = []any{
 	(*ListConnectionLogsResponse)(nil),    // 17: connstate.v1.ListConnectionLogsResponse
 	(*WatchConnectionsRequest)(nil),       // 18: connstate.v1.WatchConnectionsRequest
 	(*WatchConnectionsResponse)(nil),      // 19: connstate.v1.WatchConnectionsResponse
-	(*Change)(nil),                        // 20: connstate.v1.Change
-	(*Heartbeat)(nil),                     // 21: connstate.v1.Heartbeat
-	(*SnapshotComplete)(nil),              // 22: connstate.v1.SnapshotComplete
-	(*DeleteConnectionStateRequest)(nil),  // 23: connstate.v1.DeleteConnectionStateRequest
-	(*DeleteConnectionStateResponse)(nil), // 24: connstate.v1.DeleteConnectionStateResponse
-	(*IngestEventsRequest)(nil),           // 25: connstate.v1.IngestEventsRequest
-	(*RenewBrokerLeaseRequest)(nil),       // 26: connstate.v1.RenewBrokerLeaseRequest
-	(*BrokerLease)(nil),                   // 27: connstate.v1.BrokerLease
-	(*LifecycleEvent)(nil),                // 28: connstate.v1.LifecycleEvent
-	(*ConnectionInfo)(nil),                // 29: connstate.v1.ConnectionInfo
-	(*Connected)(nil),                     // 30: connstate.v1.Connected
-	(*ConnectFailed)(nil),                 // 31: connstate.v1.ConnectFailed
-	(*Disconnected)(nil),                  // 32: connstate.v1.Disconnected
-	(*Activity)(nil),                      // 33: connstate.v1.Activity
-	(*IngestEventsResponse)(nil),          // 34: connstate.v1.IngestEventsResponse
-	(*GetSettingsRequest)(nil),            // 35: connstate.v1.GetSettingsRequest
-	(*Settings)(nil),                      // 36: connstate.v1.Settings
-	(*UpdateSettingsRequest)(nil),         // 37: connstate.v1.UpdateSettingsRequest
-	(*timestamppb.Timestamp)(nil),         // 38: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),           // 39: google.protobuf.Duration
+	(*ChangeBatch)(nil),                   // 20: connstate.v1.ChangeBatch
+	(*Change)(nil),                        // 21: connstate.v1.Change
+	(*Heartbeat)(nil),                     // 22: connstate.v1.Heartbeat
+	(*SnapshotComplete)(nil),              // 23: connstate.v1.SnapshotComplete
+	(*DeleteConnectionStateRequest)(nil),  // 24: connstate.v1.DeleteConnectionStateRequest
+	(*DeleteConnectionStateResponse)(nil), // 25: connstate.v1.DeleteConnectionStateResponse
+	(*IngestEventsRequest)(nil),           // 26: connstate.v1.IngestEventsRequest
+	(*RenewBrokerLeaseRequest)(nil),       // 27: connstate.v1.RenewBrokerLeaseRequest
+	(*BrokerLease)(nil),                   // 28: connstate.v1.BrokerLease
+	(*LifecycleEvent)(nil),                // 29: connstate.v1.LifecycleEvent
+	(*ConnectionInfo)(nil),                // 30: connstate.v1.ConnectionInfo
+	(*Connected)(nil),                     // 31: connstate.v1.Connected
+	(*ConnectFailed)(nil),                 // 32: connstate.v1.ConnectFailed
+	(*Disconnected)(nil),                  // 33: connstate.v1.Disconnected
+	(*Activity)(nil),                      // 34: connstate.v1.Activity
+	(*IngestEventsResponse)(nil),          // 35: connstate.v1.IngestEventsResponse
+	(*GetSettingsRequest)(nil),            // 36: connstate.v1.GetSettingsRequest
+	(*Settings)(nil),                      // 37: connstate.v1.Settings
+	(*UpdateSettingsRequest)(nil),         // 38: connstate.v1.UpdateSettingsRequest
+	(*timestamppb.Timestamp)(nil),         // 39: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),           // 40: google.protobuf.Duration
 }
 var file_connstate_v1_connstate_proto_depIdxs = []int32{
 	0,  // 0: connstate.v1.ConnectionState.client_type:type_name -> connstate.v1.ClientType
 	1,  // 1: connstate.v1.ConnectionState.connection_status:type_name -> connstate.v1.ConnectionStatus
-	38, // 2: connstate.v1.ConnectionState.last_connect_time:type_name -> google.protobuf.Timestamp
-	38, // 3: connstate.v1.ConnectionState.last_disconnect_time:type_name -> google.protobuf.Timestamp
+	39, // 2: connstate.v1.ConnectionState.last_connect_time:type_name -> google.protobuf.Timestamp
+	39, // 3: connstate.v1.ConnectionState.last_disconnect_time:type_name -> google.protobuf.Timestamp
 	2,  // 4: connstate.v1.ConnectionState.last_activity_event:type_name -> connstate.v1.ActivityKind
-	38, // 5: connstate.v1.ConnectionState.last_activity_time:type_name -> google.protobuf.Timestamp
+	39, // 5: connstate.v1.ConnectionState.last_activity_time:type_name -> google.protobuf.Timestamp
 	3,  // 6: connstate.v1.ConnectionState.mqtt_connect_protocol:type_name -> connstate.v1.MqttProtocol
 	4,  // 7: connstate.v1.ConnectionState.last_disconnect_initiator:type_name -> connstate.v1.DisconnectInitiator
-	38, // 8: connstate.v1.ConnectionState.expected_alive_until:type_name -> google.protobuf.Timestamp
+	39, // 8: connstate.v1.ConnectionState.expected_alive_until:type_name -> google.protobuf.Timestamp
 	10, // 9: connstate.v1.ConnectionState.counters:type_name -> connstate.v1.ConnectionCounters
-	38, // 10: connstate.v1.LogEntry.timestamp:type_name -> google.protobuf.Timestamp
+	39, // 10: connstate.v1.LogEntry.timestamp:type_name -> google.protobuf.Timestamp
 	7,  // 11: connstate.v1.LogEntry.kind:type_name -> connstate.v1.LogKind
 	4,  // 12: connstate.v1.LogEntry.initiator:type_name -> connstate.v1.DisconnectInitiator
 	3,  // 13: connstate.v1.LogEntry.protocol:type_name -> connstate.v1.MqttProtocol
 	1,  // 14: connstate.v1.ConnectionStateFilter.connection_status:type_name -> connstate.v1.ConnectionStatus
 	0,  // 15: connstate.v1.ConnectionStateFilter.client_type:type_name -> connstate.v1.ClientType
-	38, // 16: connstate.v1.ConnectionStateFilter.connected_after:type_name -> google.protobuf.Timestamp
-	38, // 17: connstate.v1.ConnectionStateFilter.connected_before:type_name -> google.protobuf.Timestamp
-	38, // 18: connstate.v1.ConnectionStateFilter.disconnected_after:type_name -> google.protobuf.Timestamp
-	38, // 19: connstate.v1.ConnectionStateFilter.disconnected_before:type_name -> google.protobuf.Timestamp
-	38, // 20: connstate.v1.ConnectionStateFilter.active_after:type_name -> google.protobuf.Timestamp
-	38, // 21: connstate.v1.ConnectionStateFilter.active_before:type_name -> google.protobuf.Timestamp
+	39, // 16: connstate.v1.ConnectionStateFilter.connected_after:type_name -> google.protobuf.Timestamp
+	39, // 17: connstate.v1.ConnectionStateFilter.connected_before:type_name -> google.protobuf.Timestamp
+	39, // 18: connstate.v1.ConnectionStateFilter.disconnected_after:type_name -> google.protobuf.Timestamp
+	39, // 19: connstate.v1.ConnectionStateFilter.disconnected_before:type_name -> google.protobuf.Timestamp
+	39, // 20: connstate.v1.ConnectionStateFilter.active_after:type_name -> google.protobuf.Timestamp
+	39, // 21: connstate.v1.ConnectionStateFilter.active_before:type_name -> google.protobuf.Timestamp
 	13, // 22: connstate.v1.ListConnectionStatesRequest.filter:type_name -> connstate.v1.ConnectionStateFilter
 	9,  // 23: connstate.v1.ListConnectionStatesResponse.states:type_name -> connstate.v1.ConnectionState
 	7,  // 24: connstate.v1.ListConnectionLogsRequest.kinds:type_name -> connstate.v1.LogKind
 	4,  // 25: connstate.v1.ListConnectionLogsRequest.initiator:type_name -> connstate.v1.DisconnectInitiator
-	38, // 26: connstate.v1.ListConnectionLogsRequest.start_time:type_name -> google.protobuf.Timestamp
-	38, // 27: connstate.v1.ListConnectionLogsRequest.end_time:type_name -> google.protobuf.Timestamp
+	39, // 26: connstate.v1.ListConnectionLogsRequest.start_time:type_name -> google.protobuf.Timestamp
+	39, // 27: connstate.v1.ListConnectionLogsRequest.end_time:type_name -> google.protobuf.Timestamp
 	11, // 28: connstate.v1.ListConnectionLogsResponse.entries:type_name -> connstate.v1.LogEntry
 	13, // 29: connstate.v1.WatchConnectionsRequest.filter:type_name -> connstate.v1.ConnectionStateFilter
 	8,  // 30: connstate.v1.WatchConnectionsRequest.kinds:type_name -> connstate.v1.ChangeKind
-	39, // 31: connstate.v1.WatchConnectionsRequest.heartbeat_interval:type_name -> google.protobuf.Duration
-	20, // 32: connstate.v1.WatchConnectionsResponse.change:type_name -> connstate.v1.Change
-	21, // 33: connstate.v1.WatchConnectionsResponse.heartbeat:type_name -> connstate.v1.Heartbeat
-	22, // 34: connstate.v1.WatchConnectionsResponse.snapshot_complete:type_name -> connstate.v1.SnapshotComplete
-	8,  // 35: connstate.v1.Change.kind:type_name -> connstate.v1.ChangeKind
-	9,  // 36: connstate.v1.Change.state:type_name -> connstate.v1.ConnectionState
-	11, // 37: connstate.v1.Change.log_entry:type_name -> connstate.v1.LogEntry
-	38, // 38: connstate.v1.Change.commit_time:type_name -> google.protobuf.Timestamp
-	38, // 39: connstate.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
-	28, // 40: connstate.v1.IngestEventsRequest.events:type_name -> connstate.v1.LifecycleEvent
-	39, // 41: connstate.v1.IngestEventsRequest.lease_duration:type_name -> google.protobuf.Duration
-	39, // 42: connstate.v1.RenewBrokerLeaseRequest.lease_duration:type_name -> google.protobuf.Duration
-	39, // 43: connstate.v1.BrokerLease.lease_duration:type_name -> google.protobuf.Duration
-	38, // 44: connstate.v1.BrokerLease.expire_time:type_name -> google.protobuf.Timestamp
-	38, // 45: connstate.v1.LifecycleEvent.time:type_name -> google.protobuf.Timestamp
-	30, // 46: connstate.v1.LifecycleEvent.connected:type_name -> connstate.v1.Connected
-	31, // 47: connstate.v1.LifecycleEvent.connect_failed:type_name -> connstate.v1.ConnectFailed
-	32, // 48: connstate.v1.LifecycleEvent.disconnected:type_name -> connstate.v1.Disconnected
-	33, // 49: connstate.v1.LifecycleEvent.activity:type_name -> connstate.v1.Activity
-	3,  // 50: connstate.v1.ConnectionInfo.protocol:type_name -> connstate.v1.MqttProtocol
-	29, // 51: connstate.v1.Connected.info:type_name -> connstate.v1.ConnectionInfo
-	29, // 52: connstate.v1.ConnectFailed.info:type_name -> connstate.v1.ConnectionInfo
-	6,  // 53: connstate.v1.ConnectFailed.failure:type_name -> connstate.v1.ConnectFailure
-	5,  // 54: connstate.v1.Disconnected.cause:type_name -> connstate.v1.DisconnectCause
-	2,  // 55: connstate.v1.Activity.kind:type_name -> connstate.v1.ActivityKind
-	39, // 56: connstate.v1.Settings.log_max_age:type_name -> google.protobuf.Duration
-	39, // 57: connstate.v1.Settings.feed_max_age:type_name -> google.protobuf.Duration
-	36, // 58: connstate.v1.UpdateSettingsRequest.settings:type_name -> connstate.v1.Settings
-	12, // 59: connstate.v1.ConnectionStateService.GetConnectionState:input_type -> connstate.v1.GetConnectionStateRequest
-	14, // 60: connstate.v1.ConnectionStateService.ListConnectionStates:input_type -> connstate.v1.ListConnectionStatesRequest
-	16, // 61: connstate.v1.ConnectionStateService.ListConnectionLogs:input_type -> connstate.v1.ListConnectionLogsRequest
-	18, // 62: connstate.v1.ConnectionStateService.WatchConnections:input_type -> connstate.v1.WatchConnectionsRequest
-	23, // 63: connstate.v1.ConnectionStateService.DeleteConnectionState:input_type -> connstate.v1.DeleteConnectionStateRequest
-	25, // 64: connstate.v1.IngestService.IngestEvents:input_type -> connstate.v1.IngestEventsRequest
-	26, // 65: connstate.v1.IngestService.RenewBrokerLease:input_type -> connstate.v1.RenewBrokerLeaseRequest
-	35, // 66: connstate.v1.AdminService.GetSettings:input_type -> connstate.v1.GetSettingsRequest
-	37, // 67: connstate.v1.AdminService.UpdateSettings:input_type -> connstate.v1.UpdateSettingsRequest
-	9,  // 68: connstate.v1.ConnectionStateService.GetConnectionState:output_type -> connstate.v1.ConnectionState
-	15, // 69: connstate.v1.ConnectionStateService.ListConnectionStates:output_type -> connstate.v1.ListConnectionStatesResponse
-	17, // 70: connstate.v1.ConnectionStateService.ListConnectionLogs:output_type -> connstate.v1.ListConnectionLogsResponse
-	19, // 71: connstate.v1.ConnectionStateService.WatchConnections:output_type -> connstate.v1.WatchConnectionsResponse
-	24, // 72: connstate.v1.ConnectionStateService.DeleteConnectionState:output_type -> connstate.v1.DeleteConnectionStateResponse
-	34, // 73: connstate.v1.IngestService.IngestEvents:output_type -> connstate.v1.IngestEventsResponse
-	27, // 74: connstate.v1.IngestService.RenewBrokerLease:output_type -> connstate.v1.BrokerLease
-	36, // 75: connstate.v1.AdminService.GetSettings:output_type -> connstate.v1.Settings
-	36, // 76: connstate.v1.AdminService.UpdateSettings:output_type -> connstate.v1.Settings
-	68, // [68:77] is the sub-list for method output_type
-	59, // [59:68] is the sub-list for method input_type
-	59, // [59:59] is the sub-list for extension type_name
-	59, // [59:59] is the sub-list for extension extendee
-	0,  // [0:59] is the sub-list for field type_name
+	40, // 31: connstate.v1.WatchConnectionsRequest.heartbeat_interval:type_name -> google.protobuf.Duration
+	21, // 32: connstate.v1.WatchConnectionsResponse.change:type_name -> connstate.v1.Change
+	22, // 33: connstate.v1.WatchConnectionsResponse.heartbeat:type_name -> connstate.v1.Heartbeat
+	23, // 34: connstate.v1.WatchConnectionsResponse.snapshot_complete:type_name -> connstate.v1.SnapshotComplete
+	20, // 35: connstate.v1.WatchConnectionsResponse.changes:type_name -> connstate.v1.ChangeBatch
+	21, // 36: connstate.v1.ChangeBatch.changes:type_name -> connstate.v1.Change
+	8,  // 37: connstate.v1.Change.kind:type_name -> connstate.v1.ChangeKind
+	9,  // 38: connstate.v1.Change.state:type_name -> connstate.v1.ConnectionState
+	11, // 39: connstate.v1.Change.log_entry:type_name -> connstate.v1.LogEntry
+	39, // 40: connstate.v1.Change.commit_time:type_name -> google.protobuf.Timestamp
+	39, // 41: connstate.v1.Heartbeat.time:type_name -> google.protobuf.Timestamp
+	29, // 42: connstate.v1.IngestEventsRequest.events:type_name -> connstate.v1.LifecycleEvent
+	40, // 43: connstate.v1.IngestEventsRequest.lease_duration:type_name -> google.protobuf.Duration
+	40, // 44: connstate.v1.RenewBrokerLeaseRequest.lease_duration:type_name -> google.protobuf.Duration
+	40, // 45: connstate.v1.BrokerLease.lease_duration:type_name -> google.protobuf.Duration
+	39, // 46: connstate.v1.BrokerLease.expire_time:type_name -> google.protobuf.Timestamp
+	39, // 47: connstate.v1.LifecycleEvent.time:type_name -> google.protobuf.Timestamp
+	31, // 48: connstate.v1.LifecycleEvent.connected:type_name -> connstate.v1.Connected
+	32, // 49: connstate.v1.LifecycleEvent.connect_failed:type_name -> connstate.v1.ConnectFailed
+	33, // 50: connstate.v1.LifecycleEvent.disconnected:type_name -> connstate.v1.Disconnected
+	34, // 51: connstate.v1.LifecycleEvent.activity:type_name -> connstate.v1.Activity
+	3,  // 52: connstate.v1.ConnectionInfo.protocol:type_name -> connstate.v1.MqttProtocol
+	30, // 53: connstate.v1.Connected.info:type_name -> connstate.v1.ConnectionInfo
+	30, // 54: connstate.v1.ConnectFailed.info:type_name -> connstate.v1.ConnectionInfo
+	6,  // 55: connstate.v1.ConnectFailed.failure:type_name -> connstate.v1.ConnectFailure
+	5,  // 56: connstate.v1.Disconnected.cause:type_name -> connstate.v1.DisconnectCause
+	2,  // 57: connstate.v1.Activity.kind:type_name -> connstate.v1.ActivityKind
+	40, // 58: connstate.v1.Settings.log_max_age:type_name -> google.protobuf.Duration
+	40, // 59: connstate.v1.Settings.feed_max_age:type_name -> google.protobuf.Duration
+	37, // 60: connstate.v1.UpdateSettingsRequest.settings:type_name -> connstate.v1.Settings
+	12, // 61: connstate.v1.ConnectionStateService.GetConnectionState:input_type -> connstate.v1.GetConnectionStateRequest
+	14, // 62: connstate.v1.ConnectionStateService.ListConnectionStates:input_type -> connstate.v1.ListConnectionStatesRequest
+	16, // 63: connstate.v1.ConnectionStateService.ListConnectionLogs:input_type -> connstate.v1.ListConnectionLogsRequest
+	18, // 64: connstate.v1.ConnectionStateService.WatchConnections:input_type -> connstate.v1.WatchConnectionsRequest
+	24, // 65: connstate.v1.ConnectionStateService.DeleteConnectionState:input_type -> connstate.v1.DeleteConnectionStateRequest
+	26, // 66: connstate.v1.IngestService.IngestEvents:input_type -> connstate.v1.IngestEventsRequest
+	27, // 67: connstate.v1.IngestService.RenewBrokerLease:input_type -> connstate.v1.RenewBrokerLeaseRequest
+	36, // 68: connstate.v1.AdminService.GetSettings:input_type -> connstate.v1.GetSettingsRequest
+	38, // 69: connstate.v1.AdminService.UpdateSettings:input_type -> connstate.v1.UpdateSettingsRequest
+	9,  // 70: connstate.v1.ConnectionStateService.GetConnectionState:output_type -> connstate.v1.ConnectionState
+	15, // 71: connstate.v1.ConnectionStateService.ListConnectionStates:output_type -> connstate.v1.ListConnectionStatesResponse
+	17, // 72: connstate.v1.ConnectionStateService.ListConnectionLogs:output_type -> connstate.v1.ListConnectionLogsResponse
+	19, // 73: connstate.v1.ConnectionStateService.WatchConnections:output_type -> connstate.v1.WatchConnectionsResponse
+	25, // 74: connstate.v1.ConnectionStateService.DeleteConnectionState:output_type -> connstate.v1.DeleteConnectionStateResponse
+	35, // 75: connstate.v1.IngestService.IngestEvents:output_type -> connstate.v1.IngestEventsResponse
+	28, // 76: connstate.v1.IngestService.RenewBrokerLease:output_type -> connstate.v1.BrokerLease
+	37, // 77: connstate.v1.AdminService.GetSettings:output_type -> connstate.v1.Settings
+	37, // 78: connstate.v1.AdminService.UpdateSettings:output_type -> connstate.v1.Settings
+	70, // [70:79] is the sub-list for method output_type
+	61, // [61:70] is the sub-list for method input_type
+	61, // [61:61] is the sub-list for extension type_name
+	61, // [61:61] is the sub-list for extension extendee
+	0,  // [0:61] is the sub-list for field type_name
 }
 
 func init() { file_connstate_v1_connstate_proto_init() }
@@ -3430,21 +3516,22 @@ func file_connstate_v1_connstate_proto_init() {
 		(*WatchConnectionsResponse_Change)(nil),
 		(*WatchConnectionsResponse_Heartbeat)(nil),
 		(*WatchConnectionsResponse_SnapshotComplete)(nil),
+		(*WatchConnectionsResponse_Changes)(nil),
 	}
-	file_connstate_v1_connstate_proto_msgTypes[19].OneofWrappers = []any{
+	file_connstate_v1_connstate_proto_msgTypes[20].OneofWrappers = []any{
 		(*LifecycleEvent_Connected)(nil),
 		(*LifecycleEvent_ConnectFailed)(nil),
 		(*LifecycleEvent_Disconnected)(nil),
 		(*LifecycleEvent_Activity)(nil),
 	}
-	file_connstate_v1_connstate_proto_msgTypes[23].OneofWrappers = []any{}
+	file_connstate_v1_connstate_proto_msgTypes[24].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_connstate_v1_connstate_proto_rawDesc), len(file_connstate_v1_connstate_proto_rawDesc)),
 			NumEnums:      9,
-			NumMessages:   29,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

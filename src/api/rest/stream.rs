@@ -1,9 +1,10 @@
 //! `GET /api/v0002/stream/clientconnectionstates`: the change feed as
 //! Server-Sent Events for browsers. Each change is an event with the
 //! revision as its id, so a browser's `EventSource` resumes after a
-//! reconnect with `Last-Event-ID` and misses nothing.
+//! reconnect with `Last-Event-ID` and misses nothing. The JSON text of a
+//! change is built once and shared by every stream that sends it.
 
-use std::convert::Infallible;
+use std::{convert::Infallible, sync::Arc};
 
 use axum::{
     extract::{Query, State, rejection::QueryRejection},
@@ -11,6 +12,7 @@ use axum::{
     response::sse::{Event, KeepAlive, Sse},
 };
 use chrono::Utc;
+use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 
@@ -22,6 +24,7 @@ use super::{
 };
 use crate::{
     domain::{Change, ChangeKind},
+    metrics::FormatLabel,
     query::{QueryError, QueryService, WatchEnd, WatchItem, WatchRequest},
 };
 
@@ -69,10 +72,34 @@ fn json_event(name: &str, data: &impl Serialize) -> Event {
         .unwrap_or_else(|_| Event::default().event(name))
 }
 
-fn sse_event(item: Result<WatchItem, WatchEnd>) -> Event {
+/// The JSON text of `change`: built by the first stream that sends it
+/// (counted in `encoded`), shared by the rest.
+fn change_json(change: &Change, encoded: &Counter) -> Arc<str> {
+    change
+        .wire
+        .json
+        .get_or_init(|| {
+            encoded.inc();
+            // Serialising these plain fields cannot fail; an empty text
+            // sends the event without data, as `json_event` would.
+            serde_json::to_string(&ChangeJson::from(change))
+                .unwrap_or_default()
+                .into()
+        })
+        .clone()
+}
+
+fn sse_event(item: Result<WatchItem, WatchEnd>, encoded: &Counter) -> Event {
     match item {
         Ok(WatchItem::Change(change)) => {
-            json_event("change", &ChangeJson::from(change.as_ref())).id(change.revision.to_string())
+            let json = change_json(&change, encoded);
+            let event = Event::default().event("change");
+            let event = if json.is_empty() {
+                event
+            } else {
+                event.data(&*json)
+            };
+            event.id(change.revision.to_string())
         }
         Ok(WatchItem::Snapshot(state)) => json_event("snapshot", &StateJson::from(state.as_ref())),
         Ok(WatchItem::SnapshotComplete(revision)) => json_event(
@@ -138,6 +165,11 @@ pub(super) async fn stream_states(
             }
             (e, _) => ApiError::from(e),
         })?;
-    let events = ReceiverStream::new(items).map(|item| Ok(sse_event(item)));
+    let encoded = query
+        .metrics()
+        .watch_changes_encoded
+        .get_or_create(&FormatLabel { format: "json" })
+        .clone();
+    let events = ReceiverStream::new(items).map(move |item| Ok(sse_event(item, &encoded)));
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }

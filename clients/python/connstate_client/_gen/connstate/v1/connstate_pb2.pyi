@@ -339,28 +339,38 @@ class ListConnectionLogsResponse(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class WatchConnectionsRequest(_message.Message):
-    __slots__ = ("filter", "start_revision", "include_snapshot", "kinds", "heartbeat_interval")
+    __slots__ = ("filter", "start_revision", "include_snapshot", "kinds", "heartbeat_interval", "max_changes_per_message")
     FILTER_FIELD_NUMBER: _ClassVar[int]
     START_REVISION_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     KINDS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    MAX_CHANGES_PER_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     filter: ConnectionStateFilter
     start_revision: int
     include_snapshot: bool
     kinds: _containers.RepeatedScalarFieldContainer[ChangeKind]
     heartbeat_interval: _duration_pb2.Duration
-    def __init__(self, filter: _Optional[_Union[ConnectionStateFilter, _Mapping]] = ..., start_revision: _Optional[int] = ..., include_snapshot: _Optional[bool] = ..., kinds: _Optional[_Iterable[_Union[ChangeKind, str]]] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    max_changes_per_message: int
+    def __init__(self, filter: _Optional[_Union[ConnectionStateFilter, _Mapping]] = ..., start_revision: _Optional[int] = ..., include_snapshot: _Optional[bool] = ..., kinds: _Optional[_Iterable[_Union[ChangeKind, str]]] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_changes_per_message: _Optional[int] = ...) -> None: ...
 
 class WatchConnectionsResponse(_message.Message):
-    __slots__ = ("change", "heartbeat", "snapshot_complete")
+    __slots__ = ("change", "heartbeat", "snapshot_complete", "changes")
     CHANGE_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
     change: Change
     heartbeat: Heartbeat
     snapshot_complete: SnapshotComplete
-    def __init__(self, change: _Optional[_Union[Change, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., snapshot_complete: _Optional[_Union[SnapshotComplete, _Mapping]] = ...) -> None: ...
+    changes: ChangeBatch
+    def __init__(self, change: _Optional[_Union[Change, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., snapshot_complete: _Optional[_Union[SnapshotComplete, _Mapping]] = ..., changes: _Optional[_Union[ChangeBatch, _Mapping]] = ...) -> None: ...
+
+class ChangeBatch(_message.Message):
+    __slots__ = ("changes",)
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    changes: _containers.RepeatedCompositeFieldContainer[Change]
+    def __init__(self, changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ...) -> None: ...
 
 class Change(_message.Message):
     __slots__ = ("revision", "kind", "client_id", "state", "log_entry", "commit_time")
