@@ -65,6 +65,15 @@ enum Scenario {
         #[arg(long, default_value_t = 20_000)]
         requests: usize,
     },
+    /// (Used by `query`.) Opens the store in `dir`, commits, checkpoints,
+    /// commits more, then aborts: a crash with a checkpoint behind it.
+    #[command(hide = true)]
+    CrashChild {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        clients: usize,
+    },
     /// WatchConnections fan-out: event-to-delivery latency and losses.
     Watch {
         #[arg(long, default_value_t = 1000)]
@@ -74,6 +83,10 @@ enum Scenario {
         rate: usize,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Ask for up to this many changes per stream message
+        /// (`max_changes_per_message`; 0: one change per message).
+        #[arg(long, default_value_t = 0)]
+        per_message: u32,
     },
 }
 
@@ -101,7 +114,9 @@ fn main() -> anyhow::Result<()> {
                 watchers,
                 rate,
                 seconds,
-            } => watch(&cli.dir, watchers, rate, seconds).await,
+                per_message,
+            } => watch(&cli.dir, watchers, rate, seconds, per_message).await,
+            Scenario::CrashChild { data, clients } => crash_child(&data, clients).await,
         }
     })
 }
@@ -117,6 +132,48 @@ fn fresh_dir(base: &Path, name: &str) -> anyhow::Result<PathBuf> {
     }
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// Copies the files of a store folder (flat, as sled and the store keep
+/// it, plus one level of subfolders).
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
+/// The crashing child of the `query` start-up measurement.
+async fn crash_child(data: &Path, clients: usize) -> anyhow::Result<()> {
+    let store = Store::open(data, StoreOptions::default())?;
+    let tracker = Tracker::new(store.clone(), Default::default());
+    // Activity of connected clients (even ids), 10,000 before the
+    // checkpoint and 10,000 after it.
+    for round in 0..2 {
+        let events = (0..10_000)
+            .map(|k| {
+                let j = (2 * (k + round * 10_000)) % clients;
+                LifecycleEvent {
+                    broker: Arc::from(connstate::domain::EMBEDDED_BROKER),
+                    kind: EventKind::Activity(connstate::domain::ActivityKind::Publish),
+                    ..connect_event(j, j as u64 + 1, 0)
+                }
+            })
+            .collect();
+        tracker.record(events).await?;
+        tracker.flush_activity().await?;
+        if round == 0 {
+            store.checkpoint()?;
+        }
+    }
+    std::process::abort();
 }
 
 fn client_name(i: usize) -> String {
@@ -381,12 +438,17 @@ async fn populate(store: &Store, clients: usize) -> anyhow::Result<()> {
     while i < clients {
         let mut events = Vec::with_capacity(chunk * 2);
         for j in i..(i + chunk).min(clients) {
-            // Spread connect times over the last ~11 days.
-            events.push(connect_event(j, j as u64 + 1, (j % 1_000_000) as i64));
+            // Spread connect times over the last ~11 days; the embedded
+            // broker's clients, so that a crash restart ends the connected.
+            events.push(LifecycleEvent {
+                broker: Arc::from(connstate::domain::EMBEDDED_BROKER),
+                ..connect_event(j, j as u64 + 1, (j % 1_000_000) as i64)
+            });
             // Every second client has disconnected since.
             if j % 2 == 1 {
                 events.push(LifecycleEvent {
                     kind: EventKind::Disconnected(DisconnectCause::SocketClosed),
+                    broker: Arc::from(connstate::domain::EMBEDDED_BROKER),
                     ..connect_event(j, j as u64 + 1, (j % 1_000_000) as i64 - 1)
                 });
             }
@@ -399,10 +461,11 @@ async fn populate(store: &Store, clients: usize) -> anyhow::Result<()> {
 
 async fn query(base: &Path, clients: usize, requests: usize) -> anyhow::Result<()> {
     println!("## query: {clients} stored clients, {requests} requests per measurement");
-    let dir = base.join(format!("query-{clients}"));
+    let name = format!("query-embedded-{clients}");
+    let dir = base.join(&name);
     let marker = dir.join("populated");
     if !marker.exists() {
-        let dir = fresh_dir(base, &format!("query-{clients}"))?;
+        let dir = fresh_dir(base, &name)?;
         let store = Store::open(&dir, StoreOptions::default())?;
         let started = Instant::now();
         populate(&store, clients).await?;
@@ -414,33 +477,66 @@ async fn query(base: &Path, clients: usize, requests: usize) -> anyhow::Result<(
         std::fs::write(&marker, b"")?;
     }
 
-    // Start-up after a crash: no index snapshot (a crash leaves none), and
-    // the clients still recorded as connected are recorded as disconnected
-    // by the server before serving.
-    let _ = std::fs::remove_file(dir.join("index.snapshot"));
+    // Start-up after a crash, on a copy of the data: a child process opens
+    // it, commits, checkpoints, commits more and aborts (SIGABRT: nothing
+    // of the store closes). The restart loads the checkpoint, replays the
+    // log tail and records the clients left connected as disconnected by
+    // the server, durably, before it would report SERVING.
+    let crashed = fresh_dir(base, &format!("{name}-crashed"))?;
+    copy_dir(&dir, &crashed)?;
+    let status = std::process::Command::new(std::env::current_exe()?)
+        .arg("crash-child")
+        .arg("--data")
+        .arg(&crashed)
+        .arg("--clients")
+        .arg(clients.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()?;
+    anyhow::ensure!(!status.success(), "the child was to crash");
     let started = Instant::now();
-    let store = Store::open(&dir, StoreOptions::default())?;
+    let store = Store::open(&crashed, StoreOptions::default())?;
     let open = started.elapsed();
     let recovered = Tracker::new(store.clone(), Default::default())
         .recover_connected()
         .await?;
     let startup = started.elapsed();
     println!(
-        "- start-up after a crash: store open {:.2} s, recovery of {recovered} connected clients {:.2} s, total {:.2} s",
+        "- start-up after a crash (a checkpoint and 20,000 changes after it): store open {:.2} s, recovery of {recovered} connected clients {:.2} s, total {:.2} s",
         open.as_secs_f64(),
         (startup - open).as_secs_f64(),
         startup.as_secs_f64()
     );
     store.close().await?;
     drop(store);
-    // Start-up after a clean stop: nobody left connected.
+    // The same without any checkpoint: indexes rebuilt from the records.
+    let crashed_cold = fresh_dir(base, &format!("{name}-crashed-no-checkpoint"))?;
+    copy_dir(&dir, &crashed_cold)?;
+    let _ = std::fs::remove_file(crashed_cold.join("index.snapshot"));
     let started = Instant::now();
-    let store = Store::open(&dir, StoreOptions::default())?;
+    let store = Store::open(&crashed_cold, StoreOptions::default())?;
+    let open = started.elapsed();
     let recovered = Tracker::new(store.clone(), Default::default())
         .recover_connected()
         .await?;
+    let startup = started.elapsed();
     println!(
-        "- start-up after a clean stop ({recovered} to recover): {:.2} s",
+        "- start-up after a crash with no checkpoint: store open {:.2} s, recovery of {recovered} connected clients {:.2} s, total {:.2} s",
+        open.as_secs_f64(),
+        (startup - open).as_secs_f64(),
+        startup.as_secs_f64()
+    );
+    store.close().await?;
+    drop(store);
+    std::fs::remove_dir_all(&crashed_cold)?;
+
+    // Start-up after a clean stop (the populated data: its clients were
+    // left connected by no crash, so nothing to recover is simulated by
+    // the clean close having run).
+    let started = Instant::now();
+    let store = Store::open(&dir, StoreOptions::default())?;
+    println!(
+        "- start-up after a clean stop, store open: {:.2} s",
         started.elapsed().as_secs_f64()
     );
 
@@ -484,8 +580,11 @@ async fn query(base: &Path, clients: usize, requests: usize) -> anyhow::Result<(
     store.close().await?;
     drop(store);
 
-    // Over gRPC, server in this process.
-    let (_, channel, stop, server) = start_server(&dir, |_| {}).await?;
+    // Over gRPC, server in this process, on the crashed copy now that its
+    // recovery is done and it was closed cleanly (a server start records
+    // the embedded broker's clients left connected: the populated data
+    // stays as it is for the next run).
+    let (_, channel, stop, server) = start_server(&crashed, |_| {}).await?;
     let started = Instant::now();
     let mut client = ConnectionStateServiceClient::new(channel.clone());
     // Wait until serving (recovery of the connected half runs first).
@@ -567,6 +666,7 @@ async fn query(base: &Path, clients: usize, requests: usize) -> anyhow::Result<(
     );
     let _ = stop.send(());
     server.await?;
+    std::fs::remove_dir_all(&crashed)?;
     Ok(())
 }
 
@@ -579,8 +679,12 @@ async fn watch(
     watchers: usize,
     change_rate: usize,
     seconds: u64,
+    per_message: u32,
 ) -> anyhow::Result<()> {
-    println!("## watch: {watchers} watchers, {change_rate} changes/s for {seconds} s");
+    println!(
+        "## watch: {watchers} watchers, {change_rate} changes/s for {seconds} s, up to {} changes per message",
+        per_message.max(1)
+    );
     let dir = fresh_dir(base, "watch")?;
     let (addr, channel, stop, server) = start_server(&dir, |c| c.watch_buffer = 4096).await?;
     // Several HTTP/2 connections, as many independent subscribers would use.
@@ -597,7 +701,10 @@ async fn watch(
     for w in 0..watchers {
         let mut client = ConnectionStateServiceClient::new(channels[w % channels.len()].clone());
         let mut stream = client
-            .watch_connections(pb::WatchConnectionsRequest::default())
+            .watch_connections(pb::WatchConnectionsRequest {
+                max_changes_per_message: per_message,
+                ..Default::default()
+            })
             .await
             .context("watch")?
             .into_inner();
@@ -606,29 +713,32 @@ async fn watch(
             let mut last = 0u64;
             let mut gaps = 0usize;
             while lat.len() < total {
-                match tokio::time::timeout(Duration::from_secs(30), stream.next()).await {
-                    Ok(Some(Ok(pb::WatchConnectionsResponse {
-                        event: Some(pb::watch_connections_response::Event::Change(c)),
-                    }))) => {
-                        let now = Utc::now();
-                        let committed = c.commit_time.unwrap();
-                        let committed = chrono::DateTime::from_timestamp(
-                            committed.seconds,
-                            committed.nanos as u32,
-                        )
-                        .unwrap();
-                        if last != 0 && c.revision != last + 1 {
-                            gaps += 1;
+                let changes =
+                    match tokio::time::timeout(Duration::from_secs(30), stream.next()).await {
+                        Ok(Some(Ok(pb::WatchConnectionsResponse {
+                            event: Some(pb::watch_connections_response::Event::Change(c)),
+                        }))) => vec![c],
+                        Ok(Some(Ok(pb::WatchConnectionsResponse {
+                            event: Some(pb::watch_connections_response::Event::Changes(b)),
+                        }))) => b.changes,
+                        Ok(Some(Ok(_))) => continue,
+                        Ok(Some(Err(status))) => {
+                            eprintln!("watcher {w} ended: {status}");
+                            break;
                         }
-                        last = c.revision;
-                        lat.push((now - committed).to_std().unwrap_or_default());
+                        Ok(None) | Err(_) => break,
+                    };
+                let now = Utc::now();
+                for c in changes {
+                    let committed = c.commit_time.unwrap();
+                    let committed =
+                        chrono::DateTime::from_timestamp(committed.seconds, committed.nanos as u32)
+                            .unwrap();
+                    if last != 0 && c.revision != last + 1 {
+                        gaps += 1;
                     }
-                    Ok(Some(Ok(_))) => {}
-                    Ok(Some(Err(status))) => {
-                        eprintln!("watcher {w} ended: {status}");
-                        break;
-                    }
-                    Ok(None) | Err(_) => break,
+                    last = c.revision;
+                    lat.push((now - committed).to_std().unwrap_or_default());
                 }
             }
             (lat, gaps)

@@ -158,25 +158,37 @@ impl Tracker {
         if !self.store.settings().enabled {
             return Ok(0);
         }
-        let mut clients = Vec::new();
+        // One read of each record: what its disconnect needs, kept small.
+        let mut events = Vec::new();
         for client in self.store.connected_clients()? {
-            if self
-                .store
-                .get_state(&client)?
-                .is_some_and(|s| s.broker == EMBEDDED_BROKER)
-            {
-                clients.push(client);
+            let Some(state) = self.store.get_state(&client)? else {
+                continue;
+            };
+            if state.status != ConnectionStatus::Connected || state.broker != EMBEDDED_BROKER {
+                continue;
             }
+            events.push(LifecycleEvent {
+                client_id: client,
+                time: state.last_activity_time,
+                connection_id: state.connection_id,
+                broker: Arc::from(EMBEDDED_BROKER),
+                kind: EventKind::Disconnected(DisconnectCause::ServerRestarted),
+                peer: Some(std::net::SocketAddr::new(
+                    state.connection.addr,
+                    state.connection.port,
+                )),
+            });
         }
-        if clients.is_empty() {
+        if events.is_empty() {
             return Ok(0);
         }
         // Recovery writes a little per client and is never allowed to take
         // the disk below the store's reserve: check first, and say how much
         // it needs rather than fill the disk half way.
-        let needed = clients.len() as u64 * RECOVERY_BYTES_PER_CLIENT;
+        let recovered = events.len();
+        let needed = recovered as u64 * RECOVERY_BYTES_PER_CLIENT;
         let no_space = |free: u64| StoreError::RecoveryNeedsSpace {
-            clients: clients.len(),
+            clients: recovered,
             needed,
             free,
             reserve: self.store.min_free_bytes(),
@@ -187,30 +199,23 @@ impl Tracker {
             return Err(no_space(free));
         }
         let now = truncate_to_millis(Utc::now());
-        let mut recovered = 0;
-        for chunk in clients.chunks(RECOVERY_CHUNK) {
-            let mut events = Vec::with_capacity(chunk.len());
-            for client in chunk {
-                let Some(state) = self.store.get_state(client)? else {
-                    continue;
-                };
-                if state.status != ConnectionStatus::Connected {
-                    continue;
-                }
-                events.push(LifecycleEvent {
-                    client_id: client.clone(),
-                    time: now.max(state.last_activity_time),
-                    connection_id: state.connection_id,
-                    broker: Arc::from(state.broker.as_str()),
-                    kind: EventKind::Disconnected(DisconnectCause::ServerRestarted),
-                    peer: Some(std::net::SocketAddr::new(
-                        state.connection.addr,
-                        state.connection.port,
-                    )),
-                });
-            }
-            recovered += events.len();
-            match self.store.commit_events(events).await {
+        for event in &mut events {
+            event.time = now.max(event.time);
+        }
+        // Every chunk is handed to the writer at once (it groups them into
+        // large commits); then each answer is awaited in order.
+        let mut pending = Vec::new();
+        let mut rest = events;
+        while !rest.is_empty() {
+            let tail = rest.split_off(rest.len().min(RECOVERY_CHUNK));
+            let store = self.store.clone();
+            let chunk = std::mem::replace(&mut rest, tail);
+            pending.push(tokio::spawn(
+                async move { store.commit_events(chunk).await },
+            ));
+        }
+        for commit in pending {
+            match commit.await.map_err(|_| StoreError::Failed)? {
                 Ok(_) => {}
                 Err(StoreError::StorageFull { free, .. }) => return Err(no_space(free)),
                 Err(e) => return Err(e),
