@@ -12,7 +12,7 @@ use crate::{
         SortField, StateFilter, StateOrder, TimeRange, Timestamp, truncate_to_millis,
     },
     pb,
-    query::{MAX_INGEST_BATCH, MAX_PAGE_SIZE, QueryError},
+    query::{MAX_INGEST_BATCH, MAX_PAGE_SIZE, QueryError, WatchItem},
     store::Settings,
 };
 
@@ -869,4 +869,28 @@ pub fn parse_settings_update(
         new.feed_max_entries = s.feed_max_entries;
     }
     Ok(new)
+}
+
+/// The response message of one watch item, as the generated server sends it.
+pub fn watch_item(item: WatchItem) -> pb::WatchConnectionsResponse {
+    use pb::watch_connections_response::Event;
+    let event = match item {
+        WatchItem::Change(change) => Event::Change(pb::Change::from(change.as_ref())),
+        WatchItem::Snapshot(state) => Event::Change(pb::Change {
+            revision: state.revision,
+            kind: pb::ChangeKind::Snapshot as i32,
+            client_id: state.client_id.to_string(),
+            state: Some(pb::ConnectionState::from(state.as_ref())),
+            log_entry: None,
+            commit_time: None,
+        }),
+        WatchItem::SnapshotComplete(revision) => {
+            Event::SnapshotComplete(pb::SnapshotComplete { revision })
+        }
+        WatchItem::Heartbeat { revision, time } => Event::Heartbeat(pb::Heartbeat {
+            revision,
+            time: Some(timestamp(time)),
+        }),
+    };
+    pb::WatchConnectionsResponse { event: Some(event) }
 }

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::{
     auth::{Gate, Refusal, require},
-    convert, watch,
+    convert,
 };
 use crate::registry::{Principal, Role};
 use crate::{
@@ -30,6 +30,10 @@ pub struct GrpcApi {
 impl GrpcApi {
     pub fn new(query: QueryService) -> Self {
         GrpcApi { query }
+    }
+
+    pub(super) fn query(&self) -> &QueryService {
+        &self.query
     }
 }
 
@@ -64,7 +68,7 @@ impl From<Refusal> for Status {
 }
 
 /// Checks the caller the interceptor authenticated.
-fn allow<T>(request: &Request<T>, needed: Role) -> Result<(), Status> {
+pub(super) fn allow<T>(request: &Request<T>, needed: Role) -> Result<(), Status> {
     let principal = request
         .extensions()
         .get::<Principal>()
@@ -73,23 +77,6 @@ fn allow<T>(request: &Request<T>, needed: Role) -> Result<(), Status> {
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchConnectionsResponse, Status>> + Send>>;
-
-impl GrpcApi {
-    /// WatchConnections as the server sends it: each change encoded once
-    /// and shared by every stream that sends it (see [`watch`]).
-    #[tracing::instrument(skip_all)]
-    pub async fn watch_frames(
-        &self,
-        request: Request<pb::WatchConnectionsRequest>,
-    ) -> Result<Response<watch::FrameStream>, Status> {
-        allow(&request, Role::ReadOnly)?;
-        let batch = convert::parse_max_changes_per_message(request.get_ref())?;
-        let request = convert::parse_watch(request.get_ref())?;
-        let items = self.query.watch(request)?;
-        let encoded = watch::protobuf_encodings(self.query.metrics());
-        Ok(Response::new(watch::frames(items, batch, encoded)))
-    }
-}
 
 #[tonic::async_trait]
 impl ConnectionStateService for GrpcApi {
@@ -139,9 +126,8 @@ impl ConnectionStateService for GrpcApi {
     type WatchConnectionsStream = WatchStream;
 
     /// The generated server's form, encoding every message per stream and
-    /// one change per message; the server mounts
-    /// [`watch::ConnectionStateRoutes`], which sends the same bytes through
-    /// [`GrpcApi::watch_frames`].
+    /// one change per message; the server mounts the watch module's
+    /// routes instead, which send the same bytes, each change encoded once.
     #[tracing::instrument(skip_all)]
     async fn watch_connections(
         &self,
@@ -153,7 +139,7 @@ impl ConnectionStateService for GrpcApi {
         let watch = convert::parse_watch(request.get_ref())?;
         let items = self.query.watch(watch)?;
         let stream = ReceiverStream::new(items).map(|item| match item {
-            Ok(item) => Ok(watch::watch_item(item)),
+            Ok(item) => Ok(convert::watch_item(item)),
             Err(end) => Err(Status::from(end)),
         });
         Ok(Response::new(Box::pin(stream)))

@@ -23,19 +23,23 @@ use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{
-    Status,
+    Request, Response, Status,
     body::Body as TonicBody,
     codec::{Codec, EncodeBuf, Encoder},
     codegen::{Body, BoxFuture, Service, StdError, http},
     server::{NamedService, ServerStreamingService},
 };
 
-use super::{convert, grpc::GrpcApi};
+use super::{
+    convert,
+    grpc::{self, GrpcApi},
+};
 use crate::{
     domain::Change,
     metrics::{FormatLabel, Metrics},
     pb::{self, connection_state_service_server::ConnectionStateServiceServer},
     query::{WatchEnd, WatchItem},
+    registry::Role,
 };
 
 /// The method [`ConnectionStateRoutes`] serves itself.
@@ -44,28 +48,21 @@ pub const WATCH_PATH: &str = "/connstate.v1.ConnectionStateService/WatchConnecti
 /// A watch stream of encoded `WatchConnectionsResponse` messages.
 pub type FrameStream = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
 
-/// The response message of one watch item, as the generated server sends it.
-pub fn watch_item(item: WatchItem) -> pb::WatchConnectionsResponse {
-    use pb::watch_connections_response::Event;
-    let event = match item {
-        WatchItem::Change(change) => Event::Change(pb::Change::from(change.as_ref())),
-        WatchItem::Snapshot(state) => Event::Change(pb::Change {
-            revision: state.revision,
-            kind: pb::ChangeKind::Snapshot as i32,
-            client_id: state.client_id.to_string(),
-            state: Some(pb::ConnectionState::from(state.as_ref())),
-            log_entry: None,
-            commit_time: None,
-        }),
-        WatchItem::SnapshotComplete(revision) => {
-            Event::SnapshotComplete(pb::SnapshotComplete { revision })
-        }
-        WatchItem::Heartbeat { revision, time } => Event::Heartbeat(pb::Heartbeat {
-            revision,
-            time: Some(convert::timestamp(time)),
-        }),
-    };
-    pb::WatchConnectionsResponse { event: Some(event) }
+impl GrpcApi {
+    /// WatchConnections as the server sends it: each change encoded once
+    /// and shared by every stream that sends it (see the module docs).
+    #[tracing::instrument(skip_all)]
+    pub async fn watch_frames(
+        &self,
+        request: Request<pb::WatchConnectionsRequest>,
+    ) -> Result<Response<FrameStream>, Status> {
+        grpc::allow(&request, Role::ReadOnly)?;
+        let batch = convert::parse_max_changes_per_message(request.get_ref())?;
+        let request = convert::parse_watch(request.get_ref())?;
+        let items = self.query().watch(request)?;
+        let encoded = protobuf_encodings(self.query().metrics());
+        Ok(Response::new(frames(items, batch, encoded)))
+    }
 }
 
 /// The encoded response carrying `change`: built by the first stream that
@@ -131,7 +128,9 @@ impl Stream for Frames {
         let change = match item {
             Ok(WatchItem::Change(change)) => change,
             // Snapshots, heartbeats and their ends belong to one stream.
-            Ok(item) => return Poll::Ready(Some(Ok(watch_item(item).encode_to_vec().into()))),
+            Ok(item) => {
+                return Poll::Ready(Some(Ok(convert::watch_item(item).encode_to_vec().into())));
+            }
             Err(end) => return Poll::Ready(Some(Err(Status::from(end)))),
         };
         let first = change_frame(&change, &this.encoded);
@@ -301,7 +300,7 @@ mod tests {
     async fn a_change_is_encoded_once_however_many_streams_send_it() {
         let encoded = Counter::default();
         let change = deletion(7);
-        let expected = watch_item(WatchItem::Change(change.clone())).encode_to_vec();
+        let expected = convert::watch_item(WatchItem::Change(change.clone())).encode_to_vec();
         let mut streams = Vec::new();
         for _ in 0..100 {
             let (tx, rx) = mpsc::channel(4);
@@ -367,7 +366,7 @@ mod tests {
                 },
             )),
         };
-        let single = |item| Some(Bytes::from(watch_item(item).encode_to_vec()));
+        let single = |item| Some(Bytes::from(convert::watch_item(item).encode_to_vec()));
         assert_eq!(
             sent[0].as_ref().ok(),
             Some(&Bytes::from(batch.encode_to_vec())),

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::webhook::Invalid;
+use super::payload::Invalid;
 use crate::domain::{
     ClientId, ConnectionInfo, DisconnectCause, EventKind, LifecycleEvent, ReasonCode, Timestamp,
 };

@@ -11,7 +11,7 @@ use std::{net::IpAddr, sync::Arc};
 
 use serde_json::Value;
 
-use super::{mosquitto::Recorded, webhook::Invalid};
+use super::{mosquitto::Recorded, payload::Invalid};
 use crate::domain::{
     ClientId, ConnectFailure, ConnectionInfo, DisconnectCause, EventKind, LifecycleEvent,
     MqttProtocol, ReasonCode, Timestamp,

@@ -19,6 +19,7 @@
 pub mod aws;
 pub mod emqx;
 pub mod mosquitto;
+pub mod payload;
 pub mod upstream;
 pub mod webhook;
 
@@ -626,7 +627,7 @@ impl Source {
             return;
         };
         let event = serde_json::from_str::<serde_json::Value>(text)
-            .map_err(|e| webhook::Invalid::new("body", format!("is not JSON ({e})")))
+            .map_err(|e| payload::Invalid::new("body", format!("is not JSON ({e})")))
             .and_then(|v| {
                 let now = truncate_to_millis(Utc::now());
                 emqx::sys_event(
@@ -649,7 +650,7 @@ impl Source {
             return;
         };
         let event = serde_json::from_str::<serde_json::Value>(text)
-            .map_err(|e| webhook::Invalid::new("body", format!("is not JSON ({e})")))
+            .map_err(|e| payload::Invalid::new("body", format!("is not JSON ({e})")))
             .and_then(|v| {
                 let now = truncate_to_millis(Utc::now());
                 aws::event(connected, client, &v, &self.broker, now).map(Some)
@@ -663,7 +664,7 @@ impl Source {
         &self,
         topic: &str,
         text: &str,
-        event: Result<Option<crate::domain::LifecycleEvent>, webhook::Invalid>,
+        event: Result<Option<crate::domain::LifecycleEvent>, payload::Invalid>,
     ) {
         let name = &self.config.name;
         match event {

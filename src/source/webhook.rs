@@ -18,6 +18,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+pub use super::payload::Invalid;
 use super::{SourceConfig, SourceKind, StoreRecords, emqx, mosquitto::Recorded};
 use crate::{
     domain::{
@@ -27,23 +28,6 @@ use crate::{
     store::{Store, StoreError},
     tracker::Tracker,
 };
-
-/// A payload field that is not what the broker documents.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {reason}")]
-pub struct Invalid {
-    pub field: String,
-    pub reason: String,
-}
-
-impl Invalid {
-    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Invalid {
-        Invalid {
-            field: field.into(),
-            reason: reason.into(),
-        }
-    }
-}
 
 /// Why a webhook call was not recorded.
 #[derive(Debug, thiserror::Error)]
