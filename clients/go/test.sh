@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs the Go client's tests against a real server binary:
-# $CONNSTATE_BIN, default <repo>/target/debug/connstate.
+# $CONNSTATE_BIN, default <repo>/target/debug/connstate, runs its examples
+# against an auth-mode server, and builds a fresh module by the README's
+# install route.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -16,10 +18,18 @@ go mod download
 go vet ./...
 go test -count=1 -v ./...
 
+# The examples against an auth-mode server: credentials from the
+# environment, then as flags, then none (refused).
+examples="$(mktemp -d)"
+trap 'rm -rf "$examples"' EXIT
+go build -o "$examples/" ./examples/...
+../check-example.sh 'recorded 6 event\(s\), revision [0-9]+$' "$examples/feed" -clients 5 -changes 0
+../check-example.sh '^== online at revision 0$' "$examples/whoisonline" -snapshot-only
+
 # The install route of the README: a fresh module outside this one, with a
 # replace directive pointing at this checkout, builds.
 fresh="$(mktemp -d)"
-trap 'rm -rf "$fresh"' EXIT
+trap 'rm -rf "$fresh" "$examples"' EXIT
 checkout="$(pwd)"
 (
   cd "$fresh"

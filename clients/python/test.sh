@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the package and its test dependencies into .venv (git-ignored),
 # then runs the test suite against the real server binary: $CONNSTATE_BIN,
-# by default <repo>/target/debug/connstate.
+# by default <repo>/target/debug/connstate, then runs the example against an
+# auth-mode server.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here"
@@ -24,4 +25,8 @@ rm -rf build ./*.egg-info
 
 # The pytest script (not `python -m pytest`) keeps this folder off sys.path,
 # so the tests import the installed package.
-exec .venv/bin/pytest "$@"
+.venv/bin/pytest "$@"
+
+# The example against an auth-mode server: credentials from the environment,
+# then as flags, then none (refused).
+../check-example.sh '^== online at revision 0$' .venv/bin/python examples/who_is_online.py --snapshot-only

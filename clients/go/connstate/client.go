@@ -6,7 +6,10 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"iter"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -15,6 +18,8 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -101,6 +106,16 @@ func (basicAuth) RequireTransportSecurity() bool { return false }
 // New creates a client of the server at address ("host:port") with
 // grpc.NewClient: it connects on the first call, and reconnects by itself
 // after the server went away. Options WithBlock has no effect here (see Dial).
+//
+// address may be a comma-separated list of servers ("a:50051,b:50051"): the
+// client uses the first that answers and, when it goes away, the next one
+// (gRPC's pick_first over the list). A watch then resumes on the next server
+// from the last revision it delivered; the reads (Get, List, Logs,
+// Settings, CurrentRevision) are retried on UNAVAILABLE, so on the next
+// server. Writes are not retried: IngestEvents is not idempotent (a batch
+// that was committed before the connection broke would be recorded twice),
+// and a retried delete could answer NOT_FOUND for its own success. See
+// clients/CONTRACT.md ("Several addresses").
 func New(address string, opts ...Option) (*Client, error) {
 	conn, _, err := newConn(address, opts)
 	if err != nil {
@@ -163,12 +178,63 @@ func newConn(address string, opts []Option) (*grpc.ClientConn, options, error) {
 		dial = append(dial, grpc.WithPerRPCCredentials(basicAuth{header: "Basic " + raw}))
 	}
 	dial = append(dial, o.dialOptions...)
-	conn, err := grpc.NewClient(address, dial...)
+	target := address
+	if addresses := splitAddresses(address); len(addresses) > 1 {
+		// A resolver of its own for this client, with the whole list.
+		r := manual.NewBuilderWithScheme(fmt.Sprintf("connstate-%d", resolverSeq.Add(1)))
+		state := resolver.State{}
+		for _, a := range addresses {
+			state.Addresses = append(state.Addresses, resolver.Address{Addr: a})
+		}
+		r.InitialState(state)
+		// The target names the first address: it is the :authority (and
+		// the TLS server name) of every call, whichever address serves it.
+		target = r.Scheme() + ":///" + addresses[0]
+		dial = append([]grpc.DialOption{grpc.WithResolvers(r)}, dial...)
+	}
+	dial = append([]grpc.DialOption{grpc.WithDefaultServiceConfig(serviceConfig)}, dial...)
+	conn, err := grpc.NewClient(target, dial...)
 	if err != nil {
 		return nil, o, err
 	}
 	return conn, o, nil
 }
+
+var resolverSeq atomic.Uint64
+
+// splitAddresses splits a comma-separated list of addresses.
+func splitAddresses(address string) []string {
+	var out []string
+	for _, a := range strings.Split(address, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// serviceConfig: pick_first over the addresses, in their order, and the
+// reads retried on UNAVAILABLE (so on the next address once the current one
+// is gone). IngestEvents, DeleteConnectionState and UpdateSettings are not
+// retried (not idempotent, or not safely so).
+const serviceConfig = `{
+  "loadBalancingConfig": [{"pick_first": {}}],
+  "methodConfig": [{
+    "name": [
+      {"service": "connstate.v1.ConnectionStateService", "method": "GetConnectionState"},
+      {"service": "connstate.v1.ConnectionStateService", "method": "ListConnectionStates"},
+      {"service": "connstate.v1.ConnectionStateService", "method": "ListConnectionLogs"},
+      {"service": "connstate.v1.AdminService", "method": "GetSettings"}
+    ],
+    "retryPolicy": {
+      "maxAttempts": 5,
+      "initialBackoff": "0.1s",
+      "maxBackoff": "2s",
+      "backoffMultiplier": 2,
+      "retryableStatusCodes": ["UNAVAILABLE"]
+    }
+  }]
+}`
 
 // NewClient wraps an existing gRPC connection.
 func NewClient(conn *grpc.ClientConn) *Client {

@@ -36,6 +36,7 @@ func serverBinary(t *testing.T) string {
 type testServer struct {
 	t       *testing.T
 	addr    string
+	rest    string // the REST gateway's host:port
 	dataDir string
 	args    []string
 	cmd     *exec.Cmd
@@ -108,11 +109,13 @@ func (s *testServer) start() {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", cmd.Path, err)
 	}
-	lines := make(chan string, 1)
+	lines := make(chan string, 2)
 	go func() {
 		reader := bufio.NewReader(stdout)
-		line, _ := reader.ReadString('\n')
-		lines <- line
+		for range 2 {
+			line, _ := reader.ReadString('\n')
+			lines <- line
+		}
 		_, _ = reader.WriteTo(discard{})
 	}()
 	s.done = make(chan error, 1)
@@ -124,6 +127,7 @@ func (s *testServer) start() {
 			t.Fatalf("unexpected first line %q; stderr:\n%s", line, s.stderr)
 		}
 		s.addr = strings.TrimSpace(strings.TrimPrefix(line, prefix))
+		s.rest = strings.TrimSpace(strings.TrimPrefix(<-lines, "connstate rest listening on "))
 	case <-time.After(20 * time.Second):
 		_ = cmd.Process.Kill()
 		t.Fatalf("server did not start within 20 s; stderr:\n%s", s.stderr)
@@ -150,6 +154,17 @@ func (s *testServer) stop() {
 		<-s.done
 		s.t.Errorf("server did not stop within 20 s; stderr:\n%s", s.stderr)
 	}
+	s.cmd = nil
+}
+
+// kill sends SIGKILL: the server gets no chance to close anything.
+func (s *testServer) kill() {
+	s.t.Helper()
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Kill()
+	<-s.done
 	s.cmd = nil
 }
 

@@ -220,12 +220,7 @@ func (w *watcher) run(ctx context.Context, yield func(WatchEvent, error) bool) {
 			yield(WatchEvent{}, err)
 			return
 		}
-		delay := initial << min(failures-1, 16)
-		if delay > maxDelay || delay <= 0 {
-			delay = maxDelay
-		}
-		// +-20% jitter.
-		delay = time.Duration(float64(delay) * (0.8 + 0.4*rand.Float64()))
+		delay := backoffDelay(initial, maxDelay, failures)
 		if opts.OnRetry != nil {
 			opts.OnRetry(err, w.last, delay)
 		}
@@ -374,4 +369,15 @@ func trailerRevision(md metadata.MD, key string) (uint64, bool) {
 // OUT_OF_RANGE error of a raw WatchConnections stream, if it has one.
 func OldestRevision(md metadata.MD) (uint64, bool) {
 	return trailerRevision(md, OldestRevisionTrailer)
+}
+
+// backoffDelay is the wait before the attempt after the n-th consecutive
+// failure: min(max, initial·2^(n−1)) with ±20 % jitter, and never more than
+// max (the jitter does not push a capped delay past it).
+func backoffDelay(initial, maxDelay time.Duration, n int) time.Duration {
+	delay := initial << min(n-1, 16)
+	if delay > maxDelay || delay <= 0 {
+		delay = maxDelay
+	}
+	return min(time.Duration(float64(delay)*(0.8+0.4*rand.Float64())), maxDelay)
 }

@@ -1,8 +1,10 @@
 // connstate: the connection state of every MQTT client of a fleet.
 //
 // This file is the single source of truth for the gRPC API and for the
-// generated SDKs (Python, TypeScript, Go). Every message and field is
-// documented here because these comments are the SDKs' reference too.
+// generated code of the four SDKs under clients/ (Python, TypeScript, Go,
+// Java). Every message and field is documented here because these comments
+// are the SDKs' reference too. How the SDKs resume, resynchronise, back off,
+// time out and fail over is written down in clients/CONTRACT.md.
 //
 // Conventions (Google API design guide):
 //   * lists take `page_size` and an opaque `page_token`, and answer with
@@ -3358,7 +3360,8 @@ const file_connstate_v1_connstate_proto_rawDesc = "" +
 	"\x10RenewBrokerLease\x12%.connstate.v1.RenewBrokerLeaseRequest\x1a\x19.connstate.v1.BrokerLease2\xa6\x01\n" +
 	"\fAdminService\x12G\n" +
 	"\vGetSettings\x12 .connstate.v1.GetSettingsRequest\x1a\x16.connstate.v1.Settings\x12M\n" +
-	"\x0eUpdateSettings\x12#.connstate.v1.UpdateSettingsRequest\x1a\x16.connstate.v1.SettingsBCZAgithub.com/connstate/connstate/clients/go/connstatev1;connstatev1b\x06proto3"
+	"\x0eUpdateSettings\x12#.connstate.v1.UpdateSettingsRequest\x1a\x16.connstate.v1.SettingsB]\n" +
+	"\x16io.github.connstate.v1P\x01ZAgithub.com/connstate/connstate/clients/go/connstatev1;connstatev1b\x06proto3"
 
 var (
 	file_connstate_v1_connstate_proto_rawDescOnce sync.Once

@@ -1,8 +1,10 @@
 // connstate: the connection state of every MQTT client of a fleet.
 //
 // This file is the single source of truth for the gRPC API and for the
-// generated SDKs (Python, TypeScript, Go). Every message and field is
-// documented here because these comments are the SDKs' reference too.
+// generated code of the four SDKs under clients/ (Python, TypeScript, Go,
+// Java). Every message and field is documented here because these comments
+// are the SDKs' reference too. How the SDKs resume, resynchronise, back off,
+// time out and fail over is written down in clients/CONTRACT.md.
 //
 // Conventions (Google API design guide):
 //   * lists take `page_size` and an opaque `page_token`, and answer with

@@ -1,11 +1,12 @@
 """Prints a live "who is online" table: the connected clients (a snapshot),
 then every arrival and departure as it happens.
 
-    python examples/who_is_online.py [--address 127.0.0.1:50051] [--prefix d:]
-        [--updates N]
+    python examples/who_is_online.py [--address HOST:PORT]
+        [--api-key KEY --api-token TOKEN] [--prefix d:] [--updates N]
+        [--snapshot-only]
 
-Credentials, when the server requires them, come from CONNSTATE_API_KEY
-and CONNSTATE_TOKEN.
+The address and credentials fall back to CONNSTATE_ADDRESS,
+CONNSTATE_API_KEY and CONNSTATE_API_TOKEN (the address to 127.0.0.1:50051).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import argparse
 import os
 import sys
 
-from connstate_client import Client, WatchEventType, pb
+from connstate_client import Client, ConnstateError, WatchEventType, pb
 
 
 def table(online: dict[str, pb.ConnectionState]) -> str:
@@ -30,13 +31,26 @@ def table(online: dict[str, pb.ConnectionState]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--address", default="127.0.0.1:50051")
+    env = os.environ.get
+    parser.add_argument("--address", default=env("CONNSTATE_ADDRESS") or "127.0.0.1:50051")
+    parser.add_argument("--api-key", default=env("CONNSTATE_API_KEY") or None, help="API key (with --api-token)")
+    parser.add_argument("--api-token", default=env("CONNSTATE_API_TOKEN") or None, help="the API key's token")
     parser.add_argument("--prefix", default="", help="only client ids starting with this")
     parser.add_argument("--updates", type=int, default=0, help="stop after this many changes (0: never)")
+    parser.add_argument("--snapshot-only", action="store_true", help="stop after the snapshot")
     args = parser.parse_args()
+    if (args.api_key is None) != (args.api_token is None):
+        parser.error("give the API key and its token together")
 
-    key, token = os.environ.get("CONNSTATE_API_KEY"), os.environ.get("CONNSTATE_TOKEN")
-    client = Client(args.address, api_key=key, token=token)
+    try:
+        return watch(args)
+    except ConnstateError as e:
+        print(f"who-is-online: {e}", file=sys.stderr)
+        return 1
+
+
+def watch(args: argparse.Namespace) -> int:
+    client = Client(args.address, api_key=args.api_key, token=args.api_token)
     online: dict[str, pb.ConnectionState] = {}
     updates = 0
     watch = client.watch(
@@ -52,6 +66,8 @@ def main() -> int:
                 online[event.client_id] = event.state
             elif event.type is WatchEventType.SNAPSHOT_COMPLETE:
                 print(f"== online at revision {event.revision}\n{table(online)}", flush=True)
+                if args.snapshot_only:
+                    return 0
             elif event.type is WatchEventType.CHANGE:
                 state = event.state
                 if state is not None and state.connection_status == pb.CONNECTION_STATUS_CONNECTED:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import queue
 import shutil
@@ -11,6 +13,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -69,6 +72,8 @@ class Server:
         self.data_dir = data_dir
         self.args = args
         self.port = port
+        #: The REST gateway's base URL (``http://host:port``), when it has one.
+        self.rest: str | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
 
@@ -111,6 +116,12 @@ class Server:
             self.proc.kill()
             raise RuntimeError(f"unexpected first line {first!r}; log: {self.log_path.read_text()[:2000]}")
         self.port = int(first[len(prefix):].rsplit(":", 1)[1])
+        if server_has_flag("--rest-listen"):
+            threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
+            second = lines.get(timeout=20).decode().strip()
+            rest_prefix = "connstate rest listening on "
+            if second.startswith(rest_prefix):
+                self.rest = "http://" + second[len(rest_prefix):]
         # Keep draining stdout so that the server never blocks on it.
         threading.Thread(target=lambda: stdout.read(), daemon=True).start()
 
@@ -125,6 +136,28 @@ class Server:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: the server gets no chance to close anything."""
+        if self.proc is None:
+            return
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        self.proc = None
+
+    def create_key(self, role: str) -> tuple[str, str]:
+        """Creates an API key with ``role`` through the REST API: (key, token)."""
+        assert self.rest is not None, "this server has no REST gateway"
+        raw = base64.b64encode(f"{AUTH['api_key']}:{AUTH['token']}".encode()).decode()
+        request = urllib.request.Request(
+            self.rest + "/api/v0002/apikeys",
+            data=json.dumps({"role": role, "description": "python sdk test"}).encode(),
+            headers={"authorization": "Basic " + raw, "content-type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body = json.loads(response.read())
+        return body["key"], body["token"]
 
     def restart(self) -> None:
         self.stop()

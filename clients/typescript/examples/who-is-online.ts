@@ -1,10 +1,16 @@
 // Prints who is online: a table of the connected clients (from a snapshot),
 // then every arrival and departure as it happens.
 //
-//   node dist/examples/who-is-online.js [address] [--seconds N]
+//   node dist/examples/who-is-online.js [--address HOST:PORT]
+//       [--api-key KEY --api-token TOKEN] [--prefix P] [--seconds N]
+//       [--snapshot-only]
 //
-// address defaults to $CONNSTATE_ADDRESS or 127.0.0.1:50051; without
-// --seconds it runs until interrupted, then prints the table once more.
+// The address and credentials fall back to CONNSTATE_ADDRESS,
+// CONNSTATE_API_KEY and CONNSTATE_API_TOKEN (the address to
+// 127.0.0.1:50051). Without --seconds or --snapshot-only it runs until
+// interrupted, then prints the table once more.
+import { parseArgs } from "node:util";
+import { Code, ConnectError } from "@connectrpc/connect";
 import {
   ChangeKind,
   ConnectionStatus,
@@ -14,11 +20,24 @@ import {
   toDate,
 } from "../src/index.js";
 
-const args = process.argv.slice(2);
-const secondsAt = args.indexOf("--seconds");
-const seconds = secondsAt >= 0 ? Number(args[secondsAt + 1]) : undefined;
-const address =
-  args.find((a, i) => !a.startsWith("--") && i !== secondsAt + 1) ?? process.env.CONNSTATE_ADDRESS ?? "127.0.0.1:50051";
+const env = (name: string): string | undefined => process.env[name] || undefined;
+const { values: flags } = parseArgs({
+  options: {
+    address: { type: "string", default: env("CONNSTATE_ADDRESS") ?? "127.0.0.1:50051" },
+    "api-key": { type: "string", default: env("CONNSTATE_API_KEY") },
+    "api-token": { type: "string", default: env("CONNSTATE_API_TOKEN") },
+    prefix: { type: "string", default: "" },
+    seconds: { type: "string" },
+    "snapshot-only": { type: "boolean", default: false },
+  },
+});
+const apiKey = flags["api-key"];
+const token = flags["api-token"];
+if ((apiKey === undefined) !== (token === undefined)) {
+  console.error("who-is-online: give the API key and its token together (--api-key/--api-token)");
+  process.exit(2);
+}
+const seconds = flags.seconds !== undefined ? Number(flags.seconds) : undefined;
 
 const protocols: Record<number, string> = {
   [MqttProtocol.V3_1]: "3.1",
@@ -42,12 +61,16 @@ function printTable(online: Map<string, ConnectionState>, revision: bigint): voi
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...cells.map((c) => c[i]!.length)));
   const line = (c: string[]) => c.map((v, i) => v.padEnd(widths[i]!)).join("  ").trimEnd();
-  console.log(`${rows.length} online at revision ${revision}`);
+  console.log(`== online at revision ${revision}`);
   console.log(line(header));
   for (const c of cells) console.log(line(c));
+  console.log(`${rows.length} online`);
 }
 
-const client = new ConnstateClient({ address });
+const client = new ConnstateClient({
+  address: flags.address,
+  ...(apiKey !== undefined && token !== undefined ? { credentials: { apiKey, token } } : {}),
+});
 const online = new Map<string, ConnectionState>();
 const stop = new AbortController();
 process.once("SIGINT", () => stop.abort());
@@ -56,7 +79,7 @@ if (seconds !== undefined) setTimeout(() => stop.abort(), seconds * 1000).unref(
 let revision = 0n;
 const watch = client.watch({
   includeSnapshot: true,
-  filter: { connectionStatus: ConnectionStatus.CONNECTED },
+  filter: { connectionStatus: ConnectionStatus.CONNECTED, clientIdPrefix: flags.prefix },
   signal: stop.signal,
 });
 try {
@@ -72,7 +95,8 @@ try {
       case "snapshotComplete":
         revision = event.revision;
         printTable(online, revision);
-        console.log("--- live ---");
+        if (flags["snapshot-only"]) stop.abort();
+        else console.log("--- live ---");
         break;
       case "change": {
         revision = event.revision;
@@ -95,7 +119,12 @@ try {
         break;
     }
   }
+} catch (e) {
+  // The status code's name as in the other SDKs (UNAUTHENTICATED, ...).
+  const code = e instanceof ConnectError ? Code[e.code].replace(/([a-z])([A-Z])/g, "$1_$2").toUpperCase() : "";
+  console.error(`who-is-online: ${code} ${e instanceof Error ? e.message : String(e)}`);
+  process.exitCode = 1;
 } finally {
   client.close();
 }
-printTable(online, revision);
+if (process.exitCode !== 1 && !flags["snapshot-only"]) printTable(online, revision);

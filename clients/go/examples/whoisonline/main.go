@@ -1,7 +1,11 @@
 // Command whoisonline prints a live table of the connected clients: a
 // snapshot first, then every arrival and departure as it happens.
 //
-//	go run ./examples/whoisonline -addr 127.0.0.1:50051 [-for 10s]
+//	go run ./examples/whoisonline [-address 127.0.0.1:50051] [-api-key KEY -api-token TOKEN]
+//	    [-prefix d:] [-for 10s] [-snapshot-only]
+//
+// The address and credentials fall back to CONNSTATE_ADDRESS,
+// CONNSTATE_API_KEY and CONNSTATE_API_TOKEN.
 package main
 
 import (
@@ -11,21 +15,25 @@ import (
 	"log"
 	"os"
 	"os/signal"
+	"regexp"
 	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"google.golang.org/grpc/status"
 
 	"github.com/connstate/connstate/clients/go/connstate"
 	pb "github.com/connstate/connstate/clients/go/connstatev1"
 )
 
 func main() {
-	addr := flag.String("addr", "127.0.0.1:50051", "connstate gRPC address")
-	apiKey := flag.String("api-key", "", "API key (with -token)")
-	token := flag.String("token", "", "API token")
+	address := flag.String("address", env("CONNSTATE_ADDRESS", "127.0.0.1:50051"), "connstate gRPC address (falls back to $CONNSTATE_ADDRESS)")
+	apiKey := flag.String("api-key", env("CONNSTATE_API_KEY", ""), "API key, with -api-token (falls back to $CONNSTATE_API_KEY)")
+	token := flag.String("api-token", env("CONNSTATE_API_TOKEN", ""), "the API key's token (falls back to $CONNSTATE_API_TOKEN)")
 	prefix := flag.String("prefix", "", "only client ids starting with this")
 	duration := flag.Duration("for", 0, "stop after this long (0: until interrupted)")
+	snapshotOnly := flag.Bool("snapshot-only", false, "stop after the snapshot")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
@@ -35,13 +43,9 @@ func main() {
 		ctx, cancel = context.WithTimeout(ctx, *duration)
 		defer cancel()
 	}
-	var opts []connstate.Option
-	if *apiKey != "" {
-		opts = append(opts, connstate.WithAPIKey(*apiKey, *token))
-	}
-	client, err := connstate.New(*addr, opts...)
+	client, err := connstate.New(*address, credentials(*apiKey, *token)...)
 	if err != nil {
-		log.Fatal(err)
+		fail(err)
 	}
 	defer client.Close()
 
@@ -58,7 +62,7 @@ func main() {
 			if ctx.Err() != nil {
 				break // -for elapsed or interrupted
 			}
-			log.Fatal(err)
+			fail(err)
 		}
 		switch ev.Kind {
 		case connstate.EventResync:
@@ -70,6 +74,9 @@ func main() {
 		case connstate.EventSnapshotComplete:
 			fmt.Printf("== online at revision %d\n", ev.Revision)
 			printTable(online)
+			if *snapshotOnly {
+				return
+			}
 			live = true
 		case connstate.EventChange:
 			change := ev.Change
@@ -123,4 +130,30 @@ func printTable(online map[string]*pb.ConnectionState) {
 	}
 	w.Flush()
 	fmt.Printf("(%d online)\n", len(ids))
+}
+
+// env is the environment variable name, or fallback when it is unset or empty.
+func env(name, fallback string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return fallback
+}
+
+// credentials are the client options of -api-key and -api-token.
+func credentials(apiKey, token string) []connstate.Option {
+	if (apiKey == "") != (token == "") {
+		log.Fatal("give the API key and its token together (-api-key/-api-token or CONNSTATE_API_KEY/CONNSTATE_API_TOKEN)")
+	}
+	if apiKey == "" {
+		return nil
+	}
+	return []connstate.Option{connstate.WithAPIKey(apiKey, token)}
+}
+
+// fail ends the program with the error, naming its status code as the
+// other SDKs' examples do (UNAUTHENTICATED, ...).
+func fail(err error) {
+	code := strings.ToUpper(regexp.MustCompile("([a-z])([A-Z])").ReplaceAllString(status.Code(err).String(), "${1}_${2}"))
+	log.Fatalf("%s: %v", code, err)
 }

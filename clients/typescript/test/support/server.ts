@@ -50,6 +50,8 @@ export class TestServer {
     readonly dataDir: string,
     readonly args: string[],
     private readonly ownsDir: boolean,
+    /** The REST gateway's `host:port` (the second line the server prints). */
+    readonly rest: Promise<string>,
   ) {}
 
   get address(): string {
@@ -78,8 +80,14 @@ export class TestServer {
     child.stderr?.on("data", (chunk: string) => {
       stderr = (stderr + chunk).slice(-4000);
     });
+    const lines = createInterface({ input: child.stdout! });
+    const rest = new Promise<string>((resolve) => {
+      lines.on("line", (line) => {
+        const m = /^connstate rest listening on (\S+)$/.exec(line.trim());
+        if (m) resolve(m[1]!);
+      });
+    });
     const port = await new Promise<number>((resolve, reject) => {
-      const lines = createInterface({ input: child.stdout! });
       const timer = setTimeout(() => {
         child.kill("SIGKILL");
         reject(new Error(`server did not start within 15 s:\n${stderr}`));
@@ -102,7 +110,7 @@ export class TestServer {
         resolve(Number(m[1]));
       });
     });
-    return new TestServer(child, port, dataDir, args, ownsDir);
+    return new TestServer(child, port, dataDir, args, ownsDir, rest);
   }
 
   /** Stops the server (SIGTERM) and waits for it to exit. */
@@ -124,7 +132,7 @@ export class TestServer {
     await this.stop();
     const next = await TestServer.start({ port: this.port, dataDir: this.dataDir, args: this.args });
     // The data directory now belongs to the new process.
-    return new TestServer(next.process, next.port, next.dataDir, next.args, this.ownsDir);
+    return new TestServer(next.process, next.port, next.dataDir, next.args, this.ownsDir, next.rest);
   }
 
   /** Stops it and removes its data directory (when it created it). */

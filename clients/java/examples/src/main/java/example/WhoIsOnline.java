@@ -1,13 +1,13 @@
 package example;
 
-import connstate.v1.Connstate.ChangeKind;
-import connstate.v1.Connstate.ConnectionState;
-import connstate.v1.Connstate.ConnectionStateFilter;
-import connstate.v1.Connstate.ConnectionStatus;
 import io.github.connstate.client.ConnectionWatch;
 import io.github.connstate.client.ConnstateClient;
 import io.github.connstate.client.WatchEvent;
 import io.github.connstate.client.WatchOptions;
+import io.github.connstate.v1.ChangeKind;
+import io.github.connstate.v1.ConnectionState;
+import io.github.connstate.v1.ConnectionStateFilter;
+import io.github.connstate.v1.ConnectionStatus;
 import io.grpc.StatusRuntimeException;
 import java.time.Instant;
 import java.time.ZoneOffset;

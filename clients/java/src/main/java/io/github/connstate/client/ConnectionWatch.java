@@ -1,10 +1,10 @@
 package io.github.connstate.client;
 
-import connstate.v1.Connstate.Change;
-import connstate.v1.Connstate.ChangeKind;
-import connstate.v1.Connstate.WatchConnectionsRequest;
-import connstate.v1.Connstate.WatchConnectionsResponse;
-import connstate.v1.ConnectionStateServiceGrpc;
+import io.github.connstate.v1.Change;
+import io.github.connstate.v1.ChangeKind;
+import io.github.connstate.v1.ConnectionStateServiceGrpc;
+import io.github.connstate.v1.WatchConnectionsRequest;
+import io.github.connstate.v1.WatchConnectionsResponse;
 import io.grpc.CallOptions;
 import io.grpc.Context;
 import io.grpc.Metadata;

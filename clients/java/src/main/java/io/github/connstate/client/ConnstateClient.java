@@ -1,23 +1,23 @@
 package io.github.connstate.client;
 
-import connstate.v1.AdminServiceGrpc;
-import connstate.v1.Connstate.ConnectionState;
-import connstate.v1.Connstate.ConnectionStateFilter;
-import connstate.v1.Connstate.DeleteConnectionStateRequest;
-import connstate.v1.Connstate.GetConnectionStateRequest;
-import connstate.v1.Connstate.GetSettingsRequest;
-import connstate.v1.Connstate.IngestEventsRequest;
-import connstate.v1.Connstate.IngestEventsResponse;
-import connstate.v1.Connstate.LifecycleEvent;
-import connstate.v1.Connstate.ListConnectionLogsRequest;
-import connstate.v1.Connstate.ListConnectionLogsResponse;
-import connstate.v1.Connstate.ListConnectionStatesRequest;
-import connstate.v1.Connstate.ListConnectionStatesResponse;
-import connstate.v1.Connstate.LogEntry;
-import connstate.v1.Connstate.Settings;
-import connstate.v1.Connstate.UpdateSettingsRequest;
-import connstate.v1.ConnectionStateServiceGrpc;
-import connstate.v1.IngestServiceGrpc;
+import io.github.connstate.v1.AdminServiceGrpc;
+import io.github.connstate.v1.ConnectionState;
+import io.github.connstate.v1.ConnectionStateFilter;
+import io.github.connstate.v1.ConnectionStateServiceGrpc;
+import io.github.connstate.v1.DeleteConnectionStateRequest;
+import io.github.connstate.v1.GetConnectionStateRequest;
+import io.github.connstate.v1.GetSettingsRequest;
+import io.github.connstate.v1.IngestEventsRequest;
+import io.github.connstate.v1.IngestEventsResponse;
+import io.github.connstate.v1.IngestServiceGrpc;
+import io.github.connstate.v1.LifecycleEvent;
+import io.github.connstate.v1.ListConnectionLogsRequest;
+import io.github.connstate.v1.ListConnectionLogsResponse;
+import io.github.connstate.v1.ListConnectionStatesRequest;
+import io.github.connstate.v1.ListConnectionStatesResponse;
+import io.github.connstate.v1.LogEntry;
+import io.github.connstate.v1.Settings;
+import io.github.connstate.v1.UpdateSettingsRequest;
 import io.grpc.CallOptions;
 import io.grpc.Channel;
 import io.grpc.ChannelCredentials;
@@ -216,7 +216,7 @@ public final class ConnstateClient implements AutoCloseable {
   }
 
   /** A resumable watch with the request's filter, kinds, start and snapshot. */
-  public ConnectionWatch watch(connstate.v1.Connstate.WatchConnectionsRequest request) {
+  public ConnectionWatch watch(io.github.connstate.v1.WatchConnectionsRequest request) {
     return watch(WatchOptions.builder(request).build());
   }
 

@@ -1,8 +1,8 @@
 package io.github.connstate.client;
 
-import connstate.v1.Connstate.Change;
-import connstate.v1.Connstate.ChangeKind;
-import connstate.v1.Connstate.ConnectionState;
+import io.github.connstate.v1.Change;
+import io.github.connstate.v1.ChangeKind;
+import io.github.connstate.v1.ConnectionState;
 import io.grpc.StatusRuntimeException;
 import java.util.Objects;
 

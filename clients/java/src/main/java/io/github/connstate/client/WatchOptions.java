@@ -1,8 +1,8 @@
 package io.github.connstate.client;
 
-import connstate.v1.Connstate.ChangeKind;
-import connstate.v1.Connstate.ConnectionStateFilter;
-import connstate.v1.Connstate.WatchConnectionsRequest;
+import io.github.connstate.v1.ChangeKind;
+import io.github.connstate.v1.ConnectionStateFilter;
+import io.github.connstate.v1.WatchConnectionsRequest;
 import io.grpc.StatusRuntimeException;
 import java.time.Duration;
 import java.util.List;

@@ -3,12 +3,13 @@ package io.github.connstate.client;
 import static org.junit.jupiter.api.Assertions.fail;
 
 import com.google.protobuf.Timestamp;
-import connstate.v1.Connstate.ConnectionInfo;
-import connstate.v1.Connstate.Connected;
-import connstate.v1.Connstate.DisconnectCause;
-import connstate.v1.Connstate.Disconnected;
-import connstate.v1.Connstate.LifecycleEvent;
-import connstate.v1.Connstate.MqttProtocol;
+import io.github.connstate.v1.Connected;
+import io.github.connstate.v1.ConnectionInfo;
+import io.github.connstate.v1.DisconnectCause;
+import io.github.connstate.v1.Disconnected;
+import io.github.connstate.v1.LifecycleEvent;
+import io.github.connstate.v1.MqttProtocol;
+import io.grpc.ManagedChannelBuilder;
 import java.io.BufferedReader;
 import java.io.IOException;
 import java.io.InputStream;
@@ -32,7 +33,6 @@ import java.util.function.BooleanSupplier;
 import java.util.function.Consumer;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
-import io.grpc.ManagedChannelBuilder;
 
 /** A real connstate server process on loopback ports, in auth mode with an administrator key. */
 final class TestServer implements AutoCloseable {
