@@ -17,7 +17,6 @@ function frame(width, height, label) {
     role: "img",
     "aria-label": label,
     class: "chart",
-    preserveAspectRatio: "none",
   });
   svg.append(s("title", {}, label));
   return svg;
