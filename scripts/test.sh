@@ -6,6 +6,8 @@
 #  - the README's first command, run as written on free ports until /ready
 #    answers, then stopped with SIGTERM;
 #  - MQTT: the embedded broker against paho-mqtt (v3.1.1 and v5) clients;
+#  - the web console in headless chromium (selenium) against the real
+#    server, with a real MQTT client;
 #  - SDKs: regenerating them from proto/ must change nothing, and each SDK's
 #    own suite runs against the real server binary.
 # It installs what it needs: the Rust components here, each SDK's pinned
@@ -37,6 +39,9 @@ fi
 
 echo "== testing the MQTT broker with paho-mqtt (tests/mqtt)"
 tests/mqtt/test.sh
+
+echo "== testing the web console in chromium (tests/console)"
+tests/console/test.sh
 
 for sdk in python typescript go java; do
   echo "== testing clients/$sdk"

@@ -422,7 +422,7 @@ pub async fn run(
         stop.clone(),
     );
     starting.disarm();
-    announce(&announcements);
+    announce(&announcements, config.tls.is_some());
     tracing::info!("serving");
 
     tokio::pin!(serve);
@@ -525,15 +525,33 @@ impl Listeners {
 }
 
 /// Prints one stable line per listener, for scripts and tests that start
-/// the binary on port 0; only once the store is open and every listener is
-/// bound. A reader that stopped listening must not stop the server.
-fn announce(listeners: &[(&str, std::net::SocketAddr)]) {
+/// the binary on port 0, then the web console's URL (on the REST
+/// listener); only once the store is open and every listener is bound. A
+/// reader that stopped listening must not stop the server.
+fn announce(listeners: &[(&str, std::net::SocketAddr)], https: bool) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     for (name, addr) in listeners {
         let _ = writeln!(out, "connstate {name} listening on {addr}");
     }
+    if let Some(url) = console_url(listeners, https) {
+        let _ = writeln!(out, "connstate console at {url}");
+    }
     let _ = out.flush();
+}
+
+/// The web console's URL: the REST listener's address, with a listener on
+/// every address reached through loopback.
+fn console_url(listeners: &[(&str, std::net::SocketAddr)], https: bool) -> Option<String> {
+    let (_, mut addr) = *listeners.iter().find(|(name, _)| *name == "rest")?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let scheme = if https { "https" } else { "http" };
+    Some(format!("{scheme}://{addr}/"))
 }
 
 /// Names the process that has the data folder open, for the message a

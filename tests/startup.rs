@@ -145,6 +145,27 @@ fn listeners_are_announced_once_they_serve() {
 }
 
 #[test]
+fn the_console_url_is_announced_after_the_listeners() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), &FREE_PORTS);
+    let rest = server.wait_for("connstate rest listening on ").unwrap();
+    let url = server.wait_for("connstate console at ").unwrap();
+    assert_eq!(url, format!("http://{rest}/"));
+    // It is the console's page, needing no credentials.
+    let mut tcp = std::net::TcpStream::connect(&rest).expect("connect to REST");
+    tcp.set_read_timeout(Some(LIMIT)).unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = tcp.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("<title>connstate console</title>"));
+    let (status, _, stderr) = server.terminate();
+    assert!(status.success(), "{status}: {stderr}");
+}
+
+#[test]
 fn a_second_server_on_the_same_data_folder_says_who_holds_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut first = Server::start(dir.path(), &FREE_PORTS);

@@ -12,6 +12,7 @@ mod devices;
 pub mod error;
 pub mod json;
 pub mod params;
+mod stats;
 mod stream;
 pub mod webhook;
 
@@ -95,6 +96,8 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<QueryService>)> {
             "/api/v0002/device/types/{typeId}/devices/{deviceId}",
             get(devices::get_device).delete(devices::delete_device),
         ),
+        ("/api/v0002/clientconnectionstats", get(stats::stats)),
+        ("/api/v0002/whoami", get(stats::whoami)),
         ("/api/v0002/openapi.json", get(openapi)),
         ("/metrics", get(metrics)),
         (READY_PATH, get(ready)),
@@ -116,15 +119,22 @@ pub fn router(
     for (path, methods) in routes() {
         router = router.route(path, methods);
     }
-    router
+    let api = router
         .fallback(|uri: Uri| async move { ApiError::NoRoute(uri.path().to_owned()) })
         .method_not_allowed_fallback(|method: Method| async move {
             ApiError::MethodNotAllowed(method.to_string())
         })
-        .layer(axum::middleware::from_fn_with_state(gate, authorise))
+        .layer(axum::middleware::from_fn_with_state(
+            gate.clone(),
+            authorise,
+        ))
+        .layer(axum::Extension(gate))
         .layer(axum::Extension(registry))
         .layer(axum::Extension(broker))
-        .with_state(query)
+        .with_state(query);
+    // The console's files are outside the authentication; the calls they
+    // make are not.
+    crate::api::console::router().merge(api)
 }
 
 /// The role a request needs, by method and path.
