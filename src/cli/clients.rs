@@ -618,6 +618,12 @@ fn change_header() -> String {
 
 /// Whether a watch that ended with `status` is resumed (clients/CONTRACT.md).
 fn resumable(status: &tonic::Status) -> bool {
+    // A status with a source was made here from a transport error (an
+    // HTTP/2 connection reset by a server killed mid-stream reads as
+    // UNKNOWN): the transport cut the stream, the server said nothing.
+    if std::error::Error::source(status).is_some() {
+        return true;
+    }
     match status.code() {
         Code::Unavailable | Code::ResourceExhausted | Code::Aborted | Code::Cancelled => true,
         Code::Internal => last_revision(status).is_some(),
