@@ -770,3 +770,86 @@ async fn list_watch_prints_the_list_then_changes() {
     .await
     .expect("within 60 s");
 }
+
+/// Runs the client with `env` set on top of the cleared `CONNSTATE_*`.
+async fn cli_env(args: &[&str], env: &[(&str, String)]) -> Run {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut command = client_command(&args);
+        command.envs(env);
+        let child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the client");
+        // Bounded by the client's own --timeout (default 30 s) per call.
+        let output = child.wait_with_output().unwrap();
+        Run {
+            code: output.status.code().expect("exited"),
+            out: String::from_utf8(output.stdout).unwrap(),
+            err: String::from_utf8(output.stderr).unwrap(),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn address_and_credentials_from_environment_and_config_file() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let server = TestServer::start_secured().await;
+        let rest = server.rest.trim_start_matches("http://").to_owned();
+        let env = [
+            ("CONNSTATE_ADDRESS", server.addr.to_string()),
+            ("CONNSTATE_REST_ADDRESS", rest.clone()),
+            ("CONNSTATE_API_KEY", ADMIN.0.to_owned()),
+            ("CONNSTATE_API_TOKEN", ADMIN.1.to_owned()),
+        ];
+        cli_env(&["clients", "list"], &env).await.ok();
+        cli_env(&["keys", "list"], &env).await.ok();
+        // A flag wins over the environment.
+        let flag = cli_env(
+            &["keys", "list", "--api-token", "wrong-token-0123456789"],
+            &env,
+        )
+        .await;
+        assert_eq!(flag.code, 3, "{flag:?}");
+
+        // The server's own config file: listeners (0.0.0.0 is reached on
+        // loopback) and its admin key.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("connstate.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "grpc_listen = \"0.0.0.0:{}\"\nrest_listen = \"{rest}\"\nauth = true\n\
+                 admin_key = \"{}\"\nadmin_token = \"{}\"\n",
+                server.addr.port(),
+                ADMIN.0,
+                ADMIN.1
+            ),
+        )
+        .unwrap();
+        let file = file.to_str().unwrap();
+        let status = cli_env(&["status", "--json", "--config", file], &[])
+            .await
+            .ok()
+            .json();
+        assert_eq!(status["health"], "serving");
+        assert_eq!(
+            status["grpc"],
+            format!("http://127.0.0.1:{}", server.addr.port())
+        );
+        cli_env(&["keys", "list", "--config", file], &[]).await.ok();
+        let missing = cli_env(&["status", "--config", "/nonexistent/connstate.toml"], &[]).await;
+        assert_eq!(missing.code, 2, "{missing:?}");
+        server.stop().await;
+    })
+    .await
+    .expect("within 60 s");
+}
