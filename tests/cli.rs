@@ -853,3 +853,75 @@ async fn address_and_credentials_from_environment_and_config_file() {
     .await
     .expect("within 60 s");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_and_rest_over_tls_with_the_servers_certificate() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cert_path = dir.path().join("cert.pem");
+        let key_path = dir.path().join("key.pem");
+        std::fs::write(&cert_path, certified.cert.pem()).unwrap();
+        std::fs::write(&key_path, certified.signing_key.serialize_pem()).unwrap();
+        let server = TestServer::start_with(|c| c.tls = Some((cert_path.clone(), key_path))).await;
+        let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", server.addr))
+            .unwrap()
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(
+                        certified.cert.pem(),
+                    ))
+                    .domain_name("localhost"),
+            )
+            .unwrap()
+            .connect()
+            .await
+            .expect("TLS connect");
+        pb::ingest_service_client::IngestServiceClient::new(channel)
+            .ingest_events(pb::IngestEventsRequest {
+                lease_duration: None,
+                broker: "edge".into(),
+                events: vec![connected("c1", 1, 0), connected("c2", 2, 1)],
+            })
+            .await
+            .expect("ingest over TLS");
+        let rest_port = server.rest.rsplit(':').next().unwrap().to_owned();
+        let tls = |args: &[&str], ca: &std::path::Path| {
+            let mut all: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+            all.extend([
+                "--address".to_owned(),
+                format!("https://localhost:{}", server.addr.port()),
+                "--rest-address".to_owned(),
+                format!("https://localhost:{rest_port}"),
+                "--ca-file".to_owned(),
+                ca.to_str().unwrap().to_owned(),
+                "--timeout".to_owned(),
+                "10s".to_owned(),
+            ]);
+            all
+        };
+        let listed = cli(tls(&["clients", "list", "--json"], &cert_path))
+            .await
+            .ok()
+            .json();
+        assert_eq!(listed["results"].as_array().unwrap().len(), 2);
+        let status = cli(tls(&["status", "--json"], &cert_path))
+            .await
+            .ok()
+            .json();
+        assert_eq!(status["total"], 2, "the count comes over HTTPS");
+
+        // A certificate authority that did not sign the server's
+        // certificate: the server cannot be trusted, so it is unavailable.
+        let other = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let other_path = dir.path().join("other.pem");
+        std::fs::write(&other_path, other.cert.pem()).unwrap();
+        let untrusted = cli(tls(&["clients", "list"], &other_path)).await;
+        assert_eq!(untrusted.code, 3, "{untrusted:?}");
+        let untrusted = cli(tls(&["device-types", "list"], &other_path)).await;
+        assert_eq!(untrusted.code, 3, "{untrusted:?}");
+        server.stop().await;
+    })
+    .await
+    .expect("within 60 s");
+}
