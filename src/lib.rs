@@ -30,12 +30,14 @@
 //!   [`http`]: HTTP/1.1 serving with header and idle timeouts over it.
 //! - [`server`]: wires it all together: [`server::run`] takes bound
 //!   listeners, a configuration and a shutdown future.
+//! - [`cli`]: the command-line client of a running server (`connstate
+//!   clients list`, ...), over gRPC and, for the registry, REST.
 //!
 //! # The import rule
 //!
 //! A module uses only modules below it, from the bottom up: `domain` ←
 //! `metrics` ← `rules` ← `store` ← `tracker`, `registry` ← `query`, `mqtt`
-//! ← `api` ← `server`; `config`, `lock`, `accept` and `http` sit beside them and
+//! ← `api` ← `server` ← `cli`; `config`, `lock`, `accept` and `http` sit beside them and
 //! use nothing above them. A pure function (the rules) sits below
 //! everything that calls it, so the store applies the rules without knowing
 //! the tracker that feeds it.
@@ -43,6 +45,7 @@
 
 pub mod accept;
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod http;

@@ -1,9 +1,11 @@
-//! The `connstate` command: parses the configuration, sets up logging,
-//! binds the listeners and hands over to the library.
+//! The `connstate` command: `serve` parses the configuration, sets up
+//! logging, binds the listeners and hands over to the library; the client
+//! subcommands (`clients`, `devices`, `status`, ...) hand over to
+//! [`connstate::cli`]; `completions` prints a shell's completion script.
 
 use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use connstate::{Config, Listeners, config::ConfigLayer, mqtt::MqttListeners};
 use tokio::net::TcpListener;
 
@@ -18,6 +20,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the service.
@@ -30,7 +34,28 @@ enum Command {
         #[command(flatten)]
         layer: ConfigLayer,
     },
+    #[command(flatten)]
+    Client(connstate::cli::Command),
+    /// Print the completion script of a shell: bash, zsh or fish
+    #[command(after_help = COMPLETIONS_HELP)]
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
 }
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// The end of `connstate completions --help`.
+const COMPLETIONS_HELP: &str = "\
+Install, e.g.: connstate completions bash > ~/.local/share/bash-completion/completions/connstate; \
+connstate completions zsh > \"${fpath[1]}/_connstate\"; \
+connstate completions fish > ~/.config/fish/completions/connstate.fish";
 
 /// The end of `connstate serve --help`.
 const SERVE_HELP: &str = "\
@@ -43,6 +68,22 @@ RUST_LOG=info,connstate::mqtt=debug for one module.";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let cli = match cli.command {
+        Command::Client(command) => return ExitCode::from(connstate::cli::run(command)),
+        Command::Completions { shell } => {
+            let shell = match shell {
+                Shell::Bash => clap_complete::Shell::Bash,
+                Shell::Zsh => clap_complete::Shell::Zsh,
+                Shell::Fish => clap_complete::Shell::Fish,
+            };
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "connstate", &mut script);
+            // A closed pipe (`| head`) is not worth a panic.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
+            return ExitCode::SUCCESS;
+        }
+        command @ Command::Serve { .. } => Cli { command },
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -65,7 +106,9 @@ fn main() -> ExitCode {
 const DEFAULT_LOG: &str = "info,sled=warn,h2=warn";
 
 fn start(cli: Cli) -> anyhow::Result<()> {
-    let Command::Serve { config, layer } = cli.command;
+    let Command::Serve { config, layer } = cli.command else {
+        unreachable!("main hands only serve here");
+    };
     raise_open_file_limit();
     let file = config
         .as_deref()
