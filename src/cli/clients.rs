@@ -737,7 +737,9 @@ async fn follow(
                                 *p = (*p).max(beat.revision);
                             }
                         }
-                        None => {}
+                        // Sent only to a watch that asks for several
+                        // changes per message; this one does not.
+                        Some(Event::Changes(_)) | None => {}
                     }
                 }
             }
