@@ -150,6 +150,26 @@ fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Opens a crashed store and records its clients left connected, as a
+/// server start does before it reports SERVING; prints how long each took.
+async fn restart_after_crash(dir: &Path, what: &str) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let store = Store::open(dir, StoreOptions::default())?;
+    let open = started.elapsed();
+    let recovered = Tracker::new(store.clone(), Default::default())
+        .recover_connected()
+        .await?;
+    let startup = started.elapsed();
+    println!(
+        "- start-up after a crash ({what}): store open {:.2} s, recovery of {recovered} connected clients {:.2} s, total {:.2} s",
+        open.as_secs_f64(),
+        (startup - open).as_secs_f64(),
+        startup.as_secs_f64()
+    );
+    store.close().await?;
+    Ok(())
+}
+
 /// The crashing child of the `query` start-up measurement.
 async fn crash_child(data: &Path, clients: usize) -> anyhow::Result<()> {
     let store = Store::open(data, StoreOptions::default())?;
@@ -494,40 +514,12 @@ async fn query(base: &Path, clients: usize, requests: usize) -> anyhow::Result<(
         .stderr(std::process::Stdio::null())
         .status()?;
     anyhow::ensure!(!status.success(), "the child was to crash");
-    let started = Instant::now();
-    let store = Store::open(&crashed, StoreOptions::default())?;
-    let open = started.elapsed();
-    let recovered = Tracker::new(store.clone(), Default::default())
-        .recover_connected()
-        .await?;
-    let startup = started.elapsed();
-    println!(
-        "- start-up after a crash (a checkpoint and 20,000 changes after it): store open {:.2} s, recovery of {recovered} connected clients {:.2} s, total {:.2} s",
-        open.as_secs_f64(),
-        (startup - open).as_secs_f64(),
-        startup.as_secs_f64()
-    );
-    store.close().await?;
-    drop(store);
+    restart_after_crash(&crashed, "a checkpoint and 20,000 changes after it").await?;
     // The same without any checkpoint: indexes rebuilt from the records.
     let crashed_cold = fresh_dir(base, &format!("{name}-crashed-no-checkpoint"))?;
     copy_dir(&dir, &crashed_cold)?;
     let _ = std::fs::remove_file(crashed_cold.join("index.snapshot"));
-    let started = Instant::now();
-    let store = Store::open(&crashed_cold, StoreOptions::default())?;
-    let open = started.elapsed();
-    let recovered = Tracker::new(store.clone(), Default::default())
-        .recover_connected()
-        .await?;
-    let startup = started.elapsed();
-    println!(
-        "- start-up after a crash with no checkpoint: store open {:.2} s, recovery of {recovered} connected clients {:.2} s, total {:.2} s",
-        open.as_secs_f64(),
-        (startup - open).as_secs_f64(),
-        startup.as_secs_f64()
-    );
-    store.close().await?;
-    drop(store);
+    restart_after_crash(&crashed_cold, "no checkpoint").await?;
     std::fs::remove_dir_all(&crashed_cold)?;
 
     // Start-up after a clean stop (the populated data: its clients were

@@ -104,15 +104,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
     /// 0x88, as when the store refuses writes before the handshake) and
     /// hands the session it had attached back untouched.
     async fn unrecorded(&mut self, mut a: Accepted) {
-        tracing::warn!(
-            client_id = %a.record_id,
-            peer = %self.transport.peer,
-            "CONNECT refused: its connect could not be recorded (server unavailable, 0x88)"
-        );
-        self.broker
-            .metrics()
-            .count_failed_connect(Some(ConnectFailure::ServerUnavailable.reason_code()));
-        self.write_connack_refused(ConnectFailure::ServerUnavailable)
+        self.refuse_unrecordable(&a.record_id, "its connect could not be recorded")
             .await;
         let leftovers = a
             .mailbox
@@ -237,6 +229,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         self.broker.report(&client_id, now(), 0, kind);
     }
 
+    /// Refuses a CONNECT that the store cannot record (v3 CONNACK 3, v5
+    /// 0x88). Logged and counted here; the connection log cannot have it,
+    /// since the store records nothing.
+    async fn refuse_unrecordable(&mut self, client_id: &ClientId, why: &str) {
+        tracing::warn!(
+            client_id = %client_id,
+            peer = %self.transport.peer,
+            "CONNECT refused: {why} (server unavailable, 0x88)"
+        );
+        self.broker
+            .metrics()
+            .count_failed_connect(Some(ConnectFailure::ServerUnavailable.reason_code()));
+        self.write_connack_refused(ConnectFailure::ServerUnavailable)
+            .await;
+    }
+
     async fn write_connack_refused(&mut self, failure: ConnectFailure) {
         let result = self.codec.connack_refused(failure, &mut self.wbuf);
         self.sent("CONNACK", result);
@@ -290,20 +298,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             return Err(HandshakeEnd::Refused);
         };
         if let Some(refusal) = self.broker.inner.store.recording().refusal() {
-            // A connection the store cannot record is refused (v3 CONNACK
-            // 3, v5 0x88). Logged and counted here; the connection log
-            // cannot have it, since the store records nothing.
-            tracing::warn!(
-                client_id = %record_id,
-                peer = %self.transport.peer,
-                error = %refusal,
-                "CONNECT refused: the store cannot record it (server unavailable, 0x88)"
-            );
-            self.broker
-                .metrics()
-                .count_failed_connect(Some(ConnectFailure::ServerUnavailable.reason_code()));
-            self.write_connack_refused(ConnectFailure::ServerUnavailable)
-                .await;
+            let why = format!("the store cannot record it ({refusal})");
+            self.refuse_unrecordable(&record_id, &why).await;
             return Err(HandshakeEnd::Refused);
         }
         let max_keep_alive = self.broker.options().max_keepalive;
