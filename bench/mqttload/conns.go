@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,6 +29,7 @@ type connOptions struct {
 	pid          int
 	sources      []net.IP
 	idPrefix     string
+	ackLog       string
 }
 
 // client is one open MQTT connection; after the ramp only one goroutine at a
@@ -83,6 +85,7 @@ func runConnections(scenario string, args []string) error {
 	fs.IntVar(&o.pid, "pid", 0, "broker pid: read its VmRSS from /proc (0: skip)")
 	src := fs.String("source-ips", "", "loopback source addresses, a range 127.0.0.2-127.0.0.9 or a comma list (default: kernel's choice)")
 	fs.StringVar(&o.idPrefix, "id-prefix", fmt.Sprintf("mqttload-%s-%d", scenario, os.Getpid()), "client id prefix")
+	fs.StringVar(&o.ackLog, "ack-log", "", "write one line per CONNACK received, \"CLIENT_ID UNIX_NANOS\", to this file (bench/sources.sh)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -114,6 +117,7 @@ func connections(scenario string, o connOptions) error {
 		mu        sync.Mutex
 		clients   = make([]*client, 0, o.clients)
 		latencies = make([]time.Duration, 0, o.clients)
+		acks      = make([]string, 0, o.clients)
 		failures  = errorCounts{}
 		samples   = map[string]string{}
 		next      atomic.Int64
@@ -164,7 +168,8 @@ func connections(scenario string, o connOptions) error {
 				}
 				id := fmt.Sprintf("%s-%d", o.idPrefix, i)
 				c, lat, stage, err := connectOne(o, srcIP, id)
-				lastDone.Store(time.Now().UnixNano())
+				done := time.Now().UnixNano()
+				lastDone.Store(done)
 				mu.Lock()
 				if err != nil {
 					failed.Add(1)
@@ -176,6 +181,9 @@ func connections(scenario string, o connOptions) error {
 				} else {
 					clients = append(clients, c)
 					latencies = append(latencies, lat)
+					if o.ackLog != "" {
+						acks = append(acks, fmt.Sprintf("%s %d\n", id, done))
+					}
 				}
 				mu.Unlock()
 			}
@@ -183,6 +191,11 @@ func connections(scenario string, o connOptions) error {
 	}
 	wg.Wait()
 	ramp := time.Duration(lastDone.Load() - start.UnixNano())
+	if o.ackLog != "" {
+		if err := os.WriteFile(o.ackLog, []byte(strings.Join(acks, "")), 0o644); err != nil {
+			return fmt.Errorf("-ack-log: %w", err)
+		}
+	}
 
 	res.Connected = len(clients)
 	res.FailureCauses = failures

@@ -146,6 +146,11 @@ pub enum DisconnectCause {
     ServerShuttingDown,
     /// Found still marked connected when the server started.
     ServerRestarted,
+    /// The external broker the connection was on (a source's) restarted,
+    /// which ended every connection it had.
+    BrokerRestarted {
+        broker: String,
+    },
     /// The lease of the holder the connection was on (a broker reporting
     /// through ingest, later a cluster node) lapsed: it stopped reporting.
     LeaseLapsed {
@@ -178,9 +183,9 @@ impl DisconnectCause {
             DisconnectCause::AdministrativeAction | DisconnectCause::CredentialsRevoked => {
                 ReasonCode::ADMINISTRATIVE_ACTION
             }
-            DisconnectCause::ServerShuttingDown | DisconnectCause::ServerRestarted => {
-                ReasonCode::SERVER_SHUTTING_DOWN
-            }
+            DisconnectCause::ServerShuttingDown
+            | DisconnectCause::ServerRestarted
+            | DisconnectCause::BrokerRestarted { .. } => ReasonCode::SERVER_SHUTTING_DOWN,
         })
     }
 
@@ -197,9 +202,9 @@ impl DisconnectCause {
             DisconnectCause::AdministrativeAction | DisconnectCause::CredentialsRevoked => {
                 CloseCode::ADMIN_DISCONNECT
             }
-            DisconnectCause::ServerShuttingDown | DisconnectCause::ServerRestarted => {
-                CloseCode::SERVER_SHUTDOWN
-            }
+            DisconnectCause::ServerShuttingDown
+            | DisconnectCause::ServerRestarted
+            | DisconnectCause::BrokerRestarted { .. } => CloseCode::SERVER_SHUTDOWN,
             DisconnectCause::LeaseLapsed { .. } => CloseCode::LEASE_LAPSED,
         }
     }
@@ -228,6 +233,9 @@ impl DisconnectCause {
             DisconnectCause::ServerShuttingDown => "server shutting down".to_owned(),
             DisconnectCause::ServerRestarted => {
                 "server restarted while the client was connected".to_owned()
+            }
+            DisconnectCause::BrokerRestarted { broker } => {
+                format!("broker {broker} restarted, ending every connection it had")
             }
             DisconnectCause::LeaseLapsed { holder, lease_secs } => {
                 format!("broker {holder} stopped reporting (lease of {lease_secs} s lapsed)")
@@ -326,6 +334,14 @@ mod tests {
             (CredentialsRevoked, I::Server, Some(0x98), 94),
             (ServerShuttingDown, I::Server, Some(0x8B), 93),
             (ServerRestarted, I::Server, Some(0x8B), 93),
+            (
+                BrokerRestarted {
+                    broker: "site-a".into(),
+                },
+                I::Server,
+                Some(0x8B),
+                93,
+            ),
         ];
         for (cause, initiator, reason, close) in table {
             assert_eq!(cause.initiator(), initiator, "{cause:?}");

@@ -695,7 +695,12 @@ impl Source {
         self.metrics().count_source_restart(name);
         match self
             .tracker
-            .end_clients_of(name, DisconnectCause::ServerShuttingDown)
+            .end_clients_of(
+                name,
+                DisconnectCause::BrokerRestarted {
+                    broker: name.clone(),
+                },
+            )
             .await
         {
             Ok(clients) => tracing::warn!(

@@ -294,6 +294,9 @@ def test_a_mosquitto_restart_and_a_lapsed_lease(make_server, work_root, mosquitt
     s = server.wait_disconnected(before, timeout=20)
     assert s.last_disconnect_initiator == pb.DISCONNECT_INITIATOR_SERVER
     assert s.last_disconnect_reason_code == 0x8B
+    # The connection log says which broker restarted.
+    entry = server.latest_log(before, pb.LOG_KIND_DISCONNECTED)
+    assert "site-b" in entry.message and "restarted" in entry.message, entry.message
     wait_source_up(server, "site-b", connections=2)
     assert metrics(server).get('connstate_source_broker_restarts_total{source="site-b"}') == 1
 
