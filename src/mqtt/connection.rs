@@ -648,8 +648,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             &Action::Disconnect {
                 connect_time: live.connect_time,
                 time,
-                cause: &cause,
-                keep_alive: live.keep_alive,
+                close_code: cause.close_code(),
+                reason: &cause.reason_text(live.keep_alive),
                 traffic: self.traffic,
             },
         );

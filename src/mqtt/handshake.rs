@@ -270,8 +270,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         self.broker.report(&client_id, time, 0, kind);
         let username = hello.username.as_deref().unwrap_or("").to_owned();
         let origin = self.origin(client_id.as_str(), &username);
-        self.broker
-            .publish_monitor(&origin, &Action::FailedConnect { time, failure });
+        self.broker.publish_monitor(
+            &origin,
+            &Action::FailedConnect {
+                time,
+                close_code: failure.close_code(),
+                reason: failure.reason_code().description(),
+            },
+        );
     }
 
     /// Admits the client id (an empty one gets a name where the protocol

@@ -347,6 +347,7 @@ impl Broker {
         stop: CancellationToken,
     ) -> (Broker, EventPump) {
         let (events, rx) = mpsc::unbounded_channel();
+        let store_feed = store.subscribe();
         let drain = CancellationToken::new();
         let handle = tokio::spawn(pump_events(tracker, rx, drain.clone()));
         let (expiries, due) = expiry::ExpiryQueue::new();
@@ -376,6 +377,30 @@ impl Broker {
                 Broker { inner }.expired(fired);
             }
         }));
+        // Monitor messages of other brokers' clients, from the live feed;
+        // this task too holds the broker weakly.
+        let weak = Arc::downgrade(&broker.inner);
+        let mut feed = store_feed;
+        let stop = broker.inner.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let commit = tokio::select! {
+                    commit = feed.recv() => commit,
+                    () = stop.cancelled() => return,
+                };
+                let commit = match commit {
+                    Ok(commit) => commit,
+                    // Monitor messages are QoS 0: a lagging follower skips.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                let Some(inner) = weak.upgrade() else { return };
+                let broker = Broker { inner };
+                for change in commit.iter() {
+                    broker.publish_recorded(change);
+                }
+            }
+        });
         (broker, EventPump { handle, drain })
     }
 

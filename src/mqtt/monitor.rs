@@ -20,9 +20,7 @@ use rmqtt_codec::types::QoS;
 use serde_json::{Map, Value, json};
 
 use super::{Broker, Message};
-use crate::domain::{
-    ClientKind, CloseCode, ConnectFailure, DisconnectCause, MqttProtocol, Timestamp,
-};
+use crate::domain::{Change, ClientKind, CloseCode, LogKind, MqttProtocol, Timestamp};
 
 /// Where and how a client connected.
 pub struct Origin<'a> {
@@ -51,13 +49,14 @@ pub enum Action<'a> {
     Disconnect {
         connect_time: Timestamp,
         time: Timestamp,
-        cause: &'a DisconnectCause,
-        keep_alive: u16,
+        close_code: CloseCode,
+        reason: &'a str,
         traffic: Traffic,
     },
     FailedConnect {
         time: Timestamp,
-        failure: ConnectFailure,
+        close_code: CloseCode,
+        reason: &'a str,
     },
 }
 
@@ -97,22 +96,24 @@ pub fn payload(origin: &Origin<'_>, action: &Action<'_>) -> Value {
         }
         Action::Disconnect {
             connect_time,
-            cause,
-            keep_alive,
+            close_code,
+            reason,
             traffic,
             ..
         } => {
             m.insert("ConnectTime".into(), json!(iso(*connect_time)));
-            m.insert("CloseCode".into(), json!(cause.close_code().0));
-            m.insert("Reason".into(), json!(cause.reason_text(*keep_alive)));
+            m.insert("CloseCode".into(), json!(close_code.0));
+            m.insert("Reason".into(), json!(reason));
             m.insert("ReadBytes".into(), json!(traffic.read_bytes));
             m.insert("ReadMsg".into(), json!(traffic.read_msgs));
             m.insert("WriteBytes".into(), json!(traffic.write_bytes));
             m.insert("WriteMsg".into(), json!(traffic.write_msgs));
         }
-        Action::FailedConnect { failure, .. } => {
-            m.insert("CloseCode".into(), json!(failure.close_code().0));
-            m.insert("Reason".into(), json!(failure.reason_code().description()));
+        Action::FailedConnect {
+            close_code, reason, ..
+        } => {
+            m.insert("CloseCode".into(), json!(close_code.0));
+            m.insert("Reason".into(), json!(reason));
         }
     }
     Value::Object(m)
@@ -154,12 +155,12 @@ impl Broker {
             let retain = match action {
                 Action::Connect { .. } => true,
                 Action::FailedConnect { .. } => false,
-                Action::Disconnect { cause, .. } => {
+                Action::Disconnect { close_code, .. } => {
                     if application {
                         self.clear_retained(&topic);
                         false
                     } else {
-                        cause.close_code() != CloseCode::SESSION_TAKEN_OVER
+                        *close_code != CloseCode::SESSION_TAKEN_OVER
                     }
                 }
             };
@@ -173,6 +174,61 @@ impl Broker {
                 received: std::time::Instant::now(),
             });
         }
+    }
+}
+
+impl Broker {
+    /// Publishes the monitor messages of a recorded change of a client of
+    /// another broker (a source, or IngestEvents): such clients have their
+    /// Connect, Disconnect and FailedConnect messages as the embedded
+    /// broker's own clients do. What another broker does not report is
+    /// left out: the broker port (0), traffic (zero).
+    pub(super) fn publish_recorded(&self, change: &Change) {
+        let (Some(state), Some(entry)) = (&change.state, &change.log_entry) else {
+            return;
+        };
+        if entry.stale || state.broker == *self.inner.name {
+            return;
+        }
+        let connection = &state.connection;
+        let origin = Origin {
+            client_id: state.client_id.as_str(),
+            peer: SocketAddr::new(
+                entry.addr.unwrap_or(connection.addr),
+                if entry.port != 0 {
+                    entry.port
+                } else {
+                    connection.port
+                },
+            ),
+            server_port: 0,
+            secure: connection.secure,
+            protocol: entry
+                .protocol
+                .or(connection.protocol)
+                .unwrap_or(MqttProtocol::V3_1_1),
+            username: &connection.username,
+        };
+        let reason = entry
+            .reason_code
+            .map_or(entry.message.as_str(), |code| code.description());
+        let close_code = entry.close_code.unwrap_or(CloseCode::NORMAL);
+        let action = match entry.kind {
+            LogKind::Connected => Action::Connect { time: entry.time },
+            LogKind::Disconnected => Action::Disconnect {
+                connect_time: state.last_connect_time,
+                time: entry.time,
+                close_code,
+                reason,
+                traffic: Traffic::default(),
+            },
+            LogKind::ConnectFailed => Action::FailedConnect {
+                time: entry.time,
+                close_code,
+                reason,
+            },
+        };
+        self.publish_monitor(&origin, &action);
     }
 }
 
@@ -214,14 +270,14 @@ mod tests {
             protocol: MqttProtocol::V3_1_1,
             username: "use-token-auth",
         };
-        let cause = DisconnectCause::SocketClosed;
+        let cause = crate::domain::DisconnectCause::SocketClosed;
         let v = payload(
             &origin,
             &Action::Disconnect {
                 connect_time: t,
                 time: t,
-                cause: &cause,
-                keep_alive: 60,
+                close_code: cause.close_code(),
+                reason: &cause.reason_text(60),
                 traffic: Traffic {
                     read_bytes: 10,
                     read_msgs: 1,

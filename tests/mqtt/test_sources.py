@@ -9,6 +9,7 @@ Needs ``mosquitto`` and ``mosquitto_passwd`` on the PATH (Debian's
 from __future__ import annotations
 
 import getpass
+import json
 import socket
 import subprocess
 import threading
@@ -18,7 +19,7 @@ from typing import Any, Iterator
 
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import HOST, Broker, RawClient, eventually, free_port, unique
+from conftest import HOST, Broker, Peer, RawClient, eventually, free_port, unique
 
 pytestmark = pytest.mark.connstate
 
@@ -261,6 +262,48 @@ def test_a_mosquitto_source_follows_its_clients(make_server, work_root, mosquitt
     assert changes[1].change.log_entry.initiator == pb.DISCONNECT_INITIATOR_CLIENT
     assert not any(e.client_id == refused for e in events if e.type == WatchEventType.CHANGE)
     assert "source site-a connected to its broker" in server.log_path.read_text()
+
+
+def test_clients_of_a_source_have_monitor_messages(make_server, work_root, mosquitto):
+    """A client followed on Mosquitto has its Connect and Disconnect monitor
+    messages on connstate's broker, as the embedded broker's own clients
+    do: the device topic (Connect retained) and $SYS/clients/{id}/mon."""
+    server = make_server("--config", source_config(work_root, mosquitto, "site-m"))
+    wait_source_up(server, "site-m")
+    device = f"d:local:sensor:{unique('mon')}"
+    device_id = device.split(":")[3]
+    watcher = Peer(server, unique("watcher"))
+    watcher.subscribe_ok(f"iot-2/type/sensor/id/{device_id}/mon")
+    watcher.subscribe_ok(f"$SYS/clients/{device}/mon")
+    try:
+        c = paho_client(mosquitto, device, keepalive=30)
+        server.wait_connected(device)
+        connects = [watcher.expect(timeout=10) for _ in range(2)]
+        for m in connects:
+            body = json.loads(m.payload)
+            assert body["Action"] == "Connect", body
+            assert body["ClientID"] == device
+            assert body["ClientAddr"] == HOST
+            assert body["Protocol"] == "mqtt4"
+        assert {m.topic for m in connects} == {
+            f"iot-2/type/sensor/id/{device_id}/mon",
+            f"$SYS/clients/{device}/mon",
+        }
+        c.disconnect()
+        stop_paho(c)
+        server.wait_disconnected(device)
+        for _ in range(2):
+            body = json.loads(watcher.expect(timeout=10).payload)
+            assert body["Action"] == "Disconnect", body
+            assert body["CloseCode"] == 0
+        # The device topic keeps the Disconnect for a late subscriber.
+        late = Peer(server, unique("late"))
+        late.subscribe_ok(f"iot-2/type/sensor/id/{device_id}/mon")
+        retained = late.expect(timeout=10)
+        assert retained.retain and json.loads(retained.payload)["Action"] == "Disconnect"
+        late.close()
+    finally:
+        watcher.close()
 
 
 def test_a_mosquitto_restart_and_a_lapsed_lease(make_server, work_root, mosquitto):
