@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -19,11 +21,12 @@ from ._gen.connstate.v1 import connstate_pb2_grpc as pb_grpc
 class AsyncClient:
     """The asyncio counterpart of :class:`connstate_client.Client`: the same
     methods, as coroutines and async iterators. Create it inside a running
-    event loop; use ``async with`` or call :meth:`close`."""
+    event loop; use ``async with`` or call :meth:`close`. Several addresses
+    behave as there (the next server once one is UNAVAILABLE)."""
 
     def __init__(
         self,
-        address: str,
+        address: c.AddressLike,
         *,
         api_key: str | None = None,
         token: str | None = None,
@@ -33,25 +36,47 @@ class AsyncClient:
         channel_options: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
         wait_for_ready: bool | None = None,
     ) -> None:
-        target = c.target_of(address)
+        addresses = c.split_addresses(address)
         options = c.channel_options(channel_options)
         auth = c.auth_metadata(api_key, token)
         # On the channel, so that calls through the raw stubs carry it too.
         interceptors = c.aio_interceptors(auth) if auth else None
-        if c.wants_tls(address, tls, root_certificates):
-            creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-            self._channel = grpc.aio.secure_channel(target, creds, options=options, interceptors=interceptors)
-        else:
-            self._channel = grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+        endpoints = []
+        for one in addresses:
+            target = c.target_of(one)
+            if c.wants_tls(one, tls, root_certificates):
+                creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+                channel = grpc.aio.secure_channel(target, creds, options=options, interceptors=interceptors)
+            else:
+                channel = grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+            endpoints.append(c.Endpoint(channel, channel))
+        self._endpoints = c.Endpoints(addresses, endpoints)
         self._timeout = timeout
         self._wait_for_ready = wait_for_ready
-        #: The generated stubs, for anything this wrapper does not cover.
-        self.states_stub = pb_grpc.ConnectionStateServiceStub(self._channel)
-        self.ingest_stub = pb_grpc.IngestServiceStub(self._channel)
-        self.admin_stub = pb_grpc.AdminServiceStub(self._channel)
+        self._closed = False
+        self._watches: weakref.WeakSet[AsyncWatch] = weakref.WeakSet()
+
+    @property
+    def states_stub(self) -> pb_grpc.ConnectionStateServiceStub:
+        """The generated stub of the server in use, for anything this wrapper
+        does not cover (likewise ``ingest_stub`` and ``admin_stub``)."""
+        return self._endpoints.current()[1].states
+
+    @property
+    def ingest_stub(self) -> pb_grpc.IngestServiceStub:
+        return self._endpoints.current()[1].ingest
+
+    @property
+    def admin_stub(self) -> pb_grpc.AdminServiceStub:
+        return self._endpoints.current()[1].admin
 
     async def close(self) -> None:
-        await self._channel.close()
+        """Closes the channels; the client's watches end (without an error)."""
+        self._closed = True
+        for watch in list(self._watches):
+            watch.cancel()
+        for endpoint in self._endpoints.all:
+            await endpoint.base.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -66,26 +91,45 @@ class AsyncClient:
 
     @property
     def channel(self) -> grpc.aio.Channel:
-        return self._channel
+        """The channel of the server in use."""
+        return self._endpoints.current()[1].channel
 
-    async def _unary(self, method: Any, request: Any, timeout: float | None) -> Any:
-        try:
-            return await method(
-                request,
-                timeout=self._timeout if timeout is None else timeout,
-                wait_for_ready=self._wait_for_ready,
-            )
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from e
+    async def _unary(
+        self,
+        method: Callable[[c.Endpoint], Any],
+        request: Any,
+        timeout: float | None,
+        *,
+        read: bool = False,
+    ) -> Any:
+        """Calls ``method`` of the server in use; a read that finds it
+        UNAVAILABLE is retried on the next one, each address once, within the
+        one deadline."""
+        limit = self._timeout if timeout is None else timeout
+        deadline = None if limit is None else time.monotonic() + limit
+        attempts = len(self._endpoints) if read else 1
+        for attempt in range(attempts):
+            index, endpoint = self._endpoints.current()
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return await method(endpoint)(request, timeout=left, wait_for_ready=self._wait_for_ready)
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.UNAVAILABLE:
+                    self._endpoints.unavailable(index)
+                    if attempt + 1 < attempts:
+                        continue
+                raise from_rpc_error(e) from e
+        raise AssertionError("unreachable")
 
     # -- queries ----------------------------------------------------------
 
     async def get(self, client_id: str, *, timeout: float | None = None) -> pb.ConnectionState:
         """The state record of one client; :class:`NotFoundError` if none."""
         return await self._unary(
-            self.states_stub.GetConnectionState,
+            lambda e: e.states.GetConnectionState,
             pb.GetConnectionStateRequest(client_id=client_id),
             timeout,
+            read=True,
         )
 
     async def list_pages(
@@ -100,9 +144,10 @@ class AsyncClient:
         token = ""
         while True:
             page: pb.ListConnectionStatesResponse = await self._unary(
-                self.states_stub.ListConnectionStates,
+                lambda e: e.states.ListConnectionStates,
                 c.list_states_request(filter, order_by, page_size, token),
                 timeout,
+                read=True,
             )
             yield page
             token = page.next_page_token
@@ -141,7 +186,7 @@ class AsyncClient:
         )
         while True:
             page: pb.ListConnectionLogsResponse = await self._unary(
-                self.states_stub.ListConnectionLogs, request, timeout
+                lambda e: e.states.ListConnectionLogs, request, timeout, read=True
             )
             for entry in page.entries:
                 yield entry
@@ -172,14 +217,18 @@ class AsyncClient:
             heartbeats=heartbeats,
             resync=resync,
         )
-        return AsyncWatch(self, state, max_retries, backoff or c.Backoff())
+        watch = AsyncWatch(self, state, max_retries, backoff or c.Backoff())
+        self._watches.add(watch)
+        if self._closed:
+            watch.cancel()
+        return watch
 
     # -- changes ----------------------------------------------------------
 
     async def delete(self, client_id: str, *, timeout: float | None = None) -> int:
         """Deletes a client's record and log; returns the deletion's revision."""
         response: pb.DeleteConnectionStateResponse = await self._unary(
-            self.states_stub.DeleteConnectionState,
+            lambda e: e.states.DeleteConnectionState,
             pb.DeleteConnectionStateRequest(client_id=client_id),
             timeout,
         )
@@ -194,13 +243,13 @@ class AsyncClient:
     ) -> pb.IngestEventsResponse:
         """Records lifecycle events reported by ``broker``."""
         return await self._unary(
-            self.ingest_stub.IngestEvents,
+            lambda e: e.ingest.IngestEvents,
             pb.IngestEventsRequest(broker=broker, events=list(events)),
             timeout,
         )
 
     async def get_settings(self, *, timeout: float | None = None) -> pb.Settings:
-        return await self._unary(self.admin_stub.GetSettings, pb.GetSettingsRequest(), timeout)
+        return await self._unary(lambda e: e.admin.GetSettings, pb.GetSettingsRequest(), timeout, read=True)
 
     async def update_settings(
         self,
@@ -211,7 +260,7 @@ class AsyncClient:
     ) -> pb.Settings:
         """Changes the settings named in ``update_mask``."""
         return await self._unary(
-            self.admin_stub.UpdateSettings,
+            lambda e: e.admin.UpdateSettings,
             c.update_settings_request(settings, update_mask),
             timeout,
         )
@@ -272,12 +321,14 @@ class AsyncWatch:
 
     async def _run(self) -> AsyncIterator[c.WatchEvent]:
         state = self._state
-        stub = self._client.states_stub
         self._wake = asyncio.Event()
         failures = 0
         broken = False  # the last stream broke; the next one's first message is a resume
         while not self._cancelled:
             error: ConnstateError | None = None
+            # The server in use; the next one once this one is UNAVAILABLE.
+            index, endpoint = self._client._endpoints.current()
+            stub = endpoint.states
             try:
                 if state.needs_anchor:
                     page = await stub.ListConnectionStates(
@@ -300,14 +351,21 @@ class AsyncWatch:
                     self._call = None
                     call.cancel()
             except grpc.RpcError as e:
-                if self._cancelled:
+                if self._cancelled or self._client._closed:
                     return
                 error = from_rpc_error(e)
+                if error.code == grpc.StatusCode.UNAVAILABLE:
+                    self._client._endpoints.unavailable(index)
             except asyncio.CancelledError:
                 if self._cancelled:
                     return  # our own cancel() of the call
                 raise
-            if self._cancelled:
+            except (ValueError, grpc.aio.UsageError):
+                # The channel is closed: so is the client.
+                if self._client._closed:
+                    return
+                raise
+            if self._cancelled or self._client._closed:
                 return
             step = state.on_error(error)
             if step is c.Step.RAISE:

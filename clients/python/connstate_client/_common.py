@@ -9,6 +9,7 @@ import datetime as _dt
 import enum
 import logging
 import random
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
@@ -19,6 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from ._errors import ConnstateError
 from ._gen.connstate.v1 import connstate_pb2 as pb
+from ._gen.connstate.v1 import connstate_pb2_grpc as pb_grpc
 
 log = logging.getLogger("connstate_client")
 
@@ -80,6 +82,64 @@ def wants_tls(address: str, tls: bool | None, root_certificates: bytes | None) -
         return tls
     return root_certificates is not None or address.startswith("https://")
 
+
+
+AddressLike = Union[str, Sequence[str]]
+
+
+def split_addresses(address: AddressLike) -> list[str]:
+    """``"a:50051"``, ``"a:50051,b:50051"`` or ``["a:50051", "b:50051"]``."""
+    items = address.split(",") if isinstance(address, str) else list(address)
+    out = [a.strip() for a in items if a.strip()]
+    if not out:
+        raise ValueError("address: no server address given")
+    return out
+
+
+class Endpoint:
+    """One server address: its channel (``base``: without the credentials
+    interceptor, for closing) and the generated stubs on it."""
+
+    def __init__(self, channel: Any, base: Any) -> None:
+        self.channel = channel
+        self.base = base
+        self.states = pb_grpc.ConnectionStateServiceStub(channel)
+        self.ingest = pb_grpc.IngestServiceStub(channel)
+        self.admin = pb_grpc.AdminServiceStub(channel)
+
+
+class Endpoints:
+    """The channels of a client, one per server address, and the one in use.
+
+    Every call goes to the current one; a call that fails with UNAVAILABLE
+    moves the client to the next address (clients/CONTRACT.md, "Several
+    addresses"). With one address nothing ever moves."""
+
+    def __init__(self, addresses: list[str], endpoints: list[Endpoint]) -> None:
+        self.addresses = addresses
+        self.all = endpoints
+        self._current = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.all)
+
+    def current(self) -> tuple[int, Endpoint]:
+        with self._lock:
+            index = self._current
+        return index, self.all[index]
+
+    def unavailable(self, index: int) -> None:
+        """The server at ``index`` did not answer: use the next one, unless
+        another call has moved on already."""
+        if len(self.all) == 1:
+            return
+        with self._lock:
+            if self._current != index:
+                return
+            self._current = (index + 1) % len(self.all)
+            moved_to = self.addresses[self._current]
+        log.info("server %s unavailable; using %s", self.addresses[index], moved_to)
 
 def _timestamp(value: Any) -> Any:
     if isinstance(value, _dt.datetime):

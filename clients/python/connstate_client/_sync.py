@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -18,7 +20,16 @@ from ._gen.connstate.v1 import connstate_pb2_grpc as pb_grpc
 class Client:
     """A connection to a connstate server.
 
-    ``address`` is ``host:port``. Plaintext by default; pass
+    ``address`` is ``host:port``, or several servers (a cluster's nodes) as
+    a list or a comma-separated string (``"a:50051,b:50051"``): the client
+    uses the first that answers and, when it goes away, the next one. A
+    watch then resumes on the next server from the last revision it
+    delivered; the reads (get, list, logs, settings) are retried on
+    UNAVAILABLE on the next server, each address once. Writes (ingest,
+    delete, update_settings) are not retried: ingest is not idempotent and a
+    retried delete could answer NOT_FOUND for its own success; they fail
+    with UNAVAILABLE and the next call goes to the next server. See
+    clients/CONTRACT.md ("Several addresses"). Plaintext by default; pass
     ``root_certificates`` (PEM bytes) or ``tls=True`` for TLS. ``api_key``
     and ``token`` are sent with every call as
     ``authorization: Basic base64(key:token)``. ``timeout`` (seconds) is the
@@ -30,7 +41,7 @@ class Client:
 
     def __init__(
         self,
-        address: str,
+        address: c.AddressLike,
         *,
         api_key: str | None = None,
         token: str | None = None,
@@ -40,29 +51,51 @@ class Client:
         channel_options: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
         wait_for_ready: bool | None = None,
     ) -> None:
-        target = c.target_of(address)
+        addresses = c.split_addresses(address)
         options = c.channel_options(channel_options)
-        if c.wants_tls(address, tls, root_certificates):
-            creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-            self._channel = grpc.secure_channel(target, creds, options=options)
-        else:
-            self._channel = grpc.insecure_channel(target, options=options)
-        self._base_channel = self._channel
         auth = c.auth_metadata(api_key, token)
-        if auth:
-            # On the channel, so that calls through the raw stubs carry it too.
-            self._channel = grpc.intercept_channel(self._channel, c.AuthInterceptor(auth))
+        endpoints = []
+        for one in addresses:
+            target = c.target_of(one)
+            if c.wants_tls(one, tls, root_certificates):
+                creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+                base = grpc.secure_channel(target, creds, options=options)
+            else:
+                base = grpc.insecure_channel(target, options=options)
+            channel = base
+            if auth:
+                # On the channel, so that calls through the raw stubs carry it too.
+                channel = grpc.intercept_channel(base, c.AuthInterceptor(auth))
+            endpoints.append(c.Endpoint(channel, base))
+        self._endpoints = c.Endpoints(addresses, endpoints)
         self._timeout = timeout
         self._wait_for_ready = wait_for_ready
-        #: The generated stubs, for anything this wrapper does not cover.
-        self.states_stub = pb_grpc.ConnectionStateServiceStub(self._channel)
-        self.ingest_stub = pb_grpc.IngestServiceStub(self._channel)
-        self.admin_stub = pb_grpc.AdminServiceStub(self._channel)
+        self._closed = False
+        self._watches: weakref.WeakSet[Watch] = weakref.WeakSet()
+
+    @property
+    def states_stub(self) -> pb_grpc.ConnectionStateServiceStub:
+        """The generated stub of the server in use, for anything this wrapper
+        does not cover (likewise ``ingest_stub`` and ``admin_stub``)."""
+        return self._endpoints.current()[1].states
+
+    @property
+    def ingest_stub(self) -> pb_grpc.IngestServiceStub:
+        return self._endpoints.current()[1].ingest
+
+    @property
+    def admin_stub(self) -> pb_grpc.AdminServiceStub:
+        return self._endpoints.current()[1].admin
 
     # -- lifecycle --------------------------------------------------------
 
     def close(self) -> None:
-        self._base_channel.close()
+        """Closes the channels; the client's watches end (without an error)."""
+        self._closed = True
+        for watch in list(self._watches):
+            watch.cancel()
+        for endpoint in self._endpoints.all:
+            endpoint.base.close()
 
     def __enter__(self) -> Client:
         return self
@@ -77,26 +110,45 @@ class Client:
 
     @property
     def channel(self) -> grpc.Channel:
-        return self._channel
+        """The channel of the server in use."""
+        return self._endpoints.current()[1].channel
 
-    def _unary(self, method: Any, request: Any, timeout: float | None) -> Any:
-        try:
-            return method(
-                request,
-                timeout=self._timeout if timeout is None else timeout,
-                wait_for_ready=self._wait_for_ready,
-            )
-        except grpc.RpcError as e:
-            raise from_rpc_error(e) from e
+    def _unary(
+        self,
+        method: Callable[[c.Endpoint], Any],
+        request: Any,
+        timeout: float | None,
+        *,
+        read: bool = False,
+    ) -> Any:
+        """Calls ``method`` of the server in use; a read that finds it
+        UNAVAILABLE is retried on the next one, each address once, within the
+        one deadline."""
+        limit = self._timeout if timeout is None else timeout
+        deadline = None if limit is None else time.monotonic() + limit
+        attempts = len(self._endpoints) if read else 1
+        for attempt in range(attempts):
+            index, endpoint = self._endpoints.current()
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return method(endpoint)(request, timeout=left, wait_for_ready=self._wait_for_ready)
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.UNAVAILABLE:
+                    self._endpoints.unavailable(index)
+                    if attempt + 1 < attempts:
+                        continue
+                raise from_rpc_error(e) from e
+        raise AssertionError("unreachable")
 
     # -- queries ----------------------------------------------------------
 
     def get(self, client_id: str, *, timeout: float | None = None) -> pb.ConnectionState:
         """The state record of one client; :class:`NotFoundError` if none."""
         return self._unary(
-            self.states_stub.GetConnectionState,
+            lambda e: e.states.GetConnectionState,
             pb.GetConnectionStateRequest(client_id=client_id),
             timeout,
+            read=True,
         )
 
     def list_pages(
@@ -111,9 +163,10 @@ class Client:
         token = ""
         while True:
             page: pb.ListConnectionStatesResponse = self._unary(
-                self.states_stub.ListConnectionStates,
+                lambda e: e.states.ListConnectionStates,
                 c.list_states_request(filter, order_by, page_size, token),
                 timeout,
+                read=True,
             )
             yield page
             token = page.next_page_token
@@ -154,7 +207,7 @@ class Client:
         )
         while True:
             page: pb.ListConnectionLogsResponse = self._unary(
-                self.states_stub.ListConnectionLogs, request, timeout
+                lambda e: e.states.ListConnectionLogs, request, timeout, read=True
             )
             yield from page.entries
             if not page.next_page_token:
@@ -184,14 +237,18 @@ class Client:
             heartbeats=heartbeats,
             resync=resync,
         )
-        return Watch(self, state, max_retries, backoff or c.Backoff())
+        watch = Watch(self, state, max_retries, backoff or c.Backoff())
+        self._watches.add(watch)
+        if self._closed:
+            watch.cancel()
+        return watch
 
     # -- changes ----------------------------------------------------------
 
     def delete(self, client_id: str, *, timeout: float | None = None) -> int:
         """Deletes a client's record and log; returns the deletion's revision."""
         response: pb.DeleteConnectionStateResponse = self._unary(
-            self.states_stub.DeleteConnectionState,
+            lambda e: e.states.DeleteConnectionState,
             pb.DeleteConnectionStateRequest(client_id=client_id),
             timeout,
         )
@@ -206,13 +263,13 @@ class Client:
     ) -> pb.IngestEventsResponse:
         """Records lifecycle events reported by ``broker``."""
         return self._unary(
-            self.ingest_stub.IngestEvents,
+            lambda e: e.ingest.IngestEvents,
             pb.IngestEventsRequest(broker=broker, events=list(events)),
             timeout,
         )
 
     def get_settings(self, *, timeout: float | None = None) -> pb.Settings:
-        return self._unary(self.admin_stub.GetSettings, pb.GetSettingsRequest(), timeout)
+        return self._unary(lambda e: e.admin.GetSettings, pb.GetSettingsRequest(), timeout, read=True)
 
     def update_settings(
         self,
@@ -225,7 +282,7 @@ class Client:
         of ``settings`` when empty). A mapping may give durations as
         ``timedelta``."""
         return self._unary(
-            self.admin_stub.UpdateSettings,
+            lambda e: e.admin.UpdateSettings,
             c.update_settings_request(settings, update_mask),
             timeout,
         )
@@ -245,8 +302,11 @@ class Watch:
     :class:`ConnstateError`; so is the last one after ``max_retries``
     consecutive failed attempts.
 
-    :meth:`cancel` (from any thread) ends the iteration; so does leaving a
-    ``with`` block.
+    :meth:`cancel` (from any thread) ends the iteration; so do leaving a
+    ``with`` block and closing the client.
+
+    With several server addresses, a stream that ends with UNAVAILABLE (the
+    server went away) resumes on the next address.
     """
 
     def __init__(self, client: Client, state: c.WatchState, max_retries: int | None, backoff: c.Backoff) -> None:
@@ -293,11 +353,13 @@ class Watch:
 
     def _run(self) -> Iterator[c.WatchEvent]:
         state = self._state
-        stub = self._client.states_stub
         failures = 0
         broken = False  # the last stream broke; the next one's first message is a resume
         while not self._cancelled.is_set():
             error: ConnstateError | None = None
+            # The server in use; the next one once this one is UNAVAILABLE.
+            index, endpoint = self._client._endpoints.current()
+            stub = endpoint.states
             try:
                 if state.needs_anchor:
                     page = stub.ListConnectionStates(
@@ -325,10 +387,18 @@ class Watch:
                         self._call = None
                     call.cancel()
             except grpc.RpcError as e:
-                if self._cancelled.is_set():
+                if self._cancelled.is_set() or self._client._closed:
                     return
                 error = from_rpc_error(e)
-            if self._cancelled.is_set():
+                if error.code == grpc.StatusCode.UNAVAILABLE:
+                    self._client._endpoints.unavailable(index)
+            except ValueError:
+                # grpc's "Channel closed": the client was closed (also
+                # between this watch's check and its call).
+                if self._client._closed:
+                    return
+                raise
+            if self._cancelled.is_set() or self._client._closed:
                 return
             step = state.on_error(error)
             if step is c.Step.RAISE:

@@ -294,6 +294,32 @@ async def async_cancel_during_backoff(server: Server, client: AsyncClient, backo
     assert await asyncio.wait_for(task, 2) == []
     assert time.monotonic() - started < 2, "not after the 20 s backoff"
 
+@pytest.mark.timeout(30)
+def test_closing_the_client_ends_its_watches_cleanly(server: Server) -> None:
+    """Closing the client ends a watch blocked in its stream, and one waiting
+    out a backoff, without an error (clients/CONTRACT.md, "Cancellation")."""
+    with Client(server.address, **AUTH) as writer:
+        revision = writer.ingest([connected("d:local:c:one", 1)], broker=BROKER).revision
+    client = Client(server.address, **AUTH)
+    live = Collector(client.watch(start_revision=0))
+    live.wait_for(lambda ev: bool(ev) and ev[-1].revision >= revision, 10)
+    client.close()
+    live.thread.join(timeout=5)
+    assert not live.thread.is_alive(), "the watch did not end when its client closed"
+    assert live.error is None, repr(live.error)
+
+    client = Client(server.address, **AUTH)
+    backing_off = Collector(client.watch(start_revision=0, backoff=Backoff(0.3, 0.3)))
+    backing_off.wait_for(lambda ev: bool(ev) and ev[-1].revision >= revision, 10)
+    with BackoffSeen() as backoff:
+        server.stop()
+        assert backoff.seen.wait(10), "the watch did not back off"
+    client.close()
+    backing_off.thread.join(timeout=5)
+    assert not backing_off.thread.is_alive(), "the watch did not end when its client closed"
+    assert backing_off.error is None, repr(backing_off.error)
+
+
 
 def seed_for_reader(server: Server) -> None:
     with Client(server.address, **AUTH) as admin:

@@ -5,6 +5,8 @@ import {
   type Client,
   type Interceptor,
   type Transport,
+  Code,
+  ConnectError,
   createClient,
 } from "@connectrpc/connect";
 import { Http2SessionManager, createGrpcTransport } from "@connectrpc/connect-node";
@@ -24,7 +26,7 @@ import {
   type Settings,
   type SettingsSchema,
 } from "./gen/connstate/v1/connstate_pb.js";
-import { ConnectionWatch, type WatchOptions } from "./watch.js";
+import { ConnectionWatch, type WatchOptions, serverGone } from "./watch.js";
 
 /** API key and token, sent as `authorization: Basic base64(key:token)`. */
 export interface Credentials {
@@ -41,8 +43,22 @@ export interface TlsOptions {
 }
 
 export interface ConnstateClientOptions {
-  /** `host:port` (for example `127.0.0.1:50051`), or a full `http://` / `https://` URL. */
-  address: string;
+  /**
+   * `host:port` (for example `127.0.0.1:50051`), or a full `http://` / `https://` URL.
+   *
+   * Several servers (a cluster's nodes) as a list or a comma-separated string
+   * (`"a:50051,b:50051"`): the client uses the first that answers and, when it
+   * goes away, the next one. A watch then resumes on the next server from the
+   * last revision it delivered; the reads (`get`, `list`, `logs`,
+   * `currentRevision`, `getSettings`) are retried on `Code.Unavailable` (or a
+   * `Code.Canceled` the caller did not cause: how Node reports a reset
+   * connection) on the next server, each address once. Writes (`ingest`, `delete`,
+   * `updateSettings`) are not retried: ingest is not idempotent and a retried
+   * delete could answer `NotFound` for its own success; they fail with
+   * `Code.Unavailable` and the next call goes to the next server. See
+   * clients/CONTRACT.md ("Several addresses").
+   */
+  address: string | readonly string[];
   /** Optional API key + token, sent as gRPC metadata on every call. */
   credentials?: Credentials;
   /** `true` or TLS settings to connect with TLS; plaintext by default. */
@@ -69,6 +85,25 @@ export interface RawClients {
   readonly admin: Client<typeof AdminService>;
 }
 
+/** `"a:1,b:2"` or `["a:1", "b:2"]`: the addresses, in order. */
+function splitAddresses(address: string | readonly string[]): string[] {
+  const list = (typeof address === "string" ? address.split(",") : [...address])
+    .map((a) => a.trim())
+    .filter((a) => a !== "");
+  if (list.length === 0) {
+    throw new ConnectError("address: no server address given", Code.InvalidArgument);
+  }
+  return list;
+}
+
+/** One server address: its HTTP/2 session, transport and generated clients. */
+interface Endpoint {
+  readonly address: string;
+  readonly session: Http2SessionManager;
+  readonly transport: Transport;
+  readonly rpc: RawClients;
+}
+
 function baseUrl(address: string, tls: boolean): string {
   if (/^https?:\/\//.test(address)) {
     return address;
@@ -91,41 +126,87 @@ function credentialsInterceptor(credentials: Credentials): Interceptor {
  * is the gRPC status code: `Code.NotFound`, `Code.InvalidArgument`, ...
  */
 export class ConnstateClient implements AsyncDisposable {
-  /** The generated service clients. */
-  readonly rpc: RawClients;
-  /** The underlying gRPC transport. */
-  readonly transport: Transport;
-  private readonly session: Http2SessionManager;
+  private readonly endpoints: Endpoint[];
+  private current = 0;
   private readonly timeoutMs: number | undefined;
   private readonly watches = new Set<ConnectionWatch>();
 
   constructor(options: ConnstateClientOptions) {
     const tls = options.tls === true || (typeof options.tls === "object" && options.tls !== null);
-    const url = baseUrl(options.address, tls);
     const tlsOptions = typeof options.tls === "object" ? options.tls : undefined;
-    const nodeOptions =
-      url.startsWith("https:") && tlsOptions
-        ? {
-            ...(tlsOptions.rootCertificate !== undefined ? { ca: tlsOptions.rootCertificate } : {}),
-            ...(tlsOptions.serverName !== undefined ? { servername: tlsOptions.serverName } : {}),
-          }
-        : {};
-    this.session = new Http2SessionManager(url, {}, nodeOptions);
     const interceptors = [...(options.interceptors ?? [])];
     if (options.credentials) {
       interceptors.push(credentialsInterceptor(options.credentials));
     }
-    this.transport = createGrpcTransport({
-      baseUrl: url,
-      sessionManager: this.session,
-      interceptors,
+    this.endpoints = splitAddresses(options.address).map((address) => {
+      const url = baseUrl(address, tls);
+      const nodeOptions =
+        url.startsWith("https:") && tlsOptions
+          ? {
+              ...(tlsOptions.rootCertificate !== undefined ? { ca: tlsOptions.rootCertificate } : {}),
+              ...(tlsOptions.serverName !== undefined ? { servername: tlsOptions.serverName } : {}),
+            }
+          : {};
+      const session = new Http2SessionManager(url, {}, nodeOptions);
+      const transport = createGrpcTransport({ baseUrl: url, sessionManager: session, interceptors });
+      const rpc = {
+        states: createClient(ConnectionStateService, transport),
+        ingest: createClient(IngestService, transport),
+        admin: createClient(AdminService, transport),
+      };
+      return { address, session, transport, rpc };
     });
     this.timeoutMs = options.timeoutMs ?? 30_000;
-    this.rpc = {
-      states: createClient(ConnectionStateService, this.transport),
-      ingest: createClient(IngestService, this.transport),
-      admin: createClient(AdminService, this.transport),
-    };
+  }
+
+  /** The generated service clients of the server in use. */
+  get rpc(): RawClients {
+    return this.endpoints[this.current].rpc;
+  }
+
+  /** The gRPC transport of the server in use. */
+  get transport(): Transport {
+    return this.endpoints[this.current].transport;
+  }
+
+  /** @internal The server in use (its index, for `unavailable`) and its clients. */
+  endpoint(): { index: number; rpc: RawClients } {
+    return { index: this.current, rpc: this.endpoints[this.current].rpc };
+  }
+
+  /**
+   * @internal The server at `index` is gone (see `serverGone`): use the next
+   * one, unless another call has moved on already.
+   */
+  unavailable(index: number): void {
+    if (this.endpoints.length > 1 && this.current === index) {
+      this.current = (index + 1) % this.endpoints.length;
+    }
+  }
+
+  /**
+   * Calls the server in use; a read that finds it unavailable is retried on
+   * the next one, each address once, within the one deadline.
+   */
+  private async call<T>(
+    read: boolean,
+    fn: (rpc: RawClients, options?: CallOptions) => Promise<T>,
+    options?: CallOptions,
+  ): Promise<T> {
+    const base = this.opts(options);
+    const deadline = base?.timeoutMs !== undefined ? Date.now() + base.timeoutMs : undefined;
+    const attempts = read ? this.endpoints.length : 1;
+    for (let attempt = 1; ; attempt++) {
+      const { index, rpc } = this.endpoint();
+      const opts = deadline === undefined ? base : { ...base, timeoutMs: Math.max(1, deadline - Date.now()) };
+      try {
+        return await fn(rpc, opts);
+      } catch (e) {
+        if (!serverGone(ConnectError.from(e), options?.signal)) throw e;
+        this.unavailable(index);
+        if (attempt >= attempts) throw e;
+      }
+    }
   }
 
   private opts(options?: CallOptions): CallOptions | undefined {
@@ -137,7 +218,7 @@ export class ConnstateClient implements AsyncDisposable {
 
   /** The state record of one client; `Code.NotFound` when there is none. */
   async get(clientId: string, options?: CallOptions): Promise<ConnectionState> {
-    return this.rpc.states.getConnectionState({ clientId }, this.opts(options));
+    return this.call(true, (rpc, opts) => rpc.states.getConnectionState({ clientId }, opts), options);
   }
 
   /** Every state record matching the request, following page tokens. */
@@ -154,7 +235,11 @@ export class ConnstateClient implements AsyncDisposable {
   ): AsyncGenerator<ListConnectionStatesResponse, void, undefined> {
     let pageToken = request.pageToken ?? "";
     for (;;) {
-      const page = await this.rpc.states.listConnectionStates({ ...request, pageToken }, this.opts(options));
+      const page = await this.call(
+        true,
+        (rpc, opts) => rpc.states.listConnectionStates({ ...request, pageToken }, opts),
+        options,
+      );
       yield page;
       if (page.nextPageToken === "") {
         return;
@@ -177,7 +262,11 @@ export class ConnstateClient implements AsyncDisposable {
   ): AsyncGenerator<ListConnectionLogsResponse, void, undefined> {
     let pageToken = request.pageToken ?? "";
     for (;;) {
-      const page = await this.rpc.states.listConnectionLogs({ ...request, pageToken }, this.opts(options));
+      const page = await this.call(
+        true,
+        (rpc, opts) => rpc.states.listConnectionLogs({ ...request, pageToken }, opts),
+        options,
+      );
       yield page;
       if (page.nextPageToken === "") {
         return;
@@ -198,29 +287,29 @@ export class ConnstateClient implements AsyncDisposable {
 
   /** The store's newest committed revision. */
   async currentRevision(options?: CallOptions): Promise<bigint> {
-    const page = await this.rpc.states.listConnectionStates({ pageSize: 1 }, this.opts(options));
+    const page = await this.call(true, (rpc, opts) => rpc.states.listConnectionStates({ pageSize: 1 }, opts), options);
     return page.revision;
   }
 
   /** Records a batch of lifecycle events reported by `broker`. */
   async ingest(broker: string, events: LifecycleEventInit[], options?: CallOptions): Promise<IngestEventsResponse> {
-    return this.rpc.ingest.ingestEvents({ broker, events }, this.opts(options));
+    return this.call(false, (rpc, opts) => rpc.ingest.ingestEvents({ broker, events }, opts), options);
   }
 
   /** Deletes a client's record and log; answers the revision of the deletion. */
   async delete(clientId: string, options?: CallOptions): Promise<bigint> {
-    const res = await this.rpc.states.deleteConnectionState({ clientId }, this.opts(options));
+    const res = await this.call(false, (rpc, opts) => rpc.states.deleteConnectionState({ clientId }, opts), options);
     return res.revision;
   }
 
   /** The current administrator settings. */
   async getSettings(options?: CallOptions): Promise<Settings> {
-    return this.rpc.admin.getSettings({}, this.opts(options));
+    return this.call(true, (rpc, opts) => rpc.admin.getSettings({}, opts), options);
   }
 
   /** Changes the settings named in `updateMask` (every set field when empty). */
   async updateSettings(settings: SettingsInit, updateMask: string[] = [], options?: CallOptions): Promise<Settings> {
-    return this.rpc.admin.updateSettings({ settings, updateMask }, this.opts(options));
+    return this.call(false, (rpc, opts) => rpc.admin.updateSettings({ settings, updateMask }, opts), options);
   }
 
   /** `await using client = new ConnstateClient(...)`: closes it at the end of the block. */
@@ -228,13 +317,15 @@ export class ConnstateClient implements AsyncDisposable {
     this.close();
   }
 
-  /** Ends every watch of this client and closes the HTTP/2 connection; open calls fail. */
+  /** Ends every watch of this client and closes its HTTP/2 connections; open calls fail. */
   close(): void {
     for (const watch of this.watches) {
       watch.close();
     }
     this.watches.clear();
-    this.session.abort();
+    for (const endpoint of this.endpoints) {
+      endpoint.session.abort();
+    }
   }
 }
 

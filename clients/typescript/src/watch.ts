@@ -11,6 +11,15 @@ import {
   type WatchConnectionsRequestSchema,
 } from "./gen/connstate/v1/connstate_pb.js";
 
+/**
+ * @internal Whether a call failed because its server went away: `Code.Unavailable`,
+ * or `Code.Canceled` the caller did not cause (Node's HTTP/2 stack reports a
+ * connection reset, after a `kill -9`, as a cancelled stream).
+ */
+export function serverGone(error: ConnectError, signal?: AbortSignal): boolean {
+  return error.code === Code.Unavailable || (error.code === Code.Canceled && signal?.aborted !== true);
+}
+
 /** Trailer of OUT_OF_RANGE: the oldest revision that can still be replayed. */
 export const OLDEST_REVISION_TRAILER = "x-connstate-oldest-revision";
 /** Trailer of RESOURCE_EXHAUSTED / UNAVAILABLE: the last revision the server delivered. */
@@ -246,8 +255,10 @@ export class ConnectionWatch implements AsyncIterable<WatchEvent>, AsyncDisposab
         const snapshot = needSnapshot;
         let snapshotItems = false;
         let error: ConnectError;
+        // The server in use; the next one once this one is unavailable.
+        const { index, rpc } = this.client.endpoint();
         try {
-          const stream = this.client.rpc.states.watchConnections(this.request(snapshot), { signal });
+          const stream = rpc.states.watchConnections(this.request(snapshot), { signal });
           for await (const res of stream) {
             attempt = 0;
             const event = res.event;
@@ -310,6 +321,9 @@ export class ConnectionWatch implements AsyncIterable<WatchEvent>, AsyncDisposab
           error = ConnectError.from(e);
         }
         if (signal.aborted) return;
+        if (serverGone(error, signal)) {
+          this.client.unavailable(index);
+        }
 
         if (error.code === Code.OutOfRange) {
           // The revision is gone from the feed: start over from a snapshot.

@@ -75,6 +75,8 @@ public final class ConnectionWatch implements Iterator<WatchEvent>, Iterable<Wat
   private Map<String, Long> snapshotted;
   private int snapshotItems;
   private boolean delivered;
+  /** The index of the client's server the current stream is on. */
+  private int endpoint;
   private int failures;
   private Duration delayBeforeNext;
   /** A stream broke and no stream delivered a message since. */
@@ -271,11 +273,13 @@ public final class ConnectionWatch implements Iterator<WatchEvent>, Iterable<Wat
     if (closed) {
       context.cancel(null);
     }
+    // The server in use; the next one once this one is UNAVAILABLE.
+    endpoint = client.endpoint();
     Context previous = context.attach();
     try {
       stream =
           ClientCalls.blockingServerStreamingCall(
-              client.channel(),
+              client.channel(endpoint),
               ConnectionStateServiceGrpc.getWatchConnectionsMethod(),
               CallOptions.DEFAULT,
               request.build());
@@ -301,6 +305,9 @@ public final class ConnectionWatch implements Iterator<WatchEvent>, Iterable<Wat
     Metadata trailers = error.getTrailers();
     Long trailerRevision = revision(trailers, LAST_REVISION);
     Status.Code code = error.getStatus().getCode();
+    if (code == Status.Code.UNAVAILABLE) {
+      client.unavailable(endpoint);
+    }
     boolean resumable =
         switch (code) {
           case UNAVAILABLE, RESOURCE_EXHAUSTED, ABORTED, CANCELLED -> true; // CANCELLED: not ours

@@ -24,6 +24,7 @@ import io.grpc.ChannelCredentials;
 import io.grpc.ClientCall;
 import io.grpc.ClientInterceptor;
 import io.grpc.ClientInterceptors;
+import io.grpc.Deadline;
 import io.grpc.ForwardingClientCall;
 import io.grpc.Grpc;
 import io.grpc.InsecureChannelCredentials;
@@ -31,12 +32,15 @@ import io.grpc.ManagedChannel;
 import io.grpc.ManagedChannelBuilder;
 import io.grpc.Metadata;
 import io.grpc.MethodDescriptor;
+import io.grpc.Status;
+import io.grpc.StatusRuntimeException;
 import io.grpc.TlsChannelCredentials;
 import java.io.IOException;
 import java.io.UncheckedIOException;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Path;
 import java.time.Duration;
+import java.util.ArrayList;
 import java.util.Base64;
 import java.util.Iterator;
 import java.util.List;
@@ -46,6 +50,7 @@ import java.util.Spliterator;
 import java.util.Spliterators;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
 import java.util.function.Consumer;
 import java.util.function.Function;
 import java.util.stream.Stream;
@@ -56,9 +61,19 @@ import java.util.stream.StreamSupport;
  *
  * <p>It follows the contract shared by every connstate SDK (clients/CONTRACT.md): unary calls get
  * a default deadline of 30 s ({@link Builder#deadline}, or per call with {@link #withDeadline});
- * they are not retried. Errors are thrown as {@link io.grpc.StatusRuntimeException}; {@code
- * Status.fromThrowable(e).getCode()} tells which (NOT_FOUND, INVALID_ARGUMENT naming the field,
- * PERMISSION_DENIED, ...).
+ * they are not retried (except the reads of a client given several addresses, below). Errors are
+ * thrown as {@link io.grpc.StatusRuntimeException}; {@code Status.fromThrowable(e).getCode()}
+ * tells which (NOT_FOUND, INVALID_ARGUMENT naming the field, PERMISSION_DENIED, ...).
+ *
+ * <p>It may be given several server addresses (a cluster's nodes): {@code
+ * address("a:50051,b:50051")} or {@code addresses(List.of("a:50051", "b:50051"))}. It uses the
+ * first that answers and, when it goes away (UNAVAILABLE), the next one: a watch resumes there
+ * from the last revision it delivered, and the reads ({@link #get}, {@link #list}, {@link #logs},
+ * {@link #settings}, {@link #currentRevision}) are retried on the next server, each address once,
+ * within their one deadline. Writes ({@link #ingest}, {@link #delete}, {@link #updateSettings})
+ * are not retried: IngestEvents is not idempotent and a retried delete could answer NOT_FOUND for
+ * its own success; they fail with UNAVAILABLE and the next call goes to the next server (see
+ * clients/CONTRACT.md, "Several addresses").
  *
  * <pre>{@code
  * try (ConnstateClient client = ConnstateClient.builder()
@@ -77,17 +92,90 @@ public final class ConnstateClient implements AutoCloseable {
   private static final Metadata.Key<String> AUTHORIZATION =
       Metadata.Key.of("authorization", Metadata.ASCII_STRING_MARSHALLER);
 
-  private final ManagedChannel managed;
-  private final Channel channel;
+  private final Endpoints endpoints;
   private final Duration deadline;
   /** Open watches (shared with the views of {@link #withDeadline}), closed with the client. */
   private final Set<ConnectionWatch> watches;
 
-  private ConnstateClient(ManagedChannel managed, Channel channel, Duration deadline, Set<ConnectionWatch> watches) {
-    this.managed = managed;
-    this.channel = channel;
+  private ConnstateClient(Endpoints endpoints, Duration deadline, Set<ConnectionWatch> watches) {
+    this.endpoints = endpoints;
     this.deadline = deadline;
     this.watches = watches;
+  }
+
+  /** One server address: its channel, and that channel with the credentials attached. */
+  private record Endpoint(String address, ManagedChannel managed, Channel channel) {}
+
+  /** The channels of a client, one per server address, and the one in use. */
+  private static final class Endpoints {
+    private final List<Endpoint> all;
+    private final AtomicInteger current = new AtomicInteger();
+
+    Endpoints(List<Endpoint> all) {
+      this.all = List.copyOf(all);
+    }
+  }
+
+  /** The blocking stubs of one server, with one deadline. */
+  private record Stubs(
+      ConnectionStateServiceGrpc.ConnectionStateServiceBlockingStub states,
+      IngestServiceGrpc.IngestServiceBlockingStub ingest,
+      AdminServiceGrpc.AdminServiceBlockingStub admin) {
+    static Stubs of(Channel channel, Deadline deadline) {
+      return new Stubs(
+          ConnectionStateServiceGrpc.newBlockingStub(channel).withDeadline(deadline),
+          IngestServiceGrpc.newBlockingStub(channel).withDeadline(deadline),
+          AdminServiceGrpc.newBlockingStub(channel).withDeadline(deadline));
+    }
+  }
+
+  /** The index of the server in use (for {@link #channel(int)} and {@link #unavailable}). */
+  int endpoint() {
+    return endpoints.current.get();
+  }
+
+  /** The channel, credentials attached, of the server at {@code index}. */
+  Channel channel(int index) {
+    return endpoints.all.get(index).channel();
+  }
+
+  /**
+   * The server at {@code index} answered UNAVAILABLE: use the next one, unless another call has
+   * moved on already.
+   */
+  void unavailable(int index) {
+    int n = endpoints.all.size();
+    if (n > 1) {
+      endpoints.current.compareAndSet(index, (index + 1) % n);
+    }
+  }
+
+  /** A read: on the server in use, and on the next ones (each once) while they are UNAVAILABLE. */
+  private <T> T read(Function<Stubs, T> call) {
+    return call(call, endpoints.all.size());
+  }
+
+  /** A write: on the server in use only. */
+  private <T> T write(Function<Stubs, T> call) {
+    return call(call, 1);
+  }
+
+  private <T> T call(Function<Stubs, T> call, int attempts) {
+    Deadline until = Deadline.after(deadline.toNanos(), TimeUnit.NANOSECONDS);
+    for (int attempt = 1; ; attempt++) {
+      int index = endpoint();
+      try {
+        return call.apply(Stubs.of(channel(index), until));
+      } catch (StatusRuntimeException e) {
+        if (e.getStatus().getCode() != Status.Code.UNAVAILABLE) {
+          throw e;
+        }
+        unavailable(index);
+        if (attempt >= attempts) {
+          throw e;
+        }
+      }
+    }
   }
 
   /** A client of {@code address} without credentials, plaintext unless it starts with https://. */
@@ -104,7 +192,7 @@ public final class ConnstateClient implements AutoCloseable {
    * connection (closing either closes both).
    */
   public ConnstateClient withDeadline(Duration deadline) {
-    return new ConnstateClient(managed, channel, checkDeadline(deadline), watches);
+    return new ConnstateClient(endpoints, checkDeadline(deadline), watches);
   }
 
   /** The default deadline of unary calls. */
@@ -112,29 +200,33 @@ public final class ConnstateClient implements AutoCloseable {
     return deadline;
   }
 
-  /** The channel, with the credentials attached, for calls this class does not wrap. */
+  /**
+   * The channel of the server in use, with the credentials attached, for calls this class does
+   * not wrap.
+   */
   public Channel channel() {
-    return channel;
+    return channel(endpoint());
   }
 
-  /** The generated stub of ConnectionStateService, with the default deadline applied per call. */
+  /** The generated stub of ConnectionStateService (of the server in use), with the default deadline. */
   public ConnectionStateServiceGrpc.ConnectionStateServiceBlockingStub stateStub() {
-    return ConnectionStateServiceGrpc.newBlockingStub(channel).withDeadlineAfter(deadline.toNanos(), TimeUnit.NANOSECONDS);
+    return ConnectionStateServiceGrpc.newBlockingStub(channel()).withDeadlineAfter(deadline.toNanos(), TimeUnit.NANOSECONDS);
   }
 
-  /** The generated stub of IngestService, with the default deadline applied. */
+  /** The generated stub of IngestService (of the server in use), with the default deadline. */
   public IngestServiceGrpc.IngestServiceBlockingStub ingestStub() {
-    return IngestServiceGrpc.newBlockingStub(channel).withDeadlineAfter(deadline.toNanos(), TimeUnit.NANOSECONDS);
+    return IngestServiceGrpc.newBlockingStub(channel()).withDeadlineAfter(deadline.toNanos(), TimeUnit.NANOSECONDS);
   }
 
-  /** The generated stub of AdminService, with the default deadline applied. */
+  /** The generated stub of AdminService (of the server in use), with the default deadline. */
   public AdminServiceGrpc.AdminServiceBlockingStub adminStub() {
-    return AdminServiceGrpc.newBlockingStub(channel).withDeadlineAfter(deadline.toNanos(), TimeUnit.NANOSECONDS);
+    return AdminServiceGrpc.newBlockingStub(channel()).withDeadlineAfter(deadline.toNanos(), TimeUnit.NANOSECONDS);
   }
 
   /** The state record of one client; NOT_FOUND when there is none. */
   public ConnectionState get(String clientId) {
-    return stateStub().getConnectionState(GetConnectionStateRequest.newBuilder().setClientId(clientId).build());
+    GetConnectionStateRequest request = GetConnectionStateRequest.newBuilder().setClientId(clientId).build();
+    return read(s -> s.states().getConnectionState(request));
   }
 
   /** Every state record, by client id. */
@@ -159,7 +251,7 @@ public final class ConnstateClient implements AutoCloseable {
   public Stream<ListConnectionStatesResponse> listPages(ListConnectionStatesRequest request) {
     return pages(
         request,
-        r -> stateStub().listConnectionStates(r),
+        r -> read(s -> s.states().listConnectionStates(r)),
         (r, token) -> r.toBuilder().setPageToken(token).build(),
         ListConnectionStatesResponse::getNextPageToken);
   }
@@ -178,36 +270,38 @@ public final class ConnstateClient implements AutoCloseable {
   public Stream<ListConnectionLogsResponse> logPages(ListConnectionLogsRequest request) {
     return pages(
         request,
-        r -> stateStub().listConnectionLogs(r),
+        r -> read(s -> s.states().listConnectionLogs(r)),
         (r, token) -> r.toBuilder().setPageToken(token).build(),
         ListConnectionLogsResponse::getNextPageToken);
   }
 
   /** Deletes the record and log of one client; returns the revision of the deletion. */
   public long delete(String clientId) {
-    return stateStub()
-        .deleteConnectionState(DeleteConnectionStateRequest.newBuilder().setClientId(clientId).build())
-        .getRevision();
+    DeleteConnectionStateRequest request = DeleteConnectionStateRequest.newBuilder().setClientId(clientId).build();
+    return write(s -> s.states().deleteConnectionState(request)).getRevision();
   }
 
   /** Records lifecycle events reported by {@code broker}; returns once they are durable. */
   public IngestEventsResponse ingest(String broker, List<LifecycleEvent> events) {
-    return ingestStub().ingestEvents(IngestEventsRequest.newBuilder().setBroker(broker).addAllEvents(events).build());
+    IngestEventsRequest request = IngestEventsRequest.newBuilder().setBroker(broker).addAllEvents(events).build();
+    return write(s -> s.ingest().ingestEvents(request));
   }
 
   public Settings settings() {
-    return adminStub().getSettings(GetSettingsRequest.getDefaultInstance());
+    return read(s -> s.admin().getSettings(GetSettingsRequest.getDefaultInstance()));
   }
 
   /** Changes the settings named in {@code mask} (every field set in {@code settings} when empty). */
   public Settings updateSettings(Settings settings, List<String> mask) {
-    return adminStub()
-        .updateSettings(UpdateSettingsRequest.newBuilder().setSettings(settings).addAllUpdateMask(mask).build());
+    UpdateSettingsRequest request =
+        UpdateSettingsRequest.newBuilder().setSettings(settings).addAllUpdateMask(mask).build();
+    return write(s -> s.admin().updateSettings(request));
   }
 
   /** The newest committed revision of the store. */
   public long currentRevision() {
-    return stateStub().listConnectionStates(ListConnectionStatesRequest.newBuilder().setPageSize(1).build()).getRevision();
+    ListConnectionStatesRequest request = ListConnectionStatesRequest.newBuilder().setPageSize(1).build();
+    return read(s -> s.states().listConnectionStates(request)).getRevision();
   }
 
   /** A watch of every change from now on. */
@@ -228,7 +322,7 @@ public final class ConnstateClient implements AutoCloseable {
    * @throws io.grpc.StatusRuntimeException when reading the current revision fails
    */
   public ConnectionWatch watch(WatchOptions options) {
-    if (managed.isShutdown()) {
+    if (endpoints.all.get(0).managed().isShutdown()) {
       throw new IllegalStateException("the client is closed");
     }
     ConnectionWatch watch = new ConnectionWatch(this, options, watches::remove);
@@ -237,21 +331,29 @@ public final class ConnstateClient implements AutoCloseable {
     return watch;
   }
 
-  /** Makes the channel try to connect at once if it is waiting to reconnect. */
+  /** Makes the channels try to connect at once if they are waiting to reconnect. */
   void resetConnectBackoff() {
-    managed.resetConnectBackoff();
+    for (Endpoint endpoint : endpoints.all) {
+      endpoint.managed().resetConnectBackoff();
+    }
   }
 
-  /** Closes the connection; open watches end (their iteration finishes without an error). */
+  /** Closes the connections; open watches end (their iteration finishes without an error). */
   @Override
   public void close() {
-    managed.shutdown();
+    for (Endpoint endpoint : endpoints.all) {
+      endpoint.managed().shutdown();
+    }
     for (ConnectionWatch watch : List.copyOf(watches)) {
       watch.close();
     }
-    managed.shutdownNow();
+    for (Endpoint endpoint : endpoints.all) {
+      endpoint.managed().shutdownNow();
+    }
     try {
-      managed.awaitTermination(5, TimeUnit.SECONDS);
+      for (Endpoint endpoint : endpoints.all) {
+        endpoint.managed().awaitTermination(5, TimeUnit.SECONDS);
+      }
     } catch (InterruptedException e) {
       Thread.currentThread().interrupt();
     }
@@ -296,7 +398,7 @@ public final class ConnstateClient implements AutoCloseable {
 
   /** Builds a {@link ConnstateClient}. */
   public static final class Builder {
-    private String address = "127.0.0.1:50051";
+    private List<String> addresses = List.of("127.0.0.1:50051");
     private String apiKey;
     private String token;
     private Boolean tls;
@@ -317,13 +419,28 @@ public final class ConnstateClient implements AutoCloseable {
 
     /**
      * {@code host:port}; {@code https://host:port} turns TLS on, {@code http://host:port} (or no
-     * scheme) is plaintext. Default 127.0.0.1:50051.
+     * scheme) is plaintext. Default 127.0.0.1:50051. Several servers (a cluster's nodes) are
+     * separated by commas: {@code "a:50051,b:50051"} (see {@link ConnstateClient}).
      */
     public Builder address(String address) {
-      if (address == null || address.isBlank()) {
+      if (address == null) {
         throw new IllegalArgumentException("address must not be empty");
       }
-      this.address = address.trim();
+      return addresses(List.of(address.split(",")));
+    }
+
+    /** Several servers (a cluster's nodes), in order of preference (see {@link ConnstateClient}). */
+    public Builder addresses(List<String> addresses) {
+      List<String> list = new ArrayList<>();
+      for (String a : addresses) {
+        if (a != null && !a.isBlank()) {
+          list.add(a.trim());
+        }
+      }
+      if (list.isEmpty()) {
+        throw new IllegalArgumentException("address must not be empty");
+      }
+      this.addresses = List.copyOf(list);
       return this;
     }
 
@@ -362,6 +479,14 @@ public final class ConnstateClient implements AutoCloseable {
     }
 
     public ConnstateClient build() {
+      List<Endpoint> endpoints = new ArrayList<>();
+      for (String address : addresses) {
+        endpoints.add(endpoint(address));
+      }
+      return new ConnstateClient(new Endpoints(endpoints), deadline, ConcurrentHashMap.newKeySet());
+    }
+
+    private Endpoint endpoint(String address) {
       String target = address;
       boolean secure = false;
       if (target.startsWith("https://")) {
@@ -399,7 +524,7 @@ public final class ConnstateClient implements AutoCloseable {
             "Basic " + Base64.getEncoder().encodeToString((apiKey + ":" + token).getBytes(StandardCharsets.UTF_8));
         channel = ClientInterceptors.intercept(managed, new Authorization(value));
       }
-      return new ConnstateClient(managed, channel, deadline, ConcurrentHashMap.newKeySet());
+      return new Endpoint(address, managed, channel);
     }
   }
 

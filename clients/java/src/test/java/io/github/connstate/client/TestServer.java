@@ -33,6 +33,7 @@ import java.util.function.BooleanSupplier;
 import java.util.function.Consumer;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
+import java.util.stream.Stream;
 
 /** A real connstate server process on loopback ports, in auth mode with an administrator key. */
 final class TestServer implements AutoCloseable {
@@ -166,6 +167,27 @@ final class TestServer implements AutoCloseable {
     process.destroyForcibly();
     process.waitFor(10, TimeUnit.SECONDS);
     process = null;
+  }
+
+  /**
+   * A server on a free port started on a copy of this one's data folder (the same revisions);
+   * stop this one cleanly first.
+   */
+  TestServer copy(Path dir) throws IOException {
+    Path data = dir.resolve("data");
+    try (Stream<Path> paths = Files.walk(dataDir)) {
+      for (Path from : (Iterable<Path>) paths::iterator) {
+        Path to = data.resolve(dataDir.relativize(from).toString());
+        if (Files.isDirectory(from)) {
+          Files.createDirectories(to);
+        } else {
+          Files.copy(from, to);
+        }
+      }
+    }
+    TestServer copy = new TestServer(data, freePort(), args);
+    copy.start();
+    return copy;
   }
 
   void restart() throws IOException, InterruptedException {
