@@ -10,6 +10,11 @@
 //! cargo run --release --bin connstate-bench -- watch --watchers 1000 --rate 10000
 //! ```
 
+/// mimalloc: the service allocates and frees many small buffers per event
+/// and per packet, where glibc's allocator spent half of the writer's time.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::{
     net::IpAddr,
     path::{Path, PathBuf},
@@ -327,6 +332,10 @@ async fn ingest(base: &Path, events: usize, batch: usize, producers: usize) -> a
     // event: the plain insert rate; (2) the store's own write pattern per
     // event: a state record and a log entry, plus one feed blob per group.
     let group = batch * producers;
+    let raw_append = raw_append(base, events, group)?;
+    println!(
+        "- raw sequential append of 400 B per event to one file, fdatasync per group: {raw_append:.0} events/s (reference)"
+    );
     let raw_one = raw_sled(base, "sled-raw-1", events, group, false)?;
     println!("- raw sled, 1 key of 200 B per event: {raw_one:.0} events/s (reference)");
     let raw = raw_sled(base, "sled-raw-2", events, group, true)?;
@@ -408,6 +417,29 @@ async fn ingest(base: &Path, events: usize, batch: usize, producers: usize) -> a
     let _ = stop.send(());
     server.await?;
     Ok(())
+}
+
+/// Appends a 400-byte record per event (about what a change with its
+/// state and log entry takes in the change log) to one file, with an
+/// fdatasync per group: the floor of any durable log on this disk.
+fn raw_append(base: &Path, events: usize, group: usize) -> anyhow::Result<f64> {
+    use std::io::Write;
+    let dir = fresh_dir(base, "raw-append")?;
+    let mut file = std::fs::File::create(dir.join("log"))?;
+    let record = vec![7u8; 400];
+    let started = Instant::now();
+    let mut n = 0;
+    while n < events {
+        let end = (n + group).min(events);
+        let mut buf = Vec::with_capacity(record.len() * (end - n));
+        for _ in n..end {
+            buf.extend_from_slice(&record);
+        }
+        file.write_all(&buf)?;
+        file.sync_data()?;
+        n = end;
+    }
+    Ok(rate(events, started.elapsed()))
 }
 
 /// Raw sled inserts in flushed groups; returns events per second.
