@@ -304,12 +304,16 @@ impl Metrics {
     }
 
     pub fn count_source_input(&self, source: &str, outcome: &'static str) {
+        self.count_source_inputs(source, outcome, 1);
+    }
+
+    pub fn count_source_inputs(&self, source: &str, outcome: &'static str, n: u64) {
         self.source_input
             .get_or_create(&SourceInputLabels {
                 source: source.to_owned(),
                 outcome,
             })
-            .inc();
+            .inc_by(n);
     }
 
     /// Moves one client between the connected counts.

@@ -380,12 +380,20 @@ pub fn spawn_sources(
         .iter()
         .filter(|config| !config.kind.is_webhook())
         .map(|config| {
+            let (recorder, queue) = tokio::sync::mpsc::channel(RECORD_QUEUE);
+            tokio::spawn(record_in_batches(
+                config.name.clone(),
+                tracker.clone(),
+                store.clone(),
+                queue,
+            ));
             let source = Source {
                 config: config.clone(),
                 broker: Arc::from(config.name.as_str()),
                 tracker: tracker.clone(),
                 store: store.clone(),
                 health: health.clone(),
+                recorder,
             };
             let stop = stop.clone();
             tokio::spawn(async move { source.run(stop).await })
@@ -405,6 +413,54 @@ struct Source {
     tracker: Tracker,
     store: Store,
     health: HealthReporter,
+    /// Events on their way to the tracker, in the broker's order.
+    recorder: tokio::sync::mpsc::Sender<Queued>,
+}
+
+/// Commands a source's recorder holds at most: past it, reading from the
+/// broker waits (TCP pushes back on the broker) rather than memory grow.
+const RECORD_QUEUE: usize = 16 * 1024;
+
+/// What a source hands its recorder.
+enum Queued {
+    Events(Vec<crate::domain::LifecycleEvent>),
+    /// Answered once everything queued before it is recorded.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Records a source's events in the order the broker sent them, every
+/// command waiting at the time in one call: a source that read a line and
+/// waited for its group commit before reading the next followed about
+/// 3,000 events/s; the store takes ten times that in groups.
+async fn record_in_batches(
+    name: String,
+    tracker: Tracker,
+    store: Store,
+    mut queue: tokio::sync::mpsc::Receiver<Queued>,
+) {
+    let mut waiting = Vec::with_capacity(256);
+    while queue.recv_many(&mut waiting, 4096).await > 0 {
+        let mut events = Vec::new();
+        let mut flushed = Vec::new();
+        for item in waiting.drain(..) {
+            match item {
+                Queued::Events(e) => events.extend(e),
+                Queued::Flush(done) => flushed.push(done),
+            }
+        }
+        if !events.is_empty() {
+            let count = events.len() as u64;
+            if let Err(e) = tracker.record(events).await {
+                store
+                    .metrics()
+                    .count_source_inputs(&name, "unrecorded", count);
+                tracing::warn!(source = %name, error = %e, events = count, "source events not recorded");
+            }
+        }
+        for done in flushed {
+            let _ = done.send(());
+        }
+    }
 }
 
 impl Source {
@@ -510,6 +566,8 @@ impl Source {
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+        // What was read is recorded before the source reports it stopped.
+        self.flush().await;
     }
 
     /// Follows one connection until it fails or `stop`.
@@ -594,10 +652,7 @@ impl Source {
             }
             Ok(Outcome::Events(events)) => {
                 self.metrics().count_source_input(name, "event");
-                if let Err(e) = self.tracker.record(events).await {
-                    self.metrics().count_source_input(name, "unrecorded");
-                    tracing::warn!(source = %name, error = %e, line = text, "source event not recorded");
-                }
+                self.queue(events).await;
             }
             Ok(Outcome::Unattributed) => {
                 self.metrics().count_source_input(name, "unattributed");
@@ -670,10 +725,7 @@ impl Source {
         match event {
             Ok(Some(event)) => {
                 self.metrics().count_source_input(name, "event");
-                if let Err(e) = self.tracker.record(vec![event]).await {
-                    self.metrics().count_source_input(name, "unrecorded");
-                    tracing::warn!(source = %name, error = %e, topic, "source event not recorded");
-                }
+                self.queue(vec![event]).await;
             }
             Ok(None) => {
                 self.metrics().count_source_input(name, "unmatched");
@@ -687,10 +739,26 @@ impl Source {
         }
     }
 
+    /// Hands events to the recorder (waiting while it is far behind).
+    async fn queue(&self, events: Vec<crate::domain::LifecycleEvent>) {
+        // The recorder lives as long as the sources' runtime.
+        let _ = self.recorder.send(Queued::Events(events)).await;
+    }
+
+    /// Returns once every event queued so far is recorded.
+    async fn flush(&self) {
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        if self.recorder.send(Queued::Flush(done)).await.is_ok() {
+            let _ = flushed.await;
+        }
+    }
+
     /// The broker's uptime fell: it restarted, and every connection it had
     /// ended with it.
     async fn broker_restarted(&self, lines: &mut Lines, before: u64, uptime: u64) {
         let name = &self.config.name;
+        // The connects it read before are recorded first, so that they end.
+        self.flush().await;
         lines.forget_connections();
         self.metrics().count_source_restart(name);
         match self
