@@ -655,14 +655,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         );
 
         // Hand the session back.
-        let leftovers = mailbox
-            .close()
-            .into_iter()
-            .filter_map(|item| match item {
-                Outbound::Deliver(d) => Some(d),
-                Outbound::Close(_) => None,
-            })
-            .collect();
+        let leftovers = mailbox.close();
         let carried = std::mem::take(&mut live.qos).into_carried();
         let expiry = self
             .broker

@@ -106,15 +106,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
     async fn unrecorded(&mut self, mut a: Accepted) {
         self.refuse_unrecordable(&a.record_id, "its connect could not be recorded")
             .await;
-        let leftovers = a
-            .mailbox
-            .close()
-            .into_iter()
-            .filter_map(|item| match item {
-                super::Outbound::Deliver(d) => Some(d),
-                super::Outbound::Close(_) => None,
-            })
-            .collect();
+        let leftovers = a.mailbox.close();
         let carried = std::mem::take(&mut a.attached.carried);
         self.broker
             .detach(&a.attached.session, a.connection_id, carried, leftovers);

@@ -127,11 +127,18 @@ impl Mailbox {
         }
     }
 
-    /// Closes the mailbox and returns what is still in it.
-    pub fn close(&self) -> Vec<Outbound> {
+    /// Closes the mailbox and returns the deliveries still in it (for the
+    /// session to keep); a pending close request has nothing left to do.
+    pub fn close(&self) -> Vec<Delivery> {
         let mut queue = self.lock();
         self.closed.store(true, Ordering::Relaxed);
-        queue.drain(..).collect()
+        queue
+            .drain(..)
+            .filter_map(|item| match item {
+                Outbound::Deliver(d) => Some(d),
+                Outbound::Close(_) => None,
+            })
+            .collect()
     }
 }
 

@@ -78,8 +78,9 @@ pub(super) struct Writer {
     batch: sled::Batch,
     touched: HashMap<ClientId, Touched>,
     changes: Vec<Arc<Change>>,
-    /// Where each client's changes sit in `changes`, in order: looking up
-    /// one client's changes in a large batch must not scan all of it.
+    /// Where each client's failed connects and deletions sit in `changes`,
+    /// in order: what [`Writer::logged_failures`] reads, found without
+    /// scanning a large batch (and nothing kept for the other changes).
     client_changes: HashMap<ClientId, Vec<usize>>,
     acks: Vec<(Ack, Result<Revision, StoreError>)>,
 }
@@ -177,7 +178,8 @@ impl Writer {
 
     /// Adds a change to the open batch.
     fn push_change(&mut self, change: Change) {
-        if let Some(client) = &change.client_id {
+        let counted = matches!(change.kind, ChangeKind::ConnectFailed | ChangeKind::Deleted);
+        if counted && let Some(client) = &change.client_id {
             self.client_changes
                 .entry(client.clone())
                 .or_default()
