@@ -11,6 +11,7 @@ use std::{
 use serde::Deserialize;
 
 use crate::{
+    cluster::ClusterConfig,
     source::{SourceConfig, SourceSpec},
     store::Settings,
 };
@@ -106,6 +107,9 @@ pub struct Config {
     /// External brokers followed (`[[source]]` tables and
     /// `--source-mosquitto`).
     pub sources: Vec<SourceConfig>,
+    /// The cluster this node belongs to (`--cluster-nats`); `None`: a
+    /// single node on its own store.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for Config {
@@ -144,6 +148,7 @@ impl Default for Config {
             admin_key: None,
             tls: None,
             acl_file: None,
+            cluster: None,
             sources: Vec::new(),
         }
     }
@@ -367,6 +372,41 @@ pub struct ConfigLayer {
     /// External brokers to follow: `[[source]]` tables (file only).
     #[arg(skip)]
     pub source: Option<Vec<SourceSpec>>,
+    /// Join a cluster whose log is a NATS JetStream stream: the NATS
+    /// servers' URLs, comma-separated (requires --node-id)
+    #[arg(
+        long,
+        env = "CONNSTATE_CLUSTER_NATS",
+        value_name = "nats://HOST:PORT[,...]"
+    )]
+    pub cluster_nats: Option<String>,
+    /// This node's name in the cluster, unique: letters, digits, '-', '_'
+    #[arg(long, env = "CONNSTATE_NODE_ID")]
+    pub node_id: Option<String>,
+    /// The cluster's JetStream stream (created if absent) [default: CONNSTATE]
+    #[arg(long, env = "CONNSTATE_CLUSTER_STREAM")]
+    pub cluster_stream: Option<String>,
+    /// Replicas of the stream and lease bucket when this node creates them [default: 3]
+    #[arg(long, env = "CONNSTATE_CLUSTER_REPLICAS")]
+    pub cluster_replicas: Option<usize>,
+    /// How long a node's lease lasts without renewal; a node silent for longer is lost [default: 10s]
+    #[arg(long, env = "CONNSTATE_CLUSTER_LEASE")]
+    pub cluster_lease: Option<String>,
+    /// Log messages a node may trail the cluster by and still be ready [default: 10000]
+    #[arg(long, env = "CONNSTATE_CLUSTER_MAX_LAG")]
+    pub cluster_max_lag: Option<u64>,
+    /// NATS user name (with --cluster-nats-password)
+    #[arg(long, env = "CONNSTATE_CLUSTER_NATS_USER")]
+    pub cluster_nats_user: Option<String>,
+    /// NATS password of --cluster-nats-user
+    #[arg(long, env = "CONNSTATE_CLUSTER_NATS_PASSWORD", hide_env_values = true)]
+    pub cluster_nats_password: Option<String>,
+    /// NATS token
+    #[arg(long, env = "CONNSTATE_CLUSTER_NATS_TOKEN", hide_env_values = true)]
+    pub cluster_nats_token: Option<String>,
+    /// CA certificate (PEM) of the NATS servers: TLS is then required
+    #[arg(long, env = "CONNSTATE_CLUSTER_NATS_CA")]
+    pub cluster_nats_ca: Option<PathBuf>,
 }
 
 impl ConfigLayer {
@@ -381,6 +421,91 @@ impl ConfigLayer {
             path: path.to_owned(),
             source,
         })
+    }
+}
+
+/// The cluster settings of all layers, later ones winning.
+#[derive(Default)]
+struct ClusterLayer {
+    nats: Option<String>,
+    node_id: Option<String>,
+    stream: Option<String>,
+    replicas: Option<usize>,
+    lease: Option<String>,
+    max_lag: Option<u64>,
+    user: Option<String>,
+    password: Option<String>,
+    token: Option<String>,
+    ca: Option<PathBuf>,
+}
+
+impl ClusterLayer {
+    fn add(&mut self, l: &ConfigLayer) {
+        let take = |to: &mut Option<String>, from: &Option<String>| {
+            if from.is_some() {
+                to.clone_from(from);
+            }
+        };
+        take(&mut self.nats, &l.cluster_nats);
+        take(&mut self.node_id, &l.node_id);
+        take(&mut self.stream, &l.cluster_stream);
+        take(&mut self.lease, &l.cluster_lease);
+        take(&mut self.user, &l.cluster_nats_user);
+        take(&mut self.password, &l.cluster_nats_password);
+        take(&mut self.token, &l.cluster_nats_token);
+        self.replicas = l.cluster_replicas.or(self.replicas);
+        self.max_lag = l.cluster_max_lag.or(self.max_lag);
+        if l.cluster_nats_ca.is_some() {
+            self.ca.clone_from(&l.cluster_nats_ca);
+        }
+    }
+
+    fn build(self) -> Result<Option<ClusterConfig>, ConfigError> {
+        let invalid = |field, reason: String| ConfigError::Invalid { field, reason };
+        let Some(nats) = self.nats else {
+            if self.node_id.is_some() {
+                return Err(invalid("cluster_nats", "is required with --node-id".into()));
+            }
+            return Ok(None);
+        };
+        let Some(node_id) = self.node_id else {
+            return Err(invalid("node_id", "is required with --cluster-nats".into()));
+        };
+        let urls = nats
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let mut cluster = ClusterConfig::new(urls, node_id);
+        if let Some(stream) = self.stream {
+            cluster.stream = stream;
+        }
+        if let Some(replicas) = self.replicas {
+            cluster.replicas = replicas;
+        }
+        if let Some(lease) = &self.lease {
+            cluster.lease = duration("cluster_lease", lease)?;
+        }
+        if let Some(max_lag) = self.max_lag {
+            cluster.max_lag = max_lag;
+        }
+        match (self.user, self.password) {
+            (Some(user), Some(password)) => cluster.user = Some((user, password)),
+            (None, None) => {}
+            _ => {
+                return Err(invalid(
+                    "cluster_nats_user",
+                    "and --cluster-nats-password go together".into(),
+                ));
+            }
+        }
+        cluster.token = self.token;
+        cluster.tls_ca = self.ca;
+        cluster
+            .validate()
+            .map_err(|(field, reason)| invalid(field, reason))?;
+        Ok(Some(cluster))
     }
 }
 
@@ -416,7 +541,9 @@ impl Config {
         let mut c = Config::default();
         let mut specs: &[SourceSpec] = &[];
         let mut mosquitto = None;
+        let mut cluster = ClusterLayer::default();
         for l in layers {
+            cluster.add(l);
             if let Some(v) = &l.source {
                 specs = v;
             }
@@ -559,6 +686,7 @@ impl Config {
             })?;
             c.sources.push(source);
         }
+        c.cluster = cluster.build()?;
         if let Some(url) = mosquitto {
             let source = SourceConfig::mosquitto(&url).map_err(|reason| ConfigError::Invalid {
                 field: "source_mosquitto",

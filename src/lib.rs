@@ -46,6 +46,7 @@
 pub mod accept;
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod http;

@@ -62,6 +62,8 @@ pub enum ServerError {
     ReloadSignal(std::io::Error),
     #[error("[[source]] {name}: {reason}")]
     SourceTls { name: String, reason: String },
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error(
         "data folder {} is in use by another connstate{}; stop it, or give this one \
          another folder with --data-dir",
@@ -234,7 +236,17 @@ pub async fn run(
             "broker leases restored, each for its whole duration"
         );
     }
-    let recovered = tracker.recover_connected().await?;
+    // On a cluster node, the log is the store's writer: the node's start
+    // in the log ends its earlier runs' connections, as the recovery below
+    // does for a single node.
+    let cluster = match &config.cluster {
+        Some(cluster) => Some(crate::cluster::Cluster::join(cluster.clone(), store.clone()).await?),
+        None => None,
+    };
+    let recovered = match cluster {
+        Some(_) => 0,
+        None => tracker.recover_connected().await?,
+    };
     if recovered > 0 {
         tracing::warn!(
             clients = recovered,
@@ -258,6 +270,10 @@ pub async fn run(
             receive_maximum: config.mqtt_receive_maximum,
             activity_report_interval: (config.activity_interval / 4)
                 .min(Duration::from_millis(250)),
+            name: cluster.as_ref().map_or_else(
+                || crate::domain::EMBEDDED_BROKER.to_owned(),
+                crate::cluster::Cluster::broker_name,
+            ),
             ..BrokerOptions::default()
         },
         store.clone(),
@@ -309,7 +325,8 @@ pub async fn run(
         },
         metrics.clone(),
         stop.clone(),
-    )?;
+    )?
+    .with_cluster(cluster.clone());
     let mqtt_listeners = crate::mqtt::spawn_listeners(
         &broker,
         listeners.mqtt,
@@ -414,13 +431,24 @@ pub async fn run(
     let recording = store.watch_recording();
     let listeners_down = broker.watch_listeners();
     set_health(&reporter, store.can_record(), broker.problems().is_empty()).await;
+    let cluster_ok = || cluster.as_ref().is_none_or(|c| c.status().ready());
+    set_health(
+        &reporter,
+        store.can_record() && cluster_ok(),
+        broker.problems().is_empty(),
+    )
+    .await;
     let watchdog = spawn_health_watchdog(
         recording,
         listeners_down,
+        cluster.clone(),
         broker.clone(),
         reporter.clone(),
         stop.clone(),
     );
+    let fenced = cluster
+        .as_ref()
+        .map(|c| spawn_fence_watch(c, broker.clone(), stop.clone()));
     starting.disarm();
     announce(&announcements, config.tls.is_some());
     tracing::info!("serving");
@@ -468,6 +496,12 @@ pub async fn run(
         let _ = task.await;
     }
     let _ = watchdog.await;
+    if let Some(task) = fenced {
+        let _ = task.await;
+    }
+    if let Some(cluster) = &cluster {
+        cluster.leave().await;
+    }
     store.close().await?;
     let _ = std::fs::remove_file(config.data_dir.join(PID_FILE));
     tracing::info!(revision = store.committed_revision(), "store closed");
@@ -641,6 +675,7 @@ fn spawn_retention(
 fn spawn_health_watchdog(
     mut recording: tokio::sync::watch::Receiver<crate::store::Recording>,
     mut listeners_down: tokio::sync::watch::Receiver<Vec<String>>,
+    cluster: Option<crate::cluster::Cluster>,
     broker: Broker,
     reporter: HealthReporter,
     stop: CancellationToken,
@@ -648,6 +683,8 @@ fn spawn_health_watchdog(
     tokio::spawn(async move {
         // A change between the first report and this task is not lost.
         recording.mark_changed();
+        let mut cluster_status = cluster.as_ref().map(crate::cluster::Cluster::watch_status);
+        let mut cluster_ready = cluster_status.as_ref().is_none_or(|s| s.borrow().ready());
         loop {
             tokio::select! {
                 changed = recording.changed() => {
@@ -658,6 +695,25 @@ fn spawn_health_watchdog(
                 changed = listeners_down.changed() => {
                     if changed.is_err() {
                         return;
+                    }
+                }
+                changed = async {
+                    match cluster_status.as_mut() {
+                        Some(status) => status.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let status = *cluster_status.as_mut().expect("a cluster").borrow_and_update();
+                    if status.ready() == cluster_ready {
+                        continue;
+                    }
+                    cluster_ready = status.ready();
+                    match status.problem() {
+                        Some(why) => tracing::warn!(reason = %why, "cluster node not ready: reporting NOT_SERVING"),
+                        None => tracing::info!("cluster node ready: reporting SERVING"),
                     }
                 }
                 _ = stop.cancelled() => return,
@@ -671,7 +727,36 @@ fn spawn_health_watchdog(
             if let Some(why) = now.refusal() {
                 tracing::error!(reason = %why, "the store cannot record: reporting NOT_SERVING");
             }
-            set_health(&reporter, store_ok, broker.problems().is_empty()).await;
+            set_health(&reporter, store_ok && cluster_ready, broker.problems().is_empty()).await;
+        }
+    })
+}
+
+/// A cluster node declared lost ends every connection of its broker: the
+/// cluster recorded them as lost already, and their clients reconnect (to
+/// this node's new run, or another node).
+fn spawn_fence_watch(
+    cluster: &crate::cluster::Cluster,
+    broker: Broker,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let mut fenced = cluster.watch_fenced();
+    let node = cluster.node_id().to_owned();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                changed = fenced.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                _ = stop.cancelled() => return,
+            }
+            let ended = broker.end_all(crate::domain::DisconnectCause::NodeLost {
+                node: node.clone(),
+                lease_secs: 0,
+            });
+            tracing::warn!(connections = ended, "ended every MQTT connection of this node's lost run");
         }
     })
 }

@@ -7,7 +7,7 @@ use std::{net::IpAddr, sync::Arc, time::Duration};
 use crate::{
     domain::{
         ActivityKind, Change, ChangeKind, ClientId, ClientType, ConnectFailure, ConnectionInfo,
-        ConnectionState, ConnectionStatus, DisconnectCause, DisconnectInitiator, EMBEDDED_BROKER,
+        ConnectionState, ConnectionStatus, DisconnectCause, DisconnectInitiator, is_embedded_broker,
         EventKind, LifecycleEvent, LogEntry, LogFilter, LogKind, MqttProtocol, ReasonCode,
         SortField, StateFilter, StateOrder, TimeRange, Timestamp, truncate_to_millis,
     },
@@ -747,10 +747,10 @@ pub fn parse_broker(broker: &str) -> Result<&str> {
     if broker.is_empty() || broker.len() > 64 {
         return Err(invalid("broker", "must be 1 to 64 characters"));
     }
-    if broker == EMBEDDED_BROKER {
+    if is_embedded_broker(broker) {
         return Err(invalid(
             "broker",
-            "\"embedded\" is reserved for the built-in broker",
+            "\"embedded\" and \"embedded@NODE\" are reserved for the built-in broker",
         ));
     }
     Ok(broker)

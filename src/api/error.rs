@@ -31,7 +31,7 @@ impl From<QueryError> for Status {
                 oldest,
             ),
             QueryError::AheadOfStore { .. } => Status::out_of_range(e.to_string()),
-            QueryError::ShuttingDown | QueryError::StorageFull(_) => {
+            QueryError::ShuttingDown | QueryError::CannotRecord(_) => {
                 Status::unavailable(e.to_string())
             }
             QueryError::Internal(cause) => {

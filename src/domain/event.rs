@@ -11,6 +11,23 @@ use super::{ClientId, ConnectFailure, DisconnectCause, Timestamp};
 /// The broker name recorded for connections of the embedded broker.
 pub const EMBEDDED_BROKER: &str = "embedded";
 
+/// The broker name of a cluster node's embedded broker: `embedded@NODE`.
+/// Each node counts its own connection ids, so each is a broker of its own
+/// to the lifecycle rules, and the stream's order says which of two
+/// connections on different nodes is the newer.
+pub fn node_broker(node: &str) -> String {
+    format!("{EMBEDDED_BROKER}@{node}")
+}
+
+/// Whether `broker` names an embedded broker: this server's, or a cluster
+/// node's.
+pub fn is_embedded_broker(broker: &str) -> bool {
+    broker == EMBEDDED_BROKER
+        || broker
+            .strip_prefix(EMBEDDED_BROKER)
+            .is_some_and(|rest| rest.starts_with('@'))
+}
+
 /// A broker's id of one accepted connection. It grows with every accepted
 /// connection, so the newer of two connections has the larger id.
 pub type ConnectionId = u64;

@@ -15,6 +15,7 @@ pub use change::{Change, ChangeKind, WireForms};
 pub use client_id::{ClientId, ClientIdError, ClientKind, ClientType, MAX_CLIENT_ID_LEN};
 pub use event::{
     ActivityKind, ConnectionId, ConnectionInfo, EMBEDDED_BROKER, EventKind, LifecycleEvent,
+    is_embedded_broker, node_broker,
     MqttProtocol,
 };
 pub use query::{LogFilter, SortField, StateFilter, StateOrder, TimeRange};

@@ -92,6 +92,9 @@ impl CloseCode {
     /// The lease of the broker the connection was on lapsed (not a platform
     /// code: the platform has no brokers reporting from outside).
     pub const LEASE_LAPSED: Self = Self(96);
+    /// The cluster node the connection was on was lost (not a platform
+    /// code either).
+    pub const NODE_LOST: Self = Self(97);
     pub const SERVER_BUSY: Self = Self(104);
     pub const PROTOCOL_ERROR: Self = Self(105);
     pub const KEEP_ALIVE_TIMEOUT: Self = Self(160);
@@ -157,6 +160,13 @@ pub enum DisconnectCause {
         holder: String,
         lease_secs: u64,
     },
+    /// The cluster node the connection was on stopped renewing its lease
+    /// (killed, cut off): a surviving node recorded the end of each of its
+    /// connections.
+    NodeLost {
+        node: String,
+        lease_secs: u64,
+    },
 }
 
 impl DisconnectCause {
@@ -165,7 +175,8 @@ impl DisconnectCause {
             DisconnectCause::ClientDisconnect(_) => DisconnectInitiator::Client,
             DisconnectCause::SocketClosed
             | DisconnectCause::KeepAliveTimeout
-            | DisconnectCause::LeaseLapsed { .. } => DisconnectInitiator::Network,
+            | DisconnectCause::LeaseLapsed { .. }
+            | DisconnectCause::NodeLost { .. } => DisconnectInitiator::Network,
             _ => DisconnectInitiator::Server,
         }
     }
@@ -174,7 +185,9 @@ impl DisconnectCause {
     pub fn reason_code(&self) -> Option<ReasonCode> {
         Some(match self {
             DisconnectCause::ClientDisconnect(code) => *code,
-            DisconnectCause::SocketClosed | DisconnectCause::LeaseLapsed { .. } => return None,
+            DisconnectCause::SocketClosed
+            | DisconnectCause::LeaseLapsed { .. }
+            | DisconnectCause::NodeLost { .. } => return None,
             DisconnectCause::KeepAliveTimeout => ReasonCode::KEEP_ALIVE_TIMEOUT,
             DisconnectCause::SessionTakenOver { .. } => ReasonCode::SESSION_TAKEN_OVER,
             DisconnectCause::MalformedPacket => ReasonCode::MALFORMED_PACKET,
@@ -206,6 +219,7 @@ impl DisconnectCause {
             | DisconnectCause::ServerRestarted
             | DisconnectCause::BrokerRestarted { .. } => CloseCode::SERVER_SHUTDOWN,
             DisconnectCause::LeaseLapsed { .. } => CloseCode::LEASE_LAPSED,
+            DisconnectCause::NodeLost { .. } => CloseCode::NODE_LOST,
         }
     }
 
@@ -239,6 +253,9 @@ impl DisconnectCause {
             }
             DisconnectCause::LeaseLapsed { holder, lease_secs } => {
                 format!("broker {holder} stopped reporting (lease of {lease_secs} s lapsed)")
+            }
+            DisconnectCause::NodeLost { node, lease_secs } => {
+                format!("cluster node {node} was lost (its lease of {lease_secs} s lapsed)")
             }
         }
     }

@@ -95,6 +95,9 @@ pub struct BrokerOptions {
     pub activity_report_interval: Duration,
     /// Time a new connection has to send CONNECT.
     pub connect_timeout: Duration,
+    /// The broker name its events carry: `embedded`, or `embedded@NODE`
+    /// on a cluster node ([`crate::domain::node_broker`]).
+    pub name: String,
 }
 
 impl Default for BrokerOptions {
@@ -111,6 +114,7 @@ impl Default for BrokerOptions {
             topic_alias_max: 10,
             activity_report_interval: Duration::from_millis(250),
             connect_timeout: Duration::from_secs(10),
+            name: crate::domain::EMBEDDED_BROKER.to_owned(),
         }
     }
 }
@@ -351,6 +355,7 @@ impl Broker {
         let drain = CancellationToken::new();
         let handle = tokio::spawn(pump_events(tracker, rx, drain.clone()));
         let (expiries, due) = expiry::ExpiryQueue::new();
+        let name: Arc<str> = Arc::from(options.name.as_str());
         let broker = Broker {
             inner: Arc::new(Inner {
                 options,
@@ -363,7 +368,7 @@ impl Broker {
                 retained: RwLock::default(),
                 stop,
                 connections: TaskTracker::new(),
-                name: Arc::from(crate::domain::EMBEDDED_BROKER),
+                name,
                 acl: RwLock::new(None),
                 expiries,
                 listeners_down: tokio::sync::watch::Sender::new(Vec::new()),
@@ -398,6 +403,7 @@ impl Broker {
                 let broker = Broker { inner };
                 for change in commit.iter() {
                     broker.publish_recorded(change);
+                    broker.end_moved_away(change);
                 }
             }
         });
@@ -471,6 +477,50 @@ impl Broker {
     pub fn disconnect(&self, client_id: &str, cause: DisconnectCause) -> bool {
         let session = self.session(client_id);
         session.is_some_and(|s| s.close(cause))
+    }
+
+    /// On a cluster node: when `change` records a connect of a client on
+    /// another node while it is connected here, the connection here ends
+    /// as taken over (v5 DISCONNECT 0x8E); its disconnect is recorded as
+    /// the takeover. The client's record as it stands now decides, not the
+    /// change alone: a connect here ordered after the other node's stays.
+    fn end_moved_away(&self, change: &crate::domain::Change) {
+        let Some(state) = &change.state else { return };
+        if change.kind != crate::domain::ChangeKind::Connected
+            || *state.broker == *self.inner.name
+            || !crate::domain::is_embedded_broker(&state.broker)
+        {
+            return;
+        }
+        let Some(session) = self.session(state.client_id.as_str()) else {
+            return;
+        };
+        if let Ok(Some(current)) = self.inner.store.get_state(&state.client_id)
+            && *current.broker == *self.inner.name
+        {
+            return;
+        }
+        let node = state
+            .broker
+            .split_once('@')
+            .map_or(state.broker.as_str(), |(_, node)| node);
+        let by = format!("{} on node {node}", state.connection.endpoint());
+        if session.close(DisconnectCause::SessionTakenOver { by }) {
+            tracing::info!(client = %state.client_id, %node, "connection taken over on another cluster node");
+        }
+    }
+
+    /// Ends every connection of this broker (its cluster node was declared
+    /// lost: the cluster recorded them as lost already). Returns how many.
+    pub fn end_all(&self, cause: DisconnectCause) -> usize {
+        let sessions: Vec<Arc<Session>> = crate::lock::lock(&self.inner.sessions)
+            .values()
+            .cloned()
+            .collect();
+        sessions
+            .into_iter()
+            .filter(|s| s.close(cause.clone()))
+            .count()
     }
 
     /// Ends every connection whose credentials match `revoked` (a device

@@ -58,10 +58,11 @@ pub enum QueryError {
     },
     #[error("the server is shutting down")]
     ShuttingDown,
-    /// The store cannot record until disk space is freed; the text says
-    /// how much is free and how much must stay free.
+    /// The store cannot record: until disk space is freed (the text says
+    /// how much is free and how much must stay free), or while the
+    /// cluster's log is unavailable.
     #[error("{0}")]
-    StorageFull(String),
+    CannotRecord(String),
     #[error("internal error")]
     Internal(#[source] StoreError),
 }
@@ -80,7 +81,9 @@ impl From<StoreError> for QueryError {
         match e {
             StoreError::Disabled => QueryError::Disabled,
             StoreError::Closed => QueryError::ShuttingDown,
-            full @ StoreError::StorageFull { .. } => QueryError::StorageFull(full.to_string()),
+            e @ (StoreError::StorageFull { .. } | StoreError::Unavailable(_)) => {
+                QueryError::CannotRecord(e.to_string())
+            }
             other => QueryError::Internal(other),
         }
     }
@@ -143,6 +146,9 @@ pub struct QueryService {
     page_tokens: page_token::PageTokens,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
+    /// The cluster this node belongs to, if any: its readiness is the
+    /// service's.
+    cluster: Option<crate::cluster::Cluster>,
 }
 
 impl QueryService {
@@ -162,7 +168,14 @@ impl QueryService {
             page_tokens,
             metrics,
             shutdown,
+            cluster: None,
         })
+    }
+
+    /// The service of a cluster node: not ready while the node is not.
+    pub fn with_cluster(mut self, cluster: Option<crate::cluster::Cluster>) -> Self {
+        self.cluster = cluster;
+        self
     }
 
     /// The service's metrics.
@@ -203,8 +216,10 @@ impl QueryService {
         if self.shutdown.is_cancelled() {
             return Some("the server is shutting down".to_owned());
         }
-        let why = self.store.recording().refusal()?;
-        Some(format!("the store cannot record: {why}"))
+        if let Some(why) = self.store.recording().refusal() {
+            return Some(format!("the store cannot record: {why}"));
+        }
+        self.cluster.as_ref().and_then(|c| c.status().problem())
     }
 
     pub fn options(&self) -> &QueryOptions {

@@ -32,7 +32,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     domain::{
-        ClientId, ConnectionId, ConnectionStatus, DisconnectCause, EMBEDDED_BROKER,
+        ClientId, ConnectionId, ConnectionStatus, DisconnectCause,
         truncate_to_millis,
     },
     metrics::Metrics,
@@ -261,8 +261,11 @@ impl SourceConfig {
                 "name {name:?} must be 1 to 64 characters without surrounding spaces"
             ));
         }
-        if name == EMBEDDED_BROKER {
-            return Err("name \"embedded\" is reserved for the built-in broker".into());
+        if crate::domain::is_embedded_broker(&name) {
+            return Err(
+                "names \"embedded\" and \"embedded@NODE\" are reserved for the built-in broker"
+                    .into(),
+            );
         }
         let lease = match &spec.lease {
             Some(t) => duration(t, "lease")?,

@@ -44,6 +44,32 @@ pub const META_CLEARING: &[u8] = b"mclearing";
 pub const META_MATERIALISED: &[u8] = b"mmaterialised";
 /// `msecret/` name: a secret key of this store.
 pub const META_SECRET: &[u8] = b"msecret/";
+/// `mcluster/` name: the cluster's metadata (its position in its log, its
+/// node table), written with the commits of the writes it applies.
+pub const META_CLUSTER: &[u8] = b"mcluster/";
+
+/// [`META_CLUSTER`] name of how far the replicated log is applied: its
+/// message sequence (8) and the entry within it (4), big-endian.
+pub const APPLIED_POSITION: &[u8] = b"applied";
+
+pub fn encode_position((sequence, entry): (u64, u32)) -> [u8; 12] {
+    let mut bytes = [0u8; 12];
+    bytes[..8].copy_from_slice(&sequence.to_be_bytes());
+    bytes[8..].copy_from_slice(&entry.to_be_bytes());
+    bytes
+}
+
+pub fn decode_position(bytes: &[u8]) -> Option<(u64, u32)> {
+    let bytes: [u8; 12] = bytes.try_into().ok()?;
+    Some((
+        u64::from_be_bytes(bytes[..8].try_into().ok()?),
+        u32::from_be_bytes(bytes[8..].try_into().ok()?),
+    ))
+}
+
+pub fn meta_cluster(name: &[u8]) -> Vec<u8> {
+    [META_CLUSTER, name].concat()
+}
 
 /// Every sled prefix that holds client data (what turning the feature off
 /// clears).

@@ -85,6 +85,11 @@ pub enum StoreError {
         mib(*reserve)
     )]
     StorageFull { free: u64, reserve: u64 },
+    /// The cluster's log cannot take the write now (NATS unreachable, no
+    /// quorum, this node fenced off); nothing was recorded, or, when the
+    /// log's answer was lost, it may be recorded later.
+    #[error("the cluster log is unavailable: {0}")]
+    Unavailable(String),
     /// Too little free space to open the store at all.
     #[error(
         "opening the store needs about {} of free space on {}, and {} is free: \
@@ -116,6 +121,46 @@ pub enum StoreError {
         path: std::path::PathBuf,
     },
 }
+
+/// One write of the fleet's data as a replicated log carries it (the
+/// cluster, [`crate::cluster`]): every node applies the same writes in the
+/// same order, each at the commit time the log gave it, and so reaches the
+/// same records, logs and revisions.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    Events(Vec<LifecycleEvent>),
+    Delete(ClientId),
+    Settings(Settings),
+    /// Every client still connected through `broker` (as the records stand
+    /// when the write is applied) is recorded as disconnected by `cause`:
+    /// a cluster node that restarted or was lost.
+    EndBroker {
+        broker: String,
+        cause: crate::domain::DisconnectCause,
+    },
+}
+
+/// Where the store's writes go first when it is one replica of a cluster's
+/// log: the sequencer appends them to the log and answers once this node
+/// has applied them ([`Store::apply`]), with the revision they produced.
+pub trait Sequencer: Send + Sync {
+    fn submit(
+        &self,
+        write: Write,
+    ) -> futures_util::future::BoxFuture<'static, Result<Revision, StoreError>>;
+}
+
+/// A place in a replicated log: the sequence of its message and the entry
+/// within the message. `(0, 0)`: before the first.
+pub type LogPosition = (u64, u32);
+
+/// The answer to one write: the newest revision it produced.
+pub type WriteAck = oneshot::Sender<Result<Revision, StoreError>>;
+
+/// A metadata key written (or, with `None`, removed) atomically with the
+/// commit of a replicated write: how far the log was applied, the cluster's
+/// node table.
+pub type MetaWrite = (Vec<u8>, Option<Vec<u8>>);
 
 /// `12.3 MiB`.
 pub fn mib(bytes: u64) -> String {
@@ -262,6 +307,11 @@ struct Inner {
     grown_logs: Mutex<HashSet<ClientId>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     path: std::path::PathBuf,
+    /// The cluster's sequencer, when the store is one replica of its log:
+    /// writes go there first (see [`Sequencer`]).
+    sequencer: std::sync::OnceLock<Arc<dyn Sequencer>>,
+    /// The committed revision, for readers that wait for one.
+    revision_watch: watch::Sender<Revision>,
 }
 
 impl Store {
@@ -328,6 +378,8 @@ impl Store {
                 grown_logs: Mutex::new(HashSet::new()),
                 writer_thread: Mutex::new(None),
                 path: path.to_owned(),
+                sequencer: std::sync::OnceLock::new(),
+                revision_watch: watch::Sender::new(committed),
             }),
             commands: Some(commands),
         };
@@ -553,20 +605,135 @@ impl Store {
     /// Records `events` in order; returns once they are durable, with the
     /// newest revision they produced (the committed revision when none).
     pub async fn commit_events(&self, events: Vec<LifecycleEvent>) -> Result<Revision, StoreError> {
+        if let Some(sequencer) = self.sequencer() {
+            return self.submit(sequencer, Write::Events(events)).await;
+        }
         self.request(|ack| writer::Command::Events { events, ack })
             .await
     }
 
     /// Deletes the record and the log of one client.
     pub async fn delete_state(&self, client: ClientId) -> Result<Revision, StoreError> {
+        if let Some(sequencer) = self.sequencer() {
+            if self.get_state(&client)?.is_none() {
+                return Err(StoreError::NotFound);
+            }
+            return self.submit(sequencer, Write::Delete(client)).await;
+        }
         self.request(|ack| writer::Command::Delete { client, ack })
             .await
     }
 
     /// Stores new settings; turning the feature off deletes all client data.
     pub async fn update_settings(&self, settings: Settings) -> Result<Revision, StoreError> {
+        if let Some(sequencer) = self.sequencer() {
+            return self.submit(sequencer, Write::Settings(settings)).await;
+        }
         self.request(|ack| writer::Command::PutSettings { settings, ack })
             .await
+    }
+
+    /// Makes the store one replica of a cluster's log: from now on its
+    /// writes go to `sequencer`, which hands them back through
+    /// [`Store::apply`] in the log's order. Set once, before any write.
+    pub fn set_sequencer(&self, sequencer: Arc<dyn Sequencer>) {
+        let _ = self.inner.sequencer.set(sequencer);
+    }
+
+    fn sequencer(&self) -> Option<Arc<dyn Sequencer>> {
+        self.inner.sequencer.get().cloned()
+    }
+
+    async fn submit(
+        &self,
+        sequencer: Arc<dyn Sequencer>,
+        write: Write,
+    ) -> Result<Revision, StoreError> {
+        if let Some(refusal) = self.recording().refusal() {
+            return Err(refusal);
+        }
+        sequencer.submit(write).await
+    }
+
+    /// Applies one write of the replicated log, as the log ordered it and at
+    /// the commit time it gave it, with `meta` written in the same commit;
+    /// `ack` hears the result once it is durable here. Returns once the
+    /// writer has the write (it waits while the writer is busy).
+    /// `position` is the write's place in the log and `previous` the place
+    /// of the write before it: the writer applies it only right after that
+    /// one, and answers [`StoreError::Unavailable`] otherwise (writes sent
+    /// before an earlier commit failed); the applier then starts again from
+    /// [`Store::applied_position`].
+    pub async fn apply(
+        &self,
+        write: Write,
+        commit_time: crate::domain::Timestamp,
+        meta: Vec<MetaWrite>,
+        (position, previous): (LogPosition, LogPosition),
+        ack: WriteAck,
+    ) -> Result<(), StoreError> {
+        let commands = self.commands.as_ref().ok_or(StoreError::Closed)?;
+        commands
+            .send(writer::Command::Apply {
+                write,
+                commit_time,
+                meta,
+                position,
+                previous,
+                ack,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// How far the replicated log is durably applied here.
+    pub fn applied_position(&self) -> Result<LogPosition, StoreError> {
+        match self.meta(keys::APPLIED_POSITION)? {
+            Some(bytes) => keys::decode_position(&bytes)
+                .ok_or_else(|| StoreError::Corrupt("applied log position".into())),
+            None => Ok((0, 0)),
+        }
+    }
+
+    /// A metadata value kept by the store for others (the cluster's
+    /// position in its log, its node table): `mcluster/` + `name`.
+    pub fn meta(&self, name: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .inner
+            .db
+            .get(keys::meta_cluster(name))?
+            .map(|v| v.to_vec()))
+    }
+
+    /// The key of [`Store::meta`] `name`, for a [`MetaWrite`].
+    pub fn meta_key(name: &[u8]) -> Vec<u8> {
+        keys::meta_cluster(name)
+    }
+
+    /// Every metadata value whose name starts with `prefix`.
+    pub fn meta_scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let full = keys::meta_cluster(prefix);
+        let skip = keys::meta_cluster(b"").len();
+        self.inner
+            .db
+            .scan_prefix(&full)
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((k[skip..].to_vec(), v.to_vec()))
+            })
+            .collect()
+    }
+
+    /// Waits until the committed revision is at least `revision`, at most
+    /// `limit`; returns the committed revision then (below `revision` when
+    /// the wait ran out).
+    pub async fn wait_for_revision(&self, revision: Revision, limit: Duration) -> Revision {
+        let mut watch = self.inner.revision_watch.subscribe();
+        let reached = tokio::time::timeout(limit, watch.wait_for(|r| *r >= revision)).await;
+        match reached {
+            Ok(Ok(r)) => *r,
+            _ => self.committed_revision(),
+        }
     }
 
     async fn request(
@@ -971,8 +1138,16 @@ impl Store {
         std::mem::take(&mut *self.inner.grown_logs.lock().expect("grown logs lock"))
     }
 
-    fn encode_settings(settings: &Settings) -> Vec<u8> {
+    /// Settings as the store keeps them (and a replicated log carries them).
+    pub fn encode_settings(settings: &Settings) -> Vec<u8> {
         codec::SettingsRecord::from(settings).encode_to_vec()
+    }
+
+    /// The settings [`Store::encode_settings`] wrote.
+    pub fn decode_settings(bytes: &[u8]) -> Result<Settings, StoreError> {
+        Ok(Settings::from(codec::decode::<codec::SettingsRecord>(
+            bytes,
+        )?))
     }
 }
 

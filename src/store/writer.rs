@@ -19,9 +19,15 @@ use std::{collections::HashMap, sync::Arc};
 use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Settings, Store, StoreError, codec, index, keys, log::Log, overlay};
+use super::{
+    LogPosition, MetaWrite, Settings, Store, StoreError, Write, codec, index, keys, log::Log,
+    overlay,
+};
 use crate::{
-    domain::{Change, ChangeKind, ClientId, ConnectionState, LifecycleEvent, Revision, WireForms},
+    domain::{
+        Change, ChangeKind, ClientId, ConnectionState, ConnectionStatus, EventKind, LifecycleEvent,
+        Revision, Timestamp, WireForms,
+    },
     rules,
 };
 
@@ -38,6 +44,17 @@ pub(super) enum Command {
     },
     PutSettings {
         settings: Settings,
+        ack: Ack,
+    },
+    /// A write of the replicated log ([`Store::apply`]).
+    Apply {
+        write: Write,
+        commit_time: Timestamp,
+        meta: Vec<MetaWrite>,
+        /// Where it is in the log, and the position before it: applied
+        /// only right after that one.
+        position: LogPosition,
+        previous: LogPosition,
         ack: Ack,
     },
     Shutdown {
@@ -83,6 +100,11 @@ pub(super) struct Writer {
     /// scanning a large batch (and nothing kept for the other changes).
     client_changes: HashMap<ClientId, Vec<usize>>,
     acks: Vec<(Ack, Result<Revision, StoreError>)>,
+    /// The open batch holds metadata to write even with no change.
+    meta_pending: bool,
+    /// How far the replicated log is applied: durably, and in the open
+    /// batch (read from the store at the first replicated write).
+    replica: Option<(LogPosition, LogPosition)>,
 }
 
 impl Writer {
@@ -96,6 +118,8 @@ impl Writer {
             changes: Vec::new(),
             client_changes: HashMap::new(),
             acks: Vec::new(),
+            meta_pending: false,
+            replica: None,
         }
     }
 
@@ -142,7 +166,8 @@ impl Writer {
             let ack = match command {
                 Command::Events { ack, .. }
                 | Command::Delete { ack, .. }
-                | Command::PutSettings { ack, .. } => ack,
+                | Command::PutSettings { ack, .. }
+                | Command::Apply { ack, .. } => ack,
                 Command::Shutdown { ack } => {
                     let _ = ack.send(Ok(self.revision));
                     return ControlFlow::Stop;
@@ -153,14 +178,60 @@ impl Writer {
         }
         match command {
             Command::Events { events, ack } => {
-                let result = self.apply_events(&events);
+                let result = self.apply_events(&events, Utc::now());
+                self.acks.push((ack, result));
+            }
+            Command::Apply {
+                write,
+                commit_time,
+                meta,
+                position,
+                previous,
+                ack,
+            } => {
+                let (durable, open) = match self.replica {
+                    Some(replica) => replica,
+                    None => match self.store.applied_position() {
+                        Ok(at) => (at, at),
+                        Err(e) => {
+                            self.acks.push((ack, Err(e)));
+                            return ControlFlow::Continue;
+                        }
+                    },
+                };
+                if previous != open {
+                    // Sent before an earlier commit failed, or twice: the
+                    // applier starts again from the durable position.
+                    self.replica = Some((durable, open));
+                    let out_of_order = format!(
+                        "log position {position:?} does not follow {open:?}; applying again from {durable:?}"
+                    );
+                    self.acks
+                        .push((ack, Err(StoreError::Unavailable(out_of_order))));
+                    return ControlFlow::Continue;
+                }
+                self.replica = Some((durable, position));
+                self.batch.insert(
+                    keys::meta_cluster(keys::APPLIED_POSITION),
+                    &keys::encode_position(position)[..],
+                );
+                let result = self.apply_write(write, commit_time);
+                // The metadata goes with this commit whatever the write's
+                // outcome: the log was applied this far either way.
+                for (key, value) in meta {
+                    match value {
+                        Some(value) => self.batch.insert(key, value),
+                        None => self.batch.remove(key),
+                    }
+                }
+                self.meta_pending = true;
                 self.acks.push((ack, result));
             }
             Command::Delete { client, ack } => {
                 // Deleting scans the client's log: commit the open batch
                 // first so the scan sees everything.
                 self.commit();
-                let result = self.delete(&client);
+                let result = self.delete(&client, Utc::now());
                 self.acks.push((ack, result));
             }
             Command::PutSettings { settings, ack } => {
@@ -212,7 +283,11 @@ impl Writer {
     /// events before it in the same command are taken back (no record, no
     /// revision, no change), while other commands of the group commit are
     /// unaffected.
-    fn apply_events(&mut self, events: &[LifecycleEvent]) -> Result<Revision, StoreError> {
+    fn apply_events(
+        &mut self,
+        events: &[LifecycleEvent],
+        commit_time: Timestamp,
+    ) -> Result<Revision, StoreError> {
         if !self.store.settings().enabled {
             return Err(StoreError::Disabled);
         }
@@ -221,7 +296,7 @@ impl Writer {
             changes: self.changes.len(),
             touched: HashMap::new(),
         };
-        match self.stage_events(events, &mut staged) {
+        match self.stage_events(events, &mut staged, commit_time) {
             Ok(last) => Ok(last),
             Err(e) => {
                 self.revision = staged.revision;
@@ -249,9 +324,9 @@ impl Writer {
         &mut self,
         events: &[LifecycleEvent],
         staged: &mut Staged,
+        commit_time: Timestamp,
     ) -> Result<Revision, StoreError> {
         let mut last = self.revision;
-        let commit_time = Utc::now();
         for event in events {
             let current = self.current(&event.client_id)?;
             let revision = self.revision + 1;
@@ -334,7 +409,67 @@ impl Writer {
         Ok(failures)
     }
 
-    fn delete(&mut self, client: &ClientId) -> Result<Revision, StoreError> {
+    /// Applies one write of the replicated log at the commit time the log
+    /// gave it (see [`Write`]). Deletions, settings and the end of a broker
+    /// read committed records: the open batch is committed first, as for
+    /// the commands of a single node.
+    fn apply_write(&mut self, write: Write, commit_time: Timestamp) -> Result<Revision, StoreError> {
+        match write {
+            Write::Events(events) => self.apply_events(&events, commit_time),
+            Write::Delete(client) => {
+                self.commit();
+                self.delete(&client, commit_time)
+            }
+            Write::Settings(settings) => {
+                self.commit();
+                self.put_settings(settings)
+            }
+            Write::EndBroker { broker, cause } => {
+                self.commit();
+                let events = self.connected_through(&broker, &cause, commit_time)?;
+                if events.is_empty() {
+                    return Ok(self.revision);
+                }
+                self.apply_events(&events, commit_time)
+            }
+        }
+    }
+
+    /// A disconnect by `cause` for every client recorded as connected
+    /// through `broker`, in client id order.
+    fn connected_through(
+        &self,
+        broker: &str,
+        cause: &crate::domain::DisconnectCause,
+        at: Timestamp,
+    ) -> Result<Vec<LifecycleEvent>, StoreError> {
+        let mut events = Vec::new();
+        let broker_name: Arc<str> = Arc::from(broker);
+        let mut clients = self.store.connected_clients()?;
+        clients.sort();
+        for client in clients {
+            let Some(state) = self.store.get_state(&client)? else {
+                continue;
+            };
+            if state.status != ConnectionStatus::Connected || state.broker != broker {
+                continue;
+            }
+            events.push(LifecycleEvent {
+                time: at.max(state.last_activity_time),
+                connection_id: state.connection_id,
+                broker: broker_name.clone(),
+                kind: EventKind::Disconnected(cause.clone()),
+                peer: Some(std::net::SocketAddr::new(
+                    state.connection.addr,
+                    state.connection.port,
+                )),
+                client_id: client,
+            });
+        }
+        Ok(events)
+    }
+
+    fn delete(&mut self, client: &ClientId, commit_time: Timestamp) -> Result<Revision, StoreError> {
         if !self.store.settings().enabled {
             return Err(StoreError::Disabled);
         }
@@ -350,7 +485,7 @@ impl Writer {
             client_id: Some(client.clone()),
             state: None,
             log_entry: None,
-            commit_time: Utc::now(),
+            commit_time,
             wire: WireForms::default(),
         });
         Ok(self.revision)
@@ -437,8 +572,29 @@ impl Writer {
         self.client_changes.clear();
         let acks = std::mem::take(&mut self.acks);
         let touched = std::mem::take(&mut self.touched);
-        // Every write to the batch comes with a change.
+        let meta_pending = std::mem::take(&mut self.meta_pending);
+        // Where the replicated log stands if this commit fails or succeeds.
+        let (failed_at, done_at) = match self.replica {
+            Some((durable, open)) => (Some((durable, durable)), Some((open, open))),
+            None => (None, None),
+        };
+        // Every write to the batch comes with a change, but for the
+        // metadata of replicated writes that changed nothing.
         if changes.is_empty() {
+            if meta_pending && let Err(e) = self.write_meta(batch) {
+                self.replica = failed_at;
+                let refused = matches!(e, StoreError::StorageFull { .. });
+                if !refused {
+                    tracing::error!(error = %e, "store write failed; refusing further writes");
+                    self.store.mark_failed();
+                }
+                for (ack, _) in acks {
+                    let refusal = self.store.recording().refusal();
+                    let _ = ack.send(Err(refusal.unwrap_or(StoreError::Failed)));
+                }
+                return;
+            }
+            self.replica = done_at;
             for (ack, result) in acks {
                 let _ = ack.send(result);
             }
@@ -449,6 +605,7 @@ impl Writer {
         if let Some(refusal) = self.store.check_space() {
             tracing::warn!(error = %refusal, changes = changes.len(), "group commit refused");
             self.revision = self.store.committed_revision();
+            self.replica = failed_at;
             for (ack, _) in acks {
                 let refusal = self.store.recording().refusal();
                 let _ = ack.send(Err(refusal.unwrap_or(StoreError::Failed)));
@@ -495,6 +652,8 @@ impl Writer {
                     .inner
                     .committed
                     .store(self.revision, std::sync::atomic::Ordering::Release);
+                self.store.inner.revision_watch.send_replace(self.revision);
+                self.replica = done_at;
                 self.store.inner.log.publish(changes);
                 for (ack, result) in acks {
                     let _ = ack.send(result);
@@ -505,6 +664,7 @@ impl Writer {
                 index.remove_all(&added);
                 self.store.mark_failed();
                 self.revision = self.store.committed_revision();
+                self.replica = failed_at;
                 for (ack, _) in acks {
                     let _ = ack.send(Err(StoreError::Failed));
                 }
@@ -514,6 +674,17 @@ impl Writer {
 }
 
 impl Writer {
+    /// Writes a batch of metadata alone (replicated writes that changed
+    /// nothing), durably, unless the store cannot record.
+    fn write_meta(&self, batch: sled::Batch) -> Result<(), StoreError> {
+        if let Some(refusal) = self.store.check_space() {
+            return Err(refusal);
+        }
+        self.store.inner.db.apply_batch(batch)?;
+        self.store.inner.db.flush()?;
+        Ok(())
+    }
+
     /// Updates the metrics after a successful commit.
     fn count(
         &self,

@@ -136,7 +136,7 @@ impl From<QueryError> for ApiError {
             QueryError::OutOfRange { oldest, .. } => ApiError::Gone { oldest },
             e @ QueryError::AheadOfStore { .. } => ApiError::bad("Last-Event-ID", e.to_string()),
             QueryError::ShuttingDown => ApiError::Unavailable,
-            QueryError::StorageFull(text) => ApiError::StorageFull(text),
+            QueryError::CannotRecord(text) => ApiError::StorageFull(text),
             QueryError::Internal(cause) => {
                 tracing::error!(error = %cause, "request failed");
                 ApiError::Internal

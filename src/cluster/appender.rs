@@ -1,0 +1,143 @@
+//! The appender: takes every entry waiting, packs them into one log
+//! message, publishes it to the stream and goes on with the next while
+//! JetStream's acknowledgement is awaited (several messages in flight).
+//!
+//! A message whose acknowledgement does not come is published again with
+//! the same message id, so JetStream's de-duplication keeps one copy. Only
+//! when that fails too are its entries' waiters told the log is
+//! unavailable; the message may still be in the stream (its answer lost),
+//! in which case every node applies it all the same.
+
+use std::{sync::Arc, time::Duration};
+
+use async_nats::jetstream::message::PublishMessage;
+use prost::Message;
+use tokio::sync::{Semaphore, mpsc};
+
+use super::{Cluster, wire};
+use crate::store::StoreError;
+
+/// Entries queued for the appender at most.
+pub(super) const QUEUE: usize = 16_384;
+
+/// Entries and encoded bytes of one message at most (NATS's default
+/// largest message is 1 MiB).
+const MAX_ENTRIES: usize = 4096;
+const MAX_BYTES: usize = 512 * 1024;
+
+/// Messages published and not yet acknowledged at most.
+const IN_FLIGHT: usize = 64;
+
+/// Publishes of one message before its waiters hear it failed.
+const ATTEMPTS: u32 = 5;
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(super) async fn run(cluster: Cluster, mut queue: mpsc::Receiver<(u64, wire::Body)>) {
+    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+    let shared = &cluster.shared;
+    loop {
+        let first = tokio::select! {
+            next = queue.recv() => match next {
+                Some(entry) => entry,
+                None => return,
+            },
+            _ = shared.stop.cancelled() => return,
+        };
+        let mut entries = vec![entry_of(first)];
+        let mut bytes = entries[0].encoded_len();
+        while entries.len() < MAX_ENTRIES && bytes < MAX_BYTES {
+            match queue.try_recv() {
+                Ok(next) => {
+                    let entry = entry_of(next);
+                    bytes += entry.encoded_len();
+                    entries.push(entry);
+                }
+                Err(_) => break,
+            }
+        }
+        let ids: Vec<u64> = entries.iter().map(|e| e.id).collect();
+        let incarnation = shared
+            .incarnation
+            .load(std::sync::atomic::Ordering::Acquire);
+        let batch = wire::Batch {
+            node: shared.config.node_id.clone(),
+            incarnation,
+            entries,
+        };
+        let message_id = format!("{}-{incarnation:x}-{}", shared.config.node_id, ids[0]);
+        let payload = bytes::Bytes::from(batch.encode_to_vec());
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let cluster = cluster.clone();
+        // The first publish goes out now, in order; waiting for its answer
+        // (and any publish again) runs beside the next messages.
+        let first = publish(&cluster, payload.clone(), &message_id).await;
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut outcome = match first {
+                Ok(ack) => tokio::time::timeout(ACK_TIMEOUT, ack)
+                    .await
+                    .map_err(|_| "no acknowledgement in time".to_owned())
+                    .and_then(|r| r.map_err(|e| e.to_string())),
+                Err(e) => Err(e),
+            };
+            let mut attempt = 1;
+            while let Err(e) = &outcome {
+                if attempt >= ATTEMPTS || cluster.shared.stop.is_cancelled() {
+                    break;
+                }
+                tracing::warn!(error = %e, attempt, "appending to the cluster log failed; publishing again");
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                attempt += 1;
+                outcome = match publish(&cluster, payload.clone(), &message_id).await {
+                    Ok(ack) => tokio::time::timeout(ACK_TIMEOUT, ack)
+                        .await
+                        .map_err(|_| "no acknowledgement in time".to_owned())
+                        .and_then(|r| r.map_err(|e| e.to_string())),
+                    Err(e) => Err(e),
+                };
+            }
+            match outcome {
+                Ok(ack) => {
+                    cluster
+                        .shared
+                        .stream_last
+                        .fetch_max(ack.sequence, std::sync::atomic::Ordering::AcqRel);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, entries = ids.len(), "the cluster log refused a message");
+                    let mut waiters = crate::lock::lock(&cluster.shared.waiters);
+                    for id in ids {
+                        if let Some(waiter) = waiters.remove(&id) {
+                            let _ = waiter.send(Err(StoreError::Unavailable(e.clone())));
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn entry_of((id, body): (u64, wire::Body)) -> wire::Entry {
+    wire::Entry {
+        id,
+        body: Some(body),
+    }
+}
+
+async fn publish(
+    cluster: &Cluster,
+    payload: bytes::Bytes,
+    message_id: &str,
+) -> Result<async_nats::jetstream::context::PublishAckFuture, String> {
+    cluster
+        .shared
+        .js
+        .send_publish(
+            cluster.shared.config.subject(),
+            PublishMessage::build().payload(payload).message_id(message_id),
+        )
+        .await
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,515 @@
+//! A connstate cluster: several nodes share one fleet state through one
+//! NATS JetStream stream, the cluster's log.
+//!
+//! **The log.** Every write of the fleet's data (lifecycle events from a
+//! node's embedded broker or from IngestEvents, deletions, settings) is
+//! appended to the stream by the node that received it ([`appender`]):
+//! entries waiting at the same moment go together as one message, and an
+//! append is answered only once JetStream has stored the message on a
+//! quorum *and* this node has applied it. Every node consumes the stream in
+//! order from where its own store stands ([`applier`]) and applies each
+//! entry with the same lifecycle rules, at the commit time the stream gave
+//! the message: so every node holds the same records, logs and revisions
+//! (a revision counts applied changes; it is identical on every node), and
+//! any node answers any query, resumes any watch and reads any page token.
+//! The store's writer applies an entry only right after the one before it
+//! in the log ([`crate::store::LogPosition`]); the position is written with
+//! the commit, so a node that stops resumes where it stood.
+//!
+//! **Nodes.** Each node's embedded broker is a broker of its own to the
+//! lifecycle rules (`embedded@NODE`, [`crate::domain::node_broker`]), so
+//! the stream's order decides which of two connections of one client on two
+//! nodes is the newer. A node starts a *run* (a random incarnation number)
+//! by appending `NodeStarted`: applying it ends every connection recorded
+//! on that node's earlier runs. Each node renews a lease in a JetStream
+//! key-value bucket ([`leases`]); when a node's lease lapses, the survivors
+//! append `NodeLost` for its run, and the first one applied records each of
+//! its connected clients as disconnected (initiator network, close code 97)
+//! and fences that run off: entries it appends later are refused, so
+//! exactly one loss is recorded however many survivors noticed.
+
+mod appender;
+mod applier;
+mod leases;
+pub mod wire;
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use async_nats::jetstream;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    domain::Revision,
+    store::{Sequencer, Store, StoreError, Write, WriteAck},
+};
+
+/// How a node joins its cluster (`[cluster]` in the configuration file).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    /// NATS server URLs (`nats://host:port`); any of them will do.
+    pub nats: Vec<String>,
+    /// This node's name, unique in the cluster: letters, digits, `-`, `_`.
+    pub node_id: String,
+    /// The JetStream stream of the log (created if absent); the key-value
+    /// bucket of node leases is named after it.
+    pub stream: String,
+    /// Replicas of the stream and bucket when this node creates them.
+    pub replicas: usize,
+    /// How long a node's lease lasts without renewal.
+    pub lease: Duration,
+    /// Log messages a node may trail the stream by and still be ready.
+    pub max_lag: u64,
+    /// NATS user and password.
+    pub user: Option<(String, String)>,
+    /// A NATS token.
+    pub token: Option<String>,
+    /// CA certificate (PEM) of the NATS servers: TLS is required when set.
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl ClusterConfig {
+    pub fn new(nats: Vec<String>, node_id: String) -> ClusterConfig {
+        ClusterConfig {
+            nats,
+            node_id,
+            stream: "CONNSTATE".to_owned(),
+            replicas: 3,
+            lease: Duration::from_secs(10),
+            max_lag: 10_000,
+            user: None,
+            token: None,
+            tls_ca: None,
+        }
+    }
+
+    /// Checks names and bounds: the setting at fault (as the flag's
+    /// configuration key names it) and what is wrong.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        let name_rule = "must be 1 to 64 letters, digits, '-' or '_'";
+        if self.nats.is_empty() {
+            return Err(("cluster_nats", "needs at least one NATS URL".into()));
+        }
+        if !name_ok(&self.node_id) {
+            return Err(("node_id", format!("{:?} {name_rule}", self.node_id)));
+        }
+        if !name_ok(&self.stream) {
+            return Err(("cluster_stream", format!("{:?} {name_rule}", self.stream)));
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Err(("cluster_replicas", "must be 1 to 5".into()));
+        }
+        if self.lease < Duration::from_secs(2) || self.lease > Duration::from_secs(600) {
+            return Err(("cluster_lease", "must be 2 s to 10 min".into()));
+        }
+        Ok(())
+    }
+
+    fn subject(&self) -> String {
+        format!("connstate.{}.log", self.stream)
+    }
+
+    fn bucket(&self) -> String {
+        format!("{}_nodes", self.stream)
+    }
+}
+
+/// Errors of joining a cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot reach NATS at {urls}: {reason}")]
+    Connect { urls: String, reason: String },
+    #[error("JetStream: {0}")]
+    JetStream(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "this node's store stands at log message {applied}, and the stream now starts at \
+         {first}: start it with an empty data folder to join from the newest snapshot"
+    )]
+    Trimmed { applied: u64, first: u64 },
+}
+
+fn js_error(e: impl std::fmt::Display) -> ClusterError {
+    ClusterError::JetStream(e.to_string())
+}
+
+/// What health and metrics read of this node's place in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterStatus {
+    pub nats_connected: bool,
+    /// This node's current run is started (its `NodeStarted` applied) and
+    /// not fenced off.
+    pub started: bool,
+    pub lease_held: bool,
+    /// The newest log message applied here.
+    pub applied: u64,
+    /// The newest log message known to exist.
+    pub stream_last: u64,
+    pub max_lag: u64,
+}
+
+impl ClusterStatus {
+    pub fn lag(&self) -> u64 {
+        self.stream_last.saturating_sub(self.applied)
+    }
+
+    /// Whether the node serves: NATS reachable, started, not far behind.
+    pub fn ready(&self) -> bool {
+        self.nats_connected && self.started && self.lag() <= self.max_lag
+    }
+
+    /// Why not [`ClusterStatus::ready`], for logs and `/ready`.
+    pub fn problem(&self) -> Option<String> {
+        if !self.nats_connected {
+            Some("NATS is unreachable".into())
+        } else if !self.started {
+            Some("the node has not joined the cluster yet".into())
+        } else if self.lag() > self.max_lag {
+            Some(format!(
+                "the node trails the cluster log by {} messages (bound {})",
+                self.lag(),
+                self.max_lag
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// A handle to this node's membership of the cluster.
+#[derive(Clone)]
+pub struct Cluster {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: ClusterConfig,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    store: Store,
+    /// The current run of this node.
+    incarnation: AtomicU64,
+    /// Entries waiting for the appender: their id and body.
+    appends: mpsc::Sender<(u64, wire::Body)>,
+    /// Who waits for each entry this node appended, by id.
+    waiters: Mutex<HashMap<u64, WriteAck>>,
+    next_id: AtomicU64,
+    /// The newest log message applied here, and the newest known.
+    applied: AtomicU64,
+    stream_last: AtomicU64,
+    started: AtomicBool,
+    lease_held: AtomicBool,
+    /// The node table as applied: each live node's run.
+    nodes: Mutex<HashMap<String, u64>>,
+    /// Set when this node's run is fenced off (declared lost): the server
+    /// ends every local connection; the node then starts a new run.
+    fenced: watch::Sender<u64>,
+    status: watch::Sender<ClusterStatus>,
+    stop: CancellationToken,
+}
+
+/// How long a write waits for the log to take and apply it.
+const SUBMIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Cluster {
+    /// Joins the cluster: connects to NATS, creates the stream and the
+    /// lease bucket if absent, starts applying the log from where `store`
+    /// stands, makes `store` a replica of the log, and starts this node's
+    /// run. Returns before the node has caught up: [`Cluster::status`] says
+    /// when it is ready.
+    pub async fn join(config: ClusterConfig, store: Store) -> Result<Cluster, ClusterError> {
+        config
+            .validate()
+            .map_err(|(field, reason)| ClusterError::JetStream(format!("{field} {reason}")))?;
+        let client = connect(&config).await?;
+        let js = jetstream::new(client.clone());
+        let stream = js
+            .get_or_create_stream(jetstream::stream::Config {
+                name: config.stream.clone(),
+                subjects: vec![config.subject()],
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: config.replicas,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .map_err(js_error)?;
+        let mut stream = stream;
+        let info = stream.info().await.map_err(js_error)?;
+        let (applied_seq, _) = store.applied_position()?;
+        let first = info.state.first_sequence;
+        if info.state.messages > 0 && first > applied_seq + 1 {
+            return Err(ClusterError::Trimmed {
+                applied: applied_seq,
+                first,
+            });
+        }
+        let kv = leases::bucket(&js, &config).await?;
+        let nodes = applier::load_nodes(&store)?;
+        let (appends, appends_rx) = mpsc::channel(appender::QUEUE);
+        let status = ClusterStatus {
+            nats_connected: true,
+            started: false,
+            lease_held: false,
+            applied: applied_seq,
+            stream_last: info.state.last_sequence,
+            max_lag: config.max_lag,
+        };
+        let shared = Arc::new(Shared {
+            incarnation: AtomicU64::new(fresh_incarnation()),
+            appends,
+            waiters: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            applied: AtomicU64::new(applied_seq),
+            stream_last: AtomicU64::new(info.state.last_sequence),
+            started: AtomicBool::new(false),
+            lease_held: AtomicBool::new(false),
+            nodes: Mutex::new(nodes),
+            fenced: watch::Sender::new(0),
+            status: watch::Sender::new(status),
+            stop: CancellationToken::new(),
+            config,
+            client,
+            js,
+            store: store.clone(),
+        });
+        let cluster = Cluster { shared };
+        store.set_sequencer(Arc::new(cluster.clone()));
+        tokio::spawn(appender::run(cluster.clone(), appends_rx));
+        tokio::spawn(applier::run(cluster.clone()));
+        leases::renew(&cluster, &kv).await;
+        tokio::spawn(leases::run(cluster.clone(), kv));
+        tokio::spawn(cluster.clone().start_run());
+        tokio::spawn(cluster.clone().report_status());
+        tracing::info!(
+            node = %cluster.shared.config.node_id,
+            stream = %cluster.shared.config.stream,
+            applied = applied_seq,
+            stream_last = info.state.last_sequence,
+            "joined the cluster; catching up with its log"
+        );
+        Ok(cluster)
+    }
+
+    /// This node's name.
+    pub fn node_id(&self) -> &str {
+        &self.shared.config.node_id
+    }
+
+    /// The broker name of this node's embedded broker.
+    pub fn broker_name(&self) -> String {
+        crate::domain::node_broker(&self.shared.config.node_id)
+    }
+
+    pub fn status(&self) -> ClusterStatus {
+        *self.shared.status.borrow()
+    }
+
+    /// Every change of [`Cluster::status`].
+    pub fn watch_status(&self) -> watch::Receiver<ClusterStatus> {
+        self.shared.status.subscribe()
+    }
+
+    /// Counts the runs of this node fenced off: on each change, the server
+    /// ends every connection of its embedded broker (they were recorded as
+    /// lost by another node).
+    pub fn watch_fenced(&self) -> watch::Receiver<u64> {
+        self.shared.fenced.subscribe()
+    }
+
+    /// The newest revision applied here, once at least `revision` is, within
+    /// `limit` (read-your-writes across nodes).
+    pub async fn wait_for_revision(&self, revision: Revision, limit: Duration) -> Revision {
+        self.shared.store.wait_for_revision(revision, limit).await
+    }
+
+    /// Stops appending, applying and renewing the lease (the lease then
+    /// lapses unless the node comes back first).
+    pub async fn leave(&self) {
+        self.shared.stop.cancel();
+        let _ = self.shared.client.flush().await;
+    }
+
+    /// Appends `NodeStarted` for the current run and waits until it is
+    /// applied here (which is after everything appended before it).
+    async fn start_run(self) {
+        loop {
+            let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+            let (ack, done) = tokio::sync::oneshot::channel();
+            crate::lock::lock(&self.shared.waiters).insert(id, ack);
+            let body = wire::Body::NodeStarted(wire::NodeStarted {
+                lease_ms: self.shared.config.lease.as_millis() as u64,
+            });
+            if self.shared.appends.send((id, body)).await.is_err() {
+                return;
+            }
+            tokio::select! {
+                answer = done => match answer {
+                    Ok(Ok(_)) => {
+                        self.shared.started.store(true, Ordering::Release);
+                        self.publish_status();
+                        tracing::info!(node = %self.node_id(), "node started in the cluster");
+                        return;
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "starting the node's run failed; trying again"),
+                    Err(_) => tracing::warn!("starting the node's run got no answer; trying again"),
+                },
+                _ = self.shared.stop.cancelled() => return,
+            }
+            crate::lock::lock(&self.shared.waiters).remove(&id);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// This node's run was declared lost: a new run starts (after the
+    /// server has ended the old run's connections).
+    fn fenced_off(&self) {
+        self.shared.started.store(false, Ordering::Release);
+        self.shared
+            .incarnation
+            .store(fresh_incarnation(), Ordering::Release);
+        self.shared.fenced.send_modify(|n| *n += 1);
+        self.publish_status();
+        tracing::error!(
+            node = %self.node_id(),
+            "this node was declared lost by the cluster (its lease lapsed); its connections \
+             were recorded as lost, and it starts a new run"
+        );
+        tokio::spawn(self.clone().start_run());
+    }
+
+    fn publish_status(&self) {
+        let s = &self.shared;
+        let status = ClusterStatus {
+            nats_connected: s.client.connection_state()
+                == async_nats::connection::State::Connected,
+            started: s.started.load(Ordering::Acquire),
+            lease_held: s.lease_held.load(Ordering::Acquire),
+            applied: s.applied.load(Ordering::Acquire),
+            stream_last: s
+                .stream_last
+                .load(Ordering::Acquire)
+                .max(s.applied.load(Ordering::Acquire)),
+            max_lag: s.config.max_lag,
+        };
+        s.status.send_if_modified(|now| {
+            let changed = *now != status;
+            *now = status;
+            changed
+        });
+    }
+
+    /// Refreshes the status a few times a second (NATS connection state
+    /// changes nowhere else), and asks the stream how far it reaches while
+    /// nothing arrives.
+    async fn report_status(self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut rounds = 0u64;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.shared.stop.cancelled() => return,
+            }
+            rounds += 1;
+            if rounds % 4 == 0
+                && let Ok(mut stream) = self.shared.js.get_stream(&self.shared.config.stream).await
+                && let Ok(info) = stream.info().await
+            {
+                self.shared
+                    .stream_last
+                    .fetch_max(info.state.last_sequence, Ordering::AcqRel);
+            }
+            self.publish_status();
+        }
+    }
+}
+
+impl Sequencer for Cluster {
+    fn submit(
+        &self,
+        write: Write,
+    ) -> futures_util::future::BoxFuture<'static, Result<Revision, StoreError>> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            if !shared.started.load(Ordering::Acquire) {
+                return Err(StoreError::Unavailable(
+                    "this node has not joined the cluster yet (catching up with its log)".into(),
+                ));
+            }
+            let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+            let (ack, done) = tokio::sync::oneshot::channel();
+            crate::lock::lock(&shared.waiters).insert(id, ack);
+            let body = wire::body_of(&write);
+            if shared.appends.send((id, body)).await.is_err() {
+                crate::lock::lock(&shared.waiters).remove(&id);
+                return Err(StoreError::Closed);
+            }
+            match tokio::time::timeout(SUBMIT_TIMEOUT, done).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(StoreError::Closed),
+                Err(_) => {
+                    crate::lock::lock(&shared.waiters).remove(&id);
+                    Err(StoreError::Unavailable(format!(
+                        "the cluster log did not apply the write within {} s",
+                        SUBMIT_TIMEOUT.as_secs()
+                    )))
+                }
+            }
+        })
+    }
+}
+
+fn fresh_incarnation() -> u64 {
+    let mut bytes = [0u8; 8];
+    // Without randomness the clock will do: runs of one node are apart in
+    // time.
+    if getrandom::fill(&mut bytes).is_err() {
+        return chrono::Utc::now().timestamp_nanos_opt().unwrap_or(1) as u64;
+    }
+    u64::from_le_bytes(bytes).max(1)
+}
+
+async fn connect(config: &ClusterConfig) -> Result<async_nats::Client, ClusterError> {
+    let urls = config.nats.join(",");
+    let failed = |reason: String| ClusterError::Connect {
+        urls: urls.clone(),
+        reason,
+    };
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("connstate {}", config.node_id))
+        .connection_timeout(Duration::from_secs(5))
+        .max_reconnects(None);
+    if let Some((user, password)) = &config.user {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(token) = &config.token {
+        options = options.token(token.clone());
+    }
+    if let Some(ca) = &config.tls_ca {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    let addrs: Vec<async_nats::ServerAddr> = config
+        .nats
+        .iter()
+        .map(|u| u.parse().map_err(|e| failed(format!("{u}: {e}"))))
+        .collect::<Result<_, _>>()?;
+    options
+        .connect(addrs)
+        .await
+        .map_err(|e| failed(e.to_string()))
+}
