@@ -727,7 +727,12 @@ fn spawn_health_watchdog(
             if let Some(why) = now.refusal() {
                 tracing::error!(reason = %why, "the store cannot record: reporting NOT_SERVING");
             }
-            set_health(&reporter, store_ok && cluster_ready, broker.problems().is_empty()).await;
+            set_health(
+                &reporter,
+                store_ok && cluster_ready,
+                broker.problems().is_empty(),
+            )
+            .await;
         }
     })
 }
@@ -756,7 +761,10 @@ fn spawn_fence_watch(
                 node: node.clone(),
                 lease_secs: 0,
             });
-            tracing::warn!(connections = ended, "ended every MQTT connection of this node's lost run");
+            tracing::warn!(
+                connections = ended,
+                "ended every MQTT connection of this node's lost run"
+            );
         }
     })
 }

@@ -7,9 +7,9 @@ use std::{net::IpAddr, sync::Arc, time::Duration};
 use crate::{
     domain::{
         ActivityKind, Change, ChangeKind, ClientId, ClientType, ConnectFailure, ConnectionInfo,
-        ConnectionState, ConnectionStatus, DisconnectCause, DisconnectInitiator, is_embedded_broker,
-        EventKind, LifecycleEvent, LogEntry, LogFilter, LogKind, MqttProtocol, ReasonCode,
-        SortField, StateFilter, StateOrder, TimeRange, Timestamp, truncate_to_millis,
+        ConnectionState, ConnectionStatus, DisconnectCause, DisconnectInitiator, EventKind,
+        LifecycleEvent, LogEntry, LogFilter, LogKind, MqttProtocol, ReasonCode, SortField,
+        StateFilter, StateOrder, TimeRange, Timestamp, is_embedded_broker, truncate_to_millis,
     },
     pb,
     query::{MAX_INGEST_BATCH, MAX_PAGE_SIZE, QueryError, WatchItem},

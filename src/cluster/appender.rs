@@ -136,7 +136,9 @@ async fn publish(
         .js
         .send_publish(
             cluster.shared.config.subject(),
-            PublishMessage::build().payload(payload).message_id(message_id),
+            PublishMessage::build()
+                .payload(payload)
+                .message_id(message_id),
         )
         .await
         .map_err(|e| e.to_string())

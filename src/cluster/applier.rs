@@ -248,10 +248,7 @@ async fn complete(
     let shared = &cluster.shared;
     let mut failed = Some(failed);
     while let Some(entry) = handed.recv().await {
-        let answer = entry
-            .answer
-            .await
-            .unwrap_or(Err(StoreError::Closed));
+        let answer = entry.answer.await.unwrap_or(Err(StoreError::Closed));
         if let Err(e) = &answer
             && not_applied(e)
         {

@@ -12,7 +12,7 @@ use std::{collections::HashSet, sync::atomic::Ordering, time::Duration};
 
 use async_nats::jetstream::{self, kv};
 
-use super::{Cluster, ClusterConfig, ClusterError, js_error, wire};
+use super::{Cluster, ClusterConfig, ClusterError, wire};
 
 /// Allowance for clock skew between NATS servers and nodes.
 const SKEW: Duration = Duration::from_millis(500);
@@ -25,16 +25,42 @@ pub(super) async fn bucket(
     if let Ok(store) = js.get_key_value(config.bucket()).await {
         return Ok(store);
     }
-    js.create_key_value(kv::Config {
-        bucket: config.bucket(),
-        description: "connstate cluster node leases".into(),
-        history: 1,
-        num_replicas: config.replicas,
-        storage: jetstream::stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .map_err(js_error)
+    create_bucket(js, &config.bucket(), config.replicas).await?;
+    js.get_key_value(config.bucket())
+        .await
+        .map_err(|e| super::js_doing("opening the lease bucket")(&e))
+}
+
+/// Creates a key-value bucket's stream as the key-value API lays it out
+/// (`KV_` + bucket, subjects `$KV.bucket.>`, one value per key). The
+/// client's own create asks for account details that nats-server 2.9
+/// answers in a form it does not read; the stream is all it needs.
+async fn create_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    replicas: usize,
+) -> Result<(), ClusterError> {
+    let created = js
+        .create_stream(jetstream::stream::Config {
+            name: format!("KV_{bucket}"),
+            description: Some("connstate cluster node leases and shared secrets".into()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            storage: jetstream::stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            num_replicas: replicas,
+            discard: jetstream::stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await;
+    match created {
+        Ok(_) => Ok(()),
+        // Another node created it meanwhile.
+        Err(_) if js.get_stream(format!("KV_{bucket}")).await.is_ok() => Ok(()),
+        Err(e) => Err(super::js_doing("creating the lease bucket")(&e)),
+    }
 }
 
 fn key(node: &str) -> String {
@@ -59,7 +85,10 @@ pub(super) async fn renew(cluster: &Cluster, kv: &kv::Store) {
     let shared = &cluster.shared;
     let run = shared.incarnation.load(Ordering::Acquire);
     let held = match kv
-        .put(key(&shared.config.node_id), encode(run, shared.config.lease))
+        .put(
+            key(&shared.config.node_id),
+            encode(run, shared.config.lease),
+        )
         .await
     {
         Ok(_) => true,

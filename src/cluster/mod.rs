@@ -148,6 +148,11 @@ fn js_error(e: impl std::fmt::Display) -> ClusterError {
     ClusterError::JetStream(e.to_string())
 }
 
+/// A JetStream error, saying what was being done.
+fn js_doing(doing: &'static str) -> impl Fn(&dyn std::fmt::Display) -> ClusterError {
+    move |e| ClusterError::JetStream(format!("{doing}: {e}"))
+}
+
 /// What health and metrics read of this node's place in the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClusterStatus {
@@ -248,9 +253,12 @@ impl Cluster {
                 ..Default::default()
             })
             .await
-            .map_err(js_error)?;
+            .map_err(|e| js_doing("creating the log stream")(&e))?;
         let mut stream = stream;
-        let info = stream.info().await.map_err(js_error)?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| js_doing("reading the log stream")(&e))?;
         let (applied_seq, _) = store.applied_position()?;
         let first = info.state.first_sequence;
         if info.state.messages > 0 && first > applied_seq + 1 {
@@ -396,8 +404,7 @@ impl Cluster {
     fn publish_status(&self) {
         let s = &self.shared;
         let status = ClusterStatus {
-            nats_connected: s.client.connection_state()
-                == async_nats::connection::State::Connected,
+            nats_connected: s.client.connection_state() == async_nats::connection::State::Connected,
             started: s.started.load(Ordering::Acquire),
             lease_held: s.lease_held.load(Ordering::Acquire),
             applied: s.applied.load(Ordering::Acquire),
@@ -426,7 +433,7 @@ impl Cluster {
                 _ = self.shared.stop.cancelled() => return,
             }
             rounds += 1;
-            if rounds % 4 == 0
+            if rounds.is_multiple_of(4)
                 && let Ok(mut stream) = self.shared.js.get_stream(&self.shared.config.stream).await
                 && let Ok(info) = stream.info().await
             {

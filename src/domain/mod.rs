@@ -15,8 +15,7 @@ pub use change::{Change, ChangeKind, WireForms};
 pub use client_id::{ClientId, ClientIdError, ClientKind, ClientType, MAX_CLIENT_ID_LEN};
 pub use event::{
     ActivityKind, ConnectionId, ConnectionInfo, EMBEDDED_BROKER, EventKind, LifecycleEvent,
-    is_embedded_broker, node_broker,
-    MqttProtocol,
+    MqttProtocol, is_embedded_broker, node_broker,
 };
 pub use query::{LogFilter, SortField, StateFilter, StateOrder, TimeRange};
 pub use reason::{CloseCode, ConnectFailure, DisconnectCause, DisconnectInitiator, ReasonCode};

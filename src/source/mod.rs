@@ -31,10 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
-    domain::{
-        ClientId, ConnectionId, ConnectionStatus, DisconnectCause,
-        truncate_to_millis,
-    },
+    domain::{ClientId, ConnectionId, ConnectionStatus, DisconnectCause, truncate_to_millis},
     metrics::Metrics,
     store::Store,
     tracker::{MAX_LEASE, MIN_LEASE, Tracker},

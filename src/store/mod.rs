@@ -150,6 +150,9 @@ pub trait Sequencer: Send + Sync {
     ) -> futures_util::future::BoxFuture<'static, Result<Revision, StoreError>>;
 }
 
+/// A metadata name and its value ([`Store::meta_scan`]).
+pub type MetaValue = (Vec<u8>, Vec<u8>);
+
 /// A place in a replicated log: the sequence of its message and the entry
 /// within the message. `(0, 0)`: before the first.
 pub type LogPosition = (u64, u32);
@@ -711,7 +714,7 @@ impl Store {
     }
 
     /// Every metadata value whose name starts with `prefix`.
-    pub fn meta_scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn meta_scan(&self, prefix: &[u8]) -> Result<Vec<MetaValue>, StoreError> {
         let full = keys::meta_cluster(prefix);
         let skip = keys::meta_cluster(b"").len();
         self.inner

@@ -413,7 +413,11 @@ impl Writer {
     /// gave it (see [`Write`]). Deletions, settings and the end of a broker
     /// read committed records: the open batch is committed first, as for
     /// the commands of a single node.
-    fn apply_write(&mut self, write: Write, commit_time: Timestamp) -> Result<Revision, StoreError> {
+    fn apply_write(
+        &mut self,
+        write: Write,
+        commit_time: Timestamp,
+    ) -> Result<Revision, StoreError> {
         match write {
             Write::Events(events) => self.apply_events(&events, commit_time),
             Write::Delete(client) => {
@@ -469,7 +473,11 @@ impl Writer {
         Ok(events)
     }
 
-    fn delete(&mut self, client: &ClientId, commit_time: Timestamp) -> Result<Revision, StoreError> {
+    fn delete(
+        &mut self,
+        client: &ClientId,
+        commit_time: Timestamp,
+    ) -> Result<Revision, StoreError> {
         if !self.store.settings().enabled {
             return Err(StoreError::Disabled);
         }

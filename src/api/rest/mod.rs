@@ -474,7 +474,7 @@ async fn disconnect_client(
     let state = query.get_state(&client)?;
     let elsewhere = (state.status == ConnectionStatus::Connected
         && !crate::domain::is_embedded_broker(&state.broker))
-        .then_some(state.broker);
+    .then_some(state.broker);
     Err(ApiError::NotConnected {
         client: client.as_str().to_owned(),
         elsewhere,
