@@ -25,7 +25,7 @@ pub(super) async fn bucket(
     if let Ok(store) = js.get_key_value(config.bucket()).await {
         return Ok(store);
     }
-    create_bucket(js, &config.bucket(), config.replicas).await?;
+    create_bucket(js, &config.bucket(), config.replicas, 1).await?;
     js.get_key_value(config.bucket())
         .await
         .map_err(|e| super::js_doing("opening the lease bucket")(&e))
@@ -35,17 +35,18 @@ pub(super) async fn bucket(
 /// (`KV_` + bucket, subjects `$KV.bucket.>`, one value per key). The
 /// client's own create asks for account details that nats-server 2.9
 /// answers in a form it does not read; the stream is all it needs.
-async fn create_bucket(
+pub(super) async fn create_bucket(
     js: &jetstream::Context,
     bucket: &str,
     replicas: usize,
+    history: i64,
 ) -> Result<(), ClusterError> {
     let created = js
         .create_stream(jetstream::stream::Config {
             name: format!("KV_{bucket}"),
-            description: Some("connstate cluster node leases and shared secrets".into()),
+            description: Some("connstate cluster".into()),
             subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
+            max_messages_per_subject: history,
             storage: jetstream::stream::StorageType::File,
             allow_rollup: true,
             deny_delete: true,
@@ -59,7 +60,7 @@ async fn create_bucket(
         Ok(_) => Ok(()),
         // Another node created it meanwhile.
         Err(_) if js.get_stream(format!("KV_{bucket}")).await.is_ok() => Ok(()),
-        Err(e) => Err(super::js_doing("creating the lease bucket")(&e)),
+        Err(e) => Err(super::js_doing("creating a key-value bucket")(&e)),
     }
 }
 

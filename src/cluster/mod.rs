@@ -314,6 +314,26 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// The cluster's JetStream context (its NATS connection).
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.shared.js
+    }
+
+    /// The key-value bucket `{stream}_{name}` of this cluster, created
+    /// (with the cluster's replicas, one value per key) if absent.
+    pub async fn key_value(&self, name: &str) -> Result<jetstream::kv::Store, ClusterError> {
+        let bucket = format!("{}_{name}", self.shared.config.stream);
+        if let Ok(store) = self.shared.js.get_key_value(&bucket).await {
+            return Ok(store);
+        }
+        leases::create_bucket(&self.shared.js, &bucket, self.shared.config.replicas, 1).await?;
+        self.shared
+            .js
+            .get_key_value(&bucket)
+            .await
+            .map_err(|e| js_doing("opening a key-value bucket")(&e))
+    }
+
     /// This node's name.
     pub fn node_id(&self) -> &str {
         &self.shared.config.node_id
