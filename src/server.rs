@@ -395,6 +395,7 @@ pub async fn run(
         );
     }
     let grpc = builder
+        .layer(crate::api::revision::GrpcLayer::new(store.clone()))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

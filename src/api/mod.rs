@@ -9,4 +9,5 @@ pub mod convert;
 pub mod error;
 pub mod grpc;
 pub mod rest;
+pub mod revision;
 pub mod watch;

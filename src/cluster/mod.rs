@@ -268,6 +268,7 @@ impl Cluster {
             });
         }
         let kv = leases::bucket(&js, &config).await?;
+        share_secret(&kv, &store, PAGE_TOKEN_SECRET).await?;
         let nodes = applier::load_nodes(&store)?;
         let (appends, appends_rx) = mpsc::channel(appender::QUEUE);
         let status = ClusterStatus {
@@ -499,6 +500,36 @@ impl Sequencer for Cluster {
             }
         })
     }
+}
+
+/// The store secret that authenticates page tokens: one for the whole
+/// cluster, so that a token issued by one node is good on every other.
+const PAGE_TOKEN_SECRET: &str = "page-tokens";
+
+/// Makes the store's secret `name` the cluster's: the first node to join
+/// puts its own in the lease bucket (`secret.NAME`); every node then takes
+/// the bucket's.
+async fn share_secret(
+    kv: &jetstream::kv::Store,
+    store: &Store,
+    name: &str,
+) -> Result<(), ClusterError> {
+    let key = format!("secret.{name}");
+    let own = store.secret(name)?;
+    // Someone else's put first wins.
+    let _ = kv.create(&key, bytes::Bytes::copy_from_slice(&own)).await;
+    let shared = kv
+        .get(&key)
+        .await
+        .map_err(|e| js_doing("reading the cluster's secrets")(&e))?
+        .ok_or_else(|| ClusterError::JetStream(format!("the cluster secret {name} vanished")))?;
+    let shared = <[u8; 32]>::try_from(shared.as_ref()).map_err(|_| {
+        ClusterError::JetStream(format!("the cluster secret {name} is not 32 bytes"))
+    })?;
+    if shared != own {
+        store.set_secret(name, shared)?;
+    }
+    Ok(())
 }
 
 fn fresh_incarnation() -> u64 {

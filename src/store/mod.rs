@@ -555,6 +555,15 @@ impl Store {
             .map_err(|_| StoreError::Corrupt(format!("secret {name} is not 32 bytes")))
     }
 
+    /// Sets this store's secret `name` (a cluster's nodes share theirs, so
+    /// that a page token of one node is good on every other).
+    pub fn set_secret(&self, name: &str, secret: [u8; 32]) -> Result<(), StoreError> {
+        let key = [keys::META_SECRET, name.as_bytes()].concat();
+        self.inner.db.insert(key, &secret[..])?;
+        self.inner.db.flush()?;
+        Ok(())
+    }
+
     /// The newest revision that is durable and visible to readers.
     pub fn committed_revision(&self) -> Revision {
         self.inner.committed.load(Ordering::Acquire)

@@ -67,6 +67,12 @@ pub enum ApiError {
         oldest: u64,
     },
     Unavailable,
+    /// The request asked for at least revision `wanted`, and the node had
+    /// applied only `reached` when the wait ran out.
+    RevisionNotReached {
+        wanted: u64,
+        reached: u64,
+    },
     /// The store records nothing until disk space is freed (the text says
     /// how much).
     StorageFull(String),
@@ -282,6 +288,16 @@ impl IntoResponse for ApiError {
                      reconnect with snapshot=true and without Last-Event-ID."
                 ),
                 vec![oldest.to_string()],
+                vec![],
+            ),
+            ApiError::RevisionNotReached { wanted, reached } => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "CUDCS0504E",
+                format!(
+                    "This node has applied revision {reached}, and the request asked for at least \
+                     {wanted} (X-Connstate-Min-Revision); try again, or ask another node."
+                ),
+                vec![wanted.to_string(), reached.to_string()],
                 vec![],
             ),
             ApiError::Unavailable => (

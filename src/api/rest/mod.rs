@@ -124,6 +124,11 @@ pub fn router(
         .method_not_allowed_fallback(|method: Method| async move {
             ApiError::MethodNotAllowed(method.to_string())
         })
+        // Inside the authentication: only a caller it admits may wait.
+        .layer(axum::middleware::from_fn_with_state(
+            query.store().clone(),
+            crate::api::revision::rest,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             gate.clone(),
             authorise,
