@@ -395,6 +395,9 @@ pub struct ConfigLayer {
     /// Log messages a node may trail the cluster by and still be ready [default: 10000]
     #[arg(long, env = "CONNSTATE_CLUSTER_MAX_LAG")]
     pub cluster_max_lag: Option<u64>,
+    /// How often one node snapshots the state into JetStream's object store, so the log can be trimmed behind it [default: 10m]
+    #[arg(long, env = "CONNSTATE_CLUSTER_SNAPSHOT_INTERVAL")]
+    pub cluster_snapshot_interval: Option<String>,
     /// NATS user name (with --cluster-nats-password)
     #[arg(long, env = "CONNSTATE_CLUSTER_NATS_USER")]
     pub cluster_nats_user: Option<String>,
@@ -433,6 +436,7 @@ struct ClusterLayer {
     replicas: Option<usize>,
     lease: Option<String>,
     max_lag: Option<u64>,
+    snapshot_interval: Option<String>,
     user: Option<String>,
     password: Option<String>,
     token: Option<String>,
@@ -450,6 +454,7 @@ impl ClusterLayer {
         take(&mut self.node_id, &l.node_id);
         take(&mut self.stream, &l.cluster_stream);
         take(&mut self.lease, &l.cluster_lease);
+        take(&mut self.snapshot_interval, &l.cluster_snapshot_interval);
         take(&mut self.user, &l.cluster_nats_user);
         take(&mut self.password, &l.cluster_nats_password);
         take(&mut self.token, &l.cluster_nats_token);
@@ -489,6 +494,9 @@ impl ClusterLayer {
         }
         if let Some(max_lag) = self.max_lag {
             cluster.max_lag = max_lag;
+        }
+        if let Some(every) = &self.snapshot_interval {
+            cluster.snapshot_interval = duration("cluster_snapshot_interval", every)?;
         }
         match (self.user, self.password) {
             (Some(user), Some(password)) => cluster.user = Some((user, password)),

@@ -199,6 +199,10 @@ pub async fn run(
         initial_settings: config.initial_settings.clone(),
         min_free_bytes: config.min_free_disk_mb << 20,
     };
+    // A new cluster node whose log was trimmed starts from a snapshot.
+    if let Some(cluster) = &config.cluster {
+        crate::cluster::snapshots::bootstrap(cluster, &config.data_dir).await?;
+    }
     let data_dir = config.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&data_dir, options))
         .await

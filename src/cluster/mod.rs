@@ -31,6 +31,7 @@
 mod appender;
 mod applier;
 mod leases;
+pub mod snapshots;
 pub mod wire;
 
 use std::{
@@ -68,6 +69,9 @@ pub struct ClusterConfig {
     pub lease: Duration,
     /// Log messages a node may trail the stream by and still be ready.
     pub max_lag: u64,
+    /// How often a snapshot of the state is taken (by one node) and the
+    /// log trimmed behind it, as far as the feed retention allows.
+    pub snapshot_interval: Duration,
     /// NATS user and password.
     pub user: Option<(String, String)>,
     /// A NATS token.
@@ -85,6 +89,7 @@ impl ClusterConfig {
             replicas: 3,
             lease: Duration::from_secs(10),
             max_lag: 10_000,
+            snapshot_interval: Duration::from_secs(600),
             user: None,
             token: None,
             tls_ca: None,
@@ -115,6 +120,9 @@ impl ClusterConfig {
         }
         if self.lease < Duration::from_secs(2) || self.lease > Duration::from_secs(600) {
             return Err(("cluster_lease", "must be 2 s to 10 min".into()));
+        }
+        if self.snapshot_interval < Duration::from_secs(1) {
+            return Err(("cluster_snapshot_interval", "must be 1 s or more".into()));
         }
         Ok(())
     }
@@ -305,6 +313,7 @@ impl Cluster {
         tokio::spawn(leases::run(cluster.clone(), kv));
         tokio::spawn(cluster.clone().start_run());
         tokio::spawn(cluster.clone().report_status());
+        tokio::spawn(snapshots::run(cluster.clone()));
         tracing::info!(
             node = %cluster.shared.config.node_id,
             stream = %cluster.shared.config.stream,

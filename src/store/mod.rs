@@ -36,6 +36,7 @@ pub mod log;
 mod overlay;
 mod retention;
 mod scan;
+pub mod snapshot;
 mod writer;
 
 use std::{
@@ -696,6 +697,23 @@ impl Store {
             })
             .await
             .map_err(|_| StoreError::Closed)
+    }
+
+    /// Writes a snapshot of the whole store to `path` (see [`snapshot`]):
+    /// the writer commits what it holds, writes the overlay back and copies
+    /// the tree before it takes the next command. Returns the log position
+    /// the snapshot stands at and its records.
+    pub async fn export_snapshot(
+        &self,
+        path: std::path::PathBuf,
+    ) -> Result<(LogPosition, u64), StoreError> {
+        let commands = self.commands.as_ref().ok_or(StoreError::Closed)?;
+        let (ack, done) = oneshot::channel();
+        commands
+            .send(writer::Command::Snapshot { path, ack })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        done.await.map_err(|_| StoreError::Closed)?
     }
 
     /// How far the replicated log is durably applied here.

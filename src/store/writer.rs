@@ -57,6 +57,11 @@ pub(super) enum Command {
         previous: LogPosition,
         ack: Ack,
     },
+    /// Writes a snapshot of the store ([`Store::export_snapshot`]).
+    Snapshot {
+        path: std::path::PathBuf,
+        ack: oneshot::Sender<Result<(LogPosition, u64), StoreError>>,
+    },
     Shutdown {
         ack: Ack,
     },
@@ -172,6 +177,10 @@ impl Writer {
                     let _ = ack.send(Ok(self.revision));
                     return ControlFlow::Stop;
                 }
+                Command::Snapshot { ack, .. } => {
+                    let _ = ack.send(Err(refusal));
+                    return ControlFlow::Continue;
+                }
             };
             let _ = ack.send(Err(refusal));
             return ControlFlow::Continue;
@@ -238,6 +247,10 @@ impl Writer {
                 self.commit();
                 let result = self.put_settings(settings);
                 self.acks.push((ack, result));
+            }
+            Command::Snapshot { path, ack } => {
+                self.commit();
+                let _ = ack.send(self.snapshot(&path));
             }
             Command::Shutdown { ack } => {
                 self.acks.push((ack, Ok(self.revision)));
@@ -682,6 +695,15 @@ impl Writer {
 }
 
 impl Writer {
+    /// Writes the overlay back and copies the store to `path`, with no
+    /// commit in between: the state at the applied log position.
+    fn snapshot(&self, path: &std::path::Path) -> Result<(LogPosition, u64), StoreError> {
+        self.store.write_back()?;
+        let position = self.store.applied_position()?;
+        let records = super::snapshot::write(&self.store.inner.db, path)?;
+        Ok((position, records))
+    }
+
     /// Writes a batch of metadata alone (replicated writes that changed
     /// nothing), durably, unless the store cannot record.
     fn write_meta(&self, batch: sled::Batch) -> Result<(), StoreError> {
