@@ -22,6 +22,10 @@ use super::StoreError;
 const MAGIC: &[u8] = b"CONNSTATE-SNAPSHOT-1\n";
 const END: u32 = u32::MAX;
 
+/// The longest key or value a snapshot may hold: a damaged length reads
+/// as an error, not as a huge allocation.
+const MAX_RECORD: u32 = 64 << 20;
+
 /// Records imported per sled batch.
 const IMPORT_CHUNK: usize = 10_000;
 
@@ -127,11 +131,17 @@ fn import_into(path: &Path, dir: &Path) -> Result<u64, StoreError> {
             }
             break;
         }
+        if key_len > MAX_RECORD {
+            return Err(corrupt("a key longer than any the store writes"));
+        }
         let mut key = vec![0u8; key_len as usize];
         input
             .read_exact(&mut key)
             .map_err(|_| corrupt("cut short"))?;
         let value_len = read_len(&mut input)?;
+        if value_len > MAX_RECORD {
+            return Err(corrupt("a value longer than any the store writes"));
+        }
         let mut value = vec![0u8; value_len as usize];
         input
             .read_exact(&mut value)
