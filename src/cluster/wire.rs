@@ -42,7 +42,7 @@ pub struct Entry {
     /// to whoever waits for this number.
     #[prost(uint64, tag = "1")]
     pub id: u64,
-    #[prost(oneof = "Body", tags = "2, 3, 4, 5, 6")]
+    #[prost(oneof = "Body", tags = "2, 3, 4, 5, 6, 7, 8")]
     pub body: Option<Body>,
 }
 
@@ -63,6 +63,28 @@ pub enum Body {
     /// Another node's run was lost (its lease lapsed).
     #[prost(message, tag = "6")]
     NodeLost(NodeLost),
+    /// A broker reporting through ingest renewed its lease.
+    #[prost(message, tag = "7")]
+    LeaseRenewed(LeaseRenewed),
+    /// A broker's lease, as last renewed at `renewed_ms`, lapsed.
+    #[prost(message, tag = "8")]
+    LeaseLapsed(LeaseLapsed),
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct LeaseRenewed {
+    #[prost(string, tag = "1")]
+    pub holder: String,
+    #[prost(uint64, tag = "2")]
+    pub duration_ms: u64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct LeaseLapsed {
+    #[prost(string, tag = "1")]
+    pub holder: String,
+    #[prost(int64, tag = "2")]
+    pub renewed_ms: i64,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -170,6 +192,14 @@ pub fn body_of(write: &Write) -> Body {
         }),
         Write::Delete(client) => Body::Delete(client.as_str().to_owned()),
         Write::Settings(settings) => Body::Settings(Store::encode_settings(settings)),
+        Write::RenewLease { holder, duration } => Body::LeaseRenewed(LeaseRenewed {
+            holder: holder.clone(),
+            duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+        }),
+        Write::LapseLease { holder, renewed_ms } => Body::LeaseLapsed(LeaseLapsed {
+            holder: holder.clone(),
+            renewed_ms: *renewed_ms,
+        }),
         // Ends of brokers are decided when applied (NodeStarted, NodeLost),
         // never appended as such.
         Write::EndBroker { .. } => Body::Events(Events::default()),
@@ -191,6 +221,14 @@ pub fn write_of(body: Body) -> Result<Write, BadMessage> {
             Write::Delete(ClientId::new(client).map_err(|e| bad(e.to_string()))?)
         }
         Body::Settings(bytes) => Write::Settings(decode_settings(&bytes)?),
+        Body::LeaseRenewed(lease) => Write::RenewLease {
+            holder: lease.holder,
+            duration: std::time::Duration::from_millis(lease.duration_ms),
+        },
+        Body::LeaseLapsed(lease) => Write::LapseLease {
+            holder: lease.holder,
+            renewed_ms: lease.renewed_ms,
+        },
         Body::NodeStarted(_) | Body::NodeLost(_) => {
             return Err(bad("a node entry is not a store write"));
         }
@@ -541,6 +579,14 @@ mod tests {
                 enabled: false,
                 ..Settings::default()
             }),
+            Write::RenewLease {
+                holder: "mosquitto".into(),
+                duration: std::time::Duration::from_millis(30_500),
+            },
+            Write::LapseLease {
+                holder: "mosquitto".into(),
+                renewed_ms: 1_700_000_000_123,
+            },
         ] {
             assert_eq!(write_of(body_of(&write)).unwrap(), write);
         }

@@ -67,6 +67,33 @@ pub fn decode_position(bytes: &[u8]) -> Option<(u64, u32)> {
     ))
 }
 
+/// A lease record: its duration in milliseconds (8), and in a replicated
+/// log the commit time of its last renewal (8, Unix milliseconds).
+pub fn encode_lease(duration: std::time::Duration, renewed_ms: Option<i64>) -> Vec<u8> {
+    let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+    let mut value = ms.to_be_bytes().to_vec();
+    if let Some(renewed) = renewed_ms {
+        value.extend_from_slice(&renewed.to_be_bytes());
+    }
+    value
+}
+
+pub fn decode_lease(value: &[u8]) -> Option<(std::time::Duration, Option<i64>)> {
+    let ms = u64::from_be_bytes(value.get(..8)?.try_into().ok()?);
+    let renewed = match value.len() {
+        8 => None,
+        16 => Some(i64::from_be_bytes(value[8..].try_into().ok()?)),
+        _ => return None,
+    };
+    Some((std::time::Duration::from_millis(ms), renewed))
+}
+
+pub fn lease(holder: &str) -> Vec<u8> {
+    let mut key = vec![LEASE];
+    key.extend_from_slice(holder.as_bytes());
+    key
+}
+
 pub fn meta_cluster(name: &[u8]) -> Vec<u8> {
     [META_CLUSTER, name].concat()
 }

@@ -139,6 +139,19 @@ pub enum Write {
         broker: String,
         cause: crate::domain::DisconnectCause,
     },
+    /// The lease of `holder` (a broker reporting through ingest) is renewed
+    /// for `duration` from the write's commit time.
+    RenewLease {
+        holder: String,
+        duration: Duration,
+    },
+    /// The lease of `holder` renewed at `renewed_ms` (Unix milliseconds)
+    /// lapsed: if it was not renewed since, it ends, and every client still
+    /// connected through the holder is recorded as disconnected.
+    LapseLease {
+        holder: String,
+        renewed_ms: i64,
+    },
 }
 
 /// Where the store's writes go first when it is one replica of a cluster's
@@ -1053,20 +1066,42 @@ impl Store {
 
     /// Every stored lease: holder and duration.
     pub fn leases(&self) -> Result<Vec<(String, Duration)>, StoreError> {
+        Ok(self
+            .replicated_leases()?
+            .into_iter()
+            .map(|(holder, duration, _)| (holder, duration))
+            .collect())
+    }
+
+    /// Every stored lease: holder, duration and, for the leases of a
+    /// replicated log, the commit time (Unix milliseconds) of its last
+    /// renewal.
+    pub fn replicated_leases(&self) -> Result<Vec<(String, Duration, Option<i64>)>, StoreError> {
         let mut leases = Vec::new();
         for item in self.inner.db.scan_prefix([keys::LEASE]) {
             let (key, value) = item?;
             let holder = String::from_utf8(key[1..].to_vec())
                 .map_err(|_| StoreError::Corrupt("lease holder".into()))?;
-            let ms = u64::from_be_bytes(
-                value
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("lease".into()))?,
-            );
-            leases.push((holder, Duration::from_millis(ms)));
+            let (duration, renewed) =
+                keys::decode_lease(&value).ok_or_else(|| StoreError::Corrupt("lease".into()))?;
+            leases.push((holder, duration, renewed));
         }
         Ok(leases)
+    }
+
+    /// Whether the store is one replica of a cluster's log.
+    pub fn is_replica(&self) -> bool {
+        self.inner.sequencer.get().is_some()
+    }
+
+    /// Submits a write of a replicated log (lease renewals and lapses,
+    /// which a single node keeps in memory). Outside a cluster there is
+    /// nothing to submit to.
+    pub async fn submit_replicated(&self, write: Write) -> Result<Revision, StoreError> {
+        match self.sequencer() {
+            Some(sequencer) => self.submit(sequencer, write).await,
+            None => Err(StoreError::Unavailable("not a cluster node".into())),
+        }
     }
 
     /// The oldest revision still in the change feed, if any.

@@ -443,13 +443,56 @@ impl Writer {
             }
             Write::EndBroker { broker, cause } => {
                 self.commit();
-                let events = self.connected_through(&broker, &cause, commit_time)?;
-                if events.is_empty() {
+                self.end_broker(&broker, &cause, commit_time)
+            }
+            Write::RenewLease { holder, duration } => {
+                self.batch.insert(
+                    keys::lease(&holder),
+                    keys::encode_lease(duration, Some(commit_time.timestamp_millis())),
+                );
+                self.meta_pending = true;
+                Ok(self.revision)
+            }
+            Write::LapseLease { holder, renewed_ms } => {
+                // A renewal in the open batch is newer than any lapse.
+                self.commit();
+                let key = keys::lease(&holder);
+                let stored = self.store.inner.db.get(&key)?;
+                let lease = stored.as_deref().and_then(keys::decode_lease);
+                let Some((duration, Some(renewed))) = lease else {
+                    return Ok(self.revision);
+                };
+                if renewed != renewed_ms {
                     return Ok(self.revision);
                 }
-                self.apply_events(&events, commit_time)
+                self.batch.remove(key);
+                self.meta_pending = true;
+                let cause = crate::domain::DisconnectCause::LeaseLapsed {
+                    holder: holder.clone(),
+                    lease_secs: duration.as_secs(),
+                };
+                tracing::warn!(
+                    broker = %holder,
+                    lease_secs = duration.as_secs(),
+                    "broker {holder} stopped reporting: its lease lapsed; its connected clients are recorded as disconnected"
+                );
+                self.end_broker(&holder, &cause, commit_time)
             }
         }
+    }
+
+    /// Records every client connected through `broker` as disconnected.
+    fn end_broker(
+        &mut self,
+        broker: &str,
+        cause: &crate::domain::DisconnectCause,
+        at: Timestamp,
+    ) -> Result<Revision, StoreError> {
+        let events = self.connected_through(broker, cause, at)?;
+        if events.is_empty() {
+            return Ok(self.revision);
+        }
+        self.apply_events(&events, at)
     }
 
     /// A disconnect by `cause` for every client recorded as connected

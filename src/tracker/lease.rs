@@ -29,6 +29,10 @@ use crate::{
 pub const MIN_LEASE: Duration = Duration::from_secs(1);
 pub const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
 
+/// Allowance for clock skew between the cluster's nodes and NATS servers
+/// before a lease of the log counts as lapsed.
+const REPLICATED_SKEW_MS: i64 = 500;
+
 /// How often lapsed leases are looked for.
 const LAPSE_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -50,6 +54,10 @@ pub struct Lease {
 impl Tracker {
     /// Loads the stored leases, each running from now for its duration.
     pub fn load_leases(&self) -> Result<usize, StoreError> {
+        if self.store.is_replica() {
+            // A cluster keeps its leases in its log (see `renew_lease`).
+            return Ok(0);
+        }
         let stored = self.store.leases()?;
         let now = Instant::now();
         let mut leases = crate::lock::lock(&self.leases);
@@ -67,7 +75,24 @@ impl Tracker {
 
     /// Renews (or takes) the lease of `holder` for `duration` from now. The
     /// duration is stored when it is new or changed.
+    ///
+    /// On a cluster node the renewal goes to the cluster's log: every node
+    /// learns it, and the lease runs from the renewal's commit time there.
     pub async fn renew_lease(&self, holder: &str, duration: Duration) -> Result<Lease, StoreError> {
+        if self.store.is_replica() {
+            self.store
+                .submit_replicated(crate::store::Write::RenewLease {
+                    holder: holder.to_owned(),
+                    duration,
+                })
+                .await?;
+            let expire_time = Utc::now() + chrono::Duration::from_std(duration).unwrap_or_default();
+            return Ok(Lease {
+                holder: holder.to_owned(),
+                duration,
+                expire_time: truncate_to_millis(expire_time),
+            });
+        }
         let known = crate::lock::lock(&self.leases)
             .get(holder)
             .map(|h| h.duration);
@@ -96,6 +121,9 @@ impl Tracker {
     /// Ends the leases that lapsed: their holders' connected clients are
     /// recorded as disconnected. Returns the holders that lapsed.
     pub async fn end_lapsed_leases(&self) -> Result<Vec<String>, StoreError> {
+        if self.store.is_replica() {
+            return self.lapse_replicated_leases().await;
+        }
         let now = Instant::now();
         let lapsed: Vec<(String, Held)> = {
             let leases = crate::lock::lock(&self.leases);
@@ -143,6 +171,38 @@ impl Tracker {
             ended.push(holder);
         }
         Ok(ended)
+    }
+
+    /// On a cluster node: appends a lapse for each lease of the log whose
+    /// last renewal (its commit time) is older than its duration. Whichever
+    /// node's lapse is applied first ends the lease, unless it was renewed
+    /// since; the others change nothing.
+    async fn lapse_replicated_leases(&self) -> Result<Vec<String>, StoreError> {
+        let now_ms = Utc::now().timestamp_millis();
+        let mut lapsed = Vec::new();
+        for (holder, duration, renewed) in self.store.replicated_leases()? {
+            let Some(renewed_ms) = renewed else { continue };
+            let due = renewed_ms
+                .saturating_add(i64::try_from(duration.as_millis()).unwrap_or(i64::MAX))
+                .saturating_add(REPLICATED_SKEW_MS);
+            if now_ms < due {
+                continue;
+            }
+            if !crate::lock::lock(&self.lapsing).insert((holder.clone(), renewed_ms)) {
+                continue;
+            }
+            let result = self
+                .store
+                .submit_replicated(crate::store::Write::LapseLease {
+                    holder: holder.clone(),
+                    renewed_ms,
+                })
+                .await;
+            crate::lock::lock(&self.lapsing).remove(&(holder.clone(), renewed_ms));
+            result?;
+            lapsed.push(holder);
+        }
+        Ok(lapsed)
     }
 
     /// Records every client whose current connection is on `holder` as

@@ -48,6 +48,8 @@ pub struct Tracker {
     pending_activity: Arc<Mutex<HashMap<ClientId, LifecycleEvent>>>,
     /// Leases held now, by holder (see [`lease`]).
     leases: Arc<Mutex<HashMap<String, lease::Held>>>,
+    /// Lapses of leases of a cluster's log being appended now.
+    lapsing: Arc<Mutex<std::collections::HashSet<(String, i64)>>>,
 }
 
 impl Tracker {
@@ -57,6 +59,7 @@ impl Tracker {
             metrics,
             pending_activity: Arc::default(),
             leases: Arc::default(),
+            lapsing: Arc::default(),
         }
     }
 
