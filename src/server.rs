@@ -432,7 +432,14 @@ pub async fn run(
     // Health follows the store from here on; see spawn_store_watchdog.
     // Started after the last step that can fail, so a failed start leaves
     // no source running.
-    let sources = crate::source::spawn_sources(&config.sources, &tracker, &store, &reporter, &stop);
+    let sources = crate::source::spawn_sources(
+        &config.sources,
+        &tracker,
+        &store,
+        &reporter,
+        &stop,
+        cluster.as_ref(),
+    );
     let recording = store.watch_recording();
     let listeners_down = broker.watch_listeners();
     set_health(&reporter, store.can_record(), broker.problems().is_empty()).await;

@@ -15,7 +15,7 @@ use async_nats::jetstream::{self, kv};
 use super::{Cluster, ClusterConfig, ClusterError, wire};
 
 /// Allowance for clock skew between NATS servers and nodes.
-const SKEW: Duration = Duration::from_millis(500);
+pub(super) const SKEW: Duration = Duration::from_millis(500);
 
 /// The lease bucket, created if absent.
 pub(super) async fn bucket(

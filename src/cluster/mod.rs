@@ -30,6 +30,7 @@
 
 mod appender;
 mod applier;
+pub mod leader;
 mod leases;
 pub mod snapshots;
 pub mod wire;

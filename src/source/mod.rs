@@ -369,12 +369,17 @@ impl Recorded for StoreRecords<'_> {
 }
 
 /// Starts every source; each runs until `stop`.
+///
+/// On a cluster node each source runs on one node at a time, the holder of
+/// its cluster lock ([`crate::cluster::leader`]): two nodes following one
+/// broker would report each of its events twice.
 pub fn spawn_sources(
     sources: &[SourceConfig],
     tracker: &Tracker,
     store: &Store,
     health: &HealthReporter,
     stop: &CancellationToken,
+    cluster: Option<&crate::cluster::Cluster>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     sources
         .iter()
@@ -396,7 +401,18 @@ pub fn spawn_sources(
                 recorder,
             };
             let stop = stop.clone();
-            tokio::spawn(async move { source.run(stop).await })
+            match cluster {
+                None => tokio::spawn(async move { source.run(stop).await }),
+                Some(cluster) => {
+                    let name = format!("source-{}", config.name);
+                    tokio::spawn(crate::cluster::leader::run_while_leader(
+                        cluster.clone(),
+                        name,
+                        stop,
+                        move |held| source.clone().run(held),
+                    ))
+                }
+            }
         })
         .collect()
 }
@@ -407,6 +423,7 @@ enum Ended {
     Lost(UpstreamError),
 }
 
+#[derive(Clone)]
 struct Source {
     config: SourceConfig,
     broker: Arc<str>,
