@@ -337,7 +337,7 @@ async fn a_device_registered_on_one_node_connects_to_all_and_its_deletion_holds_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_key_created_on_one_node_works_on_another_until_deleted_anywhere() {
     tokio::time::timeout(LIMIT, async {
-        let (_nats, [node1, node2, node3]) = three_nodes().await;
+        let (nats, [node1, node2, node3]) = three_nodes().await;
         let (status, created) = node2
             .call(
                 reqwest::Method::POST,
@@ -350,6 +350,19 @@ async fn an_api_key_created_on_one_node_works_on_another_until_deleted_anywhere(
         let key = created["key"].as_str().unwrap().to_owned();
         let token = created["token"].as_str().unwrap().to_owned();
         let credentials = (key.as_str(), token.as_str());
+
+        let admin_created = |keys: &Value| {
+            keys["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|k| k["key"] == ADMIN.0)
+                .map(|k| k["created"].clone())
+        };
+        let (_, keys) = node1
+            .call(reqwest::Method::GET, "/api/v0002/apikeys", ADMIN, None)
+            .await;
+        let created_before = admin_created(&keys).expect("the admin key is listed");
 
         let whoami = eventually(STEP, || async {
             let (status, body) = node1
@@ -389,6 +402,21 @@ async fn an_api_key_created_on_one_node_works_on_another_until_deleted_anywhere(
             )
             .await;
         assert_eq!(status, 404, "deleted once");
+
+        // A node joining later holds the registry as it is; its --admin-key,
+        // the same as the others', leaves the stored key as it was.
+        let node4 = Node::start(&nats, "node4").await;
+        let (status, keys) = node4
+            .call(reqwest::Method::GET, "/api/v0002/apikeys", ADMIN, None)
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(admin_created(&keys), Some(created_before), "{keys}");
+        assert!(
+            !keys.to_string().contains(&key),
+            "the deleted key is not listed: {keys}"
+        );
+        let (code, _) = connect(node4.mqtt, app, &key, &token).await;
+        assert_eq!(code, 4, "node4 refuses the deleted key");
     })
     .await
     .expect("the test ends in time");
