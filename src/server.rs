@@ -117,21 +117,25 @@ async fn spawn_rest(
 
 /// The gate of both APIs: open mode, or API keys. With keys on and none
 /// stored yet, an administrator key is created and its token printed once.
-fn open_gate(config: &Config, registry: &Registry) -> Result<Gate, ServerError> {
+async fn open_gate(config: &Config, registry: &Registry) -> Result<Gate, ServerError> {
     if let Some((key, token)) = &config.admin_key {
-        registry.put_key(
-            key,
-            token,
-            Role::Admin,
-            "administrator key from the configuration",
-        )?;
+        registry
+            .put_key(
+                key,
+                token,
+                Role::Admin,
+                "administrator key from the configuration",
+            )
+            .await?;
     }
     if !config.auth {
         tracing::warn!("authentication is off (open mode): loopback development only");
         return Ok(Gate::open());
     }
     if registry.list_keys()?.is_empty() {
-        let (key, token) = registry.create_key(Role::Admin, "first administrator key")?;
+        let (key, token) = registry
+            .create_key(Role::Admin, "first administrator key")
+            .await?;
         // Shown once, like the platform does; only its digest is stored.
         use std::io::Write;
         let _ = writeln!(
@@ -227,9 +231,6 @@ pub async fn run(
         "store open"
     );
 
-    let registry = Registry::new(&store, &config.org_id)?;
-    let gate = open_gate(&config, &registry)?;
-
     let tracker = Tracker::new(store.clone(), metrics.clone());
     // Stored leases run again from now: their holders could not renew
     // while this service was down.
@@ -263,6 +264,21 @@ pub async fn run(
     // `stop`, which ends every task and listener started so far: a failed
     // start leaves nothing running.
     let starting = stop.clone().drop_guard();
+    // A cluster node's registry is the cluster's bucket, mirrored here.
+    let registry = match &cluster {
+        Some(cluster) => {
+            Registry::clustered(
+                &store,
+                &config.org_id,
+                cluster.key_value("registry").await?,
+                cluster.jetstream().clone(),
+                stop.clone(),
+            )
+            .await?
+        }
+        None => Registry::new(&store, &config.org_id)?,
+    };
+    let gate = open_gate(&config, &registry).await?;
     let (broker, pump) = Broker::new(
         BrokerOptions {
             org_id: config.org_id.clone(),

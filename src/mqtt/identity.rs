@@ -284,18 +284,19 @@ mod tests {
     }
 
     /// Every kind of login against the registry: who gets in, as what.
-    #[test]
-    fn logins_by_client_kind() {
+    #[tokio::test]
+    async fn logins_by_client_kind() {
         use crate::store::Store;
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Default::default()).unwrap();
         let registry = Registry::new(&store, "org1").unwrap();
-        registry.create_type("sensor", "", "Device").unwrap();
-        registry.create_type("gw", "", "Gateway").unwrap();
-        let (_, device_token) = registry.create_device("sensor", "d1", None).unwrap();
-        let (_, gateway_token) = registry.create_device("gw", "g1", None).unwrap();
+        registry.create_type("sensor", "", "Device").await.unwrap();
+        registry.create_type("gw", "", "Gateway").await.unwrap();
+        let (_, device_token) = registry.create_device("sensor", "d1", None).await.unwrap();
+        let (_, gateway_token) = registry.create_device("gw", "g1", None).await.unwrap();
         let (api_key, key_token) = registry
             .create_key(crate::registry::Role::ReadOnly, "")
+            .await
             .unwrap();
         let key = api_key.key;
         let user = Some(TOKEN_AUTH_USER);

@@ -56,8 +56,8 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 pub use listener::{ListenerLimits, MqttListeners, spawn_listeners, tls_config};
 
 use crate::{
-    domain::{ClientId, DisconnectCause, LifecycleEvent},
-    registry::Registry,
+    domain::{ClientId, ClientKind, DisconnectCause, LifecycleEvent},
+    registry::{Registry, Revoked},
     store::{Store, StoreError},
     tracker::Tracker,
 };
@@ -407,6 +407,24 @@ impl Broker {
                 }
             }
         });
+        // Deleted devices and API keys (on any cluster node): their
+        // connections end. This task too holds the broker weakly.
+        if let Some(mut revocations) = broker.inner.registry.take_revocations() {
+            let weak = Arc::downgrade(&broker.inner);
+            let stop = broker.inner.stop.clone();
+            tokio::spawn(async move {
+                loop {
+                    let revoked = tokio::select! {
+                        revoked = revocations.recv() => revoked,
+                        () = stop.cancelled() => return,
+                    };
+                    let (Some(revoked), Some(inner)) = (revoked, weak.upgrade()) else {
+                        return;
+                    };
+                    Broker { inner }.revoke_registered(&revoked);
+                }
+            });
+        }
         (broker, EventPump { handle, drain })
     }
 
@@ -535,6 +553,33 @@ impl Broker {
             .filter(|s| s.online_matches(&revoked))
             .filter(|s| s.close(DisconnectCause::CredentialsRevoked))
             .count()
+    }
+
+    /// Ends the connections made with credentials the registry revoked:
+    /// a device's (itself, or as a gateway), or applications' with an API
+    /// key. Returns how many.
+    pub fn revoke_registered(&self, revoked: &Revoked) -> usize {
+        let ended = match revoked {
+            Revoked::Device { type_id, device_id } => self.revoke(|client, _| {
+                matches!(
+                    client.kind(),
+                    ClientKind::Device { type_id: t, device_id: d, .. }
+                    | ClientKind::Gateway { type_id: t, device_id: d, .. }
+                    if t == type_id && d == device_id
+                )
+            }),
+            Revoked::Key(key) => self.revoke(|client, user| {
+                matches!(client.kind(), ClientKind::Application { .. }) && user == key
+            }),
+        };
+        if ended > 0 {
+            tracing::info!(
+                ?revoked,
+                connections = ended,
+                "credentials revoked; connections ended"
+            );
+        }
+        ended
     }
 
     fn session(&self, client_id: &str) -> Option<Arc<Session>> {

@@ -6,14 +6,25 @@
 //! digest (tokens are long random strings, so a fast hash is the right
 //! tool; passwords would need a slow one). Digests are compared in constant
 //! time. Records live in their own sled tree (`registry`) of the store's
-//! database, apart from the client state, and are written directly: they
-//! are not client state and have no revisions.
+//! database, apart from the client state: they are not client state and
+//! have no revisions. A single node writes the tree directly; a cluster
+//! node writes the cluster's key-value bucket and mirrors it into the tree
+//! ([`bucket`]), so that reads stay local and synchronous everywhere.
+//!
+//! A deleted API key or device is *revoked*: the registry hands a
+//! [`Revoked`] to whoever took [`Registry::take_revocations`] (the broker,
+//! which ends the connections made with it) on every node.
 
-use std::fmt;
+mod bucket;
+
+use std::{fmt, sync::Arc};
 
 use prost::Message;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::store::{Store, StoreError};
 
@@ -118,6 +129,18 @@ pub enum RegistryError {
     Invalid { field: &'static str, reason: String },
     #[error("the system has no source of randomness: {0}")]
     Random(String),
+    /// The cluster's registry could not be reached or did not answer.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Credentials that no longer hold: connections made with them end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revoked {
+    /// A deleted device (MQTT `use-token-auth`).
+    Device { type_id: String, device_id: String },
+    /// A deleted API key (applications connect with it).
+    Key(String),
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -167,11 +190,31 @@ fn random_chars(n: usize, mixed: bool) -> Result<String, RegistryError> {
 /// A cheap, cloneable handle to the registry.
 #[derive(Clone)]
 pub struct Registry {
+    /// The records (on a cluster node, the mirror of the bucket).
     db: sled::Tree,
     org_id: String,
-    /// Serialises key deletions, so that two at once cannot both see
-    /// another admin key and together delete the last two.
-    deleting: std::sync::Arc<std::sync::Mutex<()>>,
+    /// Serialises this node's key deletions, so that two at once cannot
+    /// both see another admin key and together delete the last two.
+    deleting: Arc<tokio::sync::Mutex<()>>,
+    /// The cluster's bucket, on a cluster node.
+    bucket: Option<Arc<bucket::Bucket>>,
+    revocations: Arc<Revocations>,
+}
+
+/// Where revocations go: a queue its one reader takes.
+struct Revocations {
+    send: mpsc::UnboundedSender<Revoked>,
+    receive: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Revoked>>>,
+}
+
+impl Revocations {
+    fn new() -> Arc<Revocations> {
+        let (send, receive) = mpsc::unbounded_channel();
+        Arc::new(Revocations {
+            send,
+            receive: std::sync::Mutex::new(Some(receive)),
+        })
+    }
 }
 
 /// Name of the registry's sled tree.
@@ -187,57 +230,121 @@ impl Registry {
             db,
             org_id: org_id.to_owned(),
             deleting: Default::default(),
+            bucket: None,
+            revocations: Revocations::new(),
         })
+    }
+
+    /// The registry of a cluster node: its records are those of the
+    /// cluster's key-value bucket `kv` (reached through `js`), mirrored
+    /// into the store's registry tree until `stop`. Returns once the mirror
+    /// holds the bucket's current records.
+    pub async fn clustered(
+        store: &Store,
+        org_id: &str,
+        kv: async_nats::jetstream::kv::Store,
+        js: async_nats::jetstream::Context,
+        stop: CancellationToken,
+    ) -> Result<Registry, RegistryError> {
+        let db = store.db().open_tree(TREE)?;
+        let revocations = Revocations::new();
+        let bucket =
+            bucket::Bucket::mirror(kv, js, db.clone(), revocations.send.clone(), stop).await?;
+        Ok(Registry {
+            db,
+            org_id: org_id.to_owned(),
+            deleting: Default::default(),
+            bucket: Some(bucket),
+            revocations,
+        })
+    }
+
+    /// The revocations of deleted API keys and devices, as this node
+    /// applies them (on a cluster node, every node's deletions). Only the
+    /// first call gets them.
+    pub fn take_revocations(&self) -> Option<mpsc::UnboundedReceiver<Revoked>> {
+        crate::lock::lock(&self.revocations.receive).take()
+    }
+
+    /// A single node's deletion revokes at once; a cluster node's mirror
+    /// revokes when it applies the deletion.
+    fn revoke_here(&self, revoked: Revoked) {
+        if self.bucket.is_none() {
+            let _ = self.revocations.send.send(revoked);
+        }
     }
 
     /// Creates a key with a new random token; the token is returned here
     /// and never again.
-    pub fn create_key(
+    pub async fn create_key(
         &self,
         role: Role,
         description: &str,
     ) -> Result<(ApiKey, String), RegistryError> {
         let key = format!("a-{}-{}", self.org_id, random_chars(10, false)?);
         let token = random_chars(TOKEN_LEN, true)?;
-        let api_key = self.put_key(&key, &token, role, description)?;
+        let (record, api_key) = key_record(&key, &token, role, description);
+        match &self.bucket {
+            Some(bucket) => {
+                let id = bucket::RecordId::Key(key);
+                bucket
+                    .create(&id, record.encode_to_vec(), "the API key")
+                    .await?
+            }
+            None => self.insert(record_key(&key), record.encode_to_vec())?,
+        }
         Ok((api_key, token))
     }
 
     /// Stores `key` with `token` (used to bootstrap an administrator key
-    /// from the configuration; replaces an existing record).
-    pub fn put_key(
+    /// from the configuration; replaces an existing record). In a cluster
+    /// a record with the same token, role and description stays as it is,
+    /// so nodes starting with the same key change nothing.
+    pub async fn put_key(
         &self,
         key: &str,
         token: &str,
         role: Role,
         description: &str,
     ) -> Result<ApiKey, RegistryError> {
-        let created = crate::domain::truncate_to_millis(chrono::Utc::now());
-        let record = ApiKeyRecord {
-            key: key.to_owned(),
-            token_sha256: digest(token),
-            role: role.to_u32(),
-            description: description.to_owned(),
-            created_ms: created.timestamp_millis(),
-        };
-        self.db.insert(record_key(key), record.encode_to_vec())?;
+        let (record, api_key) = key_record(key, token, role, description);
+        match &self.bucket {
+            Some(bucket) => {
+                let id = bucket::RecordId::Key(key.to_owned());
+                if let Some((value, revision)) = bucket.get(&id).await?
+                    && let Ok(stored) = ApiKeyRecord::decode(value.as_slice())
+                    && stored.token_sha256 == record.token_sha256
+                    && stored.role == record.role
+                    && stored.description == record.description
+                {
+                    bucket.mirrored(revision).await?;
+                    return Ok(ApiKey {
+                        created: time_ms(stored.created_ms),
+                        ..api_key
+                    });
+                }
+                bucket.put(&id, record.encode_to_vec()).await?;
+            }
+            None => self.insert(record_key(key), record.encode_to_vec())?,
+        }
+        Ok(api_key)
+    }
+
+    /// Writes one record of a single node.
+    fn insert(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), RegistryError> {
+        self.db.insert(key, value)?;
         self.db.flush()?;
-        Ok(ApiKey {
-            key: key.to_owned(),
-            role,
-            description: description.to_owned(),
-            created,
-        })
+        Ok(())
     }
 
     /// Deletes `key` on behalf of the caller `by`. Nobody locks the
     /// administrators out: a key cannot delete itself, and the last admin
-    /// key stays.
-    pub fn delete_key(&self, key: &str, by: &str) -> Result<(), RegistryError> {
-        let _one_at_a_time = self
-            .deleting
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    /// key stays. (These checks read this node's copy of a cluster's
+    /// registry, and deletions are serialised per node: two nodes deleting
+    /// the last two admin keys at the same moment could both succeed; a
+    /// node started with `--admin-key` puts its key back.)
+    pub async fn delete_key(&self, key: &str, by: &str) -> Result<(), RegistryError> {
+        let _one_at_a_time = self.deleting.lock().await;
         let target = self
             .db
             .get(record_key(key))?
@@ -256,8 +363,13 @@ impl Registry {
         {
             return Err(RegistryError::LastAdmin);
         }
-        self.db.remove(record_key(key))?;
-        self.db.flush()?;
+        if !self
+            .delete_record(bucket::RecordId::Key(key.to_owned()))
+            .await?
+        {
+            return Err(RegistryError::NotFound);
+        }
+        self.revoke_here(Revoked::Key(key.to_owned()));
         Ok(())
     }
 
@@ -318,6 +430,25 @@ fn migrate(old: &sled::Db, tree: &sled::Tree) -> Result<(), RegistryError> {
     old.flush()?;
     tracing::info!(records = moved, "registry moved into its own tree");
     Ok(())
+}
+
+/// A new key's record, and the key as listed.
+fn key_record(key: &str, token: &str, role: Role, description: &str) -> (ApiKeyRecord, ApiKey) {
+    let created = crate::domain::truncate_to_millis(chrono::Utc::now());
+    let record = ApiKeyRecord {
+        key: key.to_owned(),
+        token_sha256: digest(token),
+        role: role.to_u32(),
+        description: description.to_owned(),
+        created_ms: created.timestamp_millis(),
+    };
+    let api_key = ApiKey {
+        key: key.to_owned(),
+        role,
+        description: description.to_owned(),
+        created,
+    };
+    (record, api_key)
 }
 
 fn decode(bytes: &[u8]) -> Option<(ApiKey, Vec<u8>)> {
@@ -404,7 +535,7 @@ fn time_ms(ms: i64) -> crate::domain::Timestamp {
 }
 
 impl Registry {
-    pub fn create_type(
+    pub async fn create_type(
         &self,
         id: &str,
         description: &str,
@@ -429,13 +560,12 @@ impl Registry {
             class_id: class_id.to_owned(),
             created_ms: created.timestamp_millis(),
         };
-        let inserted =
-            self.db
-                .compare_and_swap(type_key(id), None::<&[u8]>, Some(record.encode_to_vec()))?;
-        if inserted.is_err() {
-            return Err(RegistryError::Exists("the device type"));
-        }
-        self.db.flush()?;
+        self.create_record(
+            bucket::RecordId::Type(id.to_owned()),
+            record.encode_to_vec(),
+            "the device type",
+        )
+        .await?;
         Ok(DeviceType {
             id: id.to_owned(),
             description: description.to_owned(),
@@ -475,8 +605,42 @@ impl Registry {
         Ok(out)
     }
 
-    /// Deletes a device type that has no devices.
-    pub fn delete_type(&self, id: &str) -> Result<(), RegistryError> {
+    /// Writes a new record; `Exists(what)` when its id is taken.
+    async fn create_record(
+        &self,
+        id: bucket::RecordId,
+        value: Vec<u8>,
+        what: &'static str,
+    ) -> Result<(), RegistryError> {
+        if let Some(bucket) = &self.bucket {
+            return bucket.create(&id, value, what).await;
+        }
+        let inserted = self
+            .db
+            .compare_and_swap(id.tree_key(), None::<&[u8]>, Some(value))?;
+        if inserted.is_err() {
+            return Err(RegistryError::Exists(what));
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Deletes a record; whether it was there.
+    async fn delete_record(&self, id: bucket::RecordId) -> Result<bool, RegistryError> {
+        if let Some(bucket) = &self.bucket {
+            return bucket.delete(&id).await;
+        }
+        let removed = self.db.remove(id.tree_key())?.is_some();
+        if removed {
+            self.db.flush()?;
+        }
+        Ok(removed)
+    }
+
+    /// Deletes a device type that has no devices. (In a cluster, a device
+    /// registered on another node at the same moment may outlive its type;
+    /// it then cannot connect, as its type is unknown.)
+    pub async fn delete_type(&self, id: &str) -> Result<(), RegistryError> {
         self.get_type(id)?;
         let devices = [DEVICE_PREFIX, id.as_bytes(), b"\0"].concat();
         if self.db.scan_prefix(devices).next().is_some() {
@@ -485,14 +649,18 @@ impl Registry {
                 reason: "the device type still has devices".into(),
             });
         }
-        self.db.remove(type_key(id))?;
-        self.db.flush()?;
+        if !self
+            .delete_record(bucket::RecordId::Type(id.to_owned()))
+            .await?
+        {
+            return Err(RegistryError::TypeNotFound);
+        }
         Ok(())
     }
 
     /// Registers a device; with no `token` a random one is made. The token
     /// is returned here and never again.
-    pub fn create_device(
+    pub async fn create_device(
         &self,
         type_id: &str,
         device_id: &str,
@@ -522,15 +690,12 @@ impl Registry {
             token_sha256: digest(&token),
             created_ms: created.timestamp_millis(),
         };
-        let inserted = self.db.compare_and_swap(
-            device_key(type_id, device_id),
-            None::<&[u8]>,
-            Some(record.encode_to_vec()),
-        )?;
-        if inserted.is_err() {
-            return Err(RegistryError::Exists("the device"));
-        }
-        self.db.flush()?;
+        self.create_record(
+            bucket::RecordId::Device(type_id.to_owned(), device_id.to_owned()),
+            record.encode_to_vec(),
+            "the device",
+        )
+        .await?;
         Ok((
             Device {
                 type_id: type_id.to_owned(),
@@ -577,14 +742,17 @@ impl Registry {
         Ok(out)
     }
 
-    pub fn delete_device(&self, type_id: &str, device_id: &str) -> Result<(), RegistryError> {
-        match self.db.remove(device_key(type_id, device_id))? {
-            Some(_) => {
-                self.db.flush()?;
-                Ok(())
-            }
-            None => Err(RegistryError::DeviceNotFound),
+    /// Deletes a device: its token no longer holds ([`Revoked::Device`]).
+    pub async fn delete_device(&self, type_id: &str, device_id: &str) -> Result<(), RegistryError> {
+        let id = bucket::RecordId::Device(type_id.to_owned(), device_id.to_owned());
+        if !self.delete_record(id).await? {
+            return Err(RegistryError::DeviceNotFound);
         }
+        self.revoke_here(Revoked::Device {
+            type_id: type_id.to_owned(),
+            device_id: device_id.to_owned(),
+        });
+        Ok(())
     }
 
     /// The class of the device's type if `token` is the token of the device
@@ -672,19 +840,20 @@ mod tests {
         assert_eq!(parse_basic("Basic !!!"), None);
     }
 
-    #[test]
-    fn devices_register_once_and_authenticate_by_token() {
+    #[tokio::test]
+    async fn devices_register_once_and_authenticate_by_token() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Default::default()).unwrap();
         let registry = Registry::new(&store, "org1").unwrap();
         registry
             .create_type("sensor", "a sensor", "Device")
+            .await
             .unwrap();
         assert!(matches!(
-            registry.create_type("sensor", "", "Device"),
+            registry.create_type("sensor", "", "Device").await,
             Err(RegistryError::Exists(_))
         ));
-        let (device, token) = registry.create_device("sensor", "s1", None).unwrap();
+        let (device, token) = registry.create_device("sensor", "s1", None).await.unwrap();
         assert_eq!(device.device_id, "s1");
         assert!(token.len() >= 18);
         assert_eq!(
@@ -699,36 +868,54 @@ mod tests {
             registry.authenticate_device("sensor", "nobody", &token),
             None
         );
-        registry.create_type("gw", "", "Gateway").unwrap();
-        let (_, gw_token) = registry.create_device("gw", "g1", None).unwrap();
+        registry.create_type("gw", "", "Gateway").await.unwrap();
+        let (_, gw_token) = registry.create_device("gw", "g1", None).await.unwrap();
         assert_eq!(
             registry.authenticate_device("gw", "g1", &gw_token),
             Some(DeviceClass::Gateway)
         );
         let (_, chosen) = registry
             .create_device("sensor", "s2", Some("my-own-token"))
+            .await
             .unwrap();
         assert_eq!(chosen, "my-own-token");
         assert_eq!(registry.list_devices("sensor").unwrap().len(), 2);
-        assert!(registry.delete_type("sensor").is_err(), "devices remain");
-        registry.delete_device("sensor", "s1").unwrap();
+        assert!(
+            registry.delete_type("sensor").await.is_err(),
+            "devices remain"
+        );
+        let mut revocations = registry.take_revocations().unwrap();
+        assert!(registry.take_revocations().is_none(), "one reader");
+        registry.delete_device("sensor", "s1").await.unwrap();
         assert_eq!(registry.authenticate_device("sensor", "s1", &token), None);
+        assert_eq!(
+            revocations.try_recv().unwrap(),
+            Revoked::Device {
+                type_id: "sensor".into(),
+                device_id: "s1".into()
+            }
+        );
         assert!(matches!(
-            registry.create_device("nope", "x", None),
+            registry.delete_device("sensor", "s1").await,
+            Err(RegistryError::DeviceNotFound)
+        ));
+        assert!(revocations.try_recv().is_err(), "nothing more revoked");
+        assert!(matches!(
+            registry.create_device("nope", "x", None).await,
             Err(RegistryError::TypeNotFound)
         ));
     }
 
     /// Records an earlier version kept in the state tree move into the
     /// registry's own tree, and still authenticate.
-    #[test]
-    fn records_of_the_state_tree_move_into_the_registry_tree() {
+    #[tokio::test]
+    async fn records_of_the_state_tree_move_into_the_registry_tree() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Default::default()).unwrap();
         let registry = Registry::new(&store, "org1").unwrap();
-        registry.create_type("sensor", "", "Device").unwrap();
-        let (_, device_token) = registry.create_device("sensor", "s1", None).unwrap();
-        let (key, key_token) = registry.create_key(Role::Admin, "").unwrap();
+        registry.create_type("sensor", "", "Device").await.unwrap();
+        let (_, device_token) = registry.create_device("sensor", "s1", None).await.unwrap();
+        let (key, key_token) = registry.create_key(Role::Admin, "").await.unwrap();
         // The old layout: the same records in the default tree.
         let tree = store.db().open_tree(TREE).unwrap();
         for item in tree.iter() {

@@ -7,11 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     ApiResult, PathParams, body::JsonBody, error::ApiError, json::ListJson, params::format_time,
 };
-use crate::{
-    domain::ClientKind,
-    mqtt::Broker,
-    registry::{ApiKey, Principal, Registry, RegistryError, Role},
-};
+use crate::registry::{ApiKey, Principal, Registry, RegistryError, Role};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,6 +44,10 @@ impl KeyJson {
 fn internal(e: RegistryError) -> ApiError {
     match e {
         RegistryError::NotFound => ApiError::KeyNotFound(String::new()),
+        RegistryError::Unavailable(reason) => {
+            tracing::error!(%reason, "registry request failed");
+            ApiError::Unavailable
+        }
         other => {
             tracing::error!(error = %other, "registry request failed");
             ApiError::Internal
@@ -69,6 +69,7 @@ pub(super) async fn create(
     }
     let (key, token) = registry
         .create_key(role, &body.description)
+        .await
         .map_err(internal)?;
     Ok((StatusCode::CREATED, Json(KeyJson::new(key, Some(token)))))
 }
@@ -86,20 +87,13 @@ pub(super) async fn list(
 
 pub(super) async fn delete(
     Extension(registry): Extension<Registry>,
-    Extension(broker): Extension<Option<Broker>>,
     Extension(caller): Extension<Principal>,
     PathParams(key): PathParams<String>,
 ) -> ApiResult<StatusCode> {
-    match registry.delete_key(&key, &caller.key) {
-        Ok(()) => {
-            // Applications connected with this key lose their connection.
-            if let Some(broker) = broker {
-                broker.revoke(|client, user| {
-                    matches!(client.kind(), ClientKind::Application { .. }) && user == key
-                });
-            }
-            Ok(StatusCode::NO_CONTENT)
-        }
+    // Applications connected with this key lose their connection: the
+    // registry revokes it (on every node of a cluster).
+    match registry.delete_key(&key, &caller.key).await {
+        Ok(()) => Ok(StatusCode::NO_CONTENT),
         Err(RegistryError::NotFound) => Err(ApiError::KeyNotFound(key)),
         Err(RegistryError::OwnKey) => Err(ApiError::Refused {
             what: key,

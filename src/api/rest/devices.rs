@@ -10,8 +10,6 @@ use super::{
     ApiResult, PathParams, body::JsonBody, error::ApiError, json::ListJson, params::format_time,
 };
 use crate::{
-    domain::ClientKind,
-    mqtt::Broker,
     query::QueryService,
     registry::{Device, DeviceType, Registry, RegistryError},
 };
@@ -101,6 +99,10 @@ fn registry_error(e: RegistryError, type_id: &str, device_id: Option<&str>) -> A
         )),
         RegistryError::Exists(what) => ApiError::Conflict(what.to_owned()),
         RegistryError::Invalid { field, reason } => ApiError::bad(field, reason),
+        RegistryError::Unavailable(reason) => {
+            tracing::error!(%reason, "registry request failed");
+            ApiError::Unavailable
+        }
         other => {
             tracing::error!(error = %other, "registry request failed");
             ApiError::Internal
@@ -136,6 +138,7 @@ pub(super) async fn create_type(
 ) -> ApiResult<(StatusCode, Json<TypeJson>)> {
     let created = registry
         .create_type(&body.id, &body.description, &body.class_id)
+        .await
         .map_err(|e| registry_error(e, &body.id, None))?;
     Ok((StatusCode::CREATED, Json(TypeJson::from(created))))
 }
@@ -167,6 +170,7 @@ pub(super) async fn delete_type(
     check_path(&type_id, None)?;
     registry
         .delete_type(&type_id)
+        .await
         .map_err(|e| registry_error(e, &type_id, None))?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -180,6 +184,7 @@ pub(super) async fn create_device(
     check_path(&type_id, None)?;
     let (device, token) = registry
         .create_device(&type_id, &body.device_id, body.auth_token.as_deref())
+        .await
         .map_err(|e| registry_error(e, &type_id, Some(&body.device_id)))?;
     let json = DeviceJson::new(device, &query.options().org_id, Some(token));
     Ok((StatusCode::CREATED, Json(json)))
@@ -217,23 +222,14 @@ pub(super) async fn get_device(
 
 pub(super) async fn delete_device(
     Extension(registry): Extension<Registry>,
-    Extension(broker): Extension<Option<Broker>>,
     PathParams((type_id, device_id)): PathParams<(String, String)>,
 ) -> ApiResult<StatusCode> {
     check_path(&type_id, Some(&device_id))?;
+    // Its token is gone: so is its connection (0x98, credentials revoked),
+    // which the registry revokes (on every node of a cluster).
     registry
         .delete_device(&type_id, &device_id)
+        .await
         .map_err(|e| registry_error(e, &type_id, Some(&device_id)))?;
-    // Its token is gone: so is its connection (0x98, credentials revoked).
-    if let Some(broker) = broker {
-        broker.revoke(|client, _| {
-            matches!(
-                client.kind(),
-                ClientKind::Device { type_id: t, device_id: d, .. }
-                | ClientKind::Gateway { type_id: t, device_id: d, .. }
-                if t == type_id && d == device_id
-            )
-        });
-    }
     Ok(StatusCode::NO_CONTENT)
 }
