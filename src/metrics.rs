@@ -82,6 +82,14 @@ pub struct Metrics {
     pub source_connections: Family<SourceLabel, Counter>,
     pub source_restarts: Family<SourceLabel, Counter>,
     pub source_input: Family<SourceInputLabels, Counter>,
+    /// A cluster node's place in its cluster (0 outside a cluster).
+    pub cluster_nats_connected: Gauge,
+    pub cluster_joined: Gauge,
+    pub cluster_lease_held: Gauge,
+    pub cluster_applied_sequence: Gauge,
+    pub cluster_stream_sequence: Gauge,
+    pub cluster_lag_messages: Gauge,
+    pub cluster_append_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -223,8 +231,57 @@ impl Default for Metrics {
             "Messages a source received, by what became of them (bad: unreadable, logged; unattributed: a failed connect the broker names no client for)",
             source_input.clone(),
         );
+        let cluster_nats_connected = Gauge::default();
+        registry.register(
+            "cluster_nats_connected",
+            "1 while this cluster node is connected to NATS",
+            cluster_nats_connected.clone(),
+        );
+        let cluster_joined = Gauge::default();
+        registry.register(
+            "cluster_joined",
+            "1 while this node's run is started in its cluster (not fenced off)",
+            cluster_joined.clone(),
+        );
+        let cluster_lease_held = Gauge::default();
+        registry.register(
+            "cluster_lease_held",
+            "1 while this node's last lease renewal succeeded",
+            cluster_lease_held.clone(),
+        );
+        let cluster_applied_sequence = Gauge::default();
+        registry.register(
+            "cluster_applied_sequence",
+            "The newest message of the cluster's log applied on this node",
+            cluster_applied_sequence.clone(),
+        );
+        let cluster_stream_sequence = Gauge::default();
+        registry.register(
+            "cluster_stream_sequence",
+            "The newest message of the cluster's log known to this node",
+            cluster_stream_sequence.clone(),
+        );
+        let cluster_lag_messages = Gauge::default();
+        registry.register(
+            "cluster_lag_messages",
+            "Messages of the cluster's log not yet applied on this node",
+            cluster_lag_messages.clone(),
+        );
+        let cluster_append_failures = Counter::default();
+        registry.register(
+            "cluster_append_failures",
+            "Messages the cluster's log did not take after every retry (their writes were refused)",
+            cluster_append_failures.clone(),
+        );
         Metrics {
             registry,
+            cluster_nats_connected,
+            cluster_joined,
+            cluster_lease_held,
+            cluster_applied_sequence,
+            cluster_stream_sequence,
+            cluster_lag_messages,
+            cluster_append_failures,
             source_up,
             source_connections,
             source_restarts,

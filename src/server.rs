@@ -245,7 +245,9 @@ pub async fn run(
     // in the log ends its earlier runs' connections, as the recovery below
     // does for a single node.
     let cluster = match &config.cluster {
-        Some(cluster) => Some(crate::cluster::Cluster::join(cluster.clone(), store.clone()).await?),
+        Some(cluster) => Some(
+            crate::cluster::Cluster::join(cluster.clone(), store.clone(), metrics.clone()).await?,
+        ),
         None => None,
     };
     let recovered = match cluster {

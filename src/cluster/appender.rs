@@ -107,6 +107,7 @@ pub(super) async fn run(cluster: Cluster, mut queue: mpsc::Receiver<(u64, wire::
                 }
                 Err(e) => {
                     tracing::error!(error = %e, entries = ids.len(), "the cluster log refused a message");
+                    cluster.shared.metrics.cluster_append_failures.inc();
                     let mut waiters = crate::lock::lock(&cluster.shared.waiters);
                     for id in ids {
                         if let Some(waiter) = waiters.remove(&id) {

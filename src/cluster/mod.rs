@@ -235,6 +235,7 @@ struct Shared {
     fenced: watch::Sender<u64>,
     status: watch::Sender<ClusterStatus>,
     stop: CancellationToken,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// How long a write waits for the log to take and apply it.
@@ -246,7 +247,11 @@ impl Cluster {
     /// stands, makes `store` a replica of the log, and starts this node's
     /// run. Returns before the node has caught up: [`Cluster::status`] says
     /// when it is ready.
-    pub async fn join(config: ClusterConfig, store: Store) -> Result<Cluster, ClusterError> {
+    pub async fn join(
+        config: ClusterConfig,
+        store: Store,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<Cluster, ClusterError> {
         config
             .validate()
             .map_err(|(field, reason)| ClusterError::JetStream(format!("{field} {reason}")))?;
@@ -305,6 +310,7 @@ impl Cluster {
             client,
             js,
             store: store.clone(),
+            metrics,
         });
         let cluster = Cluster { shared };
         store.set_sequencer(Arc::new(cluster.clone()));
@@ -445,6 +451,14 @@ impl Cluster {
                 .max(s.applied.load(Ordering::Acquire)),
             max_lag: s.config.max_lag,
         };
+        let m = &s.metrics;
+        m.cluster_nats_connected
+            .set(i64::from(status.nats_connected));
+        m.cluster_joined.set(i64::from(status.started));
+        m.cluster_lease_held.set(i64::from(status.lease_held));
+        m.cluster_applied_sequence.set(status.applied as i64);
+        m.cluster_stream_sequence.set(status.stream_last as i64);
+        m.cluster_lag_messages.set(status.lag() as i64);
         s.status.send_if_modified(|now| {
             let changed = *now != status;
             *now = status;
