@@ -8,7 +8,7 @@
 //! Renewal times are the NATS server's clock, compared with this node's:
 //! the margin below allows for a little skew between them.
 
-use std::{collections::HashSet, sync::atomic::Ordering, time::Duration};
+use std::{collections::HashMap, sync::atomic::Ordering, time::Duration};
 
 use async_nats::jetstream::{self, kv};
 
@@ -106,7 +106,9 @@ pub(super) async fn run(cluster: Cluster, kv: kv::Store) {
     let shared = &cluster.shared;
     let renew_every = shared.config.lease / 3;
     let mut last_renewal = tokio::time::Instant::now();
-    let mut reported: HashSet<(String, u64)> = HashSet::new();
+    // Losses appended, and when: appended again after a lease, in case the
+    // first append was lost.
+    let mut reported: HashMap<(String, u64), tokio::time::Instant> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1).min(renew_every));
     loop {
         tokio::select! {
@@ -129,8 +131,12 @@ pub(super) async fn run(cluster: Cluster, kv: kv::Store) {
             .filter(|(node, _)| **node != shared.config.node_id)
             .map(|(node, run)| (node.clone(), *run))
             .collect();
-        for (node, run) in nodes {
-            if reported.contains(&(node.clone(), run)) {
+        reported.retain(|(node, run), _| nodes.contains(&(node.clone(), *run)));
+        for (node, run) in nodes.clone() {
+            if reported
+                .get(&(node.clone(), run))
+                .is_some_and(|at| at.elapsed() < shared.config.lease)
+            {
                 continue;
             }
             let entry = match kv.entry(key(&node)).await {
@@ -157,7 +163,7 @@ pub(super) async fn run(cluster: Cluster, kv: kv::Store) {
             let Some(lease) = lost_lease else {
                 continue;
             };
-            reported.insert((node.clone(), run));
+            reported.insert((node.clone(), run), tokio::time::Instant::now());
             tracing::warn!(%node, "cluster node's lease lapsed; recording it as lost");
             let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
             let body = wire::Body::NodeLost(wire::NodeLost {
