@@ -30,7 +30,7 @@ const IN_FLIGHT: usize = 64;
 
 /// Publishes of one message before its waiters hear it failed.
 const ATTEMPTS: u32 = 5;
-const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub(super) async fn run(cluster: Cluster, mut queue: mpsc::Receiver<(u64, wire::Body)>) {
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));

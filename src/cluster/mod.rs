@@ -503,6 +503,11 @@ impl Sequencer for Cluster {
                     "this node has not joined the cluster yet (catching up with its log)".into(),
                 ));
             }
+            if shared.client.connection_state() != async_nats::connection::State::Connected {
+                return Err(StoreError::Unavailable(
+                    "NATS is unreachable from this node".into(),
+                ));
+            }
             let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
             let (ack, done) = tokio::sync::oneshot::channel();
             crate::lock::lock(&shared.waiters).insert(id, ack);
