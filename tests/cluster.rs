@@ -522,8 +522,16 @@ struct Storm {
 }
 
 impl Storm {
-    /// `connectors` connectors per node of `nodes` (indexes of `harness`).
-    fn start(harness: &ClusterHarness, nodes: &[usize], connectors: usize, prefix: &str) -> Storm {
+    /// `connectors` connectors per node of `nodes` (indexes of `harness`);
+    /// a connection closed before its CONNACK is a failure unless its node
+    /// is one of `mortal` (to be killed).
+    fn start(
+        harness: &ClusterHarness,
+        nodes: &[usize],
+        mortal: &[usize],
+        connectors: usize,
+        prefix: &str,
+    ) -> Storm {
         let stop = Arc::new(AtomicBool::new(false));
         let progress: Vec<Arc<AtomicUsize>> = (0..harness.nodes().len())
             .map(|_| Arc::new(AtomicUsize::new(0)))
@@ -535,6 +543,7 @@ impl Storm {
                 let stop = stop.clone();
                 let progress = progress[n].clone();
                 let prefix = format!("{prefix}n{}c{c}-", n + 1);
+                let mortal = mortal.contains(&n);
                 tasks.push((
                     n,
                     tokio::spawn(async move {
@@ -557,7 +566,8 @@ impl Storm {
                                     tokio::time::sleep(Duration::from_millis(50)).await;
                                 }
                                 // The node is gone (or going).
-                                Err(_) => break,
+                                Err(_) if mortal => break,
+                                Err(e) => panic!("{id}: closed without a CONNACK: {e}"),
                             }
                         }
                         side
@@ -585,10 +595,10 @@ impl Storm {
     }
 
     /// Stops the connectors: what each node's saw.
-    async fn finish(self) -> HashMap<usize, StormSide> {
+    async fn finish(mut self) -> HashMap<usize, StormSide> {
         self.stop.store(true, Ordering::Relaxed);
         let mut sides: HashMap<usize, StormSide> = HashMap::new();
-        for (n, task) in self.tasks {
+        for (n, task) in std::mem::take(&mut self.tasks) {
             let side = task.await.expect("a connector");
             let all = sides.entry(n).or_default();
             all.acknowledged.extend(side.acknowledged);
@@ -599,6 +609,16 @@ impl Storm {
     }
 }
 
+/// A test that fails mid-storm ends its connectors before its nodes go.
+impl Drop for Storm {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for (_, task) in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_in_a_connect_storm_loses_nothing_acknowledged() {
     bounded(async {
@@ -606,13 +626,13 @@ async fn a_node_killed_in_a_connect_storm_loses_nothing_acknowledged() {
         let mut harness = ClusterHarness::start(3).await;
         // node3 watches everything from the start, read as it comes.
         let watcher = Watcher::start(harness.node(2), 0).await;
-        let storm = Storm::start(&harness, &[0, 1], 4, prefix);
+        let storm = Storm::start(&harness, &[0, 1], &[0], 4, prefix);
         storm.wait_for(0, 60).await;
         harness.kill9(0);
         let at_kill = storm.acknowledged(1);
         // node2 goes on taking clients while node1's lease lapses.
         storm.wait_for(1, at_kill + 60).await;
-        let sides = storm.finish().await;
+        let mut sides = storm.finish().await;
         let on_node1 = &sides[&0].acknowledged;
         let on_node2 = &sides[&1].acknowledged;
         println!(
@@ -708,20 +728,27 @@ async fn a_node_killed_in_a_connect_storm_loses_nothing_acknowledged() {
             .count();
         assert_eq!(lost_changes, node1_records, "one loss change per client");
 
-        // node1 comes back on its data and ports and agrees with node3.
-        drop(sides);
+        // node1 comes back on its data and ports and agrees with node3;
+        // node2's clients stay connected meanwhile.
+        drop(sides.remove(&0));
         harness.restart(0, true).await;
-        let revision = agreed_revision(&harness).await;
+        // Its new run finds nothing of the old one left to end.
+        assert_eq!(agreed_revision(&harness).await, revision);
         assert_eq!(
             states_under(harness.node(0), "").await,
             states_under(harness.node(2), "").await,
             "node1 after its restart and node3 at revision {revision}"
         );
+        drop(sides);
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails: while the killed server's streams elect new leaders, every node fails to \
+            renew its own lease yet declares the others lost (healthy nodes fenced, their \
+            clients recorded lost with close code 97), and CONNECTs then wait over 20 s \
+            with neither CONNACK nor refusal"]
 async fn a_nats_server_killed_in_a_storm_loses_nothing() {
     bounded(async {
         let prefix = "d:local:nats:";
@@ -741,9 +768,21 @@ async fn a_nats_server_killed_in_a_storm_loses_nothing() {
         let victim = (0..3)
             .find(|&i| harness.nats.name(i) == leader)
             .expect("the leader is one of the servers");
+        let lease_leader = js
+            .get_stream("KV_CONNSTATE_nodes")
+            .await
+            .expect("the lease bucket")
+            .get_info()
+            .await
+            .expect("stream info")
+            .cluster
+            .and_then(|c| c.leader);
+        println!(
+            "killing {leader}, leader of the log; the lease bucket's leader: {lease_leader:?}"
+        );
         drop(js);
 
-        let storm = Storm::start(&harness, &[0, 1, 2], 3, prefix);
+        let storm = Storm::start(&harness, &[0, 1, 2], &[], 3, prefix);
         for n in 0..3 {
             storm.wait_for(n, 20).await;
         }
@@ -776,15 +815,28 @@ async fn a_nats_server_killed_in_a_storm_loses_nothing() {
                     .all(|id| states.contains_key(id))
             })
             .await;
-            let lost = states
+            // Every node lived: no client was lost with one, and every
+            // acknowledged client is still connected.
+            let lost: Vec<&String> = states
                 .values()
                 .filter(|s| s.last_close_code == Some(NODE_LOST))
-                .count();
-            println!(
-                "{}: {} records, {lost} recorded lost with a node",
+                .map(|s| &s.client_id)
+                .collect();
+            assert!(
+                lost.is_empty(),
+                "{}: {} clients recorded lost with a live node, e.g. {:?}",
                 node.id,
-                states.len()
+                lost.len(),
+                lost.first()
             );
+            for id in sides.values().flat_map(|s| &s.acknowledged) {
+                assert_eq!(
+                    states[id].connection_status,
+                    connected_status(),
+                    "{}: {id}",
+                    node.id
+                );
+            }
         }
         for (n, side) in &sides {
             println!(

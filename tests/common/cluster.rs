@@ -6,7 +6,8 @@
 //! [`super::nats::GUARD`]): a line on a pipe from this process kills it, and
 //! so does the end of this process, however it ends. Dropping the harness
 //! kills every node, then every NATS server; when a test panics, the tail of
-//! each node's log is printed first.
+//! each node's log is printed first, and the folder of the node logs and
+//! data is kept.
 
 use std::{
     fmt::Write as _,
@@ -327,7 +328,12 @@ impl Drop for ClusterHarness {
                 )
                 .unwrap();
             }
-            eprintln!("{message}");
+            // The whole logs and data stay for a look after the failure.
+            self._dir.disable_cleanup(true);
+            eprintln!(
+                "{message}--- node logs and data kept in {}",
+                self._dir.path().display()
+            );
         }
         for node in &mut self.nodes {
             if let Some((mut child, mut control)) = node.process.take() {
