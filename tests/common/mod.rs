@@ -1,6 +1,7 @@
 //! A real server on port 0 with real gRPC clients, and event builders.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod nats;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};

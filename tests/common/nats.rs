@@ -27,8 +27,9 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Runs `"$@"` (the server) in the background and stops it on a line of
 /// standard input (`term` = SIGTERM, anything else = SIGKILL) or at end of
 /// input; exits with the server's status once the server has ended, so the
-/// caller's `wait` means the server is gone.
-const GUARD: &str = r#"
+/// caller's `wait` means the server is gone. The server's standard output
+/// and error are the guard's.
+pub const GUARD: &str = r#"
 exec 3<&0
 "$@" 3<&- </dev/null &
 server=$!
