@@ -8,6 +8,7 @@
 //! cargo run --release --bin connstate-bench -- ingest
 //! cargo run --release --bin connstate-bench -- query --clients 1000000
 //! cargo run --release --bin connstate-bench -- watch --watchers 1000 --rate 10000
+//! bench/cluster.sh    # the cluster scenarios against a cluster of 3 nodes
 //! ```
 
 /// mimalloc: the service allocates and frees many small buffers per event
@@ -40,6 +41,11 @@ use connstate::{
 };
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
+
+// The root of a binary finds its modules beside it: this one sits in a
+// folder of its own, so that Cargo does not take it for another binary.
+#[path = "bench/cluster.rs"]
+mod cluster;
 
 #[derive(Parser)]
 #[command(about = "connstate benchmarks")]
@@ -93,6 +99,60 @@ enum Scenario {
         #[arg(long, default_value_t = 0)]
         per_message: u32,
     },
+    /// Durable ingest through a running cluster (round-robin over its
+    /// nodes), next to raw JetStream publishes of the same log messages.
+    ClusterIngest {
+        /// NATS URLs of the cluster, comma-separated.
+        #[arg(
+            long,
+            default_value = "nats://127.0.0.1:4222,nats://127.0.0.1:4223,nats://127.0.0.1:4224"
+        )]
+        nats: String,
+        /// gRPC addresses of the nodes, comma-separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "127.0.0.1:50051,127.0.0.1:50052,127.0.0.1:50053"
+        )]
+        nodes: Vec<String>,
+        #[arg(long, default_value_t = 200_000)]
+        events: usize,
+        /// Events per IngestEvents call and per reference message (even:
+        /// each client's connect and disconnect go together).
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        #[arg(long, default_value_t = 8)]
+        producers: usize,
+    },
+    /// The connstate part of `cluster-ingest` alone: loads a cluster's log.
+    ClusterLoad {
+        /// gRPC addresses of the nodes to ingest through, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:50051")]
+        nodes: Vec<String>,
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        #[arg(long, default_value_t = 8)]
+        producers: usize,
+    },
+    /// An event ingested on the first node until it is seen on the last
+    /// one: by a WatchConnections stream, and by a Get carrying the
+    /// write's revision.
+    ClusterLatency {
+        /// gRPC addresses: the writer first, the reader last.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "127.0.0.1:50051,127.0.0.1:50053"
+        )]
+        nodes: Vec<String>,
+        /// Connects per second.
+        #[arg(long, default_value_t = 10_000)]
+        rate: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -122,6 +182,24 @@ fn main() -> anyhow::Result<()> {
                 per_message,
             } => watch(&cli.dir, watchers, rate, seconds, per_message).await,
             Scenario::CrashChild { data, clients } => crash_child(&data, clients).await,
+            Scenario::ClusterIngest {
+                nats,
+                nodes,
+                events,
+                batch,
+                producers,
+            } => cluster::ingest(&nats, &nodes, events, batch, producers).await,
+            Scenario::ClusterLoad {
+                nodes,
+                events,
+                batch,
+                producers,
+            } => cluster::load_only(&nodes, events, batch, producers).await,
+            Scenario::ClusterLatency {
+                nodes,
+                rate,
+                seconds,
+            } => cluster::latency(&nodes, rate, seconds).await,
         }
     })
 }
