@@ -745,10 +745,6 @@ async fn a_node_killed_in_a_connect_storm_loses_nothing_acknowledged() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: while the killed server's streams elect new leaders, every node fails to \
-            renew its own lease yet declares the others lost (healthy nodes fenced, their \
-            clients recorded lost with close code 97), and CONNECTs then wait over 20 s \
-            with neither CONNACK nor refusal"]
 async fn a_nats_server_killed_in_a_storm_loses_nothing() {
     bounded(async {
         let prefix = "d:local:nats:";

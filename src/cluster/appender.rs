@@ -28,8 +28,10 @@ const MAX_BYTES: usize = 512 * 1024;
 /// Messages published and not yet acknowledged at most.
 const IN_FLIGHT: usize = 64;
 
-/// Publishes of one message before its waiters hear it failed.
-const ATTEMPTS: u32 = 5;
+/// How long a message is published again (with the same id) before its
+/// waiters hear it failed: longer than a JetStream stream takes to elect a
+/// new leader when its leader's server is lost.
+const RETRY_FOR: Duration = Duration::from_secs(12);
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub(super) async fn run(cluster: Cluster, mut queue: mpsc::Receiver<(u64, wire::Body)>) {
@@ -72,7 +74,18 @@ pub(super) async fn run(cluster: Cluster, mut queue: mpsc::Receiver<(u64, wire::
         let cluster = cluster.clone();
         // The first publish goes out now, in order; waiting for its answer
         // (and any publish again) runs beside the next messages.
-        let first = publish(&cluster, payload.clone(), &message_id).await;
+        // Bounded: while the NATS client reconnects a publish can wait
+        // for it; the message is then published again below, in the
+        // background, and the next ones go on.
+        let first = match tokio::time::timeout(
+            ACK_TIMEOUT,
+            publish(&cluster, payload.clone(), &message_id),
+        )
+        .await
+        {
+            Ok(sent) => sent,
+            Err(_) => Err("the NATS connection took no message in time".to_owned()),
+        };
         tokio::spawn(async move {
             let _permit = permit;
             let mut outcome = match first {
@@ -82,15 +95,23 @@ pub(super) async fn run(cluster: Cluster, mut queue: mpsc::Receiver<(u64, wire::
                     .and_then(|r| r.map_err(|e| e.to_string())),
                 Err(e) => Err(e),
             };
-            let mut attempt = 1;
+            let started = tokio::time::Instant::now();
+            let mut attempt = 1u64;
             while let Err(e) = &outcome {
-                if attempt >= ATTEMPTS || cluster.shared.stop.is_cancelled() {
+                cluster.shared.append_trouble(true);
+                if started.elapsed() >= RETRY_FOR || cluster.shared.stop.is_cancelled() {
                     break;
                 }
                 tracing::warn!(error = %e, attempt, "appending to the cluster log failed; publishing again");
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+                tokio::time::sleep(Duration::from_millis((200 * attempt).min(1000))).await;
                 attempt += 1;
-                outcome = match publish(&cluster, payload.clone(), &message_id).await {
+                let sent = tokio::time::timeout(
+                    ACK_TIMEOUT,
+                    publish(&cluster, payload.clone(), &message_id),
+                )
+                .await
+                .unwrap_or_else(|_| Err("the NATS connection took no message in time".to_owned()));
+                outcome = match sent {
                     Ok(ack) => tokio::time::timeout(ACK_TIMEOUT, ack)
                         .await
                         .map_err(|_| "no acknowledgement in time".to_owned())
@@ -100,6 +121,20 @@ pub(super) async fn run(cluster: Cluster, mut queue: mpsc::Receiver<(u64, wire::
             }
             match outcome {
                 Ok(ack) => {
+                    cluster.shared.append_trouble(false);
+                    // Entries answered once stored: answered now.
+                    let committed = cluster.shared.store.committed_revision();
+                    let mut on_store = crate::lock::lock(&cluster.shared.answer_on_store);
+                    let mut waiters = crate::lock::lock(&cluster.shared.waiters);
+                    for id in &ids {
+                        if on_store.remove(id)
+                            && let Some(waiter) = waiters.remove(id)
+                        {
+                            let _ = waiter.send(Ok(committed));
+                        }
+                    }
+                    drop(waiters);
+                    drop(on_store);
                     cluster
                         .shared
                         .stream_last
@@ -108,8 +143,10 @@ pub(super) async fn run(cluster: Cluster, mut queue: mpsc::Receiver<(u64, wire::
                 Err(e) => {
                     tracing::error!(error = %e, entries = ids.len(), "the cluster log refused a message");
                     cluster.shared.metrics.cluster_append_failures.inc();
+                    let mut on_store = crate::lock::lock(&cluster.shared.answer_on_store);
                     let mut waiters = crate::lock::lock(&cluster.shared.waiters);
                     for id in ids {
+                        on_store.remove(&id);
                         if let Some(waiter) = waiters.remove(&id) {
                             let _ = waiter.send(Err(StoreError::Unavailable(e.clone())));
                         }

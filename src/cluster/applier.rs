@@ -23,6 +23,18 @@ use crate::{
     store::{LogPosition, MetaWrite, Store, StoreError, Write, WriteAck},
 };
 
+/// How often, and after how long without a delivery, the consumer is
+/// checked for a stall.
+const STALL_CHECK: Duration = Duration::from_millis(500);
+const STALLED_AFTER: Duration = Duration::from_secs(2);
+
+/// JetStream requests of the applier (stream and consumer lookups): short,
+/// so that a request sent to a server that is gone is tried again soon.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Pause before applying starts again after a failure.
+const RESTART_AFTER: Duration = Duration::from_millis(500);
+
 /// `mcluster/node/NAME`: the live run of a node (8 bytes).
 const NODE_PREFIX: &[u8] = b"node/";
 
@@ -54,7 +66,7 @@ pub(super) async fn run(cluster: Cluster) {
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(RESTART_AFTER) => {}
             _ = cluster.shared.stop.cancelled() => return,
         }
     }
@@ -78,8 +90,9 @@ async fn apply_from_durable(cluster: &Cluster) -> Result<(), ClusterError> {
     let mut at = store.applied_position()?;
     let mut nodes = load_nodes(store)?;
     *crate::lock::lock(&shared.nodes) = nodes.clone();
-    let stream = shared
-        .js
+    let mut js = shared.js.clone();
+    js.set_timeout(REQUEST_TIMEOUT);
+    let stream = js
         .get_stream(&shared.config.stream)
         .await
         .map_err(js_error)?;
@@ -104,11 +117,27 @@ async fn apply_from_durable(cluster: &Cluster) -> Result<(), ClusterError> {
     let (handed, handed_rx) = mpsc::channel::<Handed>(8192);
     let (failed, mut failure) = oneshot::channel::<String>();
     let completion = tokio::spawn(complete(cluster.clone(), handed_rx, failed));
+    // The newest message delivered, and when: a consumer that delivers
+    // nothing while the stream is known to hold more is started again
+    // (after a NATS server is lost, a consumer can go quiet for good).
+    let mut delivered = at.0;
+    let mut last_delivery = tokio::time::Instant::now();
+    let mut stall_check = tokio::time::interval(STALL_CHECK);
     let result = loop {
         let message = tokio::select! {
             m = messages.next() => m,
             reason = &mut failure => {
                 break Err(ClusterError::JetStream(reason.unwrap_or_else(|_| "the applier's answers stopped".into())));
+            }
+            _ = stall_check.tick() => {
+                let known = shared.stream_last.load(Ordering::Acquire);
+                if known > delivered && last_delivery.elapsed() >= STALLED_AFTER {
+                    break Err(ClusterError::JetStream(format!(
+                        "the log's consumer delivered nothing for {} s while the stream holds messages up to {known} (delivered {delivered})",
+                        last_delivery.elapsed().as_secs()
+                    )));
+                }
+                continue;
             }
             _ = shared.stop.cancelled() => break Ok(()),
         };
@@ -124,6 +153,8 @@ async fn apply_from_durable(cluster: &Cluster) -> Result<(), ClusterError> {
         shared
             .stream_last
             .fetch_max(sequence + pending, Ordering::AcqRel);
+        delivered = delivered.max(sequence);
+        last_delivery = tokio::time::Instant::now();
         if sequence < at.0 {
             continue;
         }

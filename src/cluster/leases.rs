@@ -81,31 +81,45 @@ fn decode(value: &[u8]) -> Option<(u64, Duration)> {
     Some((run, Duration::from_millis(lease)))
 }
 
-/// Renews this node's lease once.
-pub(super) async fn renew(cluster: &Cluster, kv: &kv::Store) {
+/// Renews this node's lease once (bounded by a third of the lease);
+/// returns whether it was renewed.
+pub(super) async fn renew(cluster: &Cluster, kv: &kv::Store) -> bool {
     let shared = &cluster.shared;
     let run = shared.incarnation.load(Ordering::Acquire);
-    let held = match kv
-        .put(
-            key(&shared.config.node_id),
-            encode(run, shared.config.lease),
-        )
-        .await
-    {
-        Ok(_) => true,
-        Err(e) => {
+    let put = kv.put(
+        key(&shared.config.node_id),
+        encode(run, shared.config.lease),
+    );
+    let held = match tokio::time::timeout(shared.config.lease / 3, put).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "renewing this node's cluster lease failed");
+            false
+        }
+        Err(_) => {
+            tracing::warn!("renewing this node's cluster lease got no answer in time");
             false
         }
     };
     shared.lease_held.store(held, Ordering::Release);
+    held
 }
 
 /// Renews this node's lease and looks for lost nodes until the node leaves.
+///
+/// A node judges the others only while its own lease has been renewed
+/// without a break for a whole lease: when NATS itself is in trouble (a
+/// server lost, its streams electing new leaders) every node's renewals
+/// fail alike, and none of them may take the others' silence for a loss.
+/// Only a lease not renewed for longer than its duration (by the NATS
+/// server's clock) is lost; a lease of another run of the node is its
+/// restart, whose own start ends the earlier run.
 pub(super) async fn run(cluster: Cluster, kv: kv::Store) {
     let shared = &cluster.shared;
     let renew_every = shared.config.lease / 3;
     let mut last_renewal = tokio::time::Instant::now();
+    // Since when this node's renewals have succeeded without a break.
+    let mut renewing_since = Some(tokio::time::Instant::now());
     // Losses appended, and when: appended again after a lease, in case the
     // first append was lost.
     let mut reported: HashMap<(String, u64), tokio::time::Instant> = HashMap::new();
@@ -113,6 +127,9 @@ pub(super) async fn run(cluster: Cluster, kv: kv::Store) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            _ = shared.renew_now.notified() => {
+                last_renewal = tokio::time::Instant::now() - renew_every;
+            }
             _ = shared.stop.cancelled() => {
                 // A node that leaves cleanly gives its lease up at once.
                 let _ = kv.delete(key(&shared.config.node_id)).await;
@@ -120,10 +137,17 @@ pub(super) async fn run(cluster: Cluster, kv: kv::Store) {
             }
         }
         if last_renewal.elapsed() >= renew_every {
-            renew(&cluster, &kv).await;
+            let renewed = renew(&cluster, &kv).await;
             last_renewal = tokio::time::Instant::now();
+            renewing_since = match (renewed, renewing_since) {
+                (true, Some(since)) => Some(since),
+                (true, None) => Some(tokio::time::Instant::now()),
+                (false, _) => None,
+            };
         }
-        if !shared.started.load(Ordering::Acquire) {
+        let judging =
+            renewing_since.is_some_and(|since| since.elapsed() >= shared.config.lease + SKEW);
+        if !judging || !shared.started.load(Ordering::Acquire) {
             continue;
         }
         let nodes: Vec<(String, u64)> = crate::lock::lock(&shared.nodes)
@@ -132,35 +156,34 @@ pub(super) async fn run(cluster: Cluster, kv: kv::Store) {
             .map(|(node, run)| (node.clone(), *run))
             .collect();
         reported.retain(|(node, run), _| nodes.contains(&(node.clone(), *run)));
-        for (node, run) in nodes.clone() {
+        for (node, run) in nodes {
             if reported
                 .get(&(node.clone(), run))
                 .is_some_and(|at| at.elapsed() < shared.config.lease)
             {
                 continue;
             }
-            let entry = match kv.entry(key(&node)).await {
-                Ok(entry) => entry,
-                Err(e) => {
+            let read = tokio::time::timeout(renew_every, kv.entry(key(&node))).await;
+            let entry = match read {
+                Ok(Ok(entry)) => entry,
+                Ok(Err(e)) => {
                     tracing::debug!(error = %e, %node, "reading a node lease failed");
                     continue;
                 }
+                Err(_) => continue,
             };
-            let lost_lease = match &entry {
-                Some(e) if e.operation == kv::Operation::Put => match decode(&e.value) {
-                    Some((current, lease)) if current == run => {
-                        let age = chrono::Utc::now() - e.created;
-                        let lapsed = age.to_std().unwrap_or_default() > lease + SKEW;
-                        lapsed.then_some(lease)
-                    }
-                    // Another run holds the lease: that run's start ends
-                    // this one's connections, but it may never come.
-                    Some((_, lease)) => Some(lease),
-                    None => Some(shared.config.lease),
-                },
+            let lapsed = match &entry {
+                Some(e) if e.operation == kv::Operation::Put => {
+                    let lease = decode(&e.value).map_or(shared.config.lease, |(_, lease)| lease);
+                    let age = (chrono::Utc::now() - e.created)
+                        .to_std()
+                        .unwrap_or_default();
+                    (age > lease + SKEW).then_some(lease)
+                }
+                // Deleted (the node left) or never written.
                 _ => Some(shared.config.lease),
             };
-            let Some(lease) = lost_lease else {
+            let Some(lease) = lapsed else {
                 continue;
             };
             reported.insert((node.clone(), run), tokio::time::Instant::now());

@@ -222,6 +222,9 @@ struct Shared {
     appends: mpsc::Sender<(u64, wire::Body)>,
     /// Who waits for each entry this node appended, by id.
     waiters: Mutex<HashMap<u64, WriteAck>>,
+    /// Entries whose waiter is answered when JetStream has stored them,
+    /// not when this node has applied them ([`Sequencer::submit_stored`]).
+    answer_on_store: Mutex<std::collections::HashSet<u64>>,
     next_id: AtomicU64,
     /// The newest log message applied here, and the newest known.
     applied: AtomicU64,
@@ -236,6 +239,29 @@ struct Shared {
     status: watch::Sender<ClusterStatus>,
     stop: CancellationToken,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Asks the lease loop to renew at once (a new run's lease before its
+    /// start is appended).
+    renew_now: tokio::sync::Notify,
+    /// When an append last failed, while none has succeeded since: new
+    /// writes are refused at once for a moment rather than queue behind
+    /// messages that JetStream is not taking.
+    append_failed_at: Mutex<Option<tokio::time::Instant>>,
+}
+
+/// How long after a failed append new writes are refused at once.
+const REFUSE_AFTER_FAILURE: Duration = Duration::from_millis(500);
+
+impl Shared {
+    fn append_trouble(&self, failing: bool) {
+        let mut at = crate::lock::lock(&self.append_failed_at);
+        *at = failing.then(tokio::time::Instant::now);
+    }
+
+    /// Whether the log is failing appends right now.
+    fn appends_failing(&self) -> bool {
+        crate::lock::lock(&self.append_failed_at)
+            .is_some_and(|at| at.elapsed() < REFUSE_AFTER_FAILURE)
+    }
 }
 
 /// How long a write waits for the log to take and apply it.
@@ -297,6 +323,7 @@ impl Cluster {
             incarnation: AtomicU64::new(fresh_incarnation()),
             appends,
             waiters: Mutex::default(),
+            answer_on_store: Mutex::default(),
             next_id: AtomicU64::new(1),
             applied: AtomicU64::new(applied_seq),
             stream_last: AtomicU64::new(info.state.last_sequence),
@@ -311,6 +338,8 @@ impl Cluster {
             js,
             store: store.clone(),
             metrics,
+            renew_now: tokio::sync::Notify::new(),
+            append_failed_at: Mutex::new(None),
         });
         let cluster = Cluster { shared };
         store.set_sequencer(Arc::new(cluster.clone()));
@@ -425,6 +454,7 @@ impl Cluster {
     /// server has ended the old run's connections).
     fn fenced_off(&self) {
         self.shared.started.store(false, Ordering::Release);
+        self.shared.lease_held.store(false, Ordering::Release);
         self.shared
             .incarnation
             .store(fresh_incarnation(), Ordering::Release);
@@ -435,7 +465,16 @@ impl Cluster {
             "this node was declared lost by the cluster (its lease lapsed); its connections \
              were recorded as lost, and it starts a new run"
         );
-        tokio::spawn(self.clone().start_run());
+        // The new run's lease first, so that no node takes the new run for
+        // a lost one.
+        self.shared.renew_now.notify_one();
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            let mut status = cluster.watch_status();
+            let held = status.wait_for(|s| s.lease_held);
+            let _ = tokio::time::timeout(cluster.shared.config.lease, held).await;
+            cluster.start_run().await;
+        });
     }
 
     fn publish_status(&self) {
@@ -496,38 +535,63 @@ impl Sequencer for Cluster {
         &self,
         write: Write,
     ) -> futures_util::future::BoxFuture<'static, Result<Revision, StoreError>> {
-        let shared = self.shared.clone();
-        Box::pin(async move {
-            if !shared.started.load(Ordering::Acquire) {
-                return Err(StoreError::Unavailable(
-                    "this node has not joined the cluster yet (catching up with its log)".into(),
-                ));
+        Box::pin(self.clone().append(write, false))
+    }
+
+    fn submit_stored(
+        &self,
+        write: Write,
+    ) -> futures_util::future::BoxFuture<'static, Result<Revision, StoreError>> {
+        Box::pin(self.clone().append(write, true))
+    }
+}
+
+impl Cluster {
+    /// Appends `write` and waits for its answer: once applied here, or
+    /// with `stored`, once JetStream holds it.
+    async fn append(self, write: Write, stored: bool) -> Result<Revision, StoreError> {
+        let shared = &self.shared;
+        if !shared.started.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable(
+                "this node has not joined the cluster yet (catching up with its log)".into(),
+            ));
+        }
+        if shared.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(StoreError::Unavailable(
+                "NATS is unreachable from this node".into(),
+            ));
+        }
+        if shared.appends_failing() {
+            return Err(StoreError::Unavailable(
+                "the cluster log is not taking appends right now".into(),
+            ));
+        }
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (ack, done) = tokio::sync::oneshot::channel();
+        crate::lock::lock(&shared.waiters).insert(id, ack);
+        if stored {
+            crate::lock::lock(&shared.answer_on_store).insert(id);
+        }
+        let body = wire::body_of(&write);
+        let forget = || {
+            crate::lock::lock(&shared.waiters).remove(&id);
+            crate::lock::lock(&shared.answer_on_store).remove(&id);
+        };
+        if shared.appends.send((id, body)).await.is_err() {
+            forget();
+            return Err(StoreError::Closed);
+        }
+        match tokio::time::timeout(SUBMIT_TIMEOUT, done).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(StoreError::Closed),
+            Err(_) => {
+                forget();
+                Err(StoreError::Unavailable(format!(
+                    "the cluster log did not apply the write within {} s",
+                    SUBMIT_TIMEOUT.as_secs()
+                )))
             }
-            if shared.client.connection_state() != async_nats::connection::State::Connected {
-                return Err(StoreError::Unavailable(
-                    "NATS is unreachable from this node".into(),
-                ));
-            }
-            let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-            let (ack, done) = tokio::sync::oneshot::channel();
-            crate::lock::lock(&shared.waiters).insert(id, ack);
-            let body = wire::body_of(&write);
-            if shared.appends.send((id, body)).await.is_err() {
-                crate::lock::lock(&shared.waiters).remove(&id);
-                return Err(StoreError::Closed);
-            }
-            match tokio::time::timeout(SUBMIT_TIMEOUT, done).await {
-                Ok(Ok(result)) => result,
-                Ok(Err(_)) => Err(StoreError::Closed),
-                Err(_) => {
-                    crate::lock::lock(&shared.waiters).remove(&id);
-                    Err(StoreError::Unavailable(format!(
-                        "the cluster log did not apply the write within {} s",
-                        SUBMIT_TIMEOUT.as_secs()
-                    )))
-                }
-            }
-        })
+        }
     }
 }
 

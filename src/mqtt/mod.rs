@@ -766,28 +766,66 @@ async fn pump_events(
     drain: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(1024);
+    // Events of connections already accepted (disconnects, activity) that a
+    // cluster's log did not take for a moment: they go again with the next
+    // batch, or after a pause, until recorded or the broker is drained.
+    let mut again: Vec<LifecycleEvent> = Vec::new();
     loop {
-        let received = tokio::select! {
-            n = rx.recv_many(&mut batch, 4096) => n,
-            () = drain.cancelled() => {
-                rx.close();
-                rx.recv_many(&mut batch, 4096).await
+        let received = if again.is_empty() {
+            tokio::select! {
+                n = rx.recv_many(&mut batch, 4096) => n,
+                () = drain.cancelled() => {
+                    rx.close();
+                    rx.recv_many(&mut batch, 4096).await
+                }
+            }
+        } else {
+            tokio::select! {
+                n = rx.recv_many(&mut batch, 4096) => n,
+                () = tokio::time::sleep(RECORD_AGAIN_AFTER) => 0,
+                () = drain.cancelled() => {
+                    rx.close();
+                    rx.recv_many(&mut batch, 4096).await
+                }
             }
         };
-        if received == 0 {
+        if received == 0 && again.is_empty() {
             return;
         }
         let mut waiting = Vec::new();
-        let events = batch
+        let events: Vec<LifecycleEvent> = again
             .drain(..)
-            .map(|r| {
+            .chain(batch.drain(..).map(|r| {
                 waiting.extend(r.durable);
                 r.event
-            })
+            }))
             .collect();
+        // A cluster's log may refuse for a moment (a NATS server lost): the
+        // events of accepted connections are kept to go again.
+        let kept: Vec<LifecycleEvent> = if tracker.is_replica() {
+            events
+                .iter()
+                .filter(|e| !matches!(e.kind, crate::domain::EventKind::Connected(_)))
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
         // Nothing to record with tracking switched off: a connect goes on.
-        let recorded = match tracker.record(events).await {
+        let recorded = match tracker.record_stored(events).await {
             Ok(_) | Err(StoreError::Disabled) => true,
+            Err(StoreError::Unavailable(why)) if tracker.is_replica() => {
+                tracing::warn!(reason = %why, again = kept.len(), "the cluster log refused lifecycle events; connects are refused, the others go again");
+                again = kept;
+                if drain.is_cancelled() && received == 0 {
+                    tracing::error!(
+                        events = again.len(),
+                        "the broker stops with lifecycle events the cluster log did not take"
+                    );
+                    return;
+                }
+                false
+            }
             Err(e) => {
                 tracing::error!(error = %e, "recording lifecycle events failed");
                 false
@@ -798,6 +836,10 @@ async fn pump_events(
         }
     }
 }
+
+/// How long events a cluster's log refused wait before they go again
+/// when nothing else comes.
+const RECORD_AGAIN_AFTER: Duration = Duration::from_millis(500);
 
 /// A broker over a store in a temporary folder, for unit tests that drive
 /// it without sockets.

@@ -162,6 +162,16 @@ pub trait Sequencer: Send + Sync {
         &self,
         write: Write,
     ) -> futures_util::future::BoxFuture<'static, Result<Revision, StoreError>>;
+
+    /// [`Sequencer::submit`], answered once the log holds the write
+    /// durably, before this node has applied it: the answer's revision is
+    /// then only the committed revision at that moment.
+    fn submit_stored(
+        &self,
+        write: Write,
+    ) -> futures_util::future::BoxFuture<'static, Result<Revision, StoreError>> {
+        self.submit(write)
+    }
 }
 
 /// A metadata name and its value ([`Store::meta_scan`]).
@@ -636,6 +646,25 @@ impl Store {
         }
         self.request(|ack| writer::Command::Events { events, ack })
             .await
+    }
+
+    /// [`Store::commit_events`], answered on a cluster node once the log
+    /// holds the events durably (on a quorum of its servers), without
+    /// waiting for this node to apply them: what the embedded broker needs
+    /// before a CONNACK, and no more, so that a node slow to apply (its
+    /// consumer recovering from a lost NATS server) does not hold
+    /// connects. The revision answered is then the committed one.
+    pub async fn commit_events_stored(
+        &self,
+        events: Vec<LifecycleEvent>,
+    ) -> Result<Revision, StoreError> {
+        if let Some(sequencer) = self.sequencer() {
+            if let Some(refusal) = self.recording().refusal() {
+                return Err(refusal);
+            }
+            return sequencer.submit_stored(Write::Events(events)).await;
+        }
+        self.commit_events(events).await
     }
 
     /// Deletes the record and the log of one client.

@@ -63,9 +63,30 @@ impl Tracker {
         }
     }
 
+    /// Whether the store is a replica of a cluster's log (whose appends may
+    /// fail for a moment and be tried again).
+    pub fn is_replica(&self) -> bool {
+        self.store.is_replica()
+    }
+
     /// Records `events` in order. Returns once every event other than
     /// activity is durable, with the store revision after them.
     pub async fn record(&self, events: Vec<LifecycleEvent>) -> Result<Revision, StoreError> {
+        self.record_as(events, false).await
+    }
+
+    /// [`Tracker::record`], answered on a cluster node once the log holds
+    /// the events (see [`Store::commit_events_stored`]): the embedded
+    /// broker's path.
+    pub async fn record_stored(&self, events: Vec<LifecycleEvent>) -> Result<Revision, StoreError> {
+        self.record_as(events, true).await
+    }
+
+    async fn record_as(
+        &self,
+        events: Vec<LifecycleEvent>,
+        stored: bool,
+    ) -> Result<Revision, StoreError> {
         if !self.store.settings().enabled {
             return Err(StoreError::Disabled);
         }
@@ -106,6 +127,9 @@ impl Tracker {
         }
         if to_commit.is_empty() {
             return Ok(self.store.committed_revision());
+        }
+        if stored {
+            return self.store.commit_events_stored(to_commit).await;
         }
         self.store.commit_events(to_commit).await
     }
