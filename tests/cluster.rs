@@ -995,3 +995,227 @@ async fn a_watch_resumes_on_another_node() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------
+// Ingest through the cluster: read your writes, page tokens, leases, joining
+// ---------------------------------------------------------------------------
+
+fn ingest_connect(client_id: &str, connection_id: u64) -> pb::LifecycleEvent {
+    common::connected(client_id, connection_id, connection_id as i64)
+}
+
+/// IngestEvents on `node` as `broker` (with a lease, when given); the
+/// revision answered.
+async fn ingest(
+    node: &Node,
+    broker: &str,
+    lease_secs: Option<i64>,
+    events: Vec<pb::LifecycleEvent>,
+) -> u64 {
+    pb::ingest_service_client::IngestServiceClient::new(node.channel())
+        .ingest_events(pb::IngestEventsRequest {
+            broker: broker.into(),
+            lease_duration: lease_secs.map(|seconds| prost_types::Duration { seconds, nanos: 0 }),
+            events,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{}: ingest: {e}", node.id))
+        .into_inner()
+        .revision
+}
+
+/// A page of two of the records of the read-your-writes test.
+async fn ryw_page(node: &Node, page_token: String) -> pb::ListConnectionStatesResponse {
+    node.states()
+        .list_connection_states(pb::ListConnectionStatesRequest {
+            filter: Some(pb::ConnectionStateFilter {
+                client_id_prefix: "d:local:ryw:".into(),
+                ..Default::default()
+            }),
+            page_size: 2,
+            page_token,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{}: list: {e}", node.id))
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_see_writes_of_other_nodes_and_page_tokens_move_between_nodes() {
+    bounded(async {
+        let harness = ClusterHarness::start(3).await;
+        let (a, c) = (harness.node(0), harness.node(2));
+        for round in 0..5u64 {
+            let id = format!("d:local:ryw:c{round}");
+            let written = ingest(a, "edge", None, vec![ingest_connect(&id, round + 1)]).await;
+            // At once on another node, asking for the write's revision.
+            let mut request = tonic::Request::new(pb::GetConnectionStateRequest {
+                client_id: id.clone(),
+            });
+            request.metadata_mut().insert(
+                "x-connstate-min-revision",
+                written.to_string().parse().unwrap(),
+            );
+            let answer = c
+                .states()
+                .get_connection_state(request)
+                .await
+                .unwrap_or_else(|e| panic!("{id} on node3 after revision {written}: {e}"));
+            let reflected: u64 = answer
+                .metadata()
+                .get("x-connstate-revision")
+                .expect("the revision the answer reflects")
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(reflected >= written);
+            assert_eq!(
+                answer.into_inner().revision,
+                written,
+                "the same revision on node3"
+            );
+        }
+        // A page token of node1, used on node2: the same next page.
+        let page1 = ryw_page(a, String::new()).await;
+        assert_eq!(page1.states.len(), 2);
+        assert!(!page1.next_page_token.is_empty());
+        let on_a = ryw_page(a, page1.next_page_token.clone()).await;
+        let on_b = ryw_page(harness.node(1), page1.next_page_token.clone()).await;
+        assert_eq!(
+            on_a.states, on_b.states,
+            "node2 reads node1's page token alike"
+        );
+        assert_eq!(on_b.states.len(), 2);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_brokers_lease_lapses_once_whichever_node_it_renewed_through() {
+    bounded(async {
+        let harness = ClusterHarness::start(3).await;
+        let prefix = "d:local:lease:";
+        // "kept" renews through node2 and node3 in turn; "silent" goes quiet.
+        ingest(
+            harness.node(0),
+            "kept",
+            Some(2),
+            (0..3)
+                .map(|i| ingest_connect(&format!("{prefix}k{i}"), 1))
+                .collect(),
+        )
+        .await;
+        ingest(
+            harness.node(0),
+            "silent",
+            Some(2),
+            (0..3)
+                .map(|i| ingest_connect(&format!("{prefix}s{i}"), 1))
+                .collect(),
+        )
+        .await;
+        for round in 0..10 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let node = harness.node(1 + round % 2);
+            pb::ingest_service_client::IngestServiceClient::new(node.channel())
+                .renew_broker_lease(pb::RenewBrokerLeaseRequest {
+                    broker: "kept".into(),
+                    lease_duration: Some(prost_types::Duration {
+                        seconds: 2,
+                        nanos: 0,
+                    }),
+                })
+                .await
+                .unwrap_or_else(|e| panic!("{}: renew: {e}", node.id));
+        }
+        // Five seconds on: the silent broker's clients are disconnected,
+        // the kept one's are not, alike on every node.
+        for node in harness.nodes() {
+            let states = wait_states(node, prefix, "the silent broker's clients lost", |states| {
+                states.len() == 6
+                    && states
+                        .iter()
+                        .filter(|(id, _)| id.contains(":s"))
+                        .all(|(_, s)| s.connection_status == disconnected_status())
+            })
+            .await;
+            for (id, state) in &states {
+                if id.contains(":k") {
+                    assert_eq!(
+                        state.connection_status,
+                        connected_status(),
+                        "{id} of the renewed broker"
+                    );
+                }
+            }
+        }
+        for node in harness.nodes() {
+            let logs = all_logs(node).await;
+            let by_client = logs_by_client(&logs);
+            for i in 0..3 {
+                let id = format!("{prefix}s{i}");
+                let lapses = by_client[id.as_str()]
+                    .iter()
+                    .filter(|e| e.close_code == Some(96))
+                    .count();
+                assert_eq!(lapses, 1, "{}: {id} recorded lost once", node.id);
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_node_joins_after_the_log_was_trimmed() {
+    bounded(async {
+        let mut harness = ClusterHarness::start_with(
+            3,
+            &["--cluster-snapshot-interval", "1s", "--feed-max-age", "1s"],
+        )
+        .await;
+        let prefix = "d:local:join:";
+        for batch in 0..20u64 {
+            let events = (0..50)
+                .map(|i| ingest_connect(&format!("{prefix}c{batch}-{i}"), batch + 1))
+                .collect();
+            ingest(harness.node((batch % 3) as usize), "edge", None, events).await;
+        }
+        // The log is trimmed behind a snapshot.
+        let js = async_nats::jetstream::new(harness.nats.client().await.expect("NATS"));
+        eventually(STEP, || {
+            let js = js.clone();
+            async move {
+                let mut stream = js.get_stream("CONNSTATE").await.ok()?;
+                let info = stream.info().await.ok()?;
+                (info.state.first_sequence > 2).then_some(())
+            }
+        })
+        .await;
+        // More after the snapshot, then a fourth node with an empty folder.
+        ingest(
+            harness.node(0),
+            "edge",
+            None,
+            vec![ingest_connect(&format!("{prefix}late"), 99)],
+        )
+        .await;
+        let fourth = harness.add_node().await;
+        let reference = agreed_revision(&harness).await;
+        assert_eq!(revision(harness.node(fourth)).await, reference);
+        let expected = states_under(harness.node(0), prefix).await;
+        assert_eq!(expected.len(), 1001);
+        assert_eq!(
+            states_under(harness.node(fourth), prefix).await,
+            expected,
+            "node4 holds every record node1 holds"
+        );
+        let log = std::fs::read_to_string(&harness.node(fourth).log).unwrap_or_default();
+        assert!(
+            log.contains("new node started from the cluster's newest snapshot"),
+            "node4 started from a snapshot"
+        );
+    })
+    .await;
+}

@@ -35,7 +35,7 @@ pub const LEASE: &str = "3s";
 pub struct Node {
     pub id: String,
     pub data_dir: PathBuf,
-    log: PathBuf,
+    pub log: PathBuf,
     process: Option<(Child, ChildStdin)>,
     pub grpc: SocketAddr,
     pub rest: SocketAddr,
@@ -72,6 +72,8 @@ impl Node {
 pub struct ClusterHarness {
     pub nats: NatsCluster,
     nodes: Vec<Node>,
+    /// Flags every node gets besides the harness's own.
+    extra: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -86,6 +88,11 @@ impl ClusterHarness {
     /// Starts NATS (three servers) and `n` nodes, and waits until every
     /// node's `/ready` answers 200.
     pub async fn start(n: usize) -> ClusterHarness {
+        ClusterHarness::start_with(n, &[]).await
+    }
+
+    /// [`ClusterHarness::start`], every node with `extra` flags.
+    pub async fn start_with(n: usize, extra: &[&str]) -> ClusterHarness {
         let nats = NatsCluster::start(3).await;
         let dir = tempfile::Builder::new()
             .prefix("connstate-cluster-")
@@ -94,9 +101,30 @@ impl ClusterHarness {
         let mut harness = ClusterHarness {
             nats,
             nodes: Vec::with_capacity(n),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             _dir: dir,
         };
+        for _ in 0..n {
+            harness.spawn_node().await;
+        }
         for i in 0..n {
+            harness.wait_ready(i).await;
+        }
+        harness
+    }
+
+    /// Starts one more node (`node{n+1}`) with an empty data folder and
+    /// waits until it is ready; returns its index.
+    pub async fn add_node(&mut self) -> usize {
+        let i = self.spawn_node().await;
+        self.wait_ready(i).await;
+        i
+    }
+
+    async fn spawn_node(&mut self) -> usize {
+        let harness = self;
+        {
+            let i = harness.nodes.len();
             let id = format!("node{}", i + 1);
             let data_dir = harness._dir.path().join(&id);
             std::fs::create_dir_all(&data_dir).expect("data folder");
@@ -112,11 +140,8 @@ impl ClusterHarness {
                 mqtt: announced.mqtt,
                 channel: channel(announced.grpc),
             });
+            i
         }
-        for i in 0..n {
-            harness.wait_ready(i).await;
-        }
-        harness
     }
 
     /// Node `i` (0 is `node1`).
@@ -164,6 +189,7 @@ impl ClusterHarness {
             .args(["--cluster-nats", &self.nats.urls()])
             .args(["--node-id", id])
             .args(["--cluster-lease", LEASE])
+            .args(&self.extra)
             .arg("--data-dir")
             .arg(data_dir)
             .env("RUST_LOG", "warn,connstate::cluster=info")
