@@ -167,9 +167,10 @@ async fn apply_from_durable(cluster: &Cluster) -> Result<(), ClusterError> {
                 continue;
             }
         };
-        // Entry ids are unique within this process, whatever the run.
-        let own = batch.node == shared.config.node_id;
-        let origin_live = nodes.get(&batch.node) == Some(&batch.incarnation);
+        // Entry ids are unique within this process (whatever its run), not
+        // across its restarts: only this process's runs are its own.
+        let own = batch.node == shared.config.node_id
+            && crate::lock::lock(&shared.runs).contains(&batch.incarnation);
         for (index, entry) in batch.entries.into_iter().enumerate() {
             let position = (sequence, index as u32);
             if position <= at {
@@ -182,6 +183,8 @@ async fn apply_from_durable(cluster: &Cluster) -> Result<(), ClusterError> {
                         .map(|w| (entry.id, w))
                 })
                 .flatten();
+            // Per entry: a start earlier in the same message counts.
+            let origin_live = nodes.get(&batch.node) == Some(&batch.incarnation);
             let mut meta: Vec<MetaWrite> = Vec::new();
             let mut refusal = None;
             let mut own_loss = false;

@@ -218,6 +218,9 @@ struct Shared {
     store: Store,
     /// The current run of this node.
     incarnation: AtomicU64,
+    /// Every run of this process (the current one and those fenced off):
+    /// the entries it appended, whose waiters are here.
+    runs: Mutex<Vec<u64>>,
     /// Entries waiting for the appender: their id and body.
     appends: mpsc::Sender<(u64, wire::Body)>,
     /// Who waits for each entry this node appended, by id.
@@ -319,8 +322,10 @@ impl Cluster {
             stream_last: info.state.last_sequence,
             max_lag: config.max_lag,
         };
+        let first_run = fresh_incarnation();
         let shared = Arc::new(Shared {
-            incarnation: AtomicU64::new(fresh_incarnation()),
+            incarnation: AtomicU64::new(first_run),
+            runs: Mutex::new(vec![first_run]),
             appends,
             waiters: Mutex::default(),
             answer_on_store: Mutex::default(),
@@ -455,9 +460,9 @@ impl Cluster {
     fn fenced_off(&self) {
         self.shared.started.store(false, Ordering::Release);
         self.shared.lease_held.store(false, Ordering::Release);
-        self.shared
-            .incarnation
-            .store(fresh_incarnation(), Ordering::Release);
+        let run = fresh_incarnation();
+        crate::lock::lock(&self.shared.runs).push(run);
+        self.shared.incarnation.store(run, Ordering::Release);
         self.shared.fenced.send_modify(|n| *n += 1);
         self.publish_status();
         tracing::error!(
