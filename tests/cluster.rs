@@ -20,7 +20,9 @@ use std::{
     time::Duration,
 };
 
-use common::{cluster::ClusterHarness, cluster::Node, eventually};
+use common::{
+    cluster::ClusterHarness, cluster::Node, eventually, mqtt_wire, mqtt_wire::read_packet,
+};
 use connstate::pb::{self, watch_connections_response::Event};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -58,57 +60,8 @@ async fn bounded(test: impl std::future::Future<Output = ()>) {
 // MQTT over TCP
 // ---------------------------------------------------------------------------
 
-fn mqtt_string(s: &str) -> Vec<u8> {
-    let mut out = (s.len() as u16).to_be_bytes().to_vec();
-    out.extend_from_slice(s.as_bytes());
-    out
-}
-
-fn packet(first: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![first];
-    let mut len = body.len();
-    loop {
-        let mut b = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if len == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(body);
-    out
-}
-
-/// A CONNECT with a clean session and no keepalive, MQTT 5 or 3.1.1.
 fn connect_packet(client_id: &str, v5: bool) -> Vec<u8> {
-    let mut body = mqtt_string("MQTT");
-    body.push(if v5 { 5 } else { 4 });
-    body.push(0x02);
-    body.extend_from_slice(&0u16.to_be_bytes());
-    if v5 {
-        body.push(0);
-    }
-    body.extend(mqtt_string(client_id));
-    packet(0x10, &body)
-}
-
-/// Reads one packet: its first byte and its body.
-async fn read_packet(stream: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
-    let first = stream.read_u8().await?;
-    let mut len = 0usize;
-    for shift in 0..4 {
-        let b = stream.read_u8().await?;
-        len |= ((b & 0x7F) as usize) << (7 * shift);
-        if b & 0x80 == 0 {
-            break;
-        }
-    }
-    let mut body = vec![0; len];
-    stream.read_exact(&mut body).await?;
-    Ok((first, body))
+    mqtt_wire::connect(client_id, v5, None)
 }
 
 /// An MQTT client's connection.

@@ -131,17 +131,7 @@ impl Drop for Node {
 /// A CONNECT of MQTT 3.1.1 with a clean session, no keepalive, a user name
 /// and a password.
 fn connect_packet(client_id: &str, username: &str, password: &str) -> Vec<u8> {
-    let mut body = vec![0, 4];
-    body.extend_from_slice(b"MQTT");
-    body.extend_from_slice(&[4, 0x02 | 0x80 | 0x40, 0, 0]);
-    for field in [client_id, username, password] {
-        body.extend_from_slice(&(field.len() as u16).to_be_bytes());
-        body.extend_from_slice(field.as_bytes());
-    }
-    assert!(body.len() < 128, "one length byte");
-    let mut packet = vec![0x10, body.len() as u8];
-    packet.extend(body);
-    packet
+    common::mqtt_wire::connect(client_id, false, Some((username, password)))
 }
 
 /// Connects `client_id` to `addr`: the CONNACK's return code, and the

@@ -414,14 +414,7 @@ async fn sigkill_during_a_flat_out_ingest_three_times() {
 
 /// A CONNECT of MQTT 3.1.1 with a clean session and no keepalive.
 fn mqtt_connect(client_id: &str) -> Vec<u8> {
-    let mut body = vec![0, 4];
-    body.extend_from_slice(b"MQTT");
-    body.extend_from_slice(&[4, 0x02, 0, 0]);
-    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
-    body.extend_from_slice(client_id.as_bytes());
-    let mut packet = vec![0x10, body.len() as u8];
-    packet.extend(body);
-    packet
+    common::mqtt_wire::connect(client_id, false, None)
 }
 
 /// Connectors at once, and the most connections one of them opens.

@@ -14,7 +14,10 @@ use std::{
     time::Duration,
 };
 
-use common::{Rng, TestServer, eventually};
+use common::{
+    Rng, TestServer, eventually,
+    mqtt_wire::{packet, string},
+};
 use connstate::pb;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -27,30 +30,6 @@ impl Rng {
     fn bytes(&mut self, n: usize) -> Vec<u8> {
         (0..n).map(|_| self.next() as u8).collect()
     }
-}
-
-fn string(s: &str) -> Vec<u8> {
-    let mut out = (s.len() as u16).to_be_bytes().to_vec();
-    out.extend_from_slice(s.as_bytes());
-    out
-}
-
-fn packet(first: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![first];
-    let mut len = body.len();
-    loop {
-        let mut b = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if len == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(body);
-    out
 }
 
 fn connect(client_id: &str, v5: bool) -> Vec<u8> {

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod mqtt_wire;
 pub mod nats;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
