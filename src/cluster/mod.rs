@@ -286,22 +286,19 @@ impl Cluster {
             .map_err(|(field, reason)| ClusterError::JetStream(format!("{field} {reason}")))?;
         let client = connect(&config).await?;
         let js = jetstream::new(client.clone());
-        let stream = js
-            .get_or_create_stream(jetstream::stream::Config {
-                name: config.stream.clone(),
-                subjects: vec![config.subject()],
-                storage: jetstream::stream::StorageType::File,
-                num_replicas: config.replicas,
-                duplicate_window: Duration::from_secs(120),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| js_doing("creating the log stream")(&e))?;
-        let mut stream = stream;
-        let info = stream
-            .info()
-            .await
-            .map_err(|e| js_doing("reading the log stream")(&e))?;
+        // NATS that has just started (or lost a server) may take a while
+        // to elect the leaders these need: try again for a while.
+        let deadline = tokio::time::Instant::now() + SET_UP_FOR;
+        let (info, kv) = loop {
+            match set_up(&js, &config, &store).await {
+                Ok(done) => break done,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, "setting up the cluster's stream and buckets failed; trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let (applied_seq, _) = store.applied_position()?;
         let first = info.state.first_sequence;
         if info.state.messages > 0 && first > applied_seq + 1 {
@@ -310,8 +307,6 @@ impl Cluster {
                 first,
             });
         }
-        let kv = leases::bucket(&js, &config).await?;
-        share_secret(&kv, &store, PAGE_TOKEN_SECRET).await?;
         let nodes = applier::load_nodes(&store)?;
         let (appends, appends_rx) = mpsc::channel(appender::QUEUE);
         let status = ClusterStatus {
@@ -598,6 +593,37 @@ impl Cluster {
             }
         }
     }
+}
+
+/// How long joining tries to set up the stream and buckets.
+const SET_UP_FOR: Duration = Duration::from_secs(60);
+
+/// The log stream (created if absent), its state, and the lease bucket
+/// with the cluster's shared secrets in it.
+async fn set_up(
+    js: &jetstream::Context,
+    config: &ClusterConfig,
+    store: &Store,
+) -> Result<(jetstream::stream::Info, jetstream::kv::Store), ClusterError> {
+    let mut stream = js
+        .get_or_create_stream(jetstream::stream::Config {
+            name: config.stream.clone(),
+            subjects: vec![config.subject()],
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: config.replicas,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| js_doing("creating the log stream")(&e))?;
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| js_doing("reading the log stream")(&e))?
+        .clone();
+    let kv = leases::bucket(js, config).await?;
+    share_secret(&kv, store, PAGE_TOKEN_SECRET).await?;
+    Ok((info, kv))
 }
 
 /// The store secret that authenticates page tokens: one for the whole
