@@ -82,12 +82,31 @@ const TRIM_CHUNK: usize = 256;
 pub(super) struct LocalLog {
     db: sled::Db,
     feed: broadcast::Sender<CommittedBatch>,
+    /// Whether each append is flushed before it returns. A replica of a
+    /// cluster's log does not: the stream holds every write durably, and a
+    /// node that crashes applies again from the position it last flushed
+    /// (sled flushes in the background), reaching the same revisions.
+    flush_each: std::sync::atomic::AtomicBool,
 }
 
 impl LocalLog {
     pub(super) fn new(db: sled::Db, feed_capacity: usize) -> LocalLog {
         let (feed, _) = broadcast::channel(feed_capacity.max(1));
-        LocalLog { db, feed }
+        LocalLog {
+            db,
+            feed,
+            flush_each: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    /// See `LocalLog::flush_each`.
+    pub(super) fn set_flush_each(&self, on: bool) {
+        self.flush_each
+            .store(on, std::sync::atomic::Ordering::Release);
+    }
+
+    pub(super) fn flushes_each(&self) -> bool {
+        self.flush_each.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The newest revision appended (0 for an empty store).
@@ -125,7 +144,9 @@ impl LocalLog {
         );
         batch.insert(keys::META_REVISION, &last.revision.to_be_bytes());
         self.db.apply_batch(batch)?;
-        self.db.flush()?;
+        if self.flushes_each() {
+            self.db.flush()?;
+        }
         Ok(last.revision)
     }
 }

@@ -691,8 +691,14 @@ impl Store {
     /// Makes the store one replica of a cluster's log: from now on its
     /// writes go to `sequencer`, which hands them back through
     /// [`Store::apply`] in the log's order. Set once, before any write.
+    ///
+    /// A replica does not flush each commit: the cluster's log holds every
+    /// write durably, and after a crash the node applies again from the
+    /// position it last flushed (sled flushes every half second), reaching
+    /// the same records and revisions.
     pub fn set_sequencer(&self, sequencer: Arc<dyn Sequencer>) {
         let _ = self.inner.sequencer.set(sequencer);
+        self.inner.log.set_flush_each(false);
     }
 
     fn sequencer(&self) -> Option<Arc<dyn Sequencer>> {

@@ -754,7 +754,9 @@ impl Writer {
             return Err(refusal);
         }
         self.store.inner.db.apply_batch(batch)?;
-        self.store.inner.db.flush()?;
+        if self.store.inner.log.flushes_each() {
+            self.store.inner.db.flush()?;
+        }
         Ok(())
     }
 
