@@ -1172,3 +1172,58 @@ async fn a_new_node_joins_after_the_log_was_trimmed() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_nats_is_not_ready_and_refuses_connects() {
+    bounded(async {
+        let mut harness = ClusterHarness::start(3).await;
+        for i in 0..3 {
+            harness.nats.kill9(i);
+        }
+        // Not ready, saying why; CONNECTs refused as unrecordable.
+        let reason = eventually(STEP, || async {
+            let (status, body) = harness.ready(0).await;
+            (status == 503).then_some(body)
+        })
+        .await;
+        assert!(reason.contains("NATS"), "{reason}");
+        let mqtt = harness.node(0).mqtt;
+        let (_, v5) = Mqtt::connect(mqtt, "d:local:cut:v5", true)
+            .await
+            .expect("an answer");
+        assert_eq!(v5, 0x88, "v5: server unavailable");
+        let (_, v3) = Mqtt::connect(mqtt, "d:local:cut:v3", false)
+            .await
+            .expect("an answer");
+        assert_eq!(v3, 3, "3.1.1: server unavailable");
+        // NATS back: ready again, and connects are recorded.
+        for i in 0..3 {
+            harness.nats.restart(i).await;
+        }
+        harness.wait_ready(0).await;
+        let deadline = tokio::time::Instant::now() + STEP;
+        let accepted = loop {
+            if let Ok((connection, 0)) = Mqtt::connect(mqtt, "d:local:cut:back", true).await {
+                break connection;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no connect accepted after NATS came back"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        wait_states(
+            harness.node(2),
+            "d:local:cut:",
+            "the connect after NATS came back",
+            |s| {
+                s.get("d:local:cut:back")
+                    .is_some_and(|s| s.connection_status == connected_status())
+                    && s.len() == 1
+            },
+        )
+        .await;
+        drop(accepted);
+    })
+    .await;
+}
