@@ -94,7 +94,31 @@ pub fn import(path: &Path, dir: &Path) -> Result<u64, StoreError> {
     if result.is_err() {
         let _ = std::fs::remove_dir_all(dir);
     }
+    // sled's I/O threads hold the folder's lock for a moment after its last
+    // handle is gone; whoever opens the folder next waits for that here.
+    wait_unlocked(dir);
     result
+}
+
+/// Waits (at most 10 s) until no one holds the lock of the sled folder
+/// `dir`.
+fn wait_unlocked(dir: &Path) {
+    use fs2::FileExt;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.join("db"))
+    else {
+        return;
+    };
+    while std::time::Instant::now() < deadline {
+        if file.try_lock_exclusive().is_ok() {
+            let _ = FileExt::unlock(&file);
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 fn import_into(path: &Path, dir: &Path) -> Result<u64, StoreError> {
@@ -108,7 +132,9 @@ fn import_into(path: &Path, dir: &Path) -> Result<u64, StoreError> {
         return Err(corrupt("not a connstate snapshot"));
     }
     crc.update(&magic);
-    let db = sled::Config::new().path(dir).open()?;
+    // No background flusher: it would hold the folder's lock for a moment
+    // after the import, and the store opens the folder right after.
+    let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
     let mut batch = sled::Batch::default();
     let mut in_batch = 0;
     let mut records = 0;
