@@ -129,29 +129,7 @@ async fn revision(node: &Node) -> u64 {
 
 /// Every record whose client id starts with `prefix`, by client id.
 async fn states_under(node: &Node, prefix: &str) -> BTreeMap<String, pb::ConnectionState> {
-    let mut states = BTreeMap::new();
-    let mut page_token = String::new();
-    loop {
-        let page = node
-            .states()
-            .list_connection_states(pb::ListConnectionStatesRequest {
-                filter: Some(pb::ConnectionStateFilter {
-                    client_id_prefix: prefix.into(),
-                    ..Default::default()
-                }),
-                page_size: 1000,
-                page_token,
-                ..Default::default()
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{}: list states: {e}", node.id))
-            .into_inner();
-        states.extend(page.states.into_iter().map(|s| (s.client_id.clone(), s)));
-        if page.next_page_token.is_empty() {
-            return states;
-        }
-        page_token = page.next_page_token;
-    }
+    common::states_under(node.channel(), prefix).await
 }
 
 /// Every log entry of every client, in the order the node lists them.

@@ -104,30 +104,8 @@ impl Process {
     }
 
     /// Every record whose client id starts with `prefix`.
-    async fn states_under(&self, prefix: &str) -> HashMap<String, pb::ConnectionState> {
-        let mut states = HashMap::new();
-        let mut page_token = String::new();
-        loop {
-            let page = self
-                .states()
-                .list_connection_states(pb::ListConnectionStatesRequest {
-                    filter: Some(pb::ConnectionStateFilter {
-                        client_id_prefix: prefix.into(),
-                        ..Default::default()
-                    }),
-                    page_size: 1000,
-                    page_token,
-                    ..Default::default()
-                })
-                .await
-                .expect("list states")
-                .into_inner();
-            states.extend(page.states.into_iter().map(|s| (s.client_id.clone(), s)));
-            if page.next_page_token.is_empty() {
-                return states;
-            }
-            page_token = page.next_page_token;
-        }
+    async fn states_under(&self, prefix: &str) -> BTreeMap<String, pb::ConnectionState> {
+        common::states_under(self.grpc.clone(), prefix).await
     }
 
     /// Every connection log entry, per client, oldest first.

@@ -10,7 +10,9 @@
 
 use std::{sync::Arc, time::Duration};
 
-use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::{
+    context::PublishAckFuture, message::PublishMessage, publish::PublishAck,
+};
 use prost::Message;
 use tokio::sync::{Semaphore, mpsc};
 
@@ -74,27 +76,10 @@ pub(super) async fn run(cluster: Cluster, mut queue: mpsc::Receiver<(u64, wire::
         let cluster = cluster.clone();
         // The first publish goes out now, in order; waiting for its answer
         // (and any publish again) runs beside the next messages.
-        // Bounded: while the NATS client reconnects a publish can wait
-        // for it; the message is then published again below, in the
-        // background, and the next ones go on.
-        let first = match tokio::time::timeout(
-            ACK_TIMEOUT,
-            publish(&cluster, payload.clone(), &message_id),
-        )
-        .await
-        {
-            Ok(sent) => sent,
-            Err(_) => Err("the NATS connection took no message in time".to_owned()),
-        };
+        let first = send(&cluster, payload.clone(), &message_id).await;
         tokio::spawn(async move {
             let _permit = permit;
-            let mut outcome = match first {
-                Ok(ack) => tokio::time::timeout(ACK_TIMEOUT, ack)
-                    .await
-                    .map_err(|_| "no acknowledgement in time".to_owned())
-                    .and_then(|r| r.map_err(|e| e.to_string())),
-                Err(e) => Err(e),
-            };
+            let mut outcome = acked(first).await;
             let started = tokio::time::Instant::now();
             let mut attempt = 1u64;
             while let Err(e) = &outcome {
@@ -105,19 +90,7 @@ pub(super) async fn run(cluster: Cluster, mut queue: mpsc::Receiver<(u64, wire::
                 tracing::warn!(error = %e, attempt, "appending to the cluster log failed; publishing again");
                 tokio::time::sleep(Duration::from_millis((200 * attempt).min(1000))).await;
                 attempt += 1;
-                let sent = tokio::time::timeout(
-                    ACK_TIMEOUT,
-                    publish(&cluster, payload.clone(), &message_id),
-                )
-                .await
-                .unwrap_or_else(|_| Err("the NATS connection took no message in time".to_owned()));
-                outcome = match sent {
-                    Ok(ack) => tokio::time::timeout(ACK_TIMEOUT, ack)
-                        .await
-                        .map_err(|_| "no acknowledgement in time".to_owned())
-                        .and_then(|r| r.map_err(|e| e.to_string())),
-                    Err(e) => Err(e),
-                };
+                outcome = acked(send(&cluster, payload.clone(), &message_id).await).await;
             }
             match outcome {
                 Ok(ack) => {
@@ -164,20 +137,29 @@ fn entry_of((id, body): (u64, wire::Body)) -> wire::Entry {
     }
 }
 
-async fn publish(
+/// Hands a message to the NATS connection, bounded in time: while the
+/// client reconnects a publish can wait for it, and is published again.
+async fn send(
     cluster: &Cluster,
     payload: bytes::Bytes,
     message_id: &str,
-) -> Result<async_nats::jetstream::context::PublishAckFuture, String> {
-    cluster
-        .shared
-        .js
-        .send_publish(
-            cluster.shared.config.subject(),
-            PublishMessage::build()
-                .payload(payload)
-                .message_id(message_id),
-        )
-        .await
-        .map_err(|e| e.to_string())
+) -> Result<PublishAckFuture, String> {
+    let publish = cluster.shared.js.send_publish(
+        cluster.shared.config.subject(),
+        PublishMessage::build()
+            .payload(payload)
+            .message_id(message_id),
+    );
+    match tokio::time::timeout(ACK_TIMEOUT, publish).await {
+        Ok(sent) => sent.map_err(|e| e.to_string()),
+        Err(_) => Err("the NATS connection took no message in time".to_owned()),
+    }
+}
+
+/// JetStream's acknowledgement of a message sent, bounded in time.
+async fn acked(sent: Result<PublishAckFuture, String>) -> Result<PublishAck, String> {
+    match tokio::time::timeout(ACK_TIMEOUT, sent?).await {
+        Ok(ack) => ack.map_err(|e| e.to_string()),
+        Err(_) => Err("no acknowledgement in time".to_owned()),
+    }
 }

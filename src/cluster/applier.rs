@@ -171,6 +171,7 @@ async fn apply_from_durable(cluster: &Cluster) -> Result<(), ClusterError> {
         // across its restarts: only this process's runs are its own.
         let own = batch.node == shared.config.node_id
             && crate::lock::lock(&shared.runs).contains(&batch.incarnation);
+        let mut table_changed = false;
         for (index, entry) in batch.entries.into_iter().enumerate() {
             let position = (sequence, index as u32);
             if position <= at {
@@ -191,6 +192,7 @@ async fn apply_from_durable(cluster: &Cluster) -> Result<(), ClusterError> {
             let write = match entry.body {
                 Some(wire::Body::NodeStarted(_)) => {
                     nodes.insert(batch.node.clone(), batch.incarnation);
+                    table_changed = true;
                     meta.push((
                         node_key(&batch.node),
                         Some(batch.incarnation.to_be_bytes().to_vec()),
@@ -204,6 +206,7 @@ async fn apply_from_durable(cluster: &Cluster) -> Result<(), ClusterError> {
                     if origin_live && nodes.get(&lost.node) == Some(&lost.incarnation) =>
                 {
                     nodes.remove(&lost.node);
+                    table_changed = true;
                     meta.push((node_key(&lost.node), None));
                     own_loss = lost.node == shared.config.node_id
                         && lost.incarnation == shared.incarnation.load(Ordering::Acquire);
@@ -257,7 +260,10 @@ async fn apply_from_durable(cluster: &Cluster) -> Result<(), ClusterError> {
                 break;
             }
         }
-        *crate::lock::lock(&shared.nodes) = nodes.clone();
+        // The lease loop reads the table: shared only when it changed.
+        if table_changed {
+            *crate::lock::lock(&shared.nodes) = nodes.clone();
+        }
     };
     drop(handed);
     let _ = completion.await;

@@ -406,12 +406,6 @@ impl Cluster {
         self.shared.fenced.subscribe()
     }
 
-    /// The newest revision applied here, once at least `revision` is, within
-    /// `limit` (read-your-writes across nodes).
-    pub async fn wait_for_revision(&self, revision: Revision, limit: Duration) -> Revision {
-        self.shared.store.wait_for_revision(revision, limit).await
-    }
-
     /// Stops appending, applying and renewing the lease (the lease then
     /// lapses unless the node comes back first).
     pub async fn leave(&self) {

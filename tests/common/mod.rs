@@ -375,6 +375,36 @@ pub const FREE_PORTS: [&str; 8] = [
     "127.0.0.1:0",
 ];
 
+/// Every record whose client id starts with `prefix`, by client id, read
+/// page by page over gRPC on `channel`.
+pub async fn states_under(
+    channel: Channel,
+    prefix: &str,
+) -> std::collections::BTreeMap<String, pb::ConnectionState> {
+    let mut states = std::collections::BTreeMap::new();
+    let mut page_token = String::new();
+    loop {
+        let page = ConnectionStateServiceClient::new(channel.clone())
+            .list_connection_states(pb::ListConnectionStatesRequest {
+                filter: Some(pb::ConnectionStateFilter {
+                    client_id_prefix: prefix.into(),
+                    ..Default::default()
+                }),
+                page_size: 1000,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("list states under {prefix:?}: {e}"))
+            .into_inner();
+        states.extend(page.states.into_iter().map(|s| (s.client_id.clone(), s)));
+        if page.next_page_token.is_empty() {
+            return states;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
 /// `connstate serve ARGS --data-dir DATA_DIR` of the real binary, logging
 /// warnings only (pass [`FREE_PORTS`] in `args` for listeners on free
 /// ports); the caller chooses where its output goes.
