@@ -55,6 +55,14 @@ pub struct FormatLabel {
     pub format: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLossLabel {
+    /// Why a message between cluster nodes was lost: `outbox_full`,
+    /// `too_large`, `publish_failed`, `undecodable`, `retained_write_failed`,
+    /// `node_lost` (queued on a node that died).
+    pub reason: &'static str,
+}
+
 /// Every metric of the service.
 pub struct Metrics {
     registry: Registry,
@@ -90,6 +98,9 @@ pub struct Metrics {
     pub cluster_stream_sequence: Gauge,
     pub cluster_lag_messages: Gauge,
     pub cluster_append_failures: Counter,
+    pub cluster_routed_sent: Counter,
+    pub cluster_routed_received: Counter,
+    pub cluster_routed_lost: Family<RouteLossLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -273,8 +284,29 @@ impl Default for Metrics {
             "Messages the cluster's log did not take after every retry (their writes were refused)",
             cluster_append_failures.clone(),
         );
+        let cluster_routed_sent = Counter::default();
+        registry.register(
+            "cluster_routed_sent",
+            "MQTT messages this node's clients published that went to the other nodes (once each)",
+            cluster_routed_sent.clone(),
+        );
+        let cluster_routed_received = Counter::default();
+        registry.register(
+            "cluster_routed_received",
+            "MQTT messages from other nodes' clients received for subscriptions here",
+            cluster_routed_received.clone(),
+        );
+        let cluster_routed_lost = Family::<RouteLossLabel, Counter>::default();
+        registry.register(
+            "cluster_routed_lost",
+            "MQTT messages between cluster nodes that were lost, by reason",
+            cluster_routed_lost.clone(),
+        );
         Metrics {
             registry,
+            cluster_routed_sent,
+            cluster_routed_received,
+            cluster_routed_lost,
             cluster_nats_connected,
             cluster_joined,
             cluster_lease_held,

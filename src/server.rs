@@ -304,6 +304,10 @@ pub async fn run(
         metrics.clone(),
         stop.clone(),
     );
+    // A cluster node's clients reach the other nodes' clients.
+    if let Some(cluster) = &cluster {
+        broker.route_between_nodes(cluster.route_links().await?);
+    }
     // A source's TLS files are read before anything starts: a bad one stops
     // the start, naming the source and the file.
     for source in &config.sources {

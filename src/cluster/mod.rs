@@ -380,6 +380,21 @@ impl Cluster {
             .map_err(|e| js_doing("opening a key-value bucket")(&e))
     }
 
+    /// What the embedded broker routes MQTT messages between the nodes
+    /// through: two connections of its own (one that does not receive its
+    /// own messages, one for shared groups that does) and the bucket of
+    /// retained messages.
+    pub async fn route_links(&self) -> Result<crate::mqtt::RouteLinks, ClusterError> {
+        let config = &self.shared.config;
+        Ok(crate::mqtt::RouteLinks {
+            node: config.node_id.clone(),
+            prefix: format!("connstate.{}.mqtt", config.stream),
+            plain: connect_for(config, Some(("routes", true))).await?,
+            shared: connect_for(config, Some(("shared routes", false))).await?,
+            retained: self.key_value("retained").await?,
+        })
+    }
+
     /// This node's name.
     pub fn node_id(&self) -> &str {
         &self.shared.config.node_id
@@ -661,15 +676,31 @@ fn fresh_incarnation() -> u64 {
 }
 
 async fn connect(config: &ClusterConfig) -> Result<async_nats::Client, ClusterError> {
+    connect_for(config, None).await
+}
+
+/// A connection of `config`'s node for `purpose` (in its name); `no_echo`
+/// when the purpose is `Some((_, true))`.
+async fn connect_for(
+    config: &ClusterConfig,
+    purpose: Option<(&str, bool)>,
+) -> Result<async_nats::Client, ClusterError> {
     let urls = config.nats.join(",");
     let failed = |reason: String| ClusterError::Connect {
         urls: urls.clone(),
         reason,
     };
+    let name = match purpose {
+        Some((purpose, _)) => format!("connstate {} {purpose}", config.node_id),
+        None => format!("connstate {}", config.node_id),
+    };
     let mut options = async_nats::ConnectOptions::new()
-        .name(format!("connstate {}", config.node_id))
+        .name(name)
         .connection_timeout(Duration::from_secs(5))
         .max_reconnects(None);
+    if matches!(purpose, Some((_, true))) {
+        options = options.no_echo();
+    }
     if let Some((user, password)) = &config.user {
         options = options.user_and_password(user.clone(), password.clone());
     }

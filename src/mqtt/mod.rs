@@ -33,7 +33,9 @@ mod listener;
 mod monitor;
 mod packet;
 mod qos;
+mod routes;
 mod session;
+mod subject;
 mod sys;
 pub mod topic;
 
@@ -54,6 +56,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use listener::{ListenerLimits, MqttListeners, spawn_listeners, tls_config};
+use routes::Interest;
+pub use routes::RouteLinks;
 
 use crate::{
     domain::{ClientId, ClientKind, DisconnectCause, LifecycleEvent},
@@ -200,6 +204,28 @@ impl SubscriptionIds {
     }
 }
 
+impl Delivery {
+    /// `message` as `session`'s subscription with `options` gets it;
+    /// `None` when it is the publisher's own and the subscription said
+    /// no-local.
+    fn of(message: &Arc<Message>, session: &Session, options: SubOptions) -> Option<Delivery> {
+        if options.no_local
+            && message
+                .publisher
+                .as_deref()
+                .is_some_and(|p| p == &*session.client_id)
+        {
+            return None;
+        }
+        Some(Delivery {
+            qos: message.qos.less_value(options.qos),
+            retain: options.retain_as_published && message.retain,
+            subscription_ids: options.id.into(),
+            message: message.clone(),
+        })
+    }
+}
+
 impl From<Option<NonZeroU32>> for SubscriptionIds {
     fn from(id: Option<NonZeroU32>) -> Self {
         id.map_or(SubscriptionIds::None, SubscriptionIds::One)
@@ -314,6 +340,8 @@ struct Inner {
     /// Listeners that stopped accepting, each said in a sentence; empty
     /// while every configured listener accepts.
     listeners_down: tokio::sync::watch::Sender<Vec<String>>,
+    /// Routes to the other nodes of a cluster, once set.
+    routes: routes::RoutesSlot,
 }
 
 /// What an expiry timer ends.
@@ -372,6 +400,7 @@ impl Broker {
                 acl: RwLock::new(None),
                 expiries,
                 listeners_down: tokio::sync::watch::Sender::new(Vec::new()),
+                routes: routes::RoutesSlot::new(),
             }),
         };
         // The timers hold the broker weakly: they end with it.
@@ -667,43 +696,44 @@ impl Broker {
     }
 
     /// Routes `message` to every matching subscription and keeps it when
-    /// retained. Returns the number of subscriptions it went to.
+    /// retained. Returns the number of local subscriptions it went to.
+    ///
+    /// On a cluster node a client's message also goes to the other nodes;
+    /// shared groups then get it through the cluster (which picks one
+    /// member across the nodes), not here. The broker's own messages
+    /// (monitor topics, `$SYS`) stay on their node: every node publishes
+    /// its own.
     pub(crate) fn publish(&self, message: Message) -> usize {
         let message = Arc::new(message);
         if message.retain {
-            let mut retained = crate::lock::write(&self.inner.retained);
-            if message.payload.is_empty() {
-                retained.remove(&message.topic);
-            } else {
-                retained.insert(message.topic.clone(), message.clone());
-            }
+            self.set_retained(&message.topic, Some(message.clone()));
         }
+        let routes = self.routes().filter(|_| message.publisher.is_some());
+        if let Some(routes) = routes {
+            routes.forward(&message);
+        }
+        let routed = routes.is_some();
         // (session, options, whether through a group)
         let mut targets: Vec<(Arc<Session>, SubOptions, bool)> = Vec::new();
         crate::lock::read(&self.inner.subscriptions).for_each_match(&message.topic, |_, sub| {
             let shared = matches!(sub, Subscriber::Shared { .. });
-            targets.extend(sub.pick().map(|(s, o)| (s, o, shared)));
+            if !(shared && routed) {
+                targets.extend(sub.pick().map(|(s, o)| (s, o, shared)));
+            }
         });
         let mut deliveries: Vec<(Arc<Session>, Delivery)> = Vec::with_capacity(targets.len());
         // Where the one copy of each v5 client is, once it has one.
         let mut copies: HashMap<Arc<str>, usize> = HashMap::new();
         for (session, options, shared) in targets {
-            if options.no_local
-                && message
-                    .publisher
-                    .as_deref()
-                    .is_some_and(|p| p == &*session.client_id)
-            {
+            let Some(delivery) = Delivery::of(&message, &session, options) else {
                 continue;
-            }
-            let qos = message.qos.less_value(options.qos);
-            let retain = options.retain_as_published && message.retain;
+            };
             if options.one_copy && !shared {
                 match copies.entry(session.client_id.clone()) {
                     std::collections::hash_map::Entry::Occupied(at) => {
                         let copy = &mut deliveries[*at.get()].1;
-                        copy.qos = copy.qos.max(qos);
-                        copy.retain |= retain;
+                        copy.qos = copy.qos.max(delivery.qos);
+                        copy.retain |= delivery.retain;
                         copy.subscription_ids.add(options.id);
                         continue;
                     }
@@ -712,14 +742,13 @@ impl Broker {
                     }
                 }
             }
-            let delivery = Delivery {
-                qos,
-                retain,
-                subscription_ids: options.id.into(),
-                message: message.clone(),
-            };
             deliveries.push((session, delivery));
         }
+        self.hand_over(deliveries)
+    }
+
+    /// Hands each delivery to its session; returns how many were taken.
+    fn hand_over(&self, deliveries: Vec<(Arc<Session>, Delivery)>) -> usize {
         let mut delivered = 0;
         for (session, delivery) in deliveries {
             if session.deliver(delivery, &self.inner.options) {
@@ -729,6 +758,49 @@ impl Broker {
             }
         }
         delivered
+    }
+
+    /// Delivers a message of another node's client, received for
+    /// `interest`, to the local subscriptions holding it: every plain
+    /// subscription to exactly that filter, or one member of the group.
+    pub(crate) fn deliver_routed(&self, interest: &Interest, message: Arc<Message>) -> usize {
+        let mut targets: Vec<(Arc<Session>, SubOptions)> = Vec::new();
+        {
+            let tree = crate::lock::read(&self.inner.subscriptions);
+            match interest {
+                Interest::Plain(filter) => {
+                    for sub in tree.at(filter).into_iter().flat_map(|at| at.values()) {
+                        if let Subscriber::One { session, options } = sub {
+                            targets.push((session.clone(), *options));
+                        }
+                    }
+                }
+                Interest::Group { filter, key } => {
+                    let group = tree.at(filter).and_then(|at| at.get(key));
+                    targets.extend(group.and_then(Subscriber::pick));
+                }
+            }
+        }
+        let deliveries = targets
+            .into_iter()
+            .filter_map(|(session, options)| {
+                Delivery::of(&message, &session, options).map(|d| (session, d))
+            })
+            .collect();
+        self.hand_over(deliveries)
+    }
+
+    /// Sets (or with `None` clears) the retained message of `topic`.
+    pub(crate) fn set_retained(&self, topic: &str, message: Option<Arc<Message>>) {
+        let mut retained = crate::lock::write(&self.inner.retained);
+        match message {
+            Some(message) if !message.payload.is_empty() && !message.is_expired() => {
+                retained.insert(message.topic.clone(), message);
+            }
+            _ => {
+                retained.remove(topic);
+            }
+        }
     }
 
     /// Removes the retained message of `topic`.

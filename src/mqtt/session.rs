@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Broker, BrokerOptions, Delivery, Due, Outbound, SubOptions, Subscriber,
+    Broker, BrokerOptions, Delivery, Due, Interest, Outbound, SubOptions, Subscriber,
     expiry::{Fired, Timer},
     topic::{Share, SubscriptionTree},
 };
@@ -245,25 +245,42 @@ impl Session {
 type Tree = SubscriptionTree<Arc<str>, Subscriber>;
 
 /// Makes `session` a member of the group `key` of `filter` (or updates its
-/// options).
-fn join(tree: &mut Tree, filter: &str, key: Arc<str>, session: &Arc<Session>, options: SubOptions) {
-    let (mut members, next) = match tree.remove(filter, &key) {
-        Some(Subscriber::Shared { members, next }) => (members, next),
-        _ => (Vec::new(), AtomicUsize::new(0)),
+/// options); true when that started the group.
+fn join(
+    tree: &mut Tree,
+    filter: &str,
+    key: Arc<str>,
+    session: &Arc<Session>,
+    options: SubOptions,
+) -> bool {
+    let (mut members, next, started) = match tree.remove(filter, &key) {
+        Some(Subscriber::Shared { members, next }) => (members, next, false),
+        _ => (Vec::new(), AtomicUsize::new(0), true),
     };
     members.retain(|(s, _)| s.client_id != session.client_id);
     members.push((session.clone(), options));
     tree.insert(filter, key, Subscriber::Shared { members, next });
+    started
 }
 
 /// Takes `client_id` out of the group `key` of `filter`; the last member
-/// out ends the group.
-fn leave(tree: &mut Tree, filter: &str, key: Arc<str>, client_id: &Arc<str>) {
+/// out ends the group (and true is returned).
+fn leave(tree: &mut Tree, filter: &str, key: Arc<str>, client_id: &Arc<str>) -> bool {
     if let Some(Subscriber::Shared { mut members, next }) = tree.remove(filter, &key) {
         members.retain(|(s, _)| s.client_id != *client_id);
-        if !members.is_empty() {
-            tree.insert(filter, key, Subscriber::Shared { members, next });
+        if members.is_empty() {
+            return true;
         }
+        tree.insert(filter, key, Subscriber::Shared { members, next });
+    }
+    false
+}
+
+/// The interest a group at `filter` holds in other nodes' messages.
+fn group_interest(filter: &str, key: Arc<str>) -> Interest {
+    Interest::Group {
+        filter: Arc::from(filter),
+        key,
     }
 }
 
@@ -466,14 +483,23 @@ impl Broker {
         let mut tree = crate::lock::write(&self.inner.subscriptions);
         for filter in filters {
             if let Share::Group { group, filter } = Share::parse(filter) {
-                leave(&mut tree, filter, super::share_key(group), client_id);
+                let key = super::share_key(group);
+                if leave(&mut tree, filter, key.clone(), client_id) {
+                    self.interest(group_interest(filter, key), false);
+                }
                 continue;
             }
             match &group {
                 None => {
-                    tree.remove(filter, client_id);
+                    if tree.remove(filter, client_id).is_some() {
+                        self.interest(Interest::Plain(Arc::from(filter.as_str())), false);
+                    }
                 }
-                Some(group) => leave(&mut tree, filter, group.clone(), client_id),
+                Some(group) => {
+                    if leave(&mut tree, filter, group.clone(), client_id) {
+                        self.interest(group_interest(filter, group.clone()), false);
+                    }
+                }
             }
         }
     }
@@ -489,21 +515,30 @@ impl Broker {
         let new = session.subscribe(filter, options);
         let mut tree = crate::lock::write(&self.inner.subscriptions);
         if let Share::Group { group, filter } = Share::parse(filter) {
-            join(&mut tree, filter, super::share_key(group), session, options);
+            let key = super::share_key(group);
+            if join(&mut tree, filter, key.clone(), session, options) {
+                self.interest(group_interest(filter, key), true);
+            }
             return new;
         }
         match super::shared_group(&session.client_id) {
             None => {
-                tree.insert(
-                    filter,
-                    session.client_id.clone(),
-                    Subscriber::One {
-                        session: session.clone(),
-                        options,
-                    },
-                );
+                let one = Subscriber::One {
+                    session: session.clone(),
+                    options,
+                };
+                if tree
+                    .insert(filter, session.client_id.clone(), one)
+                    .is_none()
+                {
+                    self.interest(Interest::Plain(Arc::from(filter)), true);
+                }
             }
-            Some(group) => join(&mut tree, filter, group, session, options),
+            Some(group) => {
+                if join(&mut tree, filter, group.clone(), session, options) {
+                    self.interest(group_interest(filter, group), true);
+                }
+            }
         }
         new
     }

@@ -167,6 +167,22 @@ impl<K: Eq + std::hash::Hash + Clone, V> SubscriptionTree<K, V> {
         removed
     }
 
+    /// The subscriptions to exactly `filter`, by subscriber.
+    pub fn at(&self, filter: &str) -> Option<&HashMap<K, V>> {
+        let mut node = &self.root;
+        let mut levels = filter.split('/').peekable();
+        while let Some(level) = levels.next() {
+            if level == "#" {
+                return Some(&node.rest);
+            }
+            node = node.children.get(level)?;
+            if levels.peek().is_none() {
+                return Some(&node.here);
+            }
+        }
+        None
+    }
+
     /// Calls `found` for every subscription matching `topic`.
     pub fn for_each_match(&self, topic: &str, mut found: impl FnMut(&K, &V)) {
         let levels: Vec<&str> = topic.split('/').collect();
