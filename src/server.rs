@@ -307,6 +307,15 @@ pub async fn run(
     // A cluster node's clients reach the other nodes' clients.
     if let Some(cluster) = &cluster {
         broker.route_between_nodes(cluster.route_links().await?);
+        // Wills of this node's earlier runs (a restart before its loss
+        // was noticed): once this run started, they are recorded as ended.
+        let mut status = cluster.watch_status();
+        let wills = broker.clone();
+        tokio::spawn(async move {
+            if status.wait_for(|s| s.started).await.is_ok() {
+                wills.publish_wills_of_earlier_runs();
+            }
+        });
     }
     // A source's TLS files are read before anything starts: a bad one stops
     // the start, naming the source and the file.

@@ -392,6 +392,7 @@ impl Cluster {
             plain: connect_for(config, Some(("routes", true))).await?,
             shared: connect_for(config, Some(("shared routes", false))).await?,
             retained: self.key_value("retained").await?,
+            wills: self.key_value("wills").await?,
         })
     }
 

@@ -55,6 +55,28 @@ where
     broker.metrics().mqtt_connections.dec();
 }
 
+/// Waits (at most 5 s) until the NATS subscriptions behind new
+/// subscriptions are in place.
+async fn routes_in_place(subscribing: Vec<CancellationToken>) {
+    let all = async {
+        for token in subscribing {
+            token.cancelled().await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(5), all)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the cluster's subscriptions took over 5 s: SUBACK sent without them");
+    }
+}
+
+/// The NATS subscriptions a connection's SUBACK waits for; boxed, as
+/// a connection rarely has any (every byte of [`Live`] is memory per
+/// client).
+#[derive(Default)]
+struct Subscribing(Vec<CancellationToken>);
+
 /// State of an accepted connection.
 struct Live {
     client_id: Arc<str>,
@@ -75,6 +97,10 @@ struct Live {
     connect_expiry: u32,
     activity: Option<(ActivityKind, Timestamp)>,
     activity_reported: Instant,
+    /// On a cluster node: the NATS subscriptions of new subscriptions
+    /// being set up; their SUBACK waits for them, so that a message
+    /// published on another node right after it arrives.
+    subscribing: Option<Box<Subscribing>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
@@ -113,9 +139,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             connect_expiry: a.hello.session_expiry,
             activity: None,
             activity_reported: Instant::now(),
+            subscribing: None,
         };
         for s in sends {
             self.write(&live.identity, &mut live.topic_aliases, s);
+        }
+        // On a cluster node the will is kept cluster-wide while connected.
+        if self.broker.routes().is_some() {
+            let will = live
+                .will
+                .as_deref()
+                .map(|w| will_message(&live.client_id, w));
+            let delay = live
+                .will
+                .as_ref()
+                .map_or(0, |w| w.delay_secs.min(live.connect_expiry));
+            self.broker.will_starts(
+                &live.session,
+                &live.record_id,
+                live.connection_id,
+                will.as_ref(),
+                delay,
+            );
         }
         (live, a.mailbox, a.finished)
     }
@@ -157,6 +202,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         loop {
             // Before anything is sent: a shared subscription reads it.
             live.session.set_busy(live.qos.is_full());
+            if let Some(subscribing) = live.subscribing.take() {
+                Box::pin(routes_in_place(subscribing.0)).await;
+            }
             if let Err(_e) = self.flush().await {
                 return (DisconnectCause::SocketClosed, rx);
             }
@@ -493,7 +541,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                 id,
                 one_copy: matches!(self.codec, Codec::V5(_)),
             };
-            let new = self.broker.add_subscription(&live.session, &key, options);
+            let (new, routed) = self.broker.add_subscription(&live.session, &key, options);
+            if let Some(routed) = routed {
+                live.subscribing
+                    .get_or_insert_with(Default::default)
+                    .0
+                    .push(routed);
+            }
             // Retained messages are not sent for a shared subscription
             // (MQTT 5 §4.8.2).
             let send_retained = group.is_none()
@@ -660,37 +714,53 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         let expiry = self
             .broker
             .detach(&live.session, live.connection_id, carried, leftovers);
-        finished.cancel();
-
-        if let Some(will) = live.will.take()
-            && !matches!(cause, DisconnectCause::ServerShuttingDown)
-        {
-            self.publish_will(&live, will, expiry);
+        // Before a connection waiting to take over goes on: it may hold a
+        // will of its own.
+        match (live.will.take(), &cause) {
+            // This node was declared lost: the survivor that recorded it
+            // publishes the will from the cluster's bucket.
+            (_, DisconnectCause::NodeLost { .. }) if self.broker.routes().is_some() => {}
+            (Some(will), cause) if !matches!(cause, DisconnectCause::ServerShuttingDown) => {
+                self.publish_will(&live, will, expiry);
+            }
+            _ => self.broker.will_done(&live.session),
         }
+        finished.cancel();
     }
 
     fn publish_will(&self, live: &Live, will: Box<Will>, session_expiry: u32) {
-        let message = Message {
-            topic: will.topic,
-            payload: will.payload,
-            qos: will.qos,
-            retain: will.retain,
-            properties: will.properties.map(Box::new),
-            publisher: Some(live.client_id.clone()),
-            received: Instant::now(),
-        };
         let delay = will.delay_secs.min(session_expiry);
+        let message = will_message(&live.client_id, &will);
         if delay == 0 {
             self.broker.publish(message);
+            self.broker.will_done(&live.session);
             return;
         }
         // Delayed: not sent if the client comes back first (MQTT-3.1.3-9).
         self.broker.schedule_will(
             &live.session,
             live.generation,
-            message,
+            crate::mqtt::wills::PendingWill {
+                message,
+                record_id: live.record_id.clone(),
+                connection_id: live.connection_id,
+                broker: Arc::from(self.broker.options().name.as_str()),
+            },
             Duration::from_secs(u64::from(delay)),
         );
+    }
+}
+
+/// The message of `client_id`'s will.
+fn will_message(client_id: &Arc<str>, will: &Will) -> Message {
+    Message {
+        topic: will.topic.clone(),
+        payload: will.payload.clone(),
+        qos: will.qos,
+        retain: will.retain,
+        properties: will.properties.clone().map(Box::new),
+        publisher: Some(client_id.clone()),
+        received: Instant::now(),
     }
 }
 

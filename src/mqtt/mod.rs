@@ -38,6 +38,7 @@ mod session;
 mod subject;
 mod sys;
 pub mod topic;
+mod wills;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -349,8 +350,9 @@ pub(crate) enum Due {
     /// The detached session is discarded, unless a connection came back.
     Session(Arc<Session>),
     /// The will of the session's last connection is published, unless a
-    /// connection came back.
-    Will(Arc<Session>, Box<Message>),
+    /// connection came back; without a session, a will this node claimed
+    /// from a lost node.
+    Will(Option<Arc<Session>>, Box<wills::PendingWill>),
 }
 
 /// The task that hands lifecycle events to the tracker in order, and the
@@ -433,6 +435,7 @@ impl Broker {
                 for change in commit.iter() {
                     broker.publish_recorded(change);
                     broker.end_moved_away(change);
+                    broker.wills_after(change);
                 }
             }
         });
@@ -960,7 +963,7 @@ pub(crate) mod testing {
             id: None,
             one_copy: false,
         };
-        broker.add_subscription(&attached.session, filter, options);
+        let _ = broker.add_subscription(&attached.session, filter, options);
         mailbox
     }
 }

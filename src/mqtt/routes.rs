@@ -72,6 +72,8 @@ pub struct RouteLinks {
     pub shared: async_nats::Client,
     /// The bucket of retained messages.
     pub retained: kv::Store,
+    /// The bucket of connected clients' wills.
+    pub wills: kv::Store,
 }
 
 /// Messages waiting for the NATS connection before new ones are lost.
@@ -104,7 +106,7 @@ impl Interest {
 
 /// A message between nodes (the topic is the subject).
 #[derive(Clone, PartialEq, prost::Message)]
-struct Routed {
+pub(super) struct Routed {
     /// The node whose client published it.
     #[prost(string, tag = "1")]
     origin: String,
@@ -158,7 +160,7 @@ fn now_ms() -> i64 {
 }
 
 impl Routed {
-    fn of(message: &Message, origin: &str) -> Routed {
+    pub(super) fn of(message: &Message, origin: &str) -> Routed {
         Routed {
             origin: origin.to_owned(),
             publisher: message.publisher.as_deref().unwrap_or_default().to_owned(),
@@ -186,7 +188,7 @@ impl Routed {
 
     /// The message again, on `topic`; `None` once it has expired. With
     /// `stored`, the time since it was sent counts against its expiry.
-    fn into_message(self, topic: String, stored: bool) -> Option<Message> {
+    pub(super) fn into_message(self, topic: String, stored: bool) -> Option<Message> {
         let qos = QoS::try_from(u8::try_from(self.qos).ok()?).ok()?;
         let waited = if stored {
             u32::try_from((now_ms() - self.sent_ms).max(0) / 1000).unwrap_or(u32::MAX)
@@ -228,9 +230,19 @@ impl Routed {
     }
 }
 
+/// An interest of this node while local subscriptions hold it.
+struct Held {
+    /// The local subscriptions holding it.
+    count: usize,
+    /// Ends its NATS subscription.
+    done: CancellationToken,
+    /// Cancelled once its NATS subscription is in place.
+    ready: CancellationToken,
+}
+
 /// A broker's routes to the other nodes.
 pub(crate) struct Routes {
-    node: Arc<str>,
+    pub(super) node: Arc<str>,
     prefix: String,
     plain: async_nats::Client,
     shared: async_nats::Client,
@@ -238,14 +250,19 @@ pub(crate) struct Routes {
     retained_outbox: mpsc::Sender<Arc<Message>>,
     /// This node's interests: how many local subscriptions hold each, and
     /// the token that ends its NATS subscription.
-    interests: Mutex<HashMap<Interest, (usize, CancellationToken)>>,
-    broker: Weak<Inner>,
+    interests: Mutex<HashMap<Interest, Held>>,
+    pub(super) broker: Weak<Inner>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
+    /// The bucket of wills, and the queue of writes to it.
+    pub(super) wills: kv::Store,
+    pub(super) wills_outbox: mpsc::UnboundedSender<super::wills::WillWrite>,
+    /// Nodes whose wills are about to be looked at.
+    pub(super) sweeping: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Routes {
-    fn lost(&self, reason: &'static str) {
+    pub(super) fn lost(&self, reason: &'static str) {
         self.metrics
             .cluster_routed_lost
             .get_or_create(&RouteLossLabel { reason })
@@ -264,27 +281,48 @@ impl Routes {
     }
 
     /// One more (`added`) or one less local subscription holds `interest`:
-    /// the first subscribes on NATS, the last one out unsubscribes.
-    pub(crate) fn change(self: &Arc<Self>, interest: Interest, added: bool) {
+    /// the first subscribes on NATS, the last one out unsubscribes. An
+    /// added interest comes with a token cancelled once its NATS
+    /// subscription is in place (the SUBACK waits for it).
+    pub(crate) fn change(
+        self: &Arc<Self>,
+        interest: Interest,
+        added: bool,
+    ) -> Option<CancellationToken> {
         let mut interests = crate::lock::lock(&self.interests);
         if added {
             let held = interests.entry(interest.clone()).or_insert_with(|| {
-                let token = self.stop.child_token();
-                tokio::spawn(self.clone().follow(interest, token.clone()));
-                (0, token)
+                let done = self.stop.child_token();
+                let ready = CancellationToken::new();
+                tokio::spawn(self.clone().follow(interest, done.clone(), ready.clone()));
+                Held {
+                    count: 0,
+                    done,
+                    ready,
+                }
             });
-            held.0 += 1;
-        } else if let Some(held) = interests.get_mut(&interest) {
-            held.0 -= 1;
-            if held.0 == 0 {
-                held.1.cancel();
+            held.count += 1;
+            return Some(held.ready.clone());
+        }
+        if let Some(held) = interests.get_mut(&interest) {
+            held.count -= 1;
+            if held.count == 0 {
+                held.done.cancel();
                 interests.remove(&interest);
             }
         }
+        None
     }
 
-    /// Subscribes for `interest` and delivers what comes until `done`.
-    async fn follow(self: Arc<Self>, interest: Interest, done: CancellationToken) {
+    /// Subscribes for `interest`, cancels `ready` once the NATS server has
+    /// the subscription, and delivers what comes until `done`.
+    async fn follow(
+        self: Arc<Self>,
+        interest: Interest,
+        done: CancellationToken,
+        ready: CancellationToken,
+    ) {
+        let _ready = ready.clone().drop_guard();
         let (client, queue) = match &interest {
             Interest::Plain(_) => (&self.plain, None),
             Interest::Group { key, .. } => (&self.shared, Some(subject::name_token(key))),
@@ -304,6 +342,10 @@ impl Routes {
                 }
             }
         }
+        if let Err(e) = client.flush().await {
+            tracing::debug!(error = %e, "flushing new subscriptions");
+        }
+        ready.cancel();
         // One subject, or two for `a/#` (`a.>` and `a`).
         let mut subscribers = subscribers.into_iter();
         let Some(first) = subscribers.next() else {
@@ -476,6 +518,7 @@ impl Broker {
     pub fn route_between_nodes(&self, links: RouteLinks) {
         let (outbox, outgoing) = mpsc::channel(OUTBOX);
         let (retained_outbox, retained) = mpsc::channel(RETAINED_OUTBOX);
+        let (wills_outbox, will_writes) = mpsc::unbounded_channel();
         let routes = Arc::new(Routes {
             node: Arc::from(links.node.as_str()),
             prefix: links.prefix,
@@ -487,11 +530,15 @@ impl Broker {
             broker: Arc::downgrade(&self.inner),
             metrics: self.inner.metrics.clone(),
             stop: self.inner.stop.clone(),
+            wills: links.wills,
+            wills_outbox,
+            sweeping: Mutex::default(),
         });
         if self.inner.routes.set(routes.clone()).is_err() {
             return;
         }
         tokio::spawn(routes.clone().send(outgoing));
+        tokio::spawn(routes.clone().write_wills(will_writes));
         tokio::spawn(
             routes
                 .clone()
@@ -504,11 +551,12 @@ impl Broker {
         self.inner.routes.get()
     }
 
-    /// A local subscription now holds (or no longer holds) `interest`.
-    pub(crate) fn interest(&self, interest: Interest, added: bool) {
-        if let Some(routes) = self.routes() {
-            routes.change(interest, added);
-        }
+    /// A local subscription now holds (or no longer holds) `interest`; an
+    /// added one on a cluster node comes with the token of its NATS
+    /// subscription being in place.
+    pub(crate) fn interest(&self, interest: Interest, added: bool) -> Option<CancellationToken> {
+        self.routes()
+            .and_then(|routes| routes.change(interest, added))
     }
 }
 

@@ -70,6 +70,9 @@ struct State {
     generation: u64,
     /// Credentials of the current connection (user name), for revocation.
     username: String,
+    /// On a cluster node: the cluster's bucket holds a will of this
+    /// session's (its connection's, or one waiting for its delay).
+    will_held: bool,
 }
 
 struct Online {
@@ -239,6 +242,12 @@ impl Session {
 
     pub fn generation(&self) -> u64 {
         self.lock().generation
+    }
+
+    /// Sets whether the cluster's bucket holds a will of this session's;
+    /// returns whether it did.
+    pub fn set_will_held(&self, held: bool) -> bool {
+        std::mem::replace(&mut self.lock().will_held, held)
     }
 }
 
@@ -425,7 +434,7 @@ impl Broker {
         &self,
         session: &Arc<Session>,
         generation: u64,
-        will: super::Message,
+        will: super::wills::PendingWill,
         delay: Duration,
     ) {
         let state = session.lock();
@@ -435,7 +444,7 @@ impl Broker {
                 Timer::Will,
                 generation,
                 delay,
-                Due::Will(session.clone(), Box::new(will)),
+                Due::Will(Some(session.clone()), Box::new(will)),
             );
         }
     }
@@ -445,8 +454,17 @@ impl Broker {
         match fired.item {
             Due::Session(session) => self.discard_if_idle(&session, fired.generation),
             Due::Will(session, will) => {
-                if session.generation() == fired.generation {
-                    self.publish(*will);
+                let current = session
+                    .as_ref()
+                    .is_none_or(|s| s.generation() == fired.generation);
+                if !current {
+                    return;
+                }
+                if !self.came_back(&will) {
+                    self.publish(will.message);
+                }
+                if let Some(session) = session {
+                    self.will_done(&session);
                 }
             }
         }
@@ -505,42 +523,45 @@ impl Broker {
     }
 
     /// Adds or replaces a subscription (`$share/{group}/{filter}` for a
-    /// shared one); true when it is new.
+    /// shared one); true when it is new. On a cluster node, also the token
+    /// cancelled once the other nodes' messages for it are subscribed.
     pub(crate) fn add_subscription(
         &self,
         session: &Arc<Session>,
         filter: &str,
         options: SubOptions,
-    ) -> bool {
+    ) -> (bool, Option<CancellationToken>) {
         let new = session.subscribe(filter, options);
         let mut tree = crate::lock::write(&self.inner.subscriptions);
         if let Share::Group { group, filter } = Share::parse(filter) {
             let key = super::share_key(group);
-            if join(&mut tree, filter, key.clone(), session, options) {
-                self.interest(group_interest(filter, key), true);
-            }
-            return new;
+            let started = join(&mut tree, filter, key.clone(), session, options);
+            let ready = started
+                .then(|| self.interest(group_interest(filter, key), true))
+                .flatten();
+            return (new, ready);
         }
-        match super::shared_group(&session.client_id) {
+        let ready = match super::shared_group(&session.client_id) {
             None => {
                 let one = Subscriber::One {
                     session: session.clone(),
                     options,
                 };
-                if tree
+                let added = tree
                     .insert(filter, session.client_id.clone(), one)
-                    .is_none()
-                {
-                    self.interest(Interest::Plain(Arc::from(filter)), true);
-                }
+                    .is_none();
+                added
+                    .then(|| self.interest(Interest::Plain(Arc::from(filter)), true))
+                    .flatten()
             }
             Some(group) => {
-                if join(&mut tree, filter, group.clone(), session, options) {
-                    self.interest(group_interest(filter, group), true);
-                }
+                let started = join(&mut tree, filter, group.clone(), session, options);
+                started
+                    .then(|| self.interest(group_interest(filter, group), true))
+                    .flatten()
             }
-        }
-        new
+        };
+        (new, ready)
     }
 
     pub(crate) fn remove_subscription(&self, session: &Arc<Session>, filter: &str) -> bool {
@@ -646,7 +667,11 @@ mod tests {
         disconnect(&broker, &first, 1);
         let again = connect(&broker, "c", 2, NEVER).await;
         assert!(again.session_present);
-        assert!(broker.add_subscription(&again.session, "u", sub_options()));
+        assert!(
+            broker
+                .add_subscription(&again.session, "u", sub_options())
+                .0
+        );
         // Another client connects, and messages are routed.
         let other = connect(&broker, "other", 1, 0).await;
         assert!(!other.session_present);
