@@ -393,6 +393,8 @@ impl Cluster {
             shared: connect_for(config, Some(("shared routes", false))).await?,
             retained: self.key_value("retained").await?,
             wills: self.key_value("wills").await?,
+            sessions: self.key_value("sessions").await?,
+            control: format!("connstate.{}.control", config.stream),
         })
     }
 

@@ -26,6 +26,7 @@
 pub mod acl;
 mod connection;
 mod expiry;
+mod handover;
 mod handshake;
 mod identity;
 mod link;
@@ -747,11 +748,11 @@ impl Broker {
             }
             deliveries.push((session, delivery));
         }
-        self.hand_over(deliveries)
+        self.deliver_all(deliveries)
     }
 
     /// Hands each delivery to its session; returns how many were taken.
-    fn hand_over(&self, deliveries: Vec<(Arc<Session>, Delivery)>) -> usize {
+    fn deliver_all(&self, deliveries: Vec<(Arc<Session>, Delivery)>) -> usize {
         let mut delivered = 0;
         for (session, delivery) in deliveries {
             if session.deliver(delivery, &self.inner.options) {
@@ -790,7 +791,7 @@ impl Broker {
                 Delivery::of(&message, &session, options).map(|d| (session, d))
             })
             .collect();
-        self.hand_over(deliveries)
+        self.deliver_all(deliveries)
     }
 
     /// Sets (or with `None` clears) the retained message of `topic`.

@@ -74,6 +74,11 @@ pub struct RouteLinks {
     pub retained: kv::Store,
     /// The bucket of connected clients' wills.
     pub wills: kv::Store,
+    /// The bucket of persistent sessions.
+    pub sessions: kv::Store,
+    /// The prefix of the nodes' requests to each other,
+    /// `connstate.{stream}.control`.
+    pub control: String,
 }
 
 /// Messages waiting for the NATS connection before new ones are lost.
@@ -244,7 +249,7 @@ struct Held {
 pub(crate) struct Routes {
     pub(super) node: Arc<str>,
     prefix: String,
-    plain: async_nats::Client,
+    pub(super) plain: async_nats::Client,
     shared: async_nats::Client,
     outbox: mpsc::Sender<Arc<Message>>,
     retained_outbox: mpsc::Sender<Arc<Message>>,
@@ -253,12 +258,17 @@ pub(crate) struct Routes {
     interests: Mutex<HashMap<Interest, Held>>,
     pub(super) broker: Weak<Inner>,
     metrics: Arc<Metrics>,
-    stop: CancellationToken,
+    pub(super) stop: CancellationToken,
     /// The bucket of wills, and the queue of writes to it.
     pub(super) wills: kv::Store,
     pub(super) wills_outbox: mpsc::UnboundedSender<super::wills::WillWrite>,
     /// Nodes whose wills are about to be looked at.
     pub(super) sweeping: Mutex<std::collections::HashSet<String>>,
+    /// The bucket of persistent sessions, and the queue of writes to it.
+    pub(super) sessions: kv::Store,
+    pub(super) session_outbox: mpsc::UnboundedSender<(String, Option<Vec<u8>>)>,
+    /// The prefix of the nodes' requests to each other.
+    pub(super) control: String,
 }
 
 impl Routes {
@@ -519,6 +529,7 @@ impl Broker {
         let (outbox, outgoing) = mpsc::channel(OUTBOX);
         let (retained_outbox, retained) = mpsc::channel(RETAINED_OUTBOX);
         let (wills_outbox, will_writes) = mpsc::unbounded_channel();
+        let (session_outbox, session_writes) = mpsc::unbounded_channel();
         let routes = Arc::new(Routes {
             node: Arc::from(links.node.as_str()),
             prefix: links.prefix,
@@ -533,12 +544,17 @@ impl Broker {
             wills: links.wills,
             wills_outbox,
             sweeping: Mutex::default(),
+            sessions: links.sessions,
+            session_outbox,
+            control: links.control,
         });
         if self.inner.routes.set(routes.clone()).is_err() {
             return;
         }
         tokio::spawn(routes.clone().send(outgoing));
         tokio::spawn(routes.clone().write_wills(will_writes));
+        tokio::spawn(routes.clone().write_sessions(session_writes));
+        tokio::spawn(routes.clone().answer_handovers());
         tokio::spawn(
             routes
                 .clone()

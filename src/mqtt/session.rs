@@ -73,6 +73,9 @@ struct State {
     /// On a cluster node: the cluster's bucket holds a will of this
     /// session's (its connection's, or one waiting for its delay).
     will_held: bool,
+    /// On a cluster node: the cluster's bucket of sessions has a record of
+    /// this one, held here.
+    record_held: bool,
 }
 
 struct Online {
@@ -99,7 +102,7 @@ impl Mailbox {
 
     /// Queues `item`, unless the mailbox is closed or holds `limit`
     /// deliveries already (commands always get in).
-    fn send(&self, item: Outbound, limit: usize) -> Result<(), Outbound> {
+    pub(super) fn send(&self, item: Outbound, limit: usize) -> Result<(), Outbound> {
         let mut queue = self.lock();
         if self.closed.load(Ordering::Relaxed)
             || (matches!(item, Outbound::Deliver(_)) && queue.len() >= limit)
@@ -244,6 +247,30 @@ impl Session {
         self.lock().generation
     }
 
+    /// Calls `f` with the session's expiry, subscriptions and whether the
+    /// cluster has a record of it (which `f` may change).
+    pub fn with_record<R>(
+        &self,
+        f: impl FnOnce(u32, &HashMap<String, SubOptions>, &mut bool) -> R,
+    ) -> R {
+        let mut state = self.lock();
+        let state = &mut *state;
+        f(
+            state.expiry_secs,
+            &state.subscriptions,
+            &mut state.record_held,
+        )
+    }
+
+    /// The mailbox and the finish token of the connection attached now.
+    pub fn online_handles(&self) -> Option<(Arc<Mailbox>, CancellationToken)> {
+        let state = self.lock();
+        state
+            .online
+            .as_ref()
+            .map(|o| (o.mailbox.clone(), o.finished.clone()))
+    }
+
     /// Sets whether the cluster's bucket holds a will of this session's;
     /// returns whether it did.
     pub fn set_will_held(&self, held: bool) -> bool {
@@ -309,6 +336,8 @@ impl Broker {
         mailbox: Arc<Mailbox>,
         finished: CancellationToken,
     ) -> Attached {
+        // On a cluster node the session may be on another node.
+        self.fetch_session(client_id, clean_start).await;
         for _ in 0..3 {
             let Some(session) = self.session(client_id) else {
                 break;
@@ -376,6 +405,7 @@ impl Broker {
         drop(state);
         drop(sessions);
         self.drop_subscriptions(client_id, &dropped_filters);
+        self.save_session(&attached.session, None);
         attached
     }
 
@@ -388,7 +418,7 @@ impl Broker {
         mut carried: Carried,
         leftovers: Vec<Delivery>,
     ) -> u32 {
-        let (expiry, generation) = {
+        let (expiry, generation, queued) = {
             let mut state = session.lock();
             if state
                 .online
@@ -419,10 +449,13 @@ impl Broker {
                     Due::Session(session.clone()),
                 );
             }
-            (state.expiry_secs, state.generation)
+            let queued = state.carried.queue.len() + state.carried.inflight.len();
+            (state.expiry_secs, state.generation, queued)
         };
         if expiry == 0 {
             self.discard_if_idle(session, generation);
+        } else {
+            self.save_session(session, Some(u32::try_from(queued).unwrap_or(u32::MAX)));
         }
         expiry
     }
@@ -488,6 +521,69 @@ impl Broker {
             state.subscriptions.drain().map(|(f, _)| f).collect()
         };
         self.drop_subscriptions(&session.client_id, &filters);
+        self.forget_session(session);
+    }
+
+    /// Takes `session` out of this broker for another node, unless a
+    /// connection is attached: its expiry, subscriptions and what it
+    /// carried. Its timers here are cancelled; its record in the cluster
+    /// becomes the other node's.
+    pub(crate) fn release_session(
+        &self,
+        session: &Arc<Session>,
+    ) -> Option<(u32, Vec<(String, SubOptions)>, Carried)> {
+        let (expiry, subscriptions, carried) = {
+            let mut sessions = crate::lock::lock(&self.inner.sessions);
+            let mut state = session.lock();
+            if state.online.is_some() {
+                return None;
+            }
+            if sessions
+                .get(&session.client_id)
+                .is_some_and(|s| Arc::ptr_eq(s, session))
+            {
+                sessions.remove(&session.client_id);
+            }
+            state.generation += 1;
+            self.inner
+                .expiries
+                .cancel(&session.client_id, state.generation);
+            state.record_held = false;
+            let subscriptions: Vec<(String, SubOptions)> = state.subscriptions.drain().collect();
+            (
+                state.expiry_secs,
+                subscriptions,
+                std::mem::take(&mut state.carried),
+            )
+        };
+        let filters: Vec<String> = subscriptions.iter().map(|(f, _)| f.clone()).collect();
+        self.drop_subscriptions(&session.client_id, &filters);
+        Some((expiry, subscriptions, carried))
+    }
+
+    /// Makes a session handed over by another node the session of
+    /// `client_id` here, unless a connection is attached to one already.
+    pub(crate) fn adopt_session(
+        &self,
+        client_id: &Arc<str>,
+        expiry_secs: u32,
+        carried: Carried,
+    ) -> Option<Arc<Session>> {
+        let mut sessions = crate::lock::lock(&self.inner.sessions);
+        let session = sessions
+            .entry(client_id.clone())
+            .or_insert_with(|| Arc::new(Session::new(client_id.clone())))
+            .clone();
+        let mut state = session.lock();
+        if state.online.is_some() {
+            return None;
+        }
+        state.expiry_secs = expiry_secs;
+        state.carried = carried;
+        // It existed: the CONNACK says so.
+        state.generation = state.generation.max(1);
+        drop(state);
+        Some(session)
     }
 
     /// Removes the subscriptions `filters` of `client_id` (as its session
@@ -532,6 +628,7 @@ impl Broker {
         options: SubOptions,
     ) -> (bool, Option<CancellationToken>) {
         let new = session.subscribe(filter, options);
+        self.save_session(session, None);
         let mut tree = crate::lock::write(&self.inner.subscriptions);
         if let Share::Group { group, filter } = Share::parse(filter) {
             let key = super::share_key(group);
@@ -567,6 +664,9 @@ impl Broker {
     pub(crate) fn remove_subscription(&self, session: &Arc<Session>, filter: &str) -> bool {
         let existed = session.unsubscribe(filter);
         self.drop_subscriptions(&session.client_id, &[filter.to_owned()]);
+        if existed {
+            self.save_session(session, None);
+        }
         existed
     }
 }
