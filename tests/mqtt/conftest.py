@@ -37,7 +37,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -70,6 +70,7 @@ V5 = mqtt.MQTTv5
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "connstate: needs connstate (state, logs, monitor topics, auth)")
+    config.addinivalue_line("markers", "cluster: needs a cluster of connstate nodes and NATS servers (cluster.py)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -79,6 +80,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "connstate" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test that used a cluster (cluster.py) gets the last lines of
+    its nodes' logs in its report."""
+    report = yield
+    if report.failed:
+        for value in getattr(item, "funcargs", {}).values():
+            tails = getattr(value, "log_tails", None)
+            if callable(tails):
+                report.sections.append((f"cluster node logs ({report.when})", tails()))
+    return report
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -31,6 +31,20 @@ if ! command -v mosquitto >/dev/null 2>&1 || ! command -v mosquitto_passwd >/dev
   fi
 fi
 
+# The cluster tests (test_cluster_routing.py) run three nats-server processes
+# (Debian's package): $NATS_SERVER, else nats-server on the PATH, else
+# /usr/sbin/nats-server.
+if [ "${MQTT_TEST_BROKER:-connstate}" = "connstate" ] && [ -z "${NATS_SERVER:-}" ] \
+  && ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null
+  else
+    echo "nats-server not found: install Debian's nats-server package, or set NATS_SERVER" >&2
+    exit 1
+  fi
+fi
+
 python="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
