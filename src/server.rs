@@ -316,6 +316,19 @@ pub async fn run(
                 wills.publish_wills_of_earlier_runs();
             }
         });
+        // The wills of a lost node's clients, from the node that recorded
+        // the loss.
+        let mut lost = cluster.watch_lost();
+        let wills = broker.clone();
+        tokio::spawn(async move {
+            loop {
+                match lost.recv().await {
+                    Ok(lost) => wills.node_lost(&lost.node, &lost.by),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
     }
     // A source's TLS files are read before anything starts: a bad one stops
     // the start, naming the source and the file.

@@ -172,6 +172,7 @@ async fn apply_from_durable(cluster: &Cluster) -> Result<(), ClusterError> {
         let own = batch.node == shared.config.node_id
             && crate::lock::lock(&shared.runs).contains(&batch.incarnation);
         let mut table_changed = false;
+        let mut lost_nodes = Vec::new();
         for (index, entry) in batch.entries.into_iter().enumerate() {
             let position = (sequence, index as u32);
             if position <= at {
@@ -211,6 +212,10 @@ async fn apply_from_durable(cluster: &Cluster) -> Result<(), ClusterError> {
                     own_loss = lost.node == shared.config.node_id
                         && lost.incarnation == shared.incarnation.load(Ordering::Acquire);
                     tracing::warn!(node = %lost.node, by = %batch.node, "cluster node lost: recording its connections as lost");
+                    lost_nodes.push(super::LostNode {
+                        node: lost.node.clone(),
+                        by: batch.node.clone(),
+                    });
                     Write::EndBroker {
                         broker: node_broker(&lost.node),
                         cause: DisconnectCause::NodeLost {
@@ -263,6 +268,9 @@ async fn apply_from_durable(cluster: &Cluster) -> Result<(), ClusterError> {
         // The lease loop reads the table: shared only when it changed.
         if table_changed {
             *crate::lock::lock(&shared.nodes) = nodes.clone();
+        }
+        for lost in lost_nodes {
+            let _ = shared.lost.send(lost);
         }
     };
     drop(handed);

@@ -137,6 +137,14 @@ impl ClusterConfig {
     }
 }
 
+/// A node declared lost, and the node that recorded it (whose `NodeLost`
+/// was applied first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostNode {
+    pub node: String,
+    pub by: String,
+}
+
 /// Errors of joining a cluster.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -239,6 +247,9 @@ struct Shared {
     /// Set when this node's run is fenced off (declared lost): the server
     /// ends every local connection; the node then starts a new run.
     fenced: watch::Sender<u64>,
+    /// Nodes declared lost, each with the node whose notice was applied
+    /// (the one that recorded the loss).
+    lost: tokio::sync::broadcast::Sender<LostNode>,
     status: watch::Sender<ClusterStatus>,
     stop: CancellationToken,
     metrics: Arc<crate::metrics::Metrics>,
@@ -331,6 +342,7 @@ impl Cluster {
             lease_held: AtomicBool::new(false),
             nodes: Mutex::new(nodes),
             fenced: watch::Sender::new(0),
+            lost: tokio::sync::broadcast::Sender::new(64),
             status: watch::Sender::new(status),
             stop: CancellationToken::new(),
             config,
@@ -415,6 +427,12 @@ impl Cluster {
     /// Every change of [`Cluster::status`].
     pub fn watch_status(&self) -> watch::Receiver<ClusterStatus> {
         self.shared.status.subscribe()
+    }
+
+    /// Every node declared lost from now on, with the node that recorded
+    /// the loss.
+    pub fn watch_lost(&self) -> tokio::sync::broadcast::Receiver<LostNode> {
+        self.shared.lost.subscribe()
     }
 
     /// Counts the runs of this node fenced off: on each change, the server

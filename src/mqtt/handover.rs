@@ -29,7 +29,7 @@ use tokio_stream::StreamExt as _;
 use super::{
     Broker, Delivery, Outbound, SubOptions, SubscriptionIds,
     routes::{Routed, Routes},
-    session::{Carried, Inflight, Session},
+    session::{Carried, Inflight, Released, Session},
     subject,
 };
 use crate::{domain::DisconnectCause, metrics::RouteLossLabel};
@@ -200,13 +200,13 @@ impl Routes {
     ) {
         while let Some((key, body)) = writes.recv().await {
             let written = match body {
-                Some(body) => self.sessions.put(&key, body.into()).await.map(|_| ()),
-                None => self.sessions.delete(&key).await.map_err(|e| {
-                    async_nats::jetstream::kv::PutError::with_source(
-                        async_nats::jetstream::kv::PutErrorKind::Publish,
-                        e,
-                    )
-                }),
+                Some(body) => self
+                    .sessions
+                    .put(&key, body.into())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                None => self.sessions.delete(&key).await.map_err(|e| e.to_string()),
             };
             if let Err(e) = written {
                 tracing::warn!(error = %e, %key, "writing a session's record to the cluster's bucket failed");
@@ -420,9 +420,14 @@ impl Broker {
                 tracing::warn!(client = %take.client_id, "a connection taken over by another node did not close in time");
             }
         }
-        let Some((expiry_secs, subscriptions, carried)) = self.release_session(&session) else {
+        let Some(released) = self.release_session(&session) else {
             return Handed::default();
         };
+        let Released {
+            expiry_secs,
+            subscriptions,
+            carried,
+        } = released;
         self.will_done(&session);
         if take.discard {
             return Handed::default();

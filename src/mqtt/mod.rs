@@ -436,7 +436,6 @@ impl Broker {
                 for change in commit.iter() {
                     broker.publish_recorded(change);
                     broker.end_moved_away(change);
-                    broker.wills_after(change);
                 }
             }
         });

@@ -148,6 +148,13 @@ impl Mailbox {
     }
 }
 
+/// A session taken out of this broker for another node.
+pub struct Released {
+    pub expiry_secs: u32,
+    pub subscriptions: Vec<(String, SubOptions)>,
+    pub carried: Carried,
+}
+
 /// The attached end of a session, held by its connection.
 pub struct Attached {
     pub session: Arc<Session>,
@@ -528,10 +535,7 @@ impl Broker {
     /// connection is attached: its expiry, subscriptions and what it
     /// carried. Its timers here are cancelled; its record in the cluster
     /// becomes the other node's.
-    pub(crate) fn release_session(
-        &self,
-        session: &Arc<Session>,
-    ) -> Option<(u32, Vec<(String, SubOptions)>, Carried)> {
+    pub(crate) fn release_session(&self, session: &Arc<Session>) -> Option<Released> {
         let (expiry, subscriptions, carried) = {
             let mut sessions = crate::lock::lock(&self.inner.sessions);
             let mut state = session.lock();
@@ -558,7 +562,11 @@ impl Broker {
         };
         let filters: Vec<String> = subscriptions.iter().map(|(f, _)| f.clone()).collect();
         self.drop_subscriptions(&session.client_id, &filters);
-        Some((expiry, subscriptions, carried))
+        Some(Released {
+            expiry_secs: expiry,
+            subscriptions,
+            carried,
+        })
     }
 
     /// Makes a session handed over by another node the session of

@@ -3,10 +3,12 @@
 //! While a client with a will is connected to a cluster node, its will is
 //! kept in the cluster's bucket of wills under `{node}.{client}`. The node
 //! handles its own clients' wills as a single broker does, and then
-//! removes the record. When a node is lost, every survivor looks at the
-//! lost node's records: for each one whose connection the cluster recorded
-//! as ended, the first survivor to delete it (a compare-and-delete on its
-//! revision, so exactly one wins) publishes the will: at once, or after
+//! removes the record. When a node is lost, the survivor that recorded the
+//! loss (whose `NodeLost` the log applied) looks at the lost node's
+//! records: for each one whose connection the cluster recorded as ended,
+//! it deletes the record (a compare-and-delete on its revision, so that a
+//! record is claimed once even if two nodes looked) and publishes the will:
+//! at once, or after
 //! what is left of its delay (the will delay capped by the session expiry,
 //! counted from the recorded disconnect), unless the client connected
 //! again meanwhile (anywhere in the cluster: the shared state tells). A
@@ -131,19 +133,34 @@ impl Routes {
         let routes = self.clone();
         let node = node.to_owned();
         tokio::spawn(async move {
-            // Let the rest of the loss be applied here first.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            crate::lock::lock(&routes.sweeping).remove(&node);
-            if let Err(e) = routes.sweep(&node).await {
-                tracing::warn!(error = %e, %node, "looking for the wills of a lost node failed");
+            // Records still connected here are of connections whose loss is
+            // not applied here yet: looked at again.
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                crate::lock::lock(&routes.sweeping).remove(&node);
+                match routes.sweep(&node).await {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, %node, "looking for the wills of a lost node failed");
+                    }
+                }
+                if routes.stop.is_cancelled()
+                    || !crate::lock::lock(&routes.sweeping).insert(node.clone())
+                {
+                    return;
+                }
             }
+            crate::lock::lock(&routes.sweeping).remove(&node);
         });
     }
 
-    /// Claims and publishes the wills of `node`'s ended connections.
-    async fn sweep(&self, node: &str) -> Result<(), String> {
+    /// Claims and publishes the wills of `node`'s ended connections;
+    /// returns how many records are of connections still connected as far
+    /// as this node knows.
+    async fn sweep(&self, node: &str) -> Result<usize, String> {
         let Some(broker) = self.broker.upgrade().map(|inner| Broker { inner }) else {
-            return Ok(());
+            return Ok(0);
         };
         let prefix = format!("{node}.");
         let mut keys = self.wills.keys().await.map_err(|e| e.to_string())?;
@@ -155,7 +172,7 @@ impl Routes {
             }
         }
         let broker_name = crate::domain::node_broker(node);
-        let (mut published, mut scheduled) = (0, 0);
+        let (mut published, mut scheduled, mut connected) = (0, 0, 0);
         for key in mine {
             let Some(entry) = self.wills.entry(&key).await.map_err(|e| e.to_string())? else {
                 continue;
@@ -176,6 +193,7 @@ impl Routes {
                 state.broker == broker_name && state.connection_id == stored.connection_id;
             if same_connection && state.status == ConnectionStatus::Connected {
                 // Still connected as far as this node knows.
+                connected += 1;
                 continue;
             }
             // One survivor wins the record.
@@ -232,7 +250,7 @@ impl Routes {
         if published + scheduled > 0 {
             tracing::info!(%node, published, scheduled, "wills of a lost cluster node's clients");
         }
-        Ok(())
+        Ok(connected)
     }
 }
 
@@ -291,19 +309,12 @@ impl Broker {
         }
     }
 
-    /// Looks at a recorded change: a client of a lost node makes this node
-    /// look for that node's wills.
-    pub(super) fn wills_after(&self, change: &crate::domain::Change) {
-        let Some(routes) = self.routes() else { return };
-        let (Some(state), Some(entry)) = (&change.state, &change.log_entry) else {
-            return;
-        };
-        if entry.kind != crate::domain::LogKind::Disconnected
-            || entry.close_code != Some(crate::domain::CloseCode::NODE_LOST)
+    /// Node `node` was declared lost, its loss recorded by node `by`: the
+    /// node that recorded it publishes its clients' wills.
+    pub fn node_lost(&self, node: &str, by: &str) {
+        if let Some(routes) = self.routes()
+            && *routes.node == *by
         {
-            return;
-        }
-        if let Some(("embedded", node)) = state.broker.split_once('@') {
             routes.node_lost(node);
         }
     }
