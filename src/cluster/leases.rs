@@ -25,7 +25,7 @@ pub(super) async fn bucket(
     if let Ok(store) = js.get_key_value(config.bucket()).await {
         return Ok(store);
     }
-    create_bucket(js, &config.bucket(), config.replicas, 1).await?;
+    create_bucket(js, &config.bucket(), config.replicas, 1, true).await?;
     js.get_key_value(config.bucket())
         .await
         .map_err(|e| super::js_doing("opening the lease bucket")(&e))
@@ -40,6 +40,7 @@ pub(super) async fn create_bucket(
     bucket: &str,
     replicas: usize,
     history: i64,
+    direct: bool,
 ) -> Result<(), ClusterError> {
     let created = js
         .create_stream(jetstream::stream::Config {
@@ -50,7 +51,7 @@ pub(super) async fn create_bucket(
             storage: jetstream::stream::StorageType::File,
             allow_rollup: true,
             deny_delete: true,
-            allow_direct: true,
+            allow_direct: direct,
             num_replicas: replicas,
             discard: jetstream::stream::DiscardPolicy::New,
             ..Default::default()

@@ -380,11 +380,26 @@ impl Cluster {
     /// The key-value bucket `{stream}_{name}` of this cluster, created
     /// (with the cluster's replicas, one value per key) if absent.
     pub async fn key_value(&self, name: &str) -> Result<jetstream::kv::Store, ClusterError> {
+        self.bucket(name, true).await
+    }
+
+    /// A bucket named after the stream whose reads all go to its leader
+    /// (no direct gets, which a replica behind the leader may answer): a
+    /// read sees every write acknowledged before it.
+    pub async fn key_value_from_leader(
+        &self,
+        name: &str,
+    ) -> Result<jetstream::kv::Store, ClusterError> {
+        self.bucket(name, false).await
+    }
+
+    async fn bucket(&self, name: &str, direct: bool) -> Result<jetstream::kv::Store, ClusterError> {
         let bucket = format!("{}_{name}", self.shared.config.stream);
         if let Ok(store) = self.shared.js.get_key_value(&bucket).await {
             return Ok(store);
         }
-        leases::create_bucket(&self.shared.js, &bucket, self.shared.config.replicas, 1).await?;
+        let replicas = self.shared.config.replicas;
+        leases::create_bucket(&self.shared.js, &bucket, replicas, 1, direct).await?;
         self.shared
             .js
             .get_key_value(&bucket)
@@ -404,8 +419,8 @@ impl Cluster {
             plain: connect_for(config, Some(("routes", true))).await?,
             shared: connect_for(config, Some(("shared routes", false))).await?,
             retained: self.key_value("retained").await?,
-            wills: self.key_value("wills").await?,
-            sessions: self.key_value("sessions").await?,
+            wills: self.key_value_from_leader("wills").await?,
+            sessions: self.key_value_from_leader("sessions").await?,
             control: format!("connstate.{}.control", config.stream),
         })
     }

@@ -34,6 +34,9 @@ use super::{
 };
 use crate::{domain::DisconnectCause, metrics::RouteLossLabel};
 
+/// A write to the bucket of sessions: a key and its value (`None`: delete).
+pub(super) type SessionWrite = (String, Option<Vec<u8>>);
+
 /// How long a node waits for another to hand a session over.
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -196,7 +199,7 @@ impl Routes {
     /// Writes the records of sessions in order.
     pub(super) async fn write_sessions(
         self: Arc<Self>,
-        mut writes: tokio::sync::mpsc::UnboundedReceiver<(String, Option<Vec<u8>>)>,
+        mut writes: tokio::sync::mpsc::UnboundedReceiver<SessionWrite>,
     ) {
         while let Some((key, body)) = writes.recv().await {
             let written = match body {
@@ -253,8 +256,44 @@ impl Broker {
     /// removes its record when it no longer is). `detached` with the number
     /// of messages it keeps once its connection ended.
     pub(crate) fn save_session(&self, session: &Session, detached: Option<u32>) {
-        let Some(routes) = self.routes() else { return };
-        let key = subject::name_token(&session.client_id);
+        if let Some((routes, write)) = self.session_record(session, detached) {
+            let _ = routes.session_outbox.send(write);
+        }
+    }
+
+    /// [`Broker::save_session`] for a connection being attached, returning
+    /// once the record is written: another node the client connects to
+    /// next then finds where its session is.
+    pub(crate) async fn save_attached_session(&self, session: &Session) {
+        let Some((routes, (key, body))) = self.session_record(session, None) else {
+            return;
+        };
+        let written = match body {
+            Some(body) => routes
+                .sessions
+                .put(&key, body.into())
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            None => routes
+                .sessions
+                .delete(&key)
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(e) = written {
+            tracing::warn!(error = %e, client = %session.client_id, "writing a session's record to the cluster's bucket failed");
+        }
+    }
+
+    /// The write of `session`'s record: its key and value (`None`: delete),
+    /// if there is one to write.
+    fn session_record(
+        &self,
+        session: &Session,
+        detached: Option<u32>,
+    ) -> Option<(&Arc<Routes>, SessionWrite)> {
+        let routes = self.routes()?;
         let body = session.with_record(|expiry, subscriptions, held| {
             if expiry == 0 {
                 return std::mem::replace(held, false).then_some(None);
@@ -271,10 +310,8 @@ impl Broker {
                 queued: detached.unwrap_or(0),
             };
             Some(Some(record.encode_to_vec()))
-        });
-        if let Some(body) = body {
-            let _ = routes.session_outbox.send((key, body));
-        }
+        })?;
+        Some((routes, (subject::name_token(&session.client_id), body)))
     }
 
     /// Removes the record of a session discarded here.

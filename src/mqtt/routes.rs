@@ -266,7 +266,7 @@ pub(crate) struct Routes {
     pub(super) sweeping: Mutex<std::collections::HashSet<String>>,
     /// The bucket of persistent sessions, and the queue of writes to it.
     pub(super) sessions: kv::Store,
-    pub(super) session_outbox: mpsc::UnboundedSender<(String, Option<Vec<u8>>)>,
+    pub(super) session_outbox: mpsc::UnboundedSender<super::handover::SessionWrite>,
     /// The prefix of the nodes' requests to each other.
     pub(super) control: String,
 }

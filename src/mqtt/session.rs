@@ -370,49 +370,50 @@ impl Broker {
                 tracing::warn!(client_id = %client_id, "taken-over connection did not close in time");
             }
         }
-        let mut sessions = crate::lock::lock(&self.inner.sessions);
-        let session = sessions
-            .entry(client_id.clone())
-            .or_insert_with(|| Arc::new(Session::new(client_id.clone())))
-            .clone();
-        let mut state = session.lock();
-        if let Some(old) = state.online.take() {
-            // Lost a race with another new connection: the newest wins.
-            let _ = old.mailbox.send(
-                Outbound::Close(DisconnectCause::SessionTakenOver { by: by.to_owned() }),
-                0,
-            );
-        }
-        let existed = !state.subscriptions.is_empty()
-            || !state.carried.queue.is_empty()
-            || !state.carried.inflight.is_empty()
-            || state.generation > 0;
-        let mut dropped_filters = Vec::new();
-        if clean_start {
-            dropped_filters.extend(state.subscriptions.drain().map(|(f, _)| f));
-            state.carried = Carried::default();
-        }
-        state.generation += 1;
-        // Under the session's lock, after the generation grew: the cancel
-        // follows every timer an older connection scheduled.
-        self.inner.expiries.cancel(client_id, state.generation);
-        state.expiry_secs = expiry_secs;
-        state.username = username.to_owned();
-        state.online = Some(Online {
-            connection_id,
-            mailbox,
-            finished,
-        });
-        let attached = Attached {
-            session: session.clone(),
-            session_present: existed && !clean_start,
-            carried: std::mem::take(&mut state.carried),
-            generation: state.generation,
+        let (attached, dropped_filters) = {
+            let mut sessions = crate::lock::lock(&self.inner.sessions);
+            let session = sessions
+                .entry(client_id.clone())
+                .or_insert_with(|| Arc::new(Session::new(client_id.clone())))
+                .clone();
+            let mut state = session.lock();
+            if let Some(old) = state.online.take() {
+                // Lost a race with another new connection: the newest wins.
+                let _ = old.mailbox.send(
+                    Outbound::Close(DisconnectCause::SessionTakenOver { by: by.to_owned() }),
+                    0,
+                );
+            }
+            let existed = !state.subscriptions.is_empty()
+                || !state.carried.queue.is_empty()
+                || !state.carried.inflight.is_empty()
+                || state.generation > 0;
+            let mut dropped_filters = Vec::new();
+            if clean_start {
+                dropped_filters.extend(state.subscriptions.drain().map(|(f, _)| f));
+                state.carried = Carried::default();
+            }
+            state.generation += 1;
+            // Under the session's lock, after the generation grew: the cancel
+            // follows every timer an older connection scheduled.
+            self.inner.expiries.cancel(client_id, state.generation);
+            state.expiry_secs = expiry_secs;
+            state.username = username.to_owned();
+            state.online = Some(Online {
+                connection_id,
+                mailbox,
+                finished,
+            });
+            let attached = Attached {
+                session: session.clone(),
+                session_present: existed && !clean_start,
+                carried: std::mem::take(&mut state.carried),
+                generation: state.generation,
+            };
+            (attached, dropped_filters)
         };
-        drop(state);
-        drop(sessions);
         self.drop_subscriptions(client_id, &dropped_filters);
-        self.save_session(&attached.session, None);
+        self.save_attached_session(&attached.session).await;
         attached
     }
 
