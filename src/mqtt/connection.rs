@@ -56,10 +56,11 @@ where
 }
 
 /// Waits (at most 5 s) until the NATS subscriptions behind new
-/// subscriptions are in place.
-async fn routes_in_place(subscribing: Vec<CancellationToken>) {
+/// subscriptions are in place and the cluster's bucket has the retained
+/// messages published.
+async fn cluster_in_place(awaiting: Vec<CancellationToken>) {
     let all = async {
-        for token in subscribing {
+        for token in awaiting {
             token.cancelled().await;
         }
     };
@@ -67,15 +68,18 @@ async fn routes_in_place(subscribing: Vec<CancellationToken>) {
         .await
         .is_err()
     {
-        tracing::warn!("the cluster's subscriptions took over 5 s: SUBACK sent without them");
+        tracing::warn!(
+            "the cluster's subscriptions or retained messages took over 5 s: answered without them"
+        );
     }
 }
 
-/// The NATS subscriptions a connection's SUBACK waits for; boxed, as
-/// a connection rarely has any (every byte of [`Live`] is memory per
-/// client).
+/// What a connection's next answers wait for on a cluster node: the NATS
+/// subscriptions of new subscriptions (their SUBACK), the cluster's copy of
+/// retained messages (their PUBACK or PUBREC). Boxed, as a connection
+/// rarely has any (every byte of [`Live`] is memory per client).
 #[derive(Default)]
-struct Subscribing(Vec<CancellationToken>);
+struct Awaiting(Vec<CancellationToken>);
 
 /// State of an accepted connection.
 struct Live {
@@ -97,10 +101,10 @@ struct Live {
     connect_expiry: u32,
     activity: Option<(ActivityKind, Timestamp)>,
     activity_reported: Instant,
-    /// On a cluster node: the NATS subscriptions of new subscriptions
-    /// being set up; their SUBACK waits for them, so that a message
-    /// published on another node right after it arrives.
-    subscribing: Option<Box<Subscribing>>,
+    /// On a cluster node: what the answers in the write buffer wait for
+    /// (a message published on another node right after a SUBACK arrives;
+    /// a retained message acknowledged is on every node's SUBSCRIBE).
+    awaiting: Option<Box<Awaiting>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
@@ -139,7 +143,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             connect_expiry: a.hello.session_expiry,
             activity: None,
             activity_reported: Instant::now(),
-            subscribing: None,
+            awaiting: None,
         };
         for s in sends {
             self.write(&live.identity, &mut live.topic_aliases, s);
@@ -202,8 +206,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         loop {
             // Before anything is sent: a shared subscription reads it.
             live.session.set_busy(live.qos.is_full());
-            if let Some(subscribing) = live.subscribing.take() {
-                Box::pin(routes_in_place(subscribing.0)).await;
+            if let Some(awaiting) = live.awaiting.take() {
+                Box::pin(cluster_in_place(awaiting.0)).await;
             }
             if let Err(_e) = self.flush().await {
                 return (DisconnectCause::SocketClosed, rx);
@@ -464,7 +468,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         if let Ok(topic) = routed
             && fresh
         {
-            self.broker.publish(Message {
+            let (_, stored) = self.broker.publish_stored(Message {
                 topic,
                 payload: p.payload,
                 qos: p.qos,
@@ -473,6 +477,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                 publisher: Some(live.client_id.clone()),
                 received: Instant::now(),
             });
+            // A retained message on a cluster node: acknowledged once the
+            // cluster's bucket has it.
+            if let Some(stored) = stored
+                && p.qos != QoS::AtMostOnce
+            {
+                live.awaiting
+                    .get_or_insert_with(Default::default)
+                    .0
+                    .push(stored);
+            }
         }
         match (p.qos, packet_id) {
             (QoS::AtMostOnce, _) => {}
@@ -543,7 +557,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             };
             let (new, routed) = self.broker.add_subscription(&live.session, &key, options);
             if let Some(routed) = routed {
-                live.subscribing
+                live.awaiting
                     .get_or_insert_with(Default::default)
                     .0
                     .push(routed);

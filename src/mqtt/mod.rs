@@ -707,14 +707,19 @@ impl Broker {
     /// (monitor topics, `$SYS`) stay on their node: every node publishes
     /// its own.
     pub(crate) fn publish(&self, message: Message) -> usize {
+        self.publish_stored(message).0
+    }
+
+    /// [`Broker::publish`], also returning for a retained message on a
+    /// cluster node the token cancelled once the cluster's bucket has it
+    /// (the publisher's PUBACK waits for it).
+    pub(crate) fn publish_stored(&self, message: Message) -> (usize, Option<CancellationToken>) {
         let message = Arc::new(message);
         if message.retain {
             self.set_retained(&message.topic, Some(message.clone()));
         }
         let routes = self.routes().filter(|_| message.publisher.is_some());
-        if let Some(routes) = routes {
-            routes.forward(&message);
-        }
+        let stored = routes.and_then(|routes| routes.forward(&message));
         let routed = routes.is_some();
         // (session, options, whether through a group)
         let mut targets: Vec<(Arc<Session>, SubOptions, bool)> = Vec::new();
@@ -747,7 +752,7 @@ impl Broker {
             }
             deliveries.push((session, delivery));
         }
-        self.deliver_all(deliveries)
+        (self.deliver_all(deliveries), stored)
     }
 
     /// Hands each delivery to its session; returns how many were taken.

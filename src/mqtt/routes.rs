@@ -252,7 +252,7 @@ pub(crate) struct Routes {
     pub(super) plain: async_nats::Client,
     shared: async_nats::Client,
     outbox: mpsc::Sender<Arc<Message>>,
-    retained_outbox: mpsc::Sender<Arc<Message>>,
+    retained_outbox: mpsc::Sender<(Arc<Message>, CancellationToken)>,
     /// This node's interests: how many local subscriptions hold each, and
     /// the token that ends its NATS subscription.
     interests: Mutex<HashMap<Interest, Held>>,
@@ -280,14 +280,25 @@ impl Routes {
     }
 
     /// Sends a message a local client published to the other nodes (and,
-    /// when retained, to the bucket).
-    pub(crate) fn forward(&self, message: &Arc<Message>) {
+    /// when retained, to the bucket: then with a token cancelled once the
+    /// bucket has it, or could not take it).
+    pub(crate) fn forward(&self, message: &Arc<Message>) -> Option<CancellationToken> {
         if self.outbox.try_send(message.clone()).is_err() {
             self.lost("outbox_full");
         }
-        if message.retain && self.retained_outbox.try_send(message.clone()).is_err() {
-            self.lost("outbox_full");
+        if !message.retain {
+            return None;
         }
+        let stored = CancellationToken::new();
+        if self
+            .retained_outbox
+            .try_send((message.clone(), stored.clone()))
+            .is_err()
+        {
+            self.lost("outbox_full");
+            return None;
+        }
+        Some(stored)
     }
 
     /// One more (`added`) or one less local subscription holds `interest`:
@@ -432,9 +443,10 @@ impl Routes {
     async fn store_retained(
         self: Arc<Self>,
         bucket: kv::Store,
-        mut outbox: mpsc::Receiver<Arc<Message>>,
+        mut outbox: mpsc::Receiver<(Arc<Message>, CancellationToken)>,
     ) {
-        while let Some(message) = outbox.recv().await {
+        while let Some((message, stored)) = outbox.recv().await {
+            let _stored = stored.drop_guard();
             let key = subject::topic_tokens(&message.topic);
             if key.len() > MAX_SUBJECT {
                 self.lost("too_large");
