@@ -90,7 +90,7 @@ func runConnections(scenario string, args []string) error {
 		return err
 	}
 	var err error
-	if o.addr, err = loopbackAddr(*addr); err != nil {
+	if o.addr, err = loopbackAddr("addr", *addr); err != nil {
 		return err
 	}
 	if o.sources, err = parseSourceIPs(*src); err != nil {

@@ -3,7 +3,14 @@ package main
 // The fan-in scenario: N publishers, each on its own topic bench/<i>/data,
 // one subscriber on bench/+/data. Every payload carries a run nonce, the
 // publisher's index and a sequence number, so the subscriber counts losses,
-// duplicates and reordering exactly and ignores leftovers of an earlier run.
+// duplicates and reordering exactly and ignores leftovers of an earlier run,
+// and its send time, so the subscriber measures publish → delivery latency.
+//
+// Publishers and subscriber may use different brokers: the publishers are
+// spread round-robin over -pub-addrs, the subscriber uses -sub-addr (both
+// default to -addr), e.g. publishers on two nodes of a cluster and the
+// subscriber on a third. All clients run in this process, so one monotonic
+// clock times both ends.
 //
 // Flow control: QoS 1 publishers keep at most -window PUBLISHes without
 // PUBACK. Independently, every publisher keeps at most -e2e messages that the
@@ -19,13 +26,56 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 )
 
+// The payload: nonce (4 bytes), publisher index (4), sequence number (8),
+// send time (8: nanoseconds since the run's start, monotonic clock), then
+// filler up to -payload bytes.
+const minPayload = 24
+
+// payloadHeader is what the subscriber reads from each payload.
+type payloadHeader struct {
+	nonce uint32
+	pub   uint32
+	seq   uint64
+	sent  time.Duration // since the run's start
+}
+
+func (h payloadHeader) put(b []byte) {
+	binary.BigEndian.PutUint32(b, h.nonce)
+	binary.BigEndian.PutUint32(b[4:], h.pub)
+	binary.BigEndian.PutUint64(b[8:], h.seq)
+	binary.BigEndian.PutUint64(b[16:], uint64(h.sent))
+}
+
+func parsePayload(b []byte) (payloadHeader, bool) {
+	if len(b) < minPayload {
+		return payloadHeader{}, false
+	}
+	return payloadHeader{
+		nonce: binary.BigEndian.Uint32(b),
+		pub:   binary.BigEndian.Uint32(b[4:]),
+		seq:   binary.BigEndian.Uint64(b[8:]),
+		sent:  time.Duration(binary.BigEndian.Uint64(b[16:])),
+	}, true
+}
+
+// spreadAddrs gives publisher i the address addrs[i mod len(addrs)].
+func spreadAddrs(addrs []*net.TCPAddr, publishers int) []*net.TCPAddr {
+	out := make([]*net.TCPAddr, publishers)
+	for i := range out {
+		out[i] = addrs[i%len(addrs)]
+	}
+	return out
+}
+
 type faninOptions struct {
-	addr       *net.TCPAddr
+	pubAddrs   []*net.TCPAddr // publisher i uses pubAddrs[i mod len]
+	subAddr    *net.TCPAddr
 	publishers int
 	qos        int
 	duration   time.Duration
@@ -43,42 +93,50 @@ type faninOptions struct {
 }
 
 type faninResult struct {
-	Scenario        string  `json:"scenario"`
-	QoS             int     `json:"qos"`
-	GrantedQoS      int     `json:"granted_qos"`
-	Publishers      int     `json:"publishers"`
-	PayloadBytes    int     `json:"payload_bytes"`
-	Window          int     `json:"window,omitempty"`
-	E2EWindow       int     `json:"e2e_window"`
-	Stalls          int64   `json:"e2e_stalls"`
-	Stale           int64   `json:"stale_ignored"`
-	OfferedRate     int     `json:"offered_rate,omitempty"`
-	WarmupSeconds   float64 `json:"warmup_seconds"`
-	MeasuredSeconds float64 `json:"measured_seconds"`
-	ReceivedPerS    float64 `json:"received_per_s"`
-	PublishedPerS   float64 `json:"published_per_s"`
-	PublishedTotal  int64   `json:"published_total"`
-	ReceivedTotal   int64   `json:"received_total"`
-	Lost            int64   `json:"lost"`
-	Gaps            int64   `json:"gaps"`
-	Duplicates      int64   `json:"duplicates"`
-	Unacked         int64   `json:"unacked_at_end"`
-	DrainSeconds    float64 `json:"drain_seconds"`
-	Errors          int     `json:"errors"`
-	RSSBeforeKiB    int64   `json:"rss_before_kib"`
-	RSSEndKiB       int64   `json:"rss_end_kib"`
+	Scenario        string   `json:"scenario"`
+	QoS             int      `json:"qos"`
+	GrantedQoS      int      `json:"granted_qos"`
+	Publishers      int      `json:"publishers"`
+	PayloadBytes    int      `json:"payload_bytes"`
+	PubAddrs        []string `json:"pub_addrs"`
+	SubAddr         string   `json:"sub_addr"`
+	Window          int      `json:"window,omitempty"`
+	E2EWindow       int      `json:"e2e_window"`
+	Stalls          int64    `json:"e2e_stalls"`
+	Stale           int64    `json:"stale_ignored"`
+	OfferedRate     int      `json:"offered_rate,omitempty"`
+	WarmupSeconds   float64  `json:"warmup_seconds"`
+	MeasuredSeconds float64  `json:"measured_seconds"`
+	ReceivedPerS    float64  `json:"received_per_s"`
+	PublishedPerS   float64  `json:"published_per_s"`
+	PublishedTotal  int64    `json:"published_total"`
+	ReceivedTotal   int64    `json:"received_total"`
+	LatencySamples  int      `json:"latency_samples"`
+	LatencyP50      float64  `json:"latency_p50_ms"`
+	LatencyP99      float64  `json:"latency_p99_ms"`
+	LatencyMax      float64  `json:"latency_max_ms"`
+	Lost            int64    `json:"lost"`
+	Gaps            int64    `json:"gaps"`
+	Duplicates      int64    `json:"duplicates"`
+	Unacked         int64    `json:"unacked_at_end"`
+	DrainSeconds    float64  `json:"drain_seconds"`
+	Errors          int      `json:"errors"`
+	RSSBeforeKiB    int64    `json:"rss_before_kib"`
+	RSSEndKiB       int64    `json:"rss_end_kib"`
 }
 
 func runFanin(args []string) error {
 	fs := flag.NewFlagSet("fanin", flag.ExitOnError)
 	addr := fs.String("addr", "127.0.0.1:1883", "broker address (loopback only)")
+	pubAddrs := fs.String("pub-addrs", "", "publishers' brokers, host:port[,host:port...], publishers spread round-robin (default: -addr)")
+	subAddr := fs.String("sub-addr", "", "subscriber's broker, host:port (default: -addr)")
 	o := faninOptions{}
 	fs.IntVar(&o.publishers, "publishers", 100, "publishing clients")
 	fs.IntVar(&o.qos, "qos", 0, "QoS of publish and subscription: 0 or 1")
 	fs.DurationVar(&o.duration, "duration", 10*time.Second, "measured time (after the warm-up)")
 	fs.DurationVar(&o.warmup, "warmup", 2*time.Second, "publish this long before measuring")
 	fs.DurationVar(&o.drain, "drain", 10*time.Second, "after publishing stops, wait at most this long for the last deliveries")
-	fs.IntVar(&o.payload, "payload", 64, "payload bytes (at least 16: run nonce, publisher index, sequence number)")
+	fs.IntVar(&o.payload, "payload", 64, "payload bytes (at least 24: run nonce, publisher index, sequence number, send time)")
 	fs.IntVar(&o.window, "window", 32, "QoS 1: unacknowledged PUBLISHes per publisher")
 	fs.IntVar(&o.e2e, "e2e", 8, "messages per publisher sent but not yet received by the subscriber (0: no limit)")
 	fs.DurationVar(&o.stall, "stall", 500*time.Millisecond, "-e2e wait after which a publisher counts its unreceived messages as lost and goes on")
@@ -90,15 +148,27 @@ func runFanin(args []string) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	var err error
-	if o.addr, err = loopbackAddr(*addr); err != nil {
+	fallback, err := loopbackAddr("addr", *addr)
+	if err != nil {
 		return err
+	}
+	if o.pubAddrs, err = loopbackAddrs("pub-addrs", *pubAddrs); err != nil {
+		return err
+	}
+	if len(o.pubAddrs) == 0 {
+		o.pubAddrs = []*net.TCPAddr{fallback}
+	}
+	o.subAddr = fallback
+	if *subAddr != "" {
+		if o.subAddr, err = loopbackAddr("sub-addr", *subAddr); err != nil {
+			return err
+		}
 	}
 	switch {
 	case o.qos != 0 && o.qos != 1:
 		return fmt.Errorf("-qos must be 0 or 1")
-	case o.publishers < 1 || o.payload < 16 || o.payload > 1<<20:
-		return fmt.Errorf("need -publishers ≥ 1 and 16 ≤ -payload ≤ 1 MiB")
+	case o.publishers < 1 || o.payload < minPayload || o.payload > 1<<20:
+		return fmt.Errorf("need -publishers ≥ 1 and %d ≤ -payload ≤ 1 MiB", minPayload)
 	case o.e2e < 0:
 		return fmt.Errorf("-e2e must be ≥ 0")
 	case o.qos == 1 && (o.window < 1 || o.window > 60000):
@@ -109,9 +179,9 @@ func runFanin(args []string) error {
 	return fanin(o)
 }
 
-// session opens a connection and completes CONNECT/CONNACK.
-func session(o faninOptions, id string) (net.Conn, error) {
-	conn, err := net.DialTimeout("tcp", o.addr.String(), o.timeout)
+// session opens a connection to addr and completes CONNECT/CONNACK.
+func session(o faninOptions, addr *net.TCPAddr, id string) (net.Conn, error) {
+	conn, err := net.DialTimeout("tcp", addr.String(), o.timeout)
 	if err != nil {
 		return nil, err
 	}
@@ -142,6 +212,7 @@ type subscriber struct {
 	wmu      sync.Mutex // guards w: the reader (PUBACKs) and the pinger
 	w        *bufio.Writer
 	nonce    uint32
+	start    time.Time // the run's start: send times count from it
 	pubs     []*publisher
 	lastSeq  []uint64 // per publisher; sequence numbers start at 1
 	stale    atomic.Int64
@@ -151,6 +222,13 @@ type subscriber struct {
 	dups     atomic.Int64
 	errs     atomic.Int64
 	done     chan struct{}
+	// Publish → delivery of every first delivery (not of duplicates), with
+	// its send time, to keep those sent in the measured window at the end.
+	latencies []latencySample
+}
+
+type latencySample struct {
+	sent, took time.Duration
 }
 
 func (s *subscriber) read(qos byte) {
@@ -162,10 +240,12 @@ func (s *subscriber) read(qos byte) {
 		if err != nil {
 			return // closed at the end of the run, or by the broker
 		}
+		now := time.Since(s.start)
 		switch p.kind() {
 		case typePublish:
 			_, pq, id, payload, err := publishFields(p)
-			if err != nil || len(payload) < 16 {
+			h, ok := parsePayload(payload)
+			if err != nil || !ok {
 				s.errs.Add(1)
 				continue
 			}
@@ -174,11 +254,13 @@ func (s *subscriber) read(qos byte) {
 				_, _ = s.w.Write(appendPuback(nil, id))
 				s.wmu.Unlock()
 			}
-			if binary.BigEndian.Uint32(payload) != s.nonce {
+			if h.nonce != s.nonce {
 				s.stale.Add(1)
 				continue
 			}
-			s.count(binary.BigEndian.Uint32(payload[4:]), binary.BigEndian.Uint64(payload[8:]))
+			if s.count(h.pub, h.seq) {
+				s.latencies = append(s.latencies, latencySample{sent: h.sent, took: now - h.sent})
+			}
 		case typePingresp:
 		default:
 			s.errs.Add(1)
@@ -192,17 +274,19 @@ func (s *subscriber) read(qos byte) {
 	}
 }
 
-func (s *subscriber) count(pub uint32, seq uint64) {
+// count records one delivery; it reports whether it was the first of its
+// message.
+func (s *subscriber) count(pub uint32, seq uint64) bool {
 	s.received.Add(1)
 	if int(pub) >= len(s.lastSeq) {
 		s.errs.Add(1)
-		return
+		return false
 	}
 	last := s.lastSeq[pub]
 	switch {
 	case seq <= last:
 		s.dups.Add(1)
-		return
+		return false
 	case seq > last+1:
 		s.gaps.Add(int64(seq - last - 1))
 	}
@@ -217,6 +301,7 @@ func (s *subscriber) count(pub uint32, seq uint64) {
 			}
 		}
 	}
+	return true
 }
 
 func (s *subscriber) ping() {
@@ -252,6 +337,10 @@ func fanin(o faninOptions) error {
 		res.Window = o.window
 	}
 	res.E2EWindow = o.e2e
+	res.SubAddr = o.subAddr.String()
+	for _, a := range o.pubAddrs {
+		res.PubAddrs = append(res.PubAddrs, a.String())
+	}
 	raiseFileLimit(uint64(o.publishers) + 1024)
 	var err error
 	if res.RSSBeforeKiB, err = rssKiB(o.pid); err != nil {
@@ -259,12 +348,13 @@ func fanin(o faninOptions) error {
 	}
 
 	// Subscriber first, so that no message is published before it listens.
-	conn, err := session(o, o.idPrefix+"-sub")
+	start := time.Now()
+	conn, err := session(o, o.subAddr, o.idPrefix+"-sub")
 	if err != nil {
 		return fmt.Errorf("subscriber: %w", err)
 	}
 	nonce := uint32(time.Now().UnixNano()) ^ uint32(os.Getpid())<<16
-	sub := &subscriber{conn: conn, w: bufio.NewWriterSize(conn, 16<<10), nonce: nonce,
+	sub := &subscriber{conn: conn, w: bufio.NewWriterSize(conn, 16<<10), nonce: nonce, start: start,
 		pubs: make([]*publisher, o.publishers), lastSeq: make([]uint64, o.publishers), done: make(chan struct{})}
 	_ = conn.SetDeadline(time.Now().Add(o.timeout))
 	if _, err := conn.Write(subscribePacket(1, o.filter, byte(o.qos))); err != nil {
@@ -283,10 +373,10 @@ func fanin(o faninOptions) error {
 	res.GrantedQoS = int(p.body[2])
 	_ = conn.SetDeadline(time.Time{})
 	pubs := sub.pubs
-	for i := range pubs {
-		c, err := session(o, fmt.Sprintf("%s-pub-%d", o.idPrefix, i))
+	for i, addr := range spreadAddrs(o.pubAddrs, o.publishers) {
+		c, err := session(o, addr, fmt.Sprintf("%s-pub-%d", o.idPrefix, i))
 		if err != nil {
-			return fmt.Errorf("publisher %d: %w", i, err)
+			return fmt.Errorf("publisher %d (%s): %w", i, addr, err)
 		}
 		pubs[i] = &publisher{index: uint32(i), conn: c, acksIn: make(chan struct{}), wake: make(chan struct{}, 1)}
 		if o.qos == 1 {
@@ -306,7 +396,7 @@ func fanin(o faninOptions) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			pb.publish(o, nonce, stop)
+			pb.publish(o, nonce, start, stop)
 		}()
 	}
 	pingStop := make(chan struct{})
@@ -336,6 +426,8 @@ func fanin(o faninOptions) error {
 	time.Sleep(o.duration)
 	pub1, recv1 := sum()
 	measured := time.Since(t0)
+	// Latency counts the messages sent in the measured window.
+	windowFrom, windowTo := t0.Sub(start), t0.Add(measured).Sub(start)
 	close(stop)
 	wg.Wait()
 
@@ -380,6 +472,13 @@ func fanin(o faninOptions) error {
 	<-sub.done
 
 	res.ReceivedTotal = sub.received.Load()
+	lat := windowLatencies(sub.latencies, windowFrom, windowTo)
+	res.LatencySamples = len(lat)
+	res.LatencyP50 = ms(percentile(lat, 50))
+	res.LatencyP99 = ms(percentile(lat, 99))
+	if len(lat) > 0 {
+		res.LatencyMax = ms(lat[len(lat)-1])
+	}
 	res.Lost = max(res.PublishedTotal-sub.unique.Load(), 0)
 	res.Gaps = sub.gaps.Load()
 	res.Duplicates = sub.dups.Load()
@@ -396,11 +495,25 @@ func fanin(o faninOptions) error {
 	if o.qos == 1 {
 		what = "acknowledged"
 	}
-	fmt.Printf("fanin qos%d: %d publishers -> 1 subscriber (%s, granted QoS %d), %d B payload%s: %.0f msg/s received over %.1f s (%.0f msg/s %s by publishers); lost %d of %d (gaps %d, duplicates %d, unacked %d, e2e stalls %d, errors %d); broker RSS %d KiB\n",
-		o.qos, o.publishers, o.filter, res.GrantedQoS, o.payload, windowText(o), res.ReceivedPerS, measured.Seconds(),
-		res.PublishedPerS, what, res.Lost, res.PublishedTotal, res.Gaps, res.Duplicates, res.Unacked, res.Stalls, res.Errors, res.RSSEndKiB)
+	fmt.Printf("fanin qos%d: %d publishers on %s -> 1 subscriber on %s (%s, granted QoS %d), %d B payload%s: %.0f msg/s received over %.1f s (%.0f msg/s %s by publishers); publish -> delivery p50 %.2f / p99 %.2f / max %.2f ms; lost %d of %d (gaps %d, duplicates %d, unacked %d, e2e stalls %d, errors %d); broker RSS %d KiB\n",
+		o.qos, o.publishers, strings.Join(res.PubAddrs, ","), res.SubAddr, o.filter, res.GrantedQoS, o.payload, windowText(o), res.ReceivedPerS, measured.Seconds(),
+		res.PublishedPerS, what, res.LatencyP50, res.LatencyP99, res.LatencyMax,
+		res.Lost, res.PublishedTotal, res.Gaps, res.Duplicates, res.Unacked, res.Stalls, res.Errors, res.RSSEndKiB)
 	emitJSON(res)
 	return nil
+}
+
+// windowLatencies returns, sorted, the latencies of the messages sent in
+// [from, to) (times since the run's start).
+func windowLatencies(samples []latencySample, from, to time.Duration) []time.Duration {
+	var out []time.Duration
+	for _, l := range samples {
+		if l.sent >= from && l.sent < to {
+			out = append(out, l.took)
+		}
+	}
+	sortDurations(out)
+	return out
 }
 
 func windowText(o faninOptions) string {
@@ -419,14 +532,15 @@ func windowText(o faninOptions) string {
 
 // publish sends until stop. QoS 1 keeps at most o.window PUBLISHes without
 // PUBACK. Writes are batched: the buffer is flushed when it is full, before
-// waiting for a window slot, and at each rate-limit tick.
-func (pb *publisher) publish(o faninOptions, nonce uint32, stop <-chan struct{}) {
+// waiting for a window slot or for deliveries (-e2e), and at each rate-limit
+// tick. A message's send time is taken as it enters the buffer, so its
+// latency includes the wait for that flush (with -e2e, at most e2e-1
+// further messages).
+func (pb *publisher) publish(o faninOptions, nonce uint32, start time.Time, stop <-chan struct{}) {
 	w := bufio.NewWriterSize(pb.conn, 32<<10)
 	topic := fmt.Sprintf("bench/%d/data", pb.index)
 	payload := make([]byte, o.payload)
-	binary.BigEndian.PutUint32(payload, nonce)
-	binary.BigEndian.PutUint32(payload[4:], pb.index)
-	for i := 16; i < len(payload); i++ {
+	for i := minPayload; i < len(payload); i++ {
 		payload[i] = byte('a' + i%26)
 	}
 	pkt := make([]byte, 0, len(topic)+len(payload)+16)
@@ -503,7 +617,7 @@ func (pb *publisher) publish(o faninOptions, nonce uint32, stop <-chan struct{})
 			}
 		}
 		seq++
-		binary.BigEndian.PutUint64(payload[8:], seq)
+		payloadHeader{nonce: nonce, pub: pb.index, seq: seq, sent: time.Since(start)}.put(payload)
 		pkt = appendPublish(pkt[:0], topic, byte(o.qos), pid, payload)
 		if _, err := w.Write(pkt); err != nil {
 			pb.errs.Add(1)

@@ -3,6 +3,7 @@
 //
 //	mqttload connect -addr 127.0.0.1:1883 -clients 10000 -concurrency 200 -hold 10s -pid PID
 //	mqttload fanin   -addr 127.0.0.1:1883 -publishers 100 -qos 1 -duration 10s -payload 64 -window 32
+//	mqttload fanin   -pub-addrs 127.0.0.1:1883,127.0.0.1:1884 -sub-addr 127.0.0.1:1885 -publishers 50 -qos 1
 //	mqttload hold    -addr 127.0.0.1:1883 -clients 50000 -hold 60s -source-ips 127.0.0.2-127.0.0.9 -pid PID
 //
 // Each run prints one human-readable line per measurement on stdout and, as
@@ -19,6 +20,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -53,7 +55,8 @@ func usage() {
 	fmt.Fprintln(os.Stderr, `usage: mqttload connect|hold|fanin -addr 127.0.0.1:PORT [flags]
   connect  connect N clients (rate, latency, memory per client), hold, check, disconnect
   hold     the same with more clients, several source IPs and keepalive pings
-  fanin    N publishers -> 1 subscriber on bench/+/data, QoS 0 or 1
+  fanin    N publishers -> 1 subscriber on bench/+/data, QoS 0 or 1; the publishers and the
+           subscriber may use different brokers (-pub-addrs, -sub-addr: nodes of a cluster)
   freeport print a free TCP port on 127.0.0.1 (for the script's broker config)
 run "mqttload SUBCOMMAND -h" for the flags`)
 	os.Exit(2)
@@ -69,16 +72,34 @@ func freePort() error {
 	return nil
 }
 
-// loopbackAddr resolves addr and refuses anything but a loopback address.
-func loopbackAddr(addr string) (*net.TCPAddr, error) {
+// loopbackAddr resolves addr, given as flag -name, and refuses anything but
+// a loopback address.
+func loopbackAddr(name, addr string) (*net.TCPAddr, error) {
 	a, err := net.ResolveTCPAddr("tcp", addr)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("-%s %s: %w", name, addr, err)
 	}
 	if a.IP == nil || !a.IP.IsLoopback() {
-		return nil, fmt.Errorf("-addr %s: only loopback addresses are allowed", addr)
+		return nil, fmt.Errorf("-%s %s: only loopback addresses are allowed", name, addr)
 	}
 	return a, nil
+}
+
+// loopbackAddrs reads a comma list "host:port,host:port" given as flag
+// -name, each address loopback; empty means none.
+func loopbackAddrs(name, list string) ([]*net.TCPAddr, error) {
+	if strings.TrimSpace(list) == "" {
+		return nil, nil
+	}
+	var addrs []*net.TCPAddr
+	for _, part := range strings.Split(list, ",") {
+		a, err := loopbackAddr(name, strings.TrimSpace(part))
+		if err != nil {
+			return nil, err
+		}
+		addrs = append(addrs, a)
+	}
+	return addrs, nil
 }
 
 // parseSourceIPs reads "127.0.0.2-127.0.0.9" (an IPv4 range) or a comma list;
@@ -200,9 +221,7 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 	return sorted[min(max(rank, 0), len(sorted)-1)]
 }
 
-func sortDurations(d []time.Duration) {
-	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
-}
+func sortDurations(d []time.Duration) { slices.Sort(d) }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 

@@ -71,7 +71,7 @@ func TestSourceIPsLoopbackOnly(t *testing.T) {
 	if _, err := parseSourceIPs("10.0.0.1"); err == nil {
 		t.Fatal("non-loopback source accepted")
 	}
-	if _, err := loopbackAddr("192.0.2.1:1883"); err == nil {
+	if _, err := loopbackAddr("addr", "192.0.2.1:1883"); err == nil {
 		t.Fatal("non-loopback broker accepted")
 	}
 }
