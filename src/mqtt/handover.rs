@@ -340,32 +340,27 @@ impl Broker {
             }
         };
         let Some(record) = record else { return };
-        if record.node == *routes.node {
+        let here = record.node == *routes.node;
+        if here && self.session(client_id).is_some() {
             return;
         }
-        let take = Take {
-            client_id: client_id.to_string(),
-            by: routes.node.to_string(),
-            discard: clean_start,
+        // Held here before a restart: nobody to ask.
+        let handed = if here {
+            None
+        } else {
+            self.ask_for_session(routes, &record.node, client_id, clean_start)
+                .await
         };
-        let subject = format!("{}.session.{}", routes.control, record.node);
-        let asked = tokio::time::timeout(
-            HANDOVER_TIMEOUT,
-            routes.plain.request(subject, take.encode_to_vec().into()),
-        )
-        .await;
-        let handed = match asked {
-            Ok(Ok(answer)) => Handed::decode(answer.payload).ok(),
-            Ok(Err(e)) => {
-                tracing::info!(error = %e, node = %record.node, client = %client_id, "the node holding a session did not answer");
-                None
+        let expired = record.detached_ms > 0
+            && record.expiry_secs != super::session::NEVER
+            && now_ms() - record.detached_ms > i64::from(record.expiry_secs) * 1000;
+        let found = handed.as_ref().is_some_and(|h| h.found);
+        if clean_start || (expired && !found) {
+            // The session ends: so does its record (a persistent new one is
+            // written as the connection attaches).
+            if let Err(e) = routes.sessions.delete(&key).await {
+                tracing::warn!(error = %e, client = %client_id, "removing a session's record failed");
             }
-            Err(_) => {
-                tracing::warn!(node = %record.node, client = %client_id, "the node holding a session did not answer in time");
-                None
-            }
-        };
-        if clean_start {
             return;
         }
         let handed = match handed {
@@ -373,12 +368,6 @@ impl Broker {
             _ => {
                 // The holder is gone, or restarted without it: the record
                 // has the subscriptions, not the messages.
-                let expired = record.detached_ms > 0
-                    && record.expiry_secs != super::session::NEVER
-                    && now_ms() - record.detached_ms > i64::from(record.expiry_secs) * 1000;
-                if expired {
-                    return;
-                }
                 if record.queued > 0 {
                     self.metrics()
                         .cluster_routed_lost
@@ -397,6 +386,39 @@ impl Broker {
             }
         };
         self.install_session(client_id, handed);
+    }
+
+    /// Asks `node` for the session of `client_id` (to forget it, with
+    /// `discard`); `None` when it did not answer.
+    async fn ask_for_session(
+        &self,
+        routes: &Routes,
+        node: &str,
+        client_id: &str,
+        discard: bool,
+    ) -> Option<Handed> {
+        let take = Take {
+            client_id: client_id.to_owned(),
+            by: routes.node.to_string(),
+            discard,
+        };
+        let subject = format!("{}.session.{node}", routes.control);
+        let asked = tokio::time::timeout(
+            HANDOVER_TIMEOUT,
+            routes.plain.request(subject, take.encode_to_vec().into()),
+        )
+        .await;
+        match asked {
+            Ok(Ok(answer)) => Handed::decode(answer.payload).ok(),
+            Ok(Err(e)) => {
+                tracing::info!(error = %e, %node, client = %client_id, "the node holding a session did not answer");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(%node, client = %client_id, "the node holding a session did not answer in time");
+                None
+            }
+        }
     }
 
     /// Makes `handed` the session of `client_id` here (unless a connection

@@ -473,3 +473,28 @@ def test_cluster_session_outlives_its_killed_node(fresh_cluster3, peers, version
     pub.publish(topic, b"after the crash", qos=1)
     got = receive(back, 1, "the session's subscription on node2 (made on the killed node1; publisher on node3)")
     assert seen(got) == [(topic, b"after the crash", 1, False)]
+
+
+@VERSIONS
+def test_cluster_clean_start_on_another_node_ends_the_session(cluster3, peers, version):
+    """A clean start ends the session wherever it was: the node that held it
+    forgets it, and a later resumption on a third node finds none (no
+    subscription of the old session comes back)."""
+    topic = f"cluster/clean/{unique()}"
+    cid = unique("cleaner")
+    session = session_300(version)
+    first = peers(cluster3.node(1), cid, version=version, clean=False, properties=session)
+    first.subscribe_ok(topic, 1)
+    first.disconnect()
+    cluster3.node(2).wait_disconnected(cid)
+
+    clean = peers(cluster3.node(2), cid, version=version, clean=True)
+    assert clean.connack[0] is False, f"{cid}: a clean start on node2 got session present 1"
+    clean.disconnect()
+
+    pub = peers(cluster3.node(1), unique("pub"), version=version)
+    pub.publish(topic, b"for the old session", qos=1)
+    back = peers(cluster3.node(3), cid, version=version, clean=False, properties=session)
+    assert back.connack[0] is False, f"{cid} resuming on node3 after a clean start on node2: CONNACK session present 1"
+    stale = back.quiet(1.0)
+    assert seen(stale) == [], f"the session ended by the clean start still delivered {seen(stale)}"
