@@ -4,7 +4,9 @@
 //! **By interest.** A node subscribes on NATS only for the filters its own
 //! clients subscribed ([`super::subject`] maps topics and filters to
 //! subjects). Every message a client of this node publishes goes to NATS
-//! once, on its topic's subject; NATS forwards it only to the nodes (and
+//! once, on its topic's subject, with the other messages of that topic
+//! waiting at the same moment (one NATS message, a [`Bundle`], for many:
+//! NATS's cost is per message); NATS forwards it only to the nodes (and
 //! across NATS servers only along routes) with a matching subscription, and
 //! drops it at the first server when no node has one. (A node does not keep
 //! a table of the others' interest: learnt asynchronously, it would drop
@@ -23,9 +25,11 @@
 //! cluster. A node's own publishes therefore never reach its local group
 //! members directly.
 //!
-//! **Order.** One connection carries a node's publishes in order, one task
-//! per subscription delivers them in order: the messages of one publisher
-//! on one topic arrive in the order they were published.
+//! **Order.** One connection carries a node's bundles, each topic's in
+//! order, and one task per subscription delivers them in order: the
+//! messages of one publisher on one topic arrive in the order they were
+//! published (MQTT's ordered topics; messages on different topics may pass
+//! each other).
 //!
 //! **Retained messages** live in a key-value bucket keyed by topic (the
 //! same escaping); every node follows the bucket into its own retained map,
@@ -109,6 +113,24 @@ impl Interest {
     }
 }
 
+/// The messages of one topic that one node's clients published at one
+/// moment, as one NATS message on the topic's subject: NATS's cost is per
+/// message, and a busy topic's messages come in bunches.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Bundle {
+    /// The node whose clients published them.
+    #[prost(string, tag = "1")]
+    origin: String,
+    /// In the order they were published (their own `origin` is empty).
+    #[prost(message, repeated, tag = "2")]
+    messages: Vec<Routed>,
+}
+
+/// A bundle grows to about this many bytes, then the topic's next messages
+/// start another (NATS refuses messages over its payload limit, 1 MiB by
+/// default).
+const BUNDLE_BYTES: usize = 256 * 1024;
+
 /// A message between nodes (the topic is the subject).
 #[derive(Clone, PartialEq, prost::Message)]
 pub(super) struct Routed {
@@ -166,6 +188,12 @@ fn now_ms() -> i64 {
 
 impl Routed {
     pub(super) fn of(message: &Message, origin: &str) -> Routed {
+        Routed::at(message, origin, now_ms())
+    }
+
+    /// [`Routed::of`], sent at `sent_ms` (0: not said, for a message that
+    /// is delivered, not stored).
+    fn at(message: &Message, origin: &str, sent_ms: i64) -> Routed {
         Routed {
             origin: origin.to_owned(),
             publisher: message.publisher.as_deref().unwrap_or_default().to_owned(),
@@ -187,13 +215,23 @@ impl Routed {
                     })
                     .collect(),
             }),
-            sent_ms: now_ms(),
+            sent_ms,
         }
     }
 
     /// The message again, on `topic`; `None` once it has expired. With
     /// `stored`, the time since it was sent counts against its expiry.
     pub(super) fn into_message(self, topic: String, stored: bool) -> Option<Message> {
+        self.into_message_at(ByteString::from(topic), stored, std::time::Instant::now())
+    }
+
+    /// [`Routed::into_message`], received at `received`.
+    fn into_message_at(
+        self,
+        topic: ByteString,
+        stored: bool,
+        received: std::time::Instant,
+    ) -> Option<Message> {
         let qos = QoS::try_from(u8::try_from(self.qos).ok()?).ok()?;
         let waited = if stored {
             u32::try_from((now_ms() - self.sent_ms).max(0) / 1000).unwrap_or(u32::MAX)
@@ -224,13 +262,13 @@ impl Routed {
             }
         };
         Some(Message {
-            topic: ByteString::from(topic),
+            topic,
             payload: self.payload,
             qos,
             retain: self.retain,
             properties,
             publisher: (!self.publisher.is_empty()).then(|| Arc::from(self.publisher.as_str())),
-            received: std::time::Instant::now(),
+            received,
         })
     }
 }
@@ -398,40 +436,76 @@ impl Routes {
             .strip_prefix(self.prefix.as_str())
             .and_then(|s| s.strip_prefix('.'))
             .and_then(subject::topic_of);
-        let (Some(topic), Ok(routed)) = (topic, Routed::decode(message.payload)) else {
+        let (Some(topic), Ok(bundle)) = (topic, Bundle::decode(message.payload)) else {
             self.lost("undecodable");
             return;
         };
         // NATS's wildcards match `$` topics; MQTT's do not at the first level.
         if !topic::matches(interest.filter(), &topic)
-            || (matches!(interest, Interest::Plain(_)) && *routed.origin == *self.node)
+            || (matches!(interest, Interest::Plain(_)) && *bundle.origin == *self.node)
         {
             return;
         }
-        self.metrics.cluster_routed_received.inc();
-        if let Some(message) = routed.into_message(topic, false) {
-            broker.deliver_routed(interest, Arc::new(message));
+        self.metrics
+            .cluster_routed_received
+            .inc_by(bundle.messages.len() as u64);
+        let topic = ByteString::from(topic);
+        let received = std::time::Instant::now();
+        for routed in bundle.messages {
+            if let Some(message) = routed.into_message_at(topic.clone(), false, received) {
+                broker.deliver_routed(interest, Arc::new(message));
+            }
         }
     }
 
-    /// Publishes what local clients published, in order.
+    /// Publishes what local clients published: the messages waiting at one
+    /// moment, one bundle per topic, each topic's in order.
     async fn send(self: Arc<Self>, mut outbox: mpsc::Receiver<Arc<Message>>) {
-        let mut batch = Vec::with_capacity(256);
-        while outbox.recv_many(&mut batch, 256).await > 0 {
+        let mut batch = Vec::with_capacity(1024);
+        // (subject, its messages, their size), in the order of their first
+        // message; and the bundle of each subject still growing.
+        let mut bundles: Vec<(String, Vec<Routed>, usize)> = Vec::new();
+        let mut growing: HashMap<String, usize> = HashMap::new();
+        while outbox.recv_many(&mut batch, 1024).await > 0 {
             for message in batch.drain(..) {
                 let subject = format!("{}.{}", self.prefix, subject::topic_tokens(&message.topic));
                 if subject.len() > MAX_SUBJECT {
                     self.lost("too_large");
                     continue;
                 }
-                let body = Routed::of(&message, &self.node).encode_to_vec();
+                let size = message.payload.len() + 64;
+                let routed = Routed::at(&message, "", 0);
+                match growing.get(&subject) {
+                    Some(&at) if bundles[at].2 + size <= BUNDLE_BYTES => {
+                        bundles[at].1.push(routed);
+                        bundles[at].2 += size;
+                    }
+                    _ => {
+                        growing.insert(subject.clone(), bundles.len());
+                        bundles.push((subject, vec![routed], size));
+                    }
+                }
+            }
+            growing.clear();
+            for (subject, messages, _) in bundles.drain(..) {
+                let count = messages.len() as u64;
+                let body = Bundle {
+                    origin: self.node.to_string(),
+                    messages,
+                }
+                .encode_to_vec();
                 match self.plain.publish(subject, body.into()).await {
                     Ok(()) => {
-                        self.metrics.cluster_routed_sent.inc();
+                        self.metrics.cluster_routed_sent.inc_by(count);
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "publishing to the other nodes failed");
-                        self.lost("publish_failed");
+                        self.metrics
+                            .cluster_routed_lost
+                            .get_or_create(&RouteLossLabel {
+                                reason: "publish_failed",
+                            })
+                            .inc_by(count);
                     }
                 }
             }
