@@ -737,6 +737,13 @@ async fn connect_for(
     if matches!(purpose, Some((_, true))) {
         options = options.no_echo();
     }
+    // The routing connections take the servers in the order given (the
+    // first that answers): a node lists its nearest server first, and
+    // nodes that list the same one first route through it, with no hop
+    // between servers.
+    if purpose.is_some() {
+        options = options.retain_servers_order();
+    }
     if let Some((user, password)) = &config.user {
         options = options.user_and_password(user.clone(), password.clone());
     }

@@ -36,6 +36,7 @@ use super::{
     monitor::Action,
     packet::{Codec, In, TopicAliases, Will},
     qos::{Delivered, Incoming, Out, QosState},
+    routes::Wait,
     session::{Mailbox, Session},
     topic::{self, Share},
 };
@@ -55,12 +56,18 @@ where
     broker.metrics().mqtt_connections.dec();
 }
 
-/// Waits (at most 5 s) until the NATS subscriptions behind new
+/// Queues the messages for the other nodes that waited for room, then
+/// waits (at most 5 s) until the NATS subscriptions behind new
 /// subscriptions are in place and the cluster's bucket has the retained
 /// messages published.
-async fn cluster_in_place(awaiting: Vec<CancellationToken>) {
+async fn cluster_in_place(broker: &Broker, awaiting: Awaiting) {
+    if let Some(routes) = broker.routes() {
+        for message in awaiting.waiting {
+            routes.send_later(message).await;
+        }
+    }
     let all = async {
-        for token in awaiting {
+        for token in awaiting.tokens {
             token.cancelled().await;
         }
     };
@@ -74,12 +81,19 @@ async fn cluster_in_place(awaiting: Vec<CancellationToken>) {
     }
 }
 
-/// What a connection's next answers wait for on a cluster node: the NATS
-/// subscriptions of new subscriptions (their SUBACK), the cluster's copy of
-/// retained messages (their PUBACK or PUBREC). Boxed, as a connection
-/// rarely has any (every byte of [`Live`] is memory per client).
+/// What a connection's next answers (and its reading on) wait for on a
+/// cluster node: the NATS subscriptions of new subscriptions (their
+/// SUBACK), the cluster's copy of retained messages (their PUBACK or
+/// PUBREC), room in the queue towards the other nodes. Boxed, as a
+/// connection rarely has any (every byte of [`Live`] is memory per
+/// client).
 #[derive(Default)]
-struct Awaiting(Vec<CancellationToken>);
+struct Awaiting {
+    tokens: Vec<CancellationToken>,
+    /// Messages for the other nodes the queue could not take yet, in the
+    /// order published.
+    waiting: Vec<Arc<Message>>,
+}
 
 /// State of an accepted connection.
 struct Live {
@@ -207,7 +221,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             // Before anything is sent: a shared subscription reads it.
             live.session.set_busy(live.qos.is_full());
             if let Some(awaiting) = live.awaiting.take() {
-                Box::pin(cluster_in_place(awaiting.0)).await;
+                Box::pin(cluster_in_place(&self.broker, *awaiting)).await;
             }
             if let Err(_e) = self.flush().await {
                 return (DisconnectCause::SocketClosed, rx);
@@ -468,24 +482,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         if let Ok(topic) = routed
             && fresh
         {
-            let (_, stored) = self.broker.publish_stored(Message {
-                topic,
-                payload: p.payload,
-                qos: p.qos,
-                retain: p.retain,
-                properties: p.properties.map(Box::new),
-                publisher: Some(live.client_id.clone()),
-                received: Instant::now(),
-            });
+            let behind = live
+                .awaiting
+                .as_ref()
+                .is_some_and(|a| !a.waiting.is_empty());
+            let wait = if behind { Wait::Behind } else { Wait::Can };
+            let (_, forwarded) = self.broker.publish_from(
+                Message {
+                    topic,
+                    payload: p.payload,
+                    qos: p.qos,
+                    retain: p.retain,
+                    properties: p.properties.map(Box::new),
+                    publisher: Some(live.client_id.clone()),
+                    received: Instant::now(),
+                },
+                wait,
+            );
             // A retained message on a cluster node: acknowledged once the
-            // cluster's bucket has it.
-            if let Some(stored) = stored
-                && p.qos != QoS::AtMostOnce
-            {
+            // cluster's bucket has it. A message the queue towards the
+            // other nodes could not take: reading waits until it has.
+            let qos = p.qos;
+            if let Some(stored) = forwarded.stored.filter(|_| qos != QoS::AtMostOnce) {
                 live.awaiting
                     .get_or_insert_with(Default::default)
-                    .0
+                    .tokens
                     .push(stored);
+            }
+            if let Some(waiting) = forwarded.waiting {
+                live.awaiting
+                    .get_or_insert_with(Default::default)
+                    .waiting
+                    .push(waiting);
             }
         }
         match (p.qos, packet_id) {
@@ -559,7 +587,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             if let Some(routed) = routed {
                 live.awaiting
                     .get_or_insert_with(Default::default)
-                    .0
+                    .tokens
                     .push(routed);
             }
             // Retained messages are not sent for a shared subscription

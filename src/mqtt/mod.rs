@@ -707,19 +707,26 @@ impl Broker {
     /// (monitor topics, `$SYS`) stay on their node: every node publishes
     /// its own.
     pub(crate) fn publish(&self, message: Message) -> usize {
-        self.publish_stored(message).0
+        self.publish_from(message, routes::Wait::Cannot).0
     }
 
-    /// [`Broker::publish`], also returning for a retained message on a
-    /// cluster node the token cancelled once the cluster's bucket has it
-    /// (the publisher's PUBACK waits for it).
-    pub(crate) fn publish_stored(&self, message: Message) -> (usize, Option<CancellationToken>) {
+    /// [`Broker::publish`] of a client's message, saying whether its
+    /// connection can wait for the queue towards the other nodes of a
+    /// cluster; also returns what became of it there (the connection's
+    /// PUBACK of a retained message waits for the cluster's bucket, and its
+    /// reading for a message the queue could not take yet).
+    pub(crate) fn publish_from(
+        &self,
+        message: Message,
+        wait: routes::Wait,
+    ) -> (usize, routes::Forwarded) {
         let message = Arc::new(message);
         if message.retain {
             self.set_retained(&message.topic, Some(message.clone()));
         }
         let routes = self.routes().filter(|_| message.publisher.is_some());
-        let stored = routes.and_then(|routes| routes.forward(&message));
+        let forwarded =
+            routes.map_or_else(Default::default, |routes| routes.forward(&message, wait));
         let routed = routes.is_some();
         // (session, options, whether through a group)
         let mut targets: Vec<(Arc<Session>, SubOptions, bool)> = Vec::new();
@@ -752,7 +759,7 @@ impl Broker {
             }
             deliveries.push((session, delivery));
         }
-        (self.deliver_all(deliveries), stored)
+        (self.deliver_all(deliveries), forwarded)
     }
 
     /// Hands each delivery to its session; returns how many were taken.

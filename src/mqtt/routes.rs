@@ -273,6 +273,28 @@ impl Routed {
     }
 }
 
+/// Whether the publisher of a message can wait for the queue towards NATS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// No (the broker's own messages, wills): a full queue loses it.
+    Cannot,
+    /// Yes: a full queue hands it back.
+    Can,
+    /// An earlier message of the same publisher waits: this one goes
+    /// behind it.
+    Behind,
+}
+
+/// What became of a message sent towards the other nodes.
+#[derive(Default)]
+pub(crate) struct Forwarded {
+    /// Retained: cancelled once the cluster's bucket has it.
+    pub stored: Option<CancellationToken>,
+    /// Not queued yet: the publisher's connection queues it with
+    /// [`Routes::send_later`] before it reads on.
+    pub waiting: Option<Arc<Message>>,
+}
+
 /// An interest of this node while local subscriptions hold it.
 struct Held {
     /// The local subscriptions holding it.
@@ -319,24 +341,40 @@ impl Routes {
 
     /// Sends a message a local client published to the other nodes (and,
     /// when retained, to the bucket: then with a token cancelled once the
-    /// bucket has it, or could not take it).
-    pub(crate) fn forward(&self, message: &Arc<Message>) -> Option<CancellationToken> {
-        if self.outbox.try_send(message.clone()).is_err() {
+    /// bucket has it, or could not take it). With `wait`, a message the
+    /// queue towards NATS cannot take now (or that must follow one that
+    /// waits) is handed back for [`Routes::send_later`], not lost.
+    pub(crate) fn forward(&self, message: &Arc<Message>, wait: Wait) -> Forwarded {
+        let mut forwarded = Forwarded::default();
+        if wait == Wait::Behind {
+            forwarded.waiting = Some(message.clone());
+        } else if let Err(e) = self.outbox.try_send(message.clone()) {
+            match (e, wait) {
+                (mpsc::error::TrySendError::Full(m), Wait::Can) => forwarded.waiting = Some(m),
+                _ => self.lost("outbox_full"),
+            }
+        }
+        if message.retain {
+            let stored = CancellationToken::new();
+            if self
+                .retained_outbox
+                .try_send((message.clone(), stored.clone()))
+                .is_ok()
+            {
+                forwarded.stored = Some(stored);
+            } else {
+                self.lost("outbox_full");
+            }
+        }
+        forwarded
+    }
+
+    /// Queues `message` towards NATS once there is room (the publisher's
+    /// connection waits meanwhile).
+    pub(crate) async fn send_later(&self, message: Arc<Message>) {
+        if self.outbox.send(message).await.is_err() {
             self.lost("outbox_full");
         }
-        if !message.retain {
-            return None;
-        }
-        let stored = CancellationToken::new();
-        if self
-            .retained_outbox
-            .try_send((message.clone(), stored.clone()))
-            .is_err()
-        {
-            self.lost("outbox_full");
-            return None;
-        }
-        Some(stored)
     }
 
     /// One more (`added`) or one less local subscription holds `interest`:
@@ -467,6 +505,15 @@ impl Routes {
         let mut bundles: Vec<(String, Vec<Routed>, usize)> = Vec::new();
         let mut growing: HashMap<String, usize> = HashMap::new();
         while outbox.recv_many(&mut batch, 1024).await > 0 {
+            // Once more round the other tasks: the connections publishing
+            // now add to this moment's bundles.
+            tokio::task::yield_now().await;
+            while batch.len() < 1024 {
+                match outbox.try_recv() {
+                    Ok(message) => batch.push(message),
+                    Err(_) => break,
+                }
+            }
             for message in batch.drain(..) {
                 let subject = format!("{}.{}", self.prefix, subject::topic_tokens(&message.topic));
                 if subject.len() > MAX_SUBJECT {
