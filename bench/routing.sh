@@ -1,23 +1,37 @@
 #!/usr/bin/env bash
 # The cross-node fan-in benchmark of cluster MQTT routing (BENCHMARKS.md,
 # "MQTT routing between nodes"): starts a cluster of three nodes and three
-# NATS servers on loopback (scripts/cluster.sh, in the background), then runs
+# NATS servers on loopback (scripts/cluster.sh, in the background) and a
+# fourth connstate server outside the cluster (standalone: no --cluster-nats,
+# its own temporary data folder, ports picked by the system), then runs
 # bench/mqttload's fan-in, RUNS rounds, each round:
 #   QoS 0, single node:  PUBLISHERS publishers and the subscriber on node1
 #   QoS 0, cross-node:   the publishers spread over node1 and node2, the
 #                        subscriber on node3 (every message crosses NATS)
-#   the same two at QoS 1 (32 PUBLISHes in flight per publisher)
+#   QoS 0, standalone:   the publishers and the subscriber on the standalone
+#                        server
+#   the same three at QoS 1 (32 PUBLISHes in flight per publisher)
 # with the same publishers, 64-byte payload, duration and end-to-end window;
-# the two scenarios of one QoS take turns (round 1 single node first, round 2
-# cross-node first, ...), so both see the same background load. Then it
-# prints a table (median and range of received/s, publish -> delivery p50 and
-# p99, lost/gaps/duplicates of all runs, the cross-node / single-node
-# throughput ratio against the issue's targets) and the load average before
-# and after, and stops everything, also when a step fails or on Ctrl-C.
+# the three scenarios of one QoS take turns (round 1 single node, cross-node,
+# standalone; round 2 cross-node, standalone, single node; ...), so all see
+# the same background load. Then it prints a table (median and range of
+# received/s, publish -> delivery p50 and p99, lost/gaps/duplicates of all
+# runs, the cross-node / single-node throughput ratio against the issue's
+# targets, the cross-node / standalone ratio for reference) and the load
+# average before and after, and stops everything, also when a step fails or
+# on Ctrl-C.
+#
+# Why the standalone row: the issue's target compares cross-node routing with
+# one node of the same cluster, but a cluster node also hands every message
+# its clients publish to NATS (for the other nodes' subscribers), also when
+# the subscriber is on the same node, which a standalone server does not; the
+# standalone row is the same fan-in without that, and the cross-node /
+# standalone ratio compares cross-node routing with a server that is in no
+# cluster. It is shown for reference, without a verdict.
 #
 # Exit status: non-zero when a run fails (mqttload exits with an error or
-# reports protocol errors) or a node exits; a missed target is reported, not
-# a failure.
+# reports protocol errors), a node or the standalone server exits; a missed
+# target is reported, not a failure.
 #
 # Environment (defaults in brackets):
 #   RUNS [3]          rounds
@@ -29,7 +43,9 @@
 #                     (results.jsonl), the table (table.md)
 #   CONNSTATE_BIN     the server binary (default target/release/connstate,
 #                     built with cargo build --release when unset)
-#   the *_PORT_BASE variables of scripts/cluster.sh pick the ports
+#   the *_PORT_BASE variables of scripts/cluster.sh pick the cluster's ports
+#                     (the standalone server listens on ports the system
+#                     picks, on 127.0.0.1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -66,7 +82,25 @@ log "building bench/mqttload"
 load="$OUT_DIR/mqttload"
 
 started=0
+alone_pid="" alone_dir=""
+# stop_alone: the standalone server, SIGTERM, then SIGKILL after 15 s; its
+# data folder goes with it (its log stays in OUT_DIR).
+stop_alone() {
+  [ -n "$alone_pid" ] || return 0
+  if kill -0 "$alone_pid" 2>/dev/null; then
+    kill -TERM "$alone_pid" 2>/dev/null || true
+    for _ in $(seq 150); do kill -0 "$alone_pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$alone_pid" 2>/dev/null; then
+      echo "bench/routing.sh: the standalone server (pid $alone_pid) did not stop within 15 s: SIGKILL" >&2
+      kill -KILL "$alone_pid" 2>/dev/null || true
+    fi
+    wait "$alone_pid" 2>/dev/null || true
+  fi
+  alone_pid=""
+  [ -z "$alone_dir" ] || rm -rf "$alone_dir"
+}
 cleanup() {
+  stop_alone
   if [ "$started" = 1 ]; then scripts/cluster.sh stop >/dev/null || true; fi
 }
 trap cleanup EXIT
@@ -84,6 +118,31 @@ rest() { awk -v n="node$1" '$1 == n { print $4 }' "$dir/addresses"; }
 node_pid() { awk -v n="node$1" '$1 == n { p = $2 } END { print p }' "$dir/pids"; }
 for n in 1 2 3; do [ -n "$(mqtt "$n")" ] || die "no MQTT address of node$n in $dir/addresses"; done
 
+# The standalone server: not in the cluster (no --cluster-nats), its own data
+# folder, listeners on ports the system picks; it announces them on stdout
+# ("connstate mqtt listening on ADDR") once they are bound. Its own session,
+# like the nodes: Ctrl-C reaches it only through the trap.
+alone_dir=$(mktemp -d "${TMPDIR:-/tmp}/connstate-routing-standalone.XXXXXX")
+alone_log="$OUT_DIR/standalone.log"
+setsid "$CONNSTATE_BIN" serve --data-dir "$alone_dir/data" \
+  --grpc-listen 127.0.0.1:0 --rest-listen 127.0.0.1:0 --mqtt-listen 127.0.0.1:0 \
+  --mqtt-ws-listen off --mqtt-tls-listen off \
+  >"$alone_log" 2>&1 </dev/null &
+alone_pid=$!
+# listening NAME: the address the standalone server announced for NAME.
+listening() { awk -v p="connstate $1 listening on " 'index($0, p) == 1 { print substr($0, length(p) + 1); exit }' "$alone_log"; }
+alone_mqtt="" alone_rest=""
+for i in $(seq 600); do
+  kill -0 "$alone_pid" 2>/dev/null || { tail -n 25 "$alone_log" >&2; die "the standalone server exited during start-up"; }
+  alone_mqtt=$(listening mqtt) alone_rest=$(listening rest)
+  if [ -n "$alone_mqtt" ] && [ -n "$alone_rest" ] &&
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$alone_rest/ready" || true)" = 200 ]; then
+    break
+  fi
+  [ "$i" -lt 600 ] || { tail -n 25 "$alone_log" >&2; die "the standalone server was not ready within 60 s"; }
+  sleep 0.1
+done
+
 # node_counter NAME: a counter summed over its labels and the three nodes.
 node_counter() {
   local n sum=0 v
@@ -94,8 +153,16 @@ node_counter() {
   done
   echo "$sum"
 }
+# alone_counter NAME: the same, of the standalone server.
+alone_counter() {
+  local v
+  v=$(curl -fsS "http://$alone_rest/metrics" 2>/dev/null |
+    awk -v m="$1" '$1 == m || index($1, m "{") == 1 { s += $NF } END { printf "%d", s }') || v=0
+  echo "${v:-0}"
+}
 routed_lost0=$(node_counter connstate_cluster_routed_lost_total)
 dropped0=$(node_counter connstate_mqtt_dropped_messages_total)
+alone_dropped0=$(alone_counter connstate_mqtt_dropped_messages_total)
 
 {
   echo
@@ -103,6 +170,7 @@ dropped0=$(node_counter connstate_mqtt_dropped_messages_total)
   echo "machine: $(nproc) cores; load average before: $load_before"
   echo "connstate: $CONNSTATE_BIN, built $(date -u -r "$CONNSTATE_BIN" +%Y-%m-%dT%H:%M:%SZ); checkout $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
   echo "nodes (MQTT): node1 $(mqtt 1), node2 $(mqtt 2), node3 $(mqtt 3); cluster folder $dir"
+  echo "standalone server (not in the cluster, MQTT): $alone_mqtt; log $alone_log"
   echo "fan-in: $PUBLISHERS publishers -> 1 subscriber on bench/+/data, 64 B, $DURATION measured after a 2 s warm-up, e2e window $E2E, QoS 1 window 32; rounds: $RUNS"
   echo "raw output: $OUT_DIR"
 } | tee "$OUT_DIR/header.txt"
@@ -115,6 +183,7 @@ run_fanin() {
   case $where in
     single) pubs=$(mqtt 1) sub=$(mqtt 1) ;;
     cross) pubs="$(mqtt 1),$(mqtt 2)" sub=$(mqtt 3) ;;
+    alone) pubs=$alone_mqtt sub=$alone_mqtt ;;
   esac
   local out="$OUT_DIR/$name-$round" rc=0
   local args=(fanin -pub-addrs "$pubs" -sub-addr "$sub" -publishers "$PUBLISHERS" -qos "$qos"
@@ -142,19 +211,22 @@ run_fanin() {
     pid=$(node_pid "$n")
     kill -0 "$pid" 2>/dev/null || { tail -n 25 "$dir/node$n.log" >&2; die "node$n (pid $pid) exited during $name, round $round"; }
   done
+  kill -0 "$alone_pid" 2>/dev/null || { tail -n 25 "$alone_log" >&2; die "the standalone server (pid $alone_pid) exited during $name, round $round"; }
 }
 
+# Round r starts with scenario (r - 1) mod 3 of this list and goes on in its
+# order, wrapping around.
+scenarios=(single cross alone)
 for round in $(seq "$RUNS"); do
   for qos in 0 1; do
-    if ((round % 2)); then
-      run_fanin "$qos" single "$round"; run_fanin "$qos" cross "$round"
-    else
-      run_fanin "$qos" cross "$round"; run_fanin "$qos" single "$round"
-    fi
+    for k in 0 1 2; do
+      run_fanin "$qos" "${scenarios[(round - 1 + k) % 3]}" "$round"
+    done
   done
 done
 routed_lost=$(($(node_counter connstate_cluster_routed_lost_total) - routed_lost0))
 dropped=$(($(node_counter connstate_mqtt_dropped_messages_total) - dropped0))
+alone_dropped=$(($(alone_counter connstate_mqtt_dropped_messages_total) - alone_dropped0))
 load_after=$(uptime | sed 's/.*load average: *//')
 
 # --- table -------------------------------------------------------------------
@@ -184,12 +256,12 @@ fmt() {
 }
 sum() { agg "$1" "map(.$2) | add"; }
 losses() { echo "$(sum "$1" lost) / $(sum "$1" gaps) / $(sum "$1" duplicates) of $(fmt "$(sum "$1" published_total)")"; }
-# ratio QOS: cross-node median / single-node median, in %, and the range of
-# the per-round ratios.
+# ratio QOS BASE: cross-node median / median of scenario BASE (single or
+# alone), in %, and the range of the per-round ratios.
 ratio() {
-  jq -rs --arg q "qos$1" '
+  jq -rs --arg q "qos$1" --arg base "$2" '
     def med: sort | .[length / 2 | floor];
-    [.[] | select(.bench == $q + "-single")] as $a | [.[] | select(.bench == $q + "-cross")] as $b |
+    [.[] | select(.bench == $q + "-" + $base)] as $a | [.[] | select(.bench == $q + "-cross")] as $b |
     if ($a | length) == 0 or ($b | length) == 0 then "n/a n/a n/a" else
       (([$b[].received_per_s] | med) / ([$a[].received_per_s] | med) * 100) as $r |
       [$b[] as $x | $a[] | select(.round == $x.round and .received_per_s > 0) | $x.received_per_s / .received_per_s * 100] as $rs |
@@ -202,6 +274,7 @@ label() {
   case $1 in
     *-single) echo "QoS ${1:3:1}, single node: publishers and subscriber on node1" ;;
     *-cross) echo "QoS ${1:3:1}, cross-node: publishers on node1 and node2, subscriber on node3" ;;
+    *-alone) echo "QoS ${1:3:1}, standalone: publishers and subscriber on a server not in a cluster" ;;
   esac
 }
 
@@ -209,29 +282,34 @@ label() {
   echo
   row scenario "received/s, median (min–max)" "publish → delivery p50 (ms), median" "p99 (ms), median (min–max)" "lost / gaps / duplicates of published, all runs"
   echo "|---|---|---|---|---|"
-  for s in qos0-single qos0-cross qos1-single qos1-cross; do
+  for s in qos0-single qos0-cross qos0-alone qos1-single qos1-cross qos1-alone; do
     row "$(label "$s")" "$(spread "$s" received_per_s)" "$(fmt "$(med "$s" latency_p50_ms)")" "$(spread "$s" latency_p99_ms)" "$(losses "$s")"
   done
   echo
-  echo "| QoS | cross-node / single-node throughput, of medians (per round) | target ≥ 50 % | nothing lost (cross-node, all runs) |"
-  echo "|---|---|---|---|"
+  echo "| QoS | cross-node / single-node throughput, of medians (per round) | target ≥ 50 % | cross-node / standalone throughput, of medians (per round), for reference | nothing lost (cross-node, all runs) |"
+  echo "|---|---|---|---|---|"
   for qos in 0 1; do
-    read -r r lo hi <<<"$(ratio "$qos")"
+    read -r r lo hi <<<"$(ratio "$qos" single)"
     if [[ $r == n/a ]]; then verdict=n/a; else
       verdict=$(awk -v r="$r" 'BEGIN { print (r >= 50) ? "met" : "missed" }'); fi
     if [[ $lo == n/a ]]; then rounds=""; else rounds=" ($(pct "$lo")–$(pct "$hi"))"; fi
+    read -r ra loa hia <<<"$(ratio "$qos" alone)"
+    if [[ $loa == n/a ]]; then rounds_alone=""; else rounds_alone=" ($(pct "$loa")–$(pct "$hia"))"; fi
     lost=$(agg "qos$qos-cross" 'map(.lost + .gaps) | add')
     case $lost in 0) nothing=met ;; n/a) nothing=n/a ;; *) nothing="missed ($lost lost or skipped)" ;; esac
-    echo "| $qos | $(pct "$r")$rounds | $verdict | $nothing |"
+    echo "| $qos | $(pct "$r")$rounds | $verdict | $(pct "$ra")$rounds_alone | $nothing |"
   done
   echo
   echo "Nodes' own counters over all runs: messages lost between nodes (connstate_cluster_routed_lost) $routed_lost,"
-  echo "messages dropped for clients that could not take them (connstate_mqtt_dropped_messages) $dropped."
+  echo "messages dropped for clients that could not take them (connstate_mqtt_dropped_messages) $dropped;"
+  echo "the standalone server's connstate_mqtt_dropped_messages $alone_dropped."
   echo "Load average before: $load_before; after: $load_after."
   echo "Figures: $RUNS round(s); each run $DURATION measured after a 2 s warm-up; latency of the messages sent in the"
   echo "measured window, from the publisher's write to the subscriber's read (one process, one clock). Lost ="
   echo "published (QoS 0: written, QoS 1: acknowledged) − received once, after a drain. Three NATS servers, three"
-  echo "nodes and the load generator share the machine's $(nproc) cores; the single-node runs use node1 of the same cluster."
+  echo "nodes, the standalone server and the load generator share the machine's $(nproc) cores; the single-node runs"
+  echo "use node1 of the same cluster, which also hands every message to NATS; the standalone server is in no cluster"
+  echo "and does not (its ratio is for reference: the target compares with one node of the same cluster)."
   echo "JSON lines: $results"
 } | tee "$OUT_DIR/table.md"
 
