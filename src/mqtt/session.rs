@@ -327,6 +327,17 @@ fn group_interest(filter: &str, key: Arc<str>) -> Interest {
     }
 }
 
+/// The session of `client_id` in `sessions`, a new one if it has none.
+fn session_of(
+    sessions: &mut HashMap<Arc<str>, Arc<Session>>,
+    client_id: &Arc<str>,
+) -> Arc<Session> {
+    sessions
+        .entry(client_id.clone())
+        .or_insert_with(|| Arc::new(Session::new(client_id.clone())))
+        .clone()
+}
+
 impl Broker {
     /// Attaches a new connection to the session of `client_id`, taking
     /// over a connection still attached (it is sent `Close(taken over)`
@@ -372,10 +383,7 @@ impl Broker {
         }
         let (attached, dropped_filters) = {
             let mut sessions = crate::lock::lock(&self.inner.sessions);
-            let session = sessions
-                .entry(client_id.clone())
-                .or_insert_with(|| Arc::new(Session::new(client_id.clone())))
-                .clone();
+            let session = session_of(&mut sessions, client_id);
             let mut state = session.lock();
             if let Some(old) = state.online.take() {
                 // Lost a race with another new connection: the newest wins.
@@ -579,10 +587,7 @@ impl Broker {
         carried: Carried,
     ) -> Option<Arc<Session>> {
         let mut sessions = crate::lock::lock(&self.inner.sessions);
-        let session = sessions
-            .entry(client_id.clone())
-            .or_insert_with(|| Arc::new(Session::new(client_id.clone())))
-            .clone();
+        let session = session_of(&mut sessions, client_id);
         let mut state = session.lock();
         if state.online.is_some() {
             return None;

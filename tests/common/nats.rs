@@ -29,26 +29,7 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// input; exits with the server's status once the server has ended, so the
 /// caller's `wait` means the server is gone. The server's standard output
 /// and error are the guard's.
-pub const GUARD: &str = r#"
-exec 3<&0
-"$@" 3<&- </dev/null &
-server=$!
-(
-  while read -r how <&3; do
-    case "$how" in
-      term) kill -TERM "$server" 2>/dev/null ;;
-      *) kill -KILL "$server" 2>/dev/null ;;
-    esac
-  done
-  kill -KILL "$server" 2>/dev/null
-) &
-watcher=$!
-exec 3<&-
-wait "$server"
-status=$?
-kill "$watcher" 2>/dev/null
-exit "$status"
-"#;
+pub const GUARD: &str = include_str!("guard.sh");
 
 /// One server of the cluster.
 struct Server {

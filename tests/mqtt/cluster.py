@@ -26,12 +26,10 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -58,28 +56,9 @@ STOP_GRACE = 15.0
 #: Runs ``"$@"`` (the server) in the background and stops it on a line of
 #: standard input (``term`` = SIGTERM, anything else = SIGKILL) or at end of
 #: input; exits with the server's status once the server has ended, so that
-#: waiting for the guard means the server is gone. The same as
-#: tests/common/nats.rs.
-GUARD = r"""
-exec 3<&0
-"$@" 3<&- </dev/null &
-server=$!
-(
-  while read -r how <&3; do
-    case "$how" in
-      term) kill -TERM "$server" 2>/dev/null ;;
-      *) kill -KILL "$server" 2>/dev/null ;;
-    esac
-  done
-  kill -KILL "$server" 2>/dev/null
-) &
-watcher=$!
-exec 3<&-
-wait "$server"
-status=$?
-kill "$watcher" 2>/dev/null
-exit "$status"
-"""
+#: waiting for the guard means the server is gone (tests/common/guard.sh,
+#: which the Rust harness runs too).
+GUARD = (Path(__file__).resolve().parent.parent / "common" / "guard.sh").read_text()
 
 
 def nats_server_binary() -> str:
@@ -336,30 +315,7 @@ class ClusterNode(ConnstateServer):
         env = {**os.environ, "RUST_LOG": os.environ.get("CLUSTER_RUST_LOG", "warn,connstate::cluster=info,connstate::mqtt=info")}
         self.guard = Guarded(self.id, argv, self.log_path, stdout=subprocess.PIPE, env=env)
         self.proc = self.guard.proc
-        stdout = self.proc.stdout
-        assert stdout is not None
-        lines: queue.Queue[bytes] = queue.Queue()
-
-        def pump() -> None:
-            # Reads to the end, so that the node never blocks on a full pipe.
-            for line in iter(stdout.readline, b""):
-                lines.put(line)
-            lines.put(b"")
-
-        threading.Thread(target=pump, daemon=True, name=f"{self.id}-stdout").start()
-        ports: dict[str, int] = {}
-        deadline = time.monotonic() + ANNOUNCE_LIMIT
-        while len(ports) < len(self.LISTENERS):
-            try:
-                line = lines.get(timeout=max(0.0, deadline - time.monotonic())).decode(errors="replace").strip()
-            except queue.Empty:
-                self._fail_start(f"did not announce its listeners within {ANNOUNCE_LIMIT} s (got {sorted(ports)})")
-            if not line and self.proc.poll() is not None:
-                self._fail_start(f"exited with {self.proc.returncode} before announcing its listeners (got {sorted(ports)})")
-            for name in self.LISTENERS:
-                prefix = f"connstate {name} listening on "
-                if line.startswith(prefix):
-                    ports[name] = int(line[len(prefix) :].rsplit(":", 1)[1])
+        ports = self._read_listeners(ANNOUNCE_LIMIT)
         self.ports = ports
         self.grpc_port, self.rest_port, self.mqtt_port = ports["grpc"], ports["rest"], ports["mqtt"]
 

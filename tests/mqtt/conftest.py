@@ -271,36 +271,43 @@ class ConnstateServer(Broker):
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
-        assert self.proc.stdout is not None
-        lines: queue.Queue[bytes] = queue.Queue()
-        stdout = self.proc.stdout
-
-        def pump() -> None:
-            # Keeps reading, so that the server never blocks on a full pipe.
-            for line in iter(stdout.readline, b""):
-                lines.put(line)
-            lines.put(b"")
-
-        threading.Thread(target=pump, daemon=True).start()
-        ports: dict[str, int] = {}
-        deadline = time.monotonic() + 30
-        while len(ports) < len(self.LISTENERS):
-            try:
-                line = lines.get(timeout=max(0.0, deadline - time.monotonic())).decode(errors="replace").strip()
-            except queue.Empty:
-                self._fail_start(f"did not report all listeners within 30 s (got {sorted(ports)})")
-            if not line and self.proc.poll() is not None:
-                self._fail_start(f"exited with {self.proc.returncode} before reporting all listeners (got {sorted(ports)})")
-            for name in self.LISTENERS:
-                prefix = f"connstate {name} listening on "
-                if line.startswith(prefix):
-                    ports[name] = int(line[len(prefix):].rsplit(":", 1)[1])
+        ports = self._read_listeners(30)
         self.ports = ports
         self.grpc_port = ports["grpc"]
         self.rest_port = ports["rest"]
         self.mqtt_port = ports["mqtt"]
         self.ws_port = ports["mqtt-ws"]
         self._sdk = None
+
+    def _read_listeners(self, limit: float) -> dict[str, int]:
+        """The ports of :attr:`LISTENERS` as the server announces them on its
+        standard output (``connstate NAME listening on ADDR``), read within
+        ``limit`` seconds; its output is read on to the end, so that it never
+        blocks on a full pipe."""
+        assert self.proc is not None and self.proc.stdout is not None
+        lines: queue.Queue[bytes] = queue.Queue()
+        stdout = self.proc.stdout
+
+        def pump() -> None:
+            for line in iter(stdout.readline, b""):
+                lines.put(line)
+            lines.put(b"")
+
+        threading.Thread(target=pump, daemon=True).start()
+        ports: dict[str, int] = {}
+        deadline = time.monotonic() + limit
+        while len(ports) < len(self.LISTENERS):
+            try:
+                line = lines.get(timeout=max(0.0, deadline - time.monotonic())).decode(errors="replace").strip()
+            except queue.Empty:
+                self._fail_start(f"did not announce its listeners within {limit} s (got {sorted(ports)})")
+            if not line and self.proc.poll() is not None:
+                self._fail_start(f"exited with {self.proc.returncode} before announcing its listeners (got {sorted(ports)})")
+            for name in self.LISTENERS:
+                prefix = f"connstate {name} listening on "
+                if line.startswith(prefix):
+                    ports[name] = int(line[len(prefix) :].rsplit(":", 1)[1])
+        return ports
 
     def _fail_start(self, why: str) -> None:
         assert self.proc is not None
