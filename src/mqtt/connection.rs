@@ -782,7 +782,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         self.broker.schedule_will(
             &live.session,
             live.generation,
-            crate::mqtt::wills::PendingWill {
+            crate::mqtt::PendingWill {
                 message,
                 record_id: live.record_id.clone(),
                 connection_id: live.connection_id,

@@ -28,14 +28,11 @@ use tokio_stream::StreamExt as _;
 
 use super::{
     Broker, Delivery, Outbound, SubOptions, SubscriptionIds,
-    routes::{Routed, Routes},
+    routes::{Routed, Routes, SessionWrite},
     session::{Carried, Inflight, Released, Session},
     subject,
 };
 use crate::{domain::DisconnectCause, metrics::RouteLossLabel};
-
-/// A write to the bucket of sessions: a key and its value (`None`: delete).
-pub(super) type SessionWrite = (String, Option<Vec<u8>>);
 
 /// How long a node waits for another to hand a session over.
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(5);

@@ -353,7 +353,17 @@ pub(crate) enum Due {
     /// The will of the session's last connection is published, unless a
     /// connection came back; without a session, a will this node claimed
     /// from a lost node.
-    Will(Option<Arc<Session>>, Box<wills::PendingWill>),
+    Will(Option<Arc<Session>>, Box<PendingWill>),
+}
+
+/// A will waiting for its delay, with what tells whether its client came
+/// back meanwhile.
+pub(crate) struct PendingWill {
+    pub message: Message,
+    pub record_id: ClientId,
+    pub connection_id: u64,
+    /// The broker the connection was on.
+    pub broker: Arc<str>,
 }
 
 /// The task that hands lifecycle events to the tracker in order, and the

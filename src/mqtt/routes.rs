@@ -273,6 +273,15 @@ impl Routed {
     }
 }
 
+/// A write to the bucket of wills.
+pub(super) enum WillWrite {
+    Hold { key: String, body: Vec<u8> },
+    Drop { key: String },
+}
+
+/// A write to the bucket of sessions: a key and its value (`None`: delete).
+pub(super) type SessionWrite = (String, Option<Vec<u8>>);
+
 /// Whether the publisher of a message can wait for the queue towards NATS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Wait {
@@ -321,12 +330,12 @@ pub(crate) struct Routes {
     pub(super) stop: CancellationToken,
     /// The bucket of wills, and the queue of writes to it.
     pub(super) wills: kv::Store,
-    pub(super) wills_outbox: mpsc::UnboundedSender<super::wills::WillWrite>,
+    pub(super) wills_outbox: mpsc::UnboundedSender<WillWrite>,
     /// Nodes whose wills are about to be looked at.
     pub(super) sweeping: Mutex<std::collections::HashSet<String>>,
     /// The bucket of persistent sessions, and the queue of writes to it.
     pub(super) sessions: kv::Store,
-    pub(super) session_outbox: mpsc::UnboundedSender<super::handover::SessionWrite>,
+    pub(super) session_outbox: mpsc::UnboundedSender<SessionWrite>,
     /// The prefix of the nodes' requests to each other.
     pub(super) control: String,
 }

@@ -483,7 +483,7 @@ impl Broker {
         &self,
         session: &Arc<Session>,
         generation: u64,
-        will: super::wills::PendingWill,
+        will: super::PendingWill,
         delay: Duration,
     ) {
         let state = session.lock();

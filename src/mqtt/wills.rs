@@ -26,9 +26,9 @@ use prost::Message as _;
 use tokio_stream::StreamExt as _;
 
 use super::{
-    Broker, Due, Message,
+    Broker, Due, Message, PendingWill,
     expiry::Timer,
-    routes::{Routed, Routes},
+    routes::{Routed, Routes, WillWrite},
     subject,
 };
 use crate::domain::{ClientId, ConnectionStatus};
@@ -48,22 +48,6 @@ pub(super) struct StoredWill {
     topic: String,
     #[prost(message, optional, tag = "5")]
     message: Option<Routed>,
-}
-
-/// A write to the bucket of wills.
-pub(super) enum WillWrite {
-    Hold { key: String, body: Vec<u8> },
-    Drop { key: String },
-}
-
-/// A will waiting for its delay, with what tells whether its client came
-/// back meanwhile.
-pub(crate) struct PendingWill {
-    pub message: Message,
-    pub record_id: ClientId,
-    pub connection_id: u64,
-    /// The broker the connection was on.
-    pub broker: Arc<str>,
 }
 
 fn will_key(node: &str, client_id: &str) -> String {
