@@ -88,6 +88,9 @@ pub struct RouteLinks {
 /// Messages waiting for the NATS connection before new ones are lost.
 const OUTBOX: usize = 65_536;
 
+/// How long a publisher waits for room in the queue towards NATS.
+const ROOM_WAIT: Duration = Duration::from_secs(2);
+
 /// Retained messages waiting for the bucket before new ones are lost.
 const RETAINED_OUTBOX: usize = 16_384;
 
@@ -358,8 +361,14 @@ impl Routes {
         if wait == Wait::Behind {
             forwarded.waiting = Some(message.clone());
         } else if let Err(e) = self.outbox.try_send(message.clone()) {
+            // Without NATS the queue only drains once it is back: the
+            // node's clients go on meanwhile, their messages for the other
+            // nodes lost.
+            let nats_up = self.plain.connection_state() == async_nats::connection::State::Connected;
             match (e, wait) {
-                (mpsc::error::TrySendError::Full(m), Wait::Can) => forwarded.waiting = Some(m),
+                (mpsc::error::TrySendError::Full(m), Wait::Can) if nats_up => {
+                    forwarded.waiting = Some(m);
+                }
                 _ => self.lost("outbox_full"),
             }
         }
@@ -379,10 +388,12 @@ impl Routes {
     }
 
     /// Queues `message` towards NATS once there is room (the publisher's
-    /// connection waits meanwhile).
+    /// connection waits meanwhile, at most [`ROOM_WAIT`]: then NATS is
+    /// gone or stuck, and the message is lost).
     pub(crate) async fn send_later(&self, message: Arc<Message>) {
-        if self.outbox.send(message).await.is_err() {
-            self.lost("outbox_full");
+        match tokio::time::timeout(ROOM_WAIT, self.outbox.send(message)).await {
+            Ok(Ok(())) => {}
+            _ => self.lost("outbox_full"),
         }
     }
 
