@@ -54,6 +54,9 @@ use crate::{
     store::{Sequencer, Store, StoreError, Write, WriteAck},
 };
 
+/// How long a node that stops waits for what it sent to reach NATS.
+const LEAVE_FLUSH: Duration = Duration::from_secs(2);
+
 /// How a node joins its cluster (`[cluster]` in the configuration file).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterConfig {
@@ -461,7 +464,12 @@ impl Cluster {
     /// lapses unless the node comes back first).
     pub async fn leave(&self) {
         self.shared.stop.cancel();
-        let _ = self.shared.client.flush().await;
+        // Without NATS a flush waits for it to come back: a node stopping
+        // then stops anyway.
+        let flushed = tokio::time::timeout(LEAVE_FLUSH, self.shared.client.flush()).await;
+        if flushed.is_err() {
+            tracing::warn!("leaving the cluster without flushing to NATS (unreachable)");
+        }
     }
 
     /// Appends `NodeStarted` for the current run and waits until it is

@@ -61,10 +61,10 @@ where
 /// subscriptions are in place and the cluster's bucket has the retained
 /// messages published.
 async fn cluster_in_place(broker: &Broker, awaiting: Awaiting) {
-    if let Some(routes) = broker.routes() {
-        for message in awaiting.waiting {
-            routes.send_later(message).await;
-        }
+    if let Some(routes) = broker.routes()
+        && !awaiting.waiting.is_empty()
+    {
+        routes.send_later(awaiting.waiting).await;
     }
     let all = async {
         for token in awaiting.tokens {

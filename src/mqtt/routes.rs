@@ -387,13 +387,33 @@ impl Routes {
         forwarded
     }
 
-    /// Queues `message` towards NATS once there is room (the publisher's
-    /// connection waits meanwhile, at most [`ROOM_WAIT`]: then NATS is
-    /// gone or stuck, and the message is lost).
-    pub(crate) async fn send_later(&self, message: Arc<Message>) {
-        match tokio::time::timeout(ROOM_WAIT, self.outbox.send(message)).await {
-            Ok(Ok(())) => {}
-            _ => self.lost("outbox_full"),
+    /// Queues `messages` towards NATS, in order, as room comes (the
+    /// publisher's connection waits meanwhile, at most [`ROOM_WAIT`] in all:
+    /// then NATS is gone or stuck, and what is left is lost; also when the
+    /// broker stops).
+    pub(crate) async fn send_later(&self, messages: Vec<Arc<Message>>) {
+        let deadline = tokio::time::Instant::now() + ROOM_WAIT;
+        let mut left = messages.into_iter();
+        for message in left.by_ref() {
+            let queued = tokio::select! {
+                queued = tokio::time::timeout_at(deadline, self.outbox.send(message)) => {
+                    matches!(queued, Ok(Ok(())))
+                }
+                () = self.stop.cancelled() => false,
+            };
+            if !queued {
+                self.lost("outbox_full");
+                break;
+            }
+        }
+        let dropped = left.count() as u64;
+        if dropped > 0 {
+            self.metrics
+                .cluster_routed_lost
+                .get_or_create(&RouteLossLabel {
+                    reason: "outbox_full",
+                })
+                .inc_by(dropped);
         }
     }
 

@@ -25,7 +25,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from cluster import LEASE_SECONDS, ClusterNode, auth_cluster3, cluster3, fresh_cluster3  # noqa: F401  (fixtures)
-from conftest import BROKER_KIND, V5, V311, Peer, props, session_300, unique
+from conftest import BROKER_KIND, V5, V311, Peer, RawClient, packet, props, publish_packet, session_300, unique
 
 pytestmark = [
     pytest.mark.connstate,
@@ -498,3 +498,34 @@ def test_cluster_clean_start_on_another_node_ends_the_session(cluster3, peers, v
     assert back.connack[0] is False, f"{cid} resuming on node3 after a clean start on node2: CONNACK session present 1"
     stale = back.quiet(1.0)
     assert seen(stale) == [], f"the session ended by the clean start still delivered {seen(stale)}"
+
+
+def test_cluster_node_without_nats_keeps_its_clients_publishing(fresh_cluster3, peers):
+    """With every NATS server gone, the clients of a node still reach each
+    other: the publisher is not held back waiting for NATS, and the nodes
+    still stop when told to."""
+    c = fresh_cluster3
+    topic = f"cluster/nonats/{unique()}"
+    sub = peers(c.node(1), unique("sub"), version=V311)
+    sub.subscribe_ok(f"{topic}/marker", 0)
+    pub = RawClient(c.node(1))
+    assert pub.connect(unique("flood"))[1] == 0
+    assert c.nats is not None
+    for server in c.nats.servers:
+        if server is not None:
+            server.kill9()
+
+    # More than the node's queue towards NATS holds (65,536), then a marker
+    # for the local subscriber and a PINGREQ.
+    flood = publish_packet(f"{topic}/flood", b"x" * 16)
+    pub.send(flood * 200_000 + publish_packet(f"{topic}/marker", MARKER) + packet(0xC0, b""))
+    got = receive(sub, 1, "local subscriber on node1 after a flood with NATS gone", timeout=30)
+    assert seen(got) == [(f"{topic}/marker", MARKER, 0, False)]
+    deadline = time.monotonic() + 30
+    while True:
+        answer = pub.read_packet(timeout=max(0.1, deadline - time.monotonic()))
+        assert answer is not None, "node1 closed the publisher's connection"
+        if answer[0] == 0xD0:
+            break
+    # (The fixture then stops every node with SIGTERM: without NATS each must
+    # still stop within its grace.)
