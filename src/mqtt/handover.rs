@@ -325,6 +325,14 @@ impl Broker {
     /// node forget it).
     pub(crate) async fn fetch_session(&self, client_id: &Arc<str>, clean_start: bool) {
         let Some(routes) = self.routes() else { return };
+        // Held here, with its record saying so (a node that took it over
+        // would have had it released here first): nothing to ask.
+        if self
+            .session(client_id)
+            .is_some_and(|s| s.with_record(|_, _, held| *held))
+        {
+            return;
+        }
         let key = subject::name_token(client_id);
         let record = match routes.sessions.entry(&key).await {
             Ok(Some(entry)) if entry.operation == async_nats::jetstream::kv::Operation::Put => {
