@@ -42,6 +42,8 @@
 # temporary config, as a child of this script, and is stopped on exit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 repo=$(pwd)
 
 CLIENTS=${CLIENTS:-10000}
@@ -297,15 +299,6 @@ verdict() {
   awk -v a="$1" -v b="$2" -v op="$3" 'BEGIN {
     ok = (op == ">=") ? (b >= a) : (op == "<=") ? (b <= a) : (op == "2x") ? (b <= 2 * a) : 0
     print ok ? "met" : "missed" }'
-}
-# fmt N: thousands separators for whole numbers, two decimals otherwise.
-fmt() {
-  [[ $1 == n/a ]] && { echo n/a; return; }
-  awk -v v="$1" 'BEGIN {
-    if (v != int(v)) { printf "%.2f\n", v; exit }
-    s = sprintf("%d", v); r = ""
-    while (length(s) > 3) { r = "," substr(s, length(s) - 2) r; s = substr(s, 1, length(s) - 3) }
-    print s r }'
 }
 m() { val mosquitto "$@"; }
 c() { val connstate "$@"; }

@@ -48,6 +48,8 @@
 #                     picks, on 127.0.0.1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 RUNS=${RUNS:-3}
 PUBLISHERS=${PUBLISHERS:-50}
@@ -244,15 +246,6 @@ spread() {
   r=$(agg "$1" "[.[] | .$2] | if length > 1 then \"\\(min) \\(max)\" else \"\" end")
   if [[ $v == n/a || -z $r ]]; then fmt "$v"; else
     read -r lo hi <<<"$r"; echo "$(fmt "$v") ($(fmt "$lo")–$(fmt "$hi"))"; fi
-}
-# fmt N: thousands separators for whole numbers, two decimals otherwise.
-fmt() {
-  [[ $1 == n/a ]] && { echo n/a; return; }
-  awk -v v="$1" 'BEGIN {
-    if (v != int(v)) { printf "%.2f\n", v; exit }
-    s = sprintf("%d", v); r = ""
-    while (length(s) > 3) { r = "," substr(s, length(s) - 2) r; s = substr(s, 1, length(s) - 3) }
-    print s r }'
 }
 sum() { agg "$1" "map(.$2) | add"; }
 losses() { echo "$(sum "$1" lost) / $(sum "$1" gaps) / $(sum "$1" duplicates) of $(fmt "$(sum "$1" published_total)")"; }
