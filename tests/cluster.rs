@@ -134,25 +134,7 @@ async fn states_under(node: &Node, prefix: &str) -> BTreeMap<String, pb::Connect
 
 /// Every log entry of every client, in the order the node lists them.
 async fn all_logs(node: &Node) -> Vec<pb::LogEntry> {
-    let mut entries = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = node
-            .states()
-            .list_connection_logs(pb::ListConnectionLogsRequest {
-                page_size: 1000,
-                page_token,
-                ..Default::default()
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{}: list logs: {e}", node.id))
-            .into_inner();
-        entries.extend(page.entries);
-        if page.next_page_token.is_empty() {
-            return entries;
-        }
-        page_token = page.next_page_token;
-    }
+    common::all_logs(node.channel()).await
 }
 
 /// The log entries of each client, oldest first.

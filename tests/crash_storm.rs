@@ -111,25 +111,8 @@ impl Process {
     /// Every connection log entry, per client, oldest first.
     async fn logs(&self) -> HashMap<String, Vec<pb::LogEntry>> {
         let mut logs: HashMap<String, Vec<pb::LogEntry>> = HashMap::new();
-        let mut page_token = String::new();
-        loop {
-            let page = self
-                .states()
-                .list_connection_logs(pb::ListConnectionLogsRequest {
-                    page_size: 1000,
-                    page_token,
-                    ..Default::default()
-                })
-                .await
-                .expect("list logs")
-                .into_inner();
-            for entry in page.entries {
-                logs.entry(entry.client_id.clone()).or_default().push(entry);
-            }
-            if page.next_page_token.is_empty() {
-                break;
-            }
-            page_token = page.next_page_token;
+        for entry in common::all_logs(self.grpc.clone()).await {
+            logs.entry(entry.client_id.clone()).or_default().push(entry);
         }
         for entries in logs.values_mut() {
             entries.sort_by_key(|e| e.revision);

@@ -309,9 +309,10 @@ fn connect_event(i: usize, connection_id: u64, secs_ago: i64) -> LifecycleEvent 
     }
 }
 
-fn pb_connect(i: usize, connection_id: u64) -> pb::LifecycleEvent {
+/// A connect of `client_id` over gRPC, now.
+fn pb_connect(client_id: String, connection_id: u64) -> pb::LifecycleEvent {
     pb::LifecycleEvent {
-        client_id: client_name(i),
+        client_id,
         time: Some(connstate::api::convert::timestamp(Utc::now())),
         connection_id,
         event: Some(pb::lifecycle_event::Event::Connected(pb::Connected {
@@ -458,7 +459,7 @@ async fn ingest(base: &Path, events: usize, batch: usize, producers: usize) -> a
         .step_by(batch)
         .map(|i| {
             (i..(i + batch).min(events))
-                .map(|j| pb_connect(j, j as u64 + 1))
+                .map(|j| pb_connect(client_name(j), j as u64 + 1))
                 .collect()
         })
         .collect();
@@ -856,7 +857,7 @@ async fn watch(
         ticker.tick().await;
         let n = per_tick.min(total - sent);
         let events = (sent..sent + n)
-            .map(|i| pb_connect(i % 100_000, i as u64 + 1))
+            .map(|i| pb_connect(client_name(i % 100_000), i as u64 + 1))
             .collect();
         ingest
             .ingest_events(pb::IngestEventsRequest {

@@ -28,7 +28,7 @@ use tokio_stream::StreamExt as _;
 
 use super::{
     Broker, Delivery, Outbound, SubOptions, SubscriptionIds,
-    routes::{Routed, Routes, SessionWrite},
+    routes::{BucketWrite, Routed, Routes, write_to},
     session::{Carried, Inflight, Released, Session},
     subject,
 };
@@ -193,27 +193,6 @@ fn now_ms() -> i64 {
 }
 
 impl Routes {
-    /// Writes the records of sessions in order.
-    pub(super) async fn write_sessions(
-        self: Arc<Self>,
-        mut writes: tokio::sync::mpsc::UnboundedReceiver<SessionWrite>,
-    ) {
-        while let Some((key, body)) = writes.recv().await {
-            let written = match body {
-                Some(body) => self
-                    .sessions
-                    .put(&key, body.into())
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
-                None => self.sessions.delete(&key).await.map_err(|e| e.to_string()),
-            };
-            if let Err(e) = written {
-                tracing::warn!(error = %e, %key, "writing a session's record to the cluster's bucket failed");
-            }
-        }
-    }
-
     /// Answers other nodes' requests for sessions held here.
     pub(super) async fn answer_handovers(self: Arc<Self>) {
         let subject = format!("{}.session.{}", self.control, self.node);
@@ -262,23 +241,10 @@ impl Broker {
     /// once the record is written: another node the client connects to
     /// next then finds where its session is.
     pub(crate) async fn save_attached_session(&self, session: &Session) {
-        let Some((routes, (key, body))) = self.session_record(session, None) else {
+        let Some((routes, write)) = self.session_record(session, None) else {
             return;
         };
-        let written = match body {
-            Some(body) => routes
-                .sessions
-                .put(&key, body.into())
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            None => routes
-                .sessions
-                .delete(&key)
-                .await
-                .map_err(|e| e.to_string()),
-        };
-        if let Err(e) = written {
+        if let Err(e) = write_to(&routes.sessions, write).await {
             tracing::warn!(error = %e, client = %session.client_id, "writing a session's record to the cluster's bucket failed");
         }
     }
@@ -289,7 +255,7 @@ impl Broker {
         &self,
         session: &Session,
         detached: Option<u32>,
-    ) -> Option<(&Arc<Routes>, SessionWrite)> {
+    ) -> Option<(&Arc<Routes>, BucketWrite)> {
         let routes = self.routes()?;
         let body = session.with_record(|expiry, subscriptions, held| {
             if expiry == 0 {

@@ -276,14 +276,36 @@ impl Routed {
     }
 }
 
-/// A write to the bucket of wills.
-pub(super) enum WillWrite {
-    Hold { key: String, body: Vec<u8> },
-    Drop { key: String },
+/// A write to a key-value bucket (wills, sessions): a key and its value
+/// (`None`: delete).
+pub(super) type BucketWrite = (String, Option<Vec<u8>>);
+
+/// Writes `write` to `bucket`.
+pub(super) async fn write_to(bucket: &kv::Store, (key, body): BucketWrite) -> Result<(), String> {
+    match body {
+        Some(body) => bucket
+            .put(&key, body.into())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        None => bucket.delete(&key).await.map_err(|e| e.to_string()),
+    }
 }
 
-/// A write to the bucket of sessions: a key and its value (`None`: delete).
-pub(super) type SessionWrite = (String, Option<Vec<u8>>);
+/// Writes what comes to `bucket` in order, saying in a warning what a
+/// write that failed was.
+async fn write_in_order(
+    bucket: kv::Store,
+    mut writes: mpsc::UnboundedReceiver<BucketWrite>,
+    what: &'static str,
+) {
+    while let Some(write) = writes.recv().await {
+        let key = write.0.clone();
+        if let Err(e) = write_to(&bucket, write).await {
+            tracing::warn!(error = %e, %key, "writing {what} to the cluster's bucket failed");
+        }
+    }
+}
 
 /// Whether the publisher of a message can wait for the queue towards NATS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -333,12 +355,12 @@ pub(crate) struct Routes {
     pub(super) stop: CancellationToken,
     /// The bucket of wills, and the queue of writes to it.
     pub(super) wills: kv::Store,
-    pub(super) wills_outbox: mpsc::UnboundedSender<WillWrite>,
+    pub(super) wills_outbox: mpsc::UnboundedSender<BucketWrite>,
     /// Nodes whose wills are about to be looked at.
     pub(super) sweeping: Mutex<std::collections::HashSet<String>>,
     /// The bucket of persistent sessions, and the queue of writes to it.
     pub(super) sessions: kv::Store,
-    pub(super) session_outbox: mpsc::UnboundedSender<SessionWrite>,
+    pub(super) session_outbox: mpsc::UnboundedSender<BucketWrite>,
     /// The prefix of the nodes' requests to each other.
     pub(super) control: String,
 }
@@ -725,8 +747,12 @@ impl Broker {
             return;
         }
         tokio::spawn(routes.clone().send(outgoing));
-        tokio::spawn(routes.clone().write_wills(will_writes));
-        tokio::spawn(routes.clone().write_sessions(session_writes));
+        tokio::spawn(write_in_order(routes.wills.clone(), will_writes, "a will"));
+        tokio::spawn(write_in_order(
+            routes.sessions.clone(),
+            session_writes,
+            "a session's record",
+        ));
         tokio::spawn(routes.clone().answer_handovers());
         tokio::spawn(
             routes

@@ -28,7 +28,7 @@ use tokio_stream::StreamExt as _;
 use super::{
     Broker, Due, Message, PendingWill,
     expiry::Timer,
-    routes::{Routed, Routes, WillWrite},
+    routes::{Routed, Routes},
     subject,
 };
 use crate::domain::{ClientId, ConnectionStatus};
@@ -73,38 +73,13 @@ impl Routes {
             message: Some(Routed::of(will, &self.node)),
         };
         let key = will_key(&self.node, client_id);
-        let _ = self.wills_outbox.send(WillWrite::Hold {
-            key,
-            body: stored.encode_to_vec(),
-        });
+        let _ = self.wills_outbox.send((key, Some(stored.encode_to_vec())));
     }
 
     /// Removes the will this node keeps for `client_id`.
     pub(crate) fn drop_will(&self, client_id: &str) {
         let key = will_key(&self.node, client_id);
-        let _ = self.wills_outbox.send(WillWrite::Drop { key });
-    }
-
-    /// Writes the wills' records in order.
-    pub(super) async fn write_wills(
-        self: Arc<Self>,
-        mut writes: tokio::sync::mpsc::UnboundedReceiver<WillWrite>,
-    ) {
-        while let Some(write) = writes.recv().await {
-            let (key, written) = match write {
-                WillWrite::Hold { key, body } => {
-                    let put = self.wills.put(&key, body.into()).await;
-                    (key, put.map(|_| ()).map_err(|e| e.to_string()))
-                }
-                WillWrite::Drop { key } => {
-                    let deleted = self.wills.delete(&key).await;
-                    (key, deleted.map_err(|e| e.to_string()))
-                }
-            };
-            if let Err(e) = written {
-                tracing::warn!(error = %e, %key, "writing a will to the cluster's bucket failed");
-            }
-        }
+        let _ = self.wills_outbox.send((key, None));
     }
 
     /// Node `node` was lost (or restarted): the wills of its ended

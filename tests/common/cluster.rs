@@ -22,7 +22,7 @@ use std::{
 use connstate::pb::connection_state_service_client::ConnectionStateServiceClient;
 use tonic::transport::Channel;
 
-use super::nats::{GUARD, NatsCluster};
+use super::nats::{GUARD, NatsCluster, tail};
 
 /// How long a node may take to announce its listeners and to become ready.
 const START_LIMIT: Duration = Duration::from_secs(30);
@@ -324,17 +324,6 @@ fn channel(grpc: SocketAddr) -> Channel {
         .unwrap()
         .connect_timeout(Duration::from_secs(2))
         .connect_lazy()
-}
-
-/// The last `lines` lines of `path`.
-fn tail(path: &Path, lines: usize) -> String {
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let all: Vec<&str> = text.lines().collect();
-            all[all.len().saturating_sub(lines)..].join("\n")
-        }
-        Err(e) => format!("({}: {e})", path.display()),
-    }
 }
 
 fn fail_with_log(log: &Path, why: &str) -> ! {

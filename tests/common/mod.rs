@@ -405,6 +405,29 @@ pub async fn states_under(
     }
 }
 
+/// Every connection log entry of every client, in the order the server
+/// lists them (all pages).
+pub async fn all_logs(channel: Channel) -> Vec<pb::LogEntry> {
+    let mut entries = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = ConnectionStateServiceClient::new(channel.clone())
+            .list_connection_logs(pb::ListConnectionLogsRequest {
+                page_size: 1000,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("list logs: {e}"))
+            .into_inner();
+        entries.extend(page.entries);
+        if page.next_page_token.is_empty() {
+            return entries;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
 /// `connstate serve ARGS --data-dir DATA_DIR` of the real binary, logging
 /// warnings only (pass [`FREE_PORTS`] in `args` for listeners on free
 /// ports); the caller chooses where its output goes.

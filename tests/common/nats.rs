@@ -92,7 +92,7 @@ fn free_ports(count: usize) -> Vec<u16> {
 }
 
 /// The last `lines` lines of `path`, or why it cannot be read.
-fn tail(path: &Path, lines: usize) -> String {
+pub fn tail(path: &Path, lines: usize) -> String {
     match std::fs::read_to_string(path) {
         Ok(text) => {
             let all: Vec<&str> = text.lines().collect();

@@ -447,22 +447,7 @@ pub async fn latency(nodes: &[String], change_rate: usize, seconds: u64) -> anyh
         }
         let now = Instant::now();
         let events = (from..to)
-            .map(|i| pb::LifecycleEvent {
-                client_id: format!("{prefix}{i}"),
-                time: Some(connstate::api::convert::timestamp(Utc::now())),
-                connection_id: 1,
-                event: Some(pb::lifecycle_event::Event::Connected(pb::Connected {
-                    info: Some(pb::ConnectionInfo {
-                        client_addr: "10.0.0.1".into(),
-                        port: 40_000,
-                        secure: false,
-                        username: "use-token-auth".into(),
-                        protocol: pb::MqttProtocol::V311 as i32,
-                        keep_alive_seconds: 60,
-                        clean_session: true,
-                    }),
-                })),
-            })
+            .map(|i| super::pb_connect(format!("{prefix}{i}"), 1))
             .collect();
         sent_at.resize(to, now);
         let probe = from >= probe_due;
