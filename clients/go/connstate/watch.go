@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -231,6 +232,18 @@ func (w *watcher) run(ctx context.Context, yield func(WatchEvent, error) bool) {
 			yield(WatchEvent{}, status.FromContextError(ctx.Err()).Err())
 			return
 		case <-timer.C:
+		}
+		// The watch's own backoff decides when to try again: a connection
+		// still waiting out gRPC's reconnect backoff (it grows on its own
+		// during a long outage) tries now instead of failing this attempt.
+		if conn := w.client.conn; conn.GetState() == connectivity.TransientFailure {
+			conn.ResetConnectBackoff()
+			// A call fails at once while the connection is in transient
+			// failure: give the new attempt a moment to succeed first.
+			wait, cancel := context.WithTimeout(ctx, time.Second)
+			for state := conn.GetState(); state != connectivity.Ready && conn.WaitForStateChange(wait, state); state = conn.GetState() {
+			}
+			cancel()
 		}
 	}
 }
