@@ -44,7 +44,7 @@ use std::{
     path::Path,
     sync::{
         Arc, Mutex, RwLock,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -315,6 +315,8 @@ struct Inner {
     materialised: AtomicU64,
     /// Keeps the overlay in memory (tests of the crash replay).
     hold_write_back: AtomicBool,
+    /// The changes the write-back in progress is writing (0 between them).
+    writing_back: AtomicUsize,
     /// Held by each write-back, and by a clearing of all data throughout.
     write_back_lock: Mutex<()>,
     /// Wakes the write-back thread, and the writer waiting for it.
@@ -394,6 +396,7 @@ impl Store {
                 overlay: RwLock::new(overlay::Overlay::new(materialised)),
                 materialised: AtomicU64::new(materialised),
                 hold_write_back: AtomicBool::new(false),
+                writing_back: AtomicUsize::new(0),
                 write_back_lock: Mutex::new(()),
                 pacer: Arc::default(),
                 write_back_thread: Mutex::new(None),
@@ -645,6 +648,25 @@ impl Store {
             return self.submit(sequencer, Write::Events(events)).await;
         }
         self.request(|ack| writer::Command::Events { events, ack })
+            .await
+    }
+
+    /// Records every client recorded as connected through `broker` as
+    /// disconnected by `cause`, now (or at its last activity, when later):
+    /// the start-up recovery of a single node. One command of the writer,
+    /// which reads each record once and commits in group commits of the
+    /// usual size; answered once all of them are durable, with the newest
+    /// revision. A failure part way leaves the commits before it (each
+    /// whole), and the clients they ended are no longer connected, so a
+    /// second call does the rest. (A cluster ends a broker through its log,
+    /// [`Write::EndBroker`].)
+    pub async fn end_connected(
+        &self,
+        broker: &str,
+        cause: crate::domain::DisconnectCause,
+    ) -> Result<Revision, StoreError> {
+        let broker = broker.to_owned();
+        self.request(|ack| writer::Command::EndBroker { broker, cause, ack })
             .await
     }
 
@@ -971,10 +993,11 @@ impl Store {
     }
 
     /// Blocks the writer until the overlay holds fewer than
-    /// [`overlay::MAX_CHANGES`] changes (or no write-back can run).
+    /// [`overlay::MAX_CHANGES`] changes besides those a write-back is
+    /// writing (or no write-back can run).
     fn wait_for_write_back(&self) {
         loop {
-            if self.overlay().changes < overlay::MAX_CHANGES
+            if self.overlay_waiting() < overlay::MAX_CHANGES
                 || self.recording().refusal().is_some()
                 || self.inner.hold_write_back.load(Ordering::Acquire)
                 || !self.inner.pacer.running()
@@ -986,6 +1009,12 @@ impl Store {
                 .pacer
                 .wait_drained(overlay::WRITE_BACK_INTERVAL / 4);
         }
+    }
+
+    /// Changes the overlay holds that no write-back has taken yet.
+    fn overlay_waiting(&self) -> usize {
+        let writing = self.inner.writing_back.load(Ordering::Acquire);
+        self.overlay().changes.saturating_sub(writing)
     }
 
     fn lock_write_back(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -1006,14 +1035,23 @@ impl Store {
         if self.inner.hold_write_back.load(Ordering::Acquire) {
             return Ok(());
         }
-        let (batch, written) = {
+        let (batches, written) = {
             let overlay = self.overlay();
             if overlay.is_empty() {
                 return Ok(());
             }
-            overlay.write_back_batch(&self.inner.db)?
+            overlay.write_back_batches(&self.inner.db)?
         };
-        self.inner.db.apply_batch(batch)?;
+        self.inner
+            .writing_back
+            .store(written.changes, Ordering::Release);
+        let applied = batches
+            .into_iter()
+            .try_for_each(|batch| self.inner.db.apply_batch(batch));
+        if let Err(e) = applied {
+            self.inner.writing_back.store(0, Ordering::Release);
+            return Err(e.into());
+        }
         #[cfg(test)]
         {
             let pause = self
@@ -1030,6 +1068,7 @@ impl Store {
         // Readers find the same state in sled as in the overlay from here.
         let position = written.position;
         let grown = self.overlay_mut().trim(written);
+        self.inner.writing_back.store(0, Ordering::Release);
         self.inner.materialised.store(position, Ordering::Release);
         self.note_log_growth(grown);
         Ok(())

@@ -10,20 +10,28 @@
 //!
 //! A write-back thread of its own (not the writer) writes the overlay back
 //! to sled every [`WRITE_BACK_INTERVAL`], or sooner once it holds
-//! [`WRITE_BACK_CHANGES`] changes, in one batch, coalesced: a client changed
-//! ten times is written once (its newest state, every log entry). That
-//! batch also records the materialised position (`mmaterialised`), the
-//! newest revision it covers; it is not flushed on its own (the next group
-//! commit's flush carries it), because the log already holds everything.
-//! The overlay stays readable while the batch is built and applied; then
-//! exactly what was written leaves it ([`Overlay::trim`]), and whatever
-//! commits added meanwhile stays for the next write-back. When the
-//! write-back falls [`MAX_CHANGES`] behind, the writer waits for it rather
-//! than let the overlay grow without bound.
+//! [`WRITE_BACK_CHANGES`] changes, coalesced: a client changed ten times is
+//! written once (its newest state, every log entry). It writes in sled
+//! batches of a bounded size, so that the writer's appends (which wait for
+//! any batch sled is applying) never wait long behind it; the last batch
+//! records the materialised position (`mmaterialised`), the newest
+//! revision the write-back covers. Nothing is flushed on its own (the next
+//! group commit's flush carries it), because the log already holds
+//! everything. The overlay stays readable while the batches are built and
+//! applied; then exactly what was written leaves it ([`Overlay::trim`]),
+//! and whatever commits added meanwhile stays for the next write-back.
+//! When the changes the write-back has not yet taken reach [`MAX_CHANGES`],
+//! the writer waits for it rather than let the overlay grow without bound
+//! (one command larger than that, such as the recording of every client a
+//! crash left connected, is taken whole and written back behind it).
 //!
 //! After a crash the store replays the log after the materialised position
 //! through the same overlay and writes it back before it serves, so what a
-//! restart finds is exactly what a run without the crash had.
+//! restart finds is exactly what a run without the crash had. A crash part
+//! way through a write-back leaves some records newer than the materialised
+//! position says: the replay writes each of them again with the same value
+//! (records are the state after a change, entries are keyed by revision),
+//! and the index is refreshed from the records the replay leaves.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -45,6 +53,27 @@ pub(super) const WRITE_BACK_CHANGES: usize = 16 * 1024;
 /// Changes the overlay holds at most: past it the writer waits for the
 /// write-back before it takes more commands.
 pub(super) const MAX_CHANGES: usize = 4 * WRITE_BACK_CHANGES;
+
+/// Writes per sled batch of a write-back (see [`Overlay::write_back_batches`]).
+const WRITE_BACK_SLICE: usize = 1024;
+
+/// Sled batches of at most [`WRITE_BACK_SLICE`] writes each.
+#[derive(Default)]
+struct Slices {
+    done: Vec<sled::Batch>,
+    writes: usize,
+}
+
+impl Slices {
+    /// The batch the next write goes to.
+    fn next(&mut self) -> &mut sled::Batch {
+        if self.writes.is_multiple_of(WRITE_BACK_SLICE) {
+            self.done.push(sled::Batch::default());
+        }
+        self.writes += 1;
+        self.done.last_mut().expect("a batch was just pushed")
+    }
+}
 
 /// What the log holds and sled does not yet; see the module docs.
 #[derive(Default)]
@@ -80,7 +109,7 @@ pub(super) struct Written {
     epoch: u64,
     /// The newest revision covered: the materialised position.
     pub(super) position: Revision,
-    changes: usize,
+    pub(super) changes: usize,
     states: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     logs: Vec<Vec<u8>>,
     deleted: Vec<(ClientId, Revision)>,
@@ -164,34 +193,40 @@ impl Overlay {
         self.position = last.revision;
     }
 
-    /// The sled batch that writes the overlay back, with the materialised
-    /// position, and what it holds (for [`Overlay::trim`]).
-    pub(super) fn write_back_batch(
+    /// The sled batches that write the overlay back, in order, the last one
+    /// with the materialised position, and what they hold (for
+    /// [`Overlay::trim`]). Each holds at most [`WRITE_BACK_SLICE`] writes:
+    /// sled applies a batch under a lock every other write waits for, so a
+    /// large write-back in one batch would stall the writer's next commit
+    /// for as long as it takes.
+    pub(super) fn write_back_batches(
         &self,
         db: &sled::Db,
-    ) -> Result<(sled::Batch, Written), StoreError> {
-        let mut batch = sled::Batch::default();
+    ) -> Result<(Vec<sled::Batch>, Written), StoreError> {
+        let mut slices = Slices::default();
         for client in self.deleted.keys() {
             for key in db.scan_prefix(keys::client_log_prefix(client)).keys() {
-                batch.remove(key?);
+                slices.next().remove(key?);
             }
         }
         for (key, state) in &self.states {
             match state {
-                Some(state) => batch.insert(key.as_slice(), state.as_slice()),
-                None => batch.remove(key.as_slice()),
+                Some(state) => slices.next().insert(key.as_slice(), state.as_slice()),
+                None => slices.next().remove(key.as_slice()),
             }
         }
         for (key, entry) in &self.logs {
-            batch.insert(key.as_slice(), entry.as_slice());
+            slices.next().insert(key.as_slice(), entry.as_slice());
         }
         for (first, record) in &self.log_batches {
-            batch.insert(
+            slices.next().insert(
                 &keys::revision_key(keys::LOG_BATCH, *first),
                 record.encode_to_vec(),
             );
         }
-        batch.insert(keys::META_MATERIALISED, &self.position.to_be_bytes());
+        slices
+            .next()
+            .insert(keys::META_MATERIALISED, &self.position.to_be_bytes());
         let written = Written {
             epoch: self.epoch,
             position: self.position,
@@ -206,7 +241,7 @@ impl Overlay {
             log_batches: self.log_batches.len(),
             grown: self.grown.len(),
         };
-        Ok((batch, written))
+        Ok((slices.done, written))
     }
 
     /// Drops what a write-back wrote, now that sled holds it, and keeps
@@ -689,6 +724,113 @@ mod tests {
         store.close().await.unwrap();
         assert!(store.overlay().is_empty());
         assert_eq!(store.count_states(), n + 2);
+    }
+
+    /// A write-back that takes more than the bound (one large command)
+    /// does not hold the writer up while it writes: only changes it has not
+    /// taken count against the bound.
+    #[tokio::test]
+    async fn the_writer_goes_on_while_a_large_write_back_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        let group = crate::store::StoreOptions::default().max_batch_events;
+        store.inner.hold_write_back.store(true, Ordering::Release);
+        let mut n = 0;
+        while store.overlay().changes < super::MAX_CHANGES + group {
+            let events = (0..group)
+                .map(|_| {
+                    n += 1;
+                    connect(&format!("d:o:t:c{n}"), 1)
+                })
+                .collect();
+            store.commit_events(events).await.unwrap();
+        }
+        let (applied_tx, applied) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel();
+        *store.inner.write_back_pause.lock().unwrap() = Some((applied_tx, go_rx));
+        store.inner.hold_write_back.store(false, Ordering::Release);
+        store.inner.pacer.wake();
+        let applied = tokio::task::spawn_blocking(move || {
+            applied.recv_timeout(std::time::Duration::from_secs(60))
+        });
+        applied.await.unwrap().expect("a write-back started");
+        assert!(store.overlay().changes >= super::MAX_CHANGES);
+
+        // Written (not yet trimmed): the writer does not wait for it.
+        for k in 0..3 {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                store.commit_events(vec![connect(&format!("d:o:t:meanwhile{k}"), 1)]),
+            )
+            .await
+            .expect("the writer does not wait for changes being written back")
+            .unwrap();
+        }
+        go.send(()).unwrap();
+        store.close().await.unwrap();
+        assert!(store.overlay().is_empty());
+        assert_eq!(store.count_states(), n + 3);
+    }
+
+    /// A crash part way through a write-back (some of its batches in sled,
+    /// the materialised position not yet moved) replays to exactly the
+    /// state of a run without the crash.
+    #[tokio::test]
+    async fn a_crash_part_way_through_a_write_back_replays_to_the_same_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let live_path = dir.path().join("live");
+        let crashed_path = dir.path().join("crashed");
+        let store = Store::open(&live_path, Default::default()).unwrap();
+        store.inner.hold_write_back.store(true, Ordering::Release);
+        // More writes than one batch of a write-back holds, with clients
+        // that change again, are deleted, and fail to connect.
+        let clients = super::WRITE_BACK_SLICE + 100;
+        let connects = (0..clients)
+            .map(|i| connect(&format!("d:o:t:c{i:05}"), 1))
+            .collect();
+        store.commit_events(connects).await.unwrap();
+        store
+            .commit_events(
+                (0..clients)
+                    .step_by(3)
+                    .map(|i| disconnect(&format!("d:o:t:c{i:05}"), 1))
+                    .collect(),
+            )
+            .await
+            .unwrap();
+        store
+            .delete_state(ClientId::new("d:o:t:c00004").unwrap())
+            .await
+            .unwrap();
+        store
+            .commit_events(vec![failed("d:o:t:c00005", 2), connect("d:o:t:c00006", 2)])
+            .await
+            .unwrap();
+        let before = store.materialised_revision();
+
+        // The first batch of the write-back reaches the disk; then the crash.
+        let (batches, _) = store.overlay().write_back_batches(&store.inner.db).unwrap();
+        assert!(batches.len() > 2, "{} batches", batches.len());
+        let first = batches.into_iter().next().unwrap();
+        store.inner.db.apply_batch(first).unwrap();
+        store.inner.db.flush().unwrap();
+        assert_eq!(
+            super::stored_position(&store.inner.db).unwrap(),
+            Some(before),
+            "the materialised position moves with the last batch only"
+        );
+        copy_dir(&live_path, &crashed_path);
+
+        store.inner.hold_write_back.store(false, Ordering::Release);
+        let index = store.inner.index.all_keys();
+        store.close().await.unwrap();
+        let expected = dump(&store);
+
+        let replayed = Store::open(&crashed_path, Default::default()).unwrap();
+        assert_eq!(replayed.materialised_revision(), store.committed_revision());
+        assert_eq!(dump(&replayed), expected);
+        assert_eq!(replayed.inner.index.all_keys(), index);
+        replayed.close().await.unwrap();
     }
 
     /// A fixed time, `secs` after a base: the same in every run.

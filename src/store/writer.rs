@@ -46,6 +46,13 @@ pub(super) enum Command {
         settings: Settings,
         ack: Ack,
     },
+    /// Every client connected through `broker` ends by `cause`
+    /// ([`Store::end_connected`]).
+    EndBroker {
+        broker: String,
+        cause: crate::domain::DisconnectCause,
+        ack: Ack,
+    },
     /// A write of the replicated log ([`Store::apply`]).
     Apply {
         write: Write,
@@ -65,6 +72,13 @@ pub(super) enum Command {
     Shutdown {
         ack: Ack,
     },
+}
+
+/// The commit time of a change made now, in milliseconds as the change log
+/// keeps it: a watcher hears the same time whether a change reaches it live
+/// or read back from the log.
+fn commit_time() -> Timestamp {
+    crate::domain::truncate_to_millis(Utc::now())
 }
 
 /// Keys deleted per batch when clearing all data.
@@ -105,6 +119,10 @@ pub(super) struct Writer {
     /// scanning a large batch (and nothing kept for the other changes).
     client_changes: HashMap<ClientId, Vec<usize>>,
     acks: Vec<(Ack, Result<Revision, StoreError>)>,
+    /// Committed records the running command has read already (ending a
+    /// broker reads each record to make its disconnect), so that applying
+    /// its events does not read them again. Empty between commands.
+    read: HashMap<ClientId, ConnectionState>,
     /// The open batch holds metadata to write even with no change.
     meta_pending: bool,
     /// How far the replicated log is applied: durably, and in the open
@@ -123,6 +141,7 @@ impl Writer {
             changes: Vec::new(),
             client_changes: HashMap::new(),
             acks: Vec::new(),
+            read: HashMap::new(),
             meta_pending: false,
             replica: None,
         }
@@ -155,11 +174,11 @@ impl Writer {
                 }
             }
             self.commit();
-            let held = self.store.overlay().changes;
-            if held >= overlay::WRITE_BACK_CHANGES {
+            let waiting = self.store.overlay_waiting();
+            if waiting >= overlay::WRITE_BACK_CHANGES {
                 self.store.inner.pacer.wake();
             }
-            if held >= overlay::MAX_CHANGES {
+            if waiting >= overlay::MAX_CHANGES {
                 self.store.wait_for_write_back();
             }
         }
@@ -170,6 +189,7 @@ impl Writer {
         if let Some(refusal) = self.store.recording().refusal() {
             let ack = match command {
                 Command::Events { ack, .. }
+                | Command::EndBroker { ack, .. }
                 | Command::Delete { ack, .. }
                 | Command::PutSettings { ack, .. }
                 | Command::Apply { ack, .. } => ack,
@@ -187,7 +207,7 @@ impl Writer {
         }
         match command {
             Command::Events { events, ack } => {
-                let result = self.apply_events(&events, Utc::now());
+                let result = self.apply_events(&events, commit_time());
                 self.acks.push((ack, result));
             }
             Command::Apply {
@@ -236,11 +256,17 @@ impl Writer {
                 self.meta_pending = true;
                 self.acks.push((ack, result));
             }
+            Command::EndBroker { broker, cause, ack } => {
+                // The records as committed, read once each.
+                self.commit();
+                let result = self.end_broker_in_commits(&broker, &cause, commit_time());
+                self.acks.push((ack, result));
+            }
             Command::Delete { client, ack } => {
                 // Deleting scans the client's log: commit the open batch
                 // first so the scan sees everything.
                 self.commit();
-                let result = self.delete(&client, Utc::now());
+                let result = self.delete(&client, commit_time());
                 self.acks.push((ack, result));
             }
             Command::PutSettings { settings, ack } => {
@@ -275,7 +301,10 @@ impl Writer {
     fn current(&self, client: &ClientId) -> Result<Option<ConnectionState>, StoreError> {
         match self.touched.get(client) {
             Some(t) => Ok(t.after.clone()),
-            None => self.store.get_state(client),
+            None => match self.read.get(client) {
+                Some(state) => Ok(Some(state.clone())),
+                None => self.store.get_state(client),
+            },
         }
     }
 
@@ -488,22 +517,56 @@ impl Writer {
         cause: &crate::domain::DisconnectCause,
         at: Timestamp,
     ) -> Result<Revision, StoreError> {
-        let events = self.connected_through(broker, cause, at)?;
+        let (events, _) = self.connected_through(broker, cause, at)?;
         if events.is_empty() {
             return Ok(self.revision);
         }
         self.apply_events(&events, at)
     }
 
+    /// [`Writer::end_broker`] in group commits of at most the usual size
+    /// (a commit is one record of the change log, read whole by whoever
+    /// replays it), the last one left open for the caller's acknowledgement.
+    fn end_broker_in_commits(
+        &mut self,
+        broker: &str,
+        cause: &crate::domain::DisconnectCause,
+        at: Timestamp,
+    ) -> Result<Revision, StoreError> {
+        let (events, states) = self.connected_through(broker, cause, at)?;
+        let mut last = self.revision;
+        let mut states = states.into_iter();
+        let mut chunks = events.chunks(self.max_batch_events).peekable();
+        while let Some(events) = chunks.next() {
+            self.read = events
+                .iter()
+                .map(|e| e.client_id.clone())
+                .zip(states.by_ref())
+                .collect();
+            let applied = self.apply_events(events, at);
+            self.read.clear();
+            last = applied?;
+            if chunks.peek().is_some() {
+                self.commit();
+                if let Some(refusal) = self.store.recording().refusal() {
+                    return Err(refusal);
+                }
+            }
+        }
+        Ok(last)
+    }
+
     /// A disconnect by `cause` for every client recorded as connected
-    /// through `broker`, in client id order.
+    /// through `broker`, in client id order, with the record it was made
+    /// from.
     fn connected_through(
         &self,
         broker: &str,
         cause: &crate::domain::DisconnectCause,
         at: Timestamp,
-    ) -> Result<Vec<LifecycleEvent>, StoreError> {
+    ) -> Result<(Vec<LifecycleEvent>, Vec<ConnectionState>), StoreError> {
         let mut events = Vec::new();
+        let mut states = Vec::new();
         let broker_name: Arc<str> = Arc::from(broker);
         let mut clients = self.store.connected_clients()?;
         clients.sort();
@@ -525,8 +588,9 @@ impl Writer {
                 )),
                 client_id: client,
             });
+            states.push(state);
         }
-        Ok(events)
+        Ok((events, states))
     }
 
     fn delete(
@@ -617,7 +681,7 @@ impl Writer {
             client_id: None,
             state: None,
             log_entry: None,
-            commit_time: Utc::now(),
+            commit_time: commit_time(),
             wire: WireForms::default(),
         }));
         self.batch.remove(keys::META_CLEARING);
@@ -695,6 +759,10 @@ impl Writer {
                 }
             }
         }
+        // In key order: consecutive searches walk mostly the same nodes,
+        // still in the cache.
+        added.sort_unstable();
+        removed.sort_unstable();
         let index = &self.store.inner.index;
         index.insert_all(added.iter().cloned());
 

@@ -19,20 +19,13 @@ use std::{
     time::Duration,
 };
 
-use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    domain::{
-        ClientId, ConnectionStatus, DisconnectCause, EMBEDDED_BROKER, EventKind, LifecycleEvent,
-        Revision, truncate_to_millis,
-    },
+    domain::{ClientId, DisconnectCause, EMBEDDED_BROKER, EventKind, LifecycleEvent, Revision},
     metrics::Metrics,
     store::{Store, StoreError},
 };
-
-/// Clients recovered per store commit at start-up.
-const RECOVERY_CHUNK: usize = 5000;
 
 /// Disk space one recovered client takes, generously: its state record, its
 /// log entry and its change in the feed (about 1 KiB together), times the
@@ -185,37 +178,17 @@ impl Tracker {
         if !self.store.settings().enabled {
             return Ok(0);
         }
-        // One read of each record: what its disconnect needs, kept small.
-        let mut events = Vec::new();
-        for client in self.store.connected_clients()? {
-            let Some(state) = self.store.get_state(&client)? else {
-                continue;
-            };
-            if state.status != ConnectionStatus::Connected || state.broker != EMBEDDED_BROKER {
-                continue;
-            }
-            events.push(LifecycleEvent {
-                client_id: client,
-                time: state.last_activity_time,
-                connection_id: state.connection_id,
-                broker: Arc::from(EMBEDDED_BROKER),
-                kind: EventKind::Disconnected(DisconnectCause::ServerRestarted),
-                peer: Some(std::net::SocketAddr::new(
-                    state.connection.addr,
-                    state.connection.port,
-                )),
-            });
-        }
-        if events.is_empty() {
+        // Recovery writes a little per client and is never allowed to take
+        // the disk below the store's reserve: check first (for every
+        // connected client, an upper bound), and say how much it needs
+        // rather than fill the disk half way.
+        let connected = self.store.connected_clients()?.len();
+        if connected == 0 {
             return Ok(0);
         }
-        // Recovery writes a little per client and is never allowed to take
-        // the disk below the store's reserve: check first, and say how much
-        // it needs rather than fill the disk half way.
-        let recovered = events.len();
-        let needed = recovered as u64 * RECOVERY_BYTES_PER_CLIENT;
+        let needed = connected as u64 * RECOVERY_BYTES_PER_CLIENT;
         let no_space = |free: u64| StoreError::RecoveryNeedsSpace {
-            clients: recovered,
+            clients: connected,
             needed,
             free,
             reserve: self.store.min_free_bytes(),
@@ -225,29 +198,18 @@ impl Tracker {
         if free < needed.saturating_add(self.store.min_free_bytes()) {
             return Err(no_space(free));
         }
-        let now = truncate_to_millis(Utc::now());
-        for event in &mut events {
-            event.time = now.max(event.time);
-        }
-        // Every chunk is handed to the writer at once (it groups them into
-        // large commits); then each answer is awaited in order.
-        let mut pending = Vec::new();
-        let mut rest = events;
-        while !rest.is_empty() {
-            let tail = rest.split_off(rest.len().min(RECOVERY_CHUNK));
-            let store = self.store.clone();
-            let chunk = std::mem::replace(&mut rest, tail);
-            pending.push(tokio::spawn(
-                async move { store.commit_events(chunk).await },
-            ));
-        }
-        for commit in pending {
-            match commit.await.map_err(|_| StoreError::Failed)? {
-                Ok(_) => {}
-                Err(StoreError::StorageFull { free, .. }) => return Err(no_space(free)),
-                Err(e) => return Err(e),
-            }
-        }
+        // Nothing else writes before the server serves: the revisions the
+        // recovery adds are its clients.
+        let before = self.store.committed_revision();
+        let recovered = match self
+            .store
+            .end_connected(EMBEDDED_BROKER, DisconnectCause::ServerRestarted)
+            .await
+        {
+            Ok(revision) => revision.saturating_sub(before) as usize,
+            Err(StoreError::StorageFull { free, .. }) => return Err(no_space(free)),
+            Err(e) => return Err(e),
+        };
         Ok(recovered)
     }
 }
