@@ -236,6 +236,10 @@ fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
 /// Opens a crashed store and records its clients left connected, as a
 /// server start does before it reports SERVING; prints how long each took.
 async fn restart_after_crash(dir: &Path, what: &str) -> anyhow::Result<()> {
+    // The copy of the data just made is still being written to the disk:
+    // let it land first, or the restart's flushes queue behind gigabytes
+    // that a real restart would not find.
+    std::process::Command::new("sync").status()?;
     let started = Instant::now();
     let store = Store::open(dir, StoreOptions::default())?;
     let open = started.elapsed();

@@ -65,6 +65,54 @@ pub(super) fn keys_of(state: &ConnectionState) -> Vec<Box<[u8]>> {
     )
 }
 
+/// The index keys that differ between two versions of one client's record
+/// (`None`: no record): the old version's go to `removed`, the new one's to
+/// `added`. Only the fields that changed are made into keys.
+pub(super) fn changed_keys(
+    before: Option<&ConnectionState>,
+    after: Option<&ConnectionState>,
+    added: &mut Vec<Box<[u8]>>,
+    removed: &mut Vec<Box<[u8]>>,
+) {
+    let (b, a) = match (before, after) {
+        (None, None) => return,
+        (None, Some(a)) => return added.extend(keys_of(a)),
+        (Some(b), None) => return removed.extend(keys_of(b)),
+        (Some(b), Some(a)) => (b, a),
+    };
+    debug_assert_eq!(b.client_id, a.client_id, "one client's record");
+    let client = &a.client_id;
+    let ms = |t: crate::domain::Timestamp| Some(t.timestamp_millis());
+    let times = [
+        (
+            keys::BY_ACTIVITY,
+            ms(b.last_activity_time),
+            ms(a.last_activity_time),
+        ),
+        (
+            keys::BY_CONNECT,
+            ms(b.last_connect_time),
+            ms(a.last_connect_time),
+        ),
+        (
+            keys::BY_DISCONNECT,
+            b.last_disconnect_time().and_then(ms),
+            a.last_disconnect_time().and_then(ms),
+        ),
+    ];
+    for (prefix, old, new) in times {
+        if old != new {
+            removed.push(keys::time_index_ms(prefix, old, client).into());
+            added.push(keys::time_index_ms(prefix, new, client).into());
+        }
+    }
+    if b.status != a.status {
+        removed.push(keys::status_index(b.status, client).into());
+        added.push(keys::status_index(a.status, client).into());
+    }
+    // The type key is made of the client id alone: it never changes.
+}
+
 /// The index keys of a stored record, decoding only what they need.
 pub(super) fn keys_of_stored(bytes: &[u8]) -> Result<Vec<Box<[u8]>>, StoreError> {
     let f: codec::IndexedFields = codec::decode(bytes)?;

@@ -313,7 +313,8 @@ struct Inner {
     overlay: RwLock<overlay::Overlay>,
     /// The newest revision written back to sled.
     materialised: AtomicU64,
-    /// Keeps the overlay in memory (tests of the crash replay).
+    /// Keeps the overlay in memory: while the writer ends every client of a
+    /// broker at once, and in tests of the crash replay.
     hold_write_back: AtomicBool,
     /// The changes the write-back in progress is writing (0 between them).
     writing_back: AtomicUsize,

@@ -103,6 +103,31 @@ pub(super) struct Overlay {
     epoch: u64,
 }
 
+/// The state record and log entry of each change of a commit, encoded as
+/// sled will hold them (`None` where the change has none, or the overlay
+/// does not keep it).
+pub(super) struct Encoded(Vec<Records>);
+
+/// One change's encoded state record and log entry.
+type Records = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+impl Encoded {
+    pub(super) fn of(changes: &[Arc<Change>]) -> Encoded {
+        Encoded(
+            changes
+                .iter()
+                .map(|change| match (change.kind, &change.client_id) {
+                    (ChangeKind::AllDeleted | ChangeKind::Deleted, _) | (_, None) => (None, None),
+                    _ => (
+                        change.state.as_ref().map(codec::encode_state),
+                        change.log_entry.as_ref().map(codec::encode_log),
+                    ),
+                })
+                .collect(),
+        )
+    }
+}
+
 /// What one write-back took from the overlay, to trim exactly that from it
 /// once sled holds it.
 pub(super) struct Written {
@@ -131,11 +156,17 @@ impl Overlay {
 
     /// Adds the changes of one commit (oldest first).
     pub(super) fn add_commit(&mut self, changes: &[Arc<Change>]) {
+        self.add_encoded(changes, Encoded::of(changes));
+    }
+
+    /// [`Overlay::add_commit`] with the records already encoded (which
+    /// needs no lock, and can be done beside the log's append).
+    pub(super) fn add_encoded(&mut self, changes: &[Arc<Change>], encoded: Encoded) {
         let (Some(first), Some(last)) = (changes.first(), changes.last()) else {
             return;
         };
         let mut refs = Vec::new();
-        for change in changes {
+        for (change, (state_record, log_record)) in changes.iter().zip(encoded.0) {
             self.changes += 1;
             match (change.kind, &change.client_id) {
                 (ChangeKind::AllDeleted, _) => {
@@ -162,15 +193,12 @@ impl Overlay {
                     self.deleted.insert(client.clone(), change.revision);
                 }
                 (_, Some(client)) => {
-                    if let Some(state) = &change.state {
-                        self.states
-                            .insert(keys::state(client), Some(codec::encode_state(state)));
+                    if let Some(record) = state_record {
+                        self.states.insert(keys::state(client), Some(record));
                     }
-                    if let Some(entry) = &change.log_entry {
-                        self.logs.insert(
-                            keys::client_log(client, change.revision),
-                            codec::encode_log(entry),
-                        );
+                    if let Some(entry) = log_record {
+                        self.logs
+                            .insert(keys::client_log(client, change.revision), entry);
                         refs.push(codec::LogRef {
                             revision: change.revision,
                             client_id: client.as_str().to_owned(),

@@ -81,6 +81,36 @@ fn commit_time() -> Timestamp {
     crate::domain::truncate_to_millis(Utc::now())
 }
 
+/// Changes from which a group commit appends to the log on a thread of its
+/// own, beside the rest of its work.
+const PARALLEL_COMMIT: usize = 1024;
+
+/// Changes per group commit when a broker's clients are all ended at once
+/// (at least): each commit waits for its flush, and there is nothing else
+/// to group them with.
+const END_BROKER_COMMIT: usize = 32 * 1024;
+
+/// Records from which [`Writer::read_states`] reads on several threads.
+const PARALLEL_READS: usize = 4096;
+
+/// Index keys.
+type Keys = Vec<Box<[u8]>>;
+
+/// The index keys a commit adds and removes.
+fn index_changes(touched: &HashMap<ClientId, Touched>) -> (Keys, Keys) {
+    let mut added = Vec::new();
+    let mut removed = Vec::new();
+    for t in touched.values() {
+        index::changed_keys(
+            t.before.as_ref(),
+            t.after.as_ref(),
+            &mut added,
+            &mut removed,
+        );
+    }
+    (added, removed)
+}
+
 /// Keys deleted per batch when clearing all data.
 const CLEAR_CHUNK: usize = 10_000;
 
@@ -98,8 +128,9 @@ struct Staged {
     revision: Revision,
     changes: usize,
     /// Each client it touched, as the batch had it before (`None`: not
-    /// touched before).
-    touched: HashMap<ClientId, Option<Touched>>,
+    /// touched before), in the order touched (a client touched twice is
+    /// here twice; taken back in reverse, the first one wins).
+    touched: Vec<(ClientId, Option<Touched>)>,
 }
 
 pub(super) struct Writer {
@@ -298,11 +329,11 @@ impl Writer {
         self.changes.push(Arc::new(change));
     }
 
-    fn current(&self, client: &ClientId) -> Result<Option<ConnectionState>, StoreError> {
+    fn current(&mut self, client: &ClientId) -> Result<Option<ConnectionState>, StoreError> {
         match self.touched.get(client) {
             Some(t) => Ok(t.after.clone()),
-            None => match self.read.get(client) {
-                Some(state) => Ok(Some(state.clone())),
+            None => match self.read.remove(client) {
+                Some(state) => Ok(Some(state)),
                 None => self.store.get_state(client),
             },
         }
@@ -315,10 +346,12 @@ impl Writer {
         before: Option<ConnectionState>,
         after: Option<ConnectionState>,
     ) {
-        self.touched
-            .entry(client.clone())
-            .and_modify(|t| t.after = after.clone())
-            .or_insert(Touched { before, after });
+        match self.touched.entry(client.clone()) {
+            std::collections::hash_map::Entry::Occupied(mut t) => t.get_mut().after = after,
+            std::collections::hash_map::Entry::Vacant(t) => {
+                t.insert(Touched { before, after });
+            }
+        }
     }
 
     /// Applies one command's events, all or nothing: when one fails, the
@@ -336,8 +369,9 @@ impl Writer {
         let mut staged = Staged {
             revision: self.revision,
             changes: self.changes.len(),
-            touched: HashMap::new(),
+            touched: Vec::new(),
         };
+        self.touched.reserve(events.len());
         match self.stage_events(events, &mut staged, commit_time) {
             Ok(last) => Ok(last),
             Err(e) => {
@@ -351,7 +385,7 @@ impl Writer {
                         }
                     }
                 }
-                for (client, touched) in staged.touched {
+                for (client, touched) in staged.touched.into_iter().rev() {
                     match touched {
                         Some(t) => self.touched.insert(client, t),
                         None => self.touched.remove(&client),
@@ -381,18 +415,22 @@ impl Writer {
             }
             self.revision = revision;
             last = revision;
-            if let Some(state) = &outcome.state {
-                staged
-                    .touched
-                    .entry(event.client_id.clone())
-                    .or_insert_with(|| self.touched.get(&event.client_id).cloned());
-                self.touch(&event.client_id, current.clone(), Some(state.clone()));
-            }
+            let state = match outcome.state {
+                Some(state) => {
+                    staged.touched.push((
+                        event.client_id.clone(),
+                        self.touched.get(&event.client_id).cloned(),
+                    ));
+                    self.touch(&event.client_id, current, Some(state.clone()));
+                    Some(state)
+                }
+                None => current,
+            };
             self.push_change(Change {
                 revision,
                 kind: outcome.kind,
                 client_id: Some(event.client_id.clone()),
-                state: outcome.state.or(current),
+                state,
                 log_entry: outcome.log_entry,
                 commit_time,
                 wire: WireForms::default(),
@@ -524,9 +562,13 @@ impl Writer {
         self.apply_events(&events, at)
     }
 
-    /// [`Writer::end_broker`] in group commits of at most the usual size
-    /// (a commit is one record of the change log, read whole by whoever
-    /// replays it), the last one left open for the caller's acknowledgement.
+    /// [`Writer::end_broker`] in group commits of [`END_BROKER_COMMIT`]
+    /// changes (a commit is one record of the change log, read whole by
+    /// whoever replays it), the last one left open for the caller's
+    /// acknowledgement. The write-back waits until they are all committed:
+    /// the writer has both cores to itself meanwhile (a start-up recovery
+    /// takes a few seconds), and what it committed is written back behind
+    /// it, while the server already serves.
     fn end_broker_in_commits(
         &mut self,
         broker: &str,
@@ -534,9 +576,34 @@ impl Writer {
         at: Timestamp,
     ) -> Result<Revision, StoreError> {
         let (events, states) = self.connected_through(broker, cause, at)?;
+        let held = self
+            .store
+            .inner
+            .hold_write_back
+            .swap(true, std::sync::atomic::Ordering::AcqRel);
+        let result = self.end_in_commits(events, states, at);
+        if !held {
+            self.store
+                .inner
+                .hold_write_back
+                .store(false, std::sync::atomic::Ordering::Release);
+            self.store.inner.pacer.wake();
+        }
+        result
+    }
+
+    /// Applies `events` (with the records they were made from) in commits
+    /// of [`END_BROKER_COMMIT`], the last one left open.
+    fn end_in_commits(
+        &mut self,
+        events: Vec<LifecycleEvent>,
+        states: Vec<ConnectionState>,
+        at: Timestamp,
+    ) -> Result<Revision, StoreError> {
         let mut last = self.revision;
         let mut states = states.into_iter();
-        let mut chunks = events.chunks(self.max_batch_events).peekable();
+        let size = self.max_batch_events.max(END_BROKER_COMMIT);
+        let mut chunks = events.chunks(size).peekable();
         while let Some(events) = chunks.next() {
             self.read = events
                 .iter()
@@ -570,8 +637,9 @@ impl Writer {
         let broker_name: Arc<str> = Arc::from(broker);
         let mut clients = self.store.connected_clients()?;
         clients.sort();
-        for client in clients {
-            let Some(state) = self.store.get_state(&client)? else {
+        let read = self.read_states(&clients)?;
+        for (client, state) in clients.into_iter().zip(read) {
+            let Some(state) = state else {
                 continue;
             };
             if state.status != ConnectionStatus::Connected || state.broker != broker {
@@ -591,6 +659,34 @@ impl Writer {
             states.push(state);
         }
         Ok((events, states))
+    }
+
+    /// The committed records of `clients`, in order. Reads are independent
+    /// of each other: a long list (every client a crash left connected) is
+    /// read on as many threads as there are cores.
+    fn read_states(
+        &self,
+        clients: &[ClientId],
+    ) -> Result<Vec<Option<ConnectionState>>, StoreError> {
+        let store = &self.store;
+        let read = |part: &[ClientId]| -> Result<Vec<_>, StoreError> {
+            part.iter().map(|client| store.get_state(client)).collect()
+        };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if threads < 2 || clients.len() < PARALLEL_READS {
+            return read(clients);
+        }
+        std::thread::scope(|scope| {
+            let parts: Vec<_> = clients
+                .chunks(clients.len().div_ceil(threads))
+                .map(|part| scope.spawn(move || read(part)))
+                .collect();
+            let mut states = Vec::with_capacity(clients.len());
+            for part in parts {
+                states.extend(part.join().map_err(|_| StoreError::Failed)??);
+            }
+            Ok(states)
+        })
     }
 
     fn delete(
@@ -741,43 +837,40 @@ impl Writer {
             return;
         }
 
-        // New index keys go in before the records change, old ones out
-        // after: a reader always finds the key matching the record it reads.
-        let mut added = Vec::new();
-        let mut removed = Vec::new();
-        for t in touched.values() {
-            let before = t.before.as_ref().map(index::keys_of);
-            let after = t.after.as_ref().map(index::keys_of);
-            for key in after.iter().flatten() {
-                if !before.iter().flatten().any(|k| k == key) {
-                    added.push(key.clone());
-                }
-            }
-            for key in before.iter().flatten() {
-                if !after.iter().flatten().any(|k| k == key) {
-                    removed.push(key.clone());
-                }
-            }
-        }
-        // In key order: consecutive searches walk mostly the same nodes,
-        // still in the cache.
-        added.sort_unstable();
-        removed.sort_unstable();
+        // New index keys go in before the records change (when the commit
+        // reaches the overlay, once durable), old ones out after: a reader
+        // always finds the key matching the record it reads.
         let index = &self.store.inner.index;
-        index.insert_all(added.iter().cloned());
-
+        let log = &self.store.inner.log;
         let started = std::time::Instant::now();
         self.store
             .inner
             .readable
             .store(self.revision, std::sync::atomic::Ordering::Release);
         // The log appends the feed record and the committed revision (with
-        // the commit's metadata in the same atomic batch) and flushes.
+        // the commit's metadata in the same atomic batch) and flushes. A
+        // large commit appends on a thread of its own while this one works
+        // out the index keys and encodes the overlay's records.
         let changes: super::CommittedBatch = Arc::new(changes);
-        let durable = self.store.inner.log.append_with(&changes, batch);
+        let (durable, (added, removed), encoded) = if changes.len() >= PARALLEL_COMMIT {
+            let changes = &changes;
+            std::thread::scope(|scope| {
+                let append = scope.spawn(move || log.append_with(changes, batch));
+                let keys = index_changes(&touched);
+                index.insert_all(keys.0.iter().cloned());
+                let encoded = overlay::Encoded::of(changes);
+                let durable = append.join().unwrap_or(Err(StoreError::Failed));
+                (durable, keys, Some(encoded))
+            })
+        } else {
+            let keys = index_changes(&touched);
+            index.insert_all(keys.0.iter().cloned());
+            (log.append_with(&changes, batch), keys, None)
+        };
         match durable {
             Ok(_) => {
-                self.store.overlay_mut().add_commit(&changes);
+                let encoded = encoded.unwrap_or_else(|| overlay::Encoded::of(&changes));
+                self.store.overlay_mut().add_encoded(&changes, encoded);
                 index.remove_all(&removed);
                 self.count(&changes, &touched, started.elapsed());
                 self.store
