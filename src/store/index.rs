@@ -34,6 +34,9 @@ use crate::domain::{ClientId, ConnectionState, ConnectionStatus};
 /// Keys a reader copies per lock.
 const CHUNK: usize = 256;
 
+/// Keys a checkpoint copies per lock.
+const SNAPSHOT_RUN: usize = 16 * 1024;
+
 #[derive(Default)]
 pub(super) struct StateIndex {
     keys: RwLock<BTreeSet<Box<[u8]>>>,
@@ -226,10 +229,31 @@ impl StateIndex {
         dir: &Path,
         revision: impl FnOnce() -> u64,
     ) -> std::io::Result<u64> {
-        let (revision, keys) = {
-            let keys = self.keys.read().expect("index lock");
-            (revision(), keys.iter().cloned().collect::<Vec<_>>())
-        };
+        // The stamp first, then the keys in runs, each under a short read
+        // lock (copying millions at once would hold the writer up for as
+        // long). A client changed while the keys are copied has a revision
+        // after the stamp: loading the snapshot makes its keys again from
+        // its record ([`StateIndex::refresh`]), whatever mix of them the
+        // copy caught.
+        let revision = revision();
+        let mut keys: Vec<Box<[u8]>> = Vec::new();
+        loop {
+            let after = keys.last().cloned();
+            let lock = self.keys.read().expect("index lock");
+            let from = match &after {
+                Some(last) => Bound::Excluded(&**last),
+                None => Bound::Unbounded,
+            };
+            let before = keys.len();
+            keys.extend(
+                lock.range::<[u8], _>((from, Bound::Unbounded))
+                    .take(SNAPSHOT_RUN)
+                    .cloned(),
+            );
+            if keys.len() - before < SNAPSHOT_RUN {
+                break;
+            }
+        }
         let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
         let file = std::fs::File::create(&tmp)?;
         let mut out = BufWriter::new(file);
@@ -360,6 +384,87 @@ mod tests {
                 assert_eq!(keys_of_stored(&stored).unwrap(), keys_of(&state), "{id}");
             }
         }
+    }
+
+    /// The keys a change adds and removes are exactly the difference
+    /// between the keys of the record before and after it.
+    #[test]
+    fn changed_keys_are_the_difference_of_the_records_keys() {
+        use std::collections::BTreeSet;
+
+        use crate::{
+            domain::{ActivityKind, ConnectionInfo, DisconnectCause, EventKind, LifecycleEvent},
+            rules,
+        };
+        let at = |s: i64| chrono::DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap();
+        for id in ["d:o:sensor:s1", "a:o:app", "plain-client"] {
+            let event = |conn, secs, kind| LifecycleEvent {
+                client_id: ClientId::new(id).unwrap(),
+                time: at(secs),
+                connection_id: conn,
+                broker: std::sync::Arc::from("t"),
+                kind,
+                peer: None,
+            };
+            let info = ConnectionInfo {
+                addr: "10.0.0.1".parse().unwrap(),
+                port: 1,
+                secure: false,
+                username: "u".into(),
+                protocol: None,
+                keep_alive: 30,
+                clean_session: true,
+            };
+            let kinds = [
+                (1, 0, EventKind::Connected(info.clone())),
+                (1, 5, EventKind::Activity(ActivityKind::Publish)),
+                (1, 9, EventKind::Disconnected(DisconnectCause::SocketClosed)),
+                (2, 20, EventKind::Connected(info)),
+            ];
+            let mut states = vec![None];
+            for (revision, (conn, secs, kind)) in kinds.into_iter().enumerate() {
+                let last = states.last().unwrap();
+                let next =
+                    rules::apply(last.as_ref(), &event(conn, secs, kind), revision as u64 + 1)
+                        .unwrap()
+                        .state;
+                states.push(next);
+            }
+            states.push(None);
+            for before in &states {
+                for after in &states {
+                    let (mut added, mut removed) = (Vec::new(), Vec::new());
+                    changed_keys(before.as_ref(), after.as_ref(), &mut added, &mut removed);
+                    let old: BTreeSet<_> = before.iter().flat_map(keys_of).collect();
+                    let new: BTreeSet<_> = after.iter().flat_map(keys_of).collect();
+                    assert_eq!(
+                        added.into_iter().collect::<BTreeSet<_>>(),
+                        new.difference(&old).cloned().collect(),
+                        "{id}: added"
+                    );
+                    assert_eq!(
+                        removed.into_iter().collect::<BTreeSet<_>>(),
+                        old.difference(&new).cloned().collect(),
+                        "{id}: removed"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A checkpoint copies the keys in runs; every key comes back.
+    #[test]
+    fn a_snapshot_of_many_runs_loads_every_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = StateIndex::default();
+        let all: Vec<Box<[u8]>> = (0..SNAPSHOT_RUN * 2 + 7)
+            .map(|i| format!("a{i:08}").into_bytes().into())
+            .collect();
+        index.insert_all(all.clone());
+        assert_eq!(index.save_snapshot(dir.path(), || 3).unwrap(), 3);
+        let loaded = StateIndex::default();
+        assert_eq!(loaded.load_snapshot(dir.path(), 3), Some(3));
+        assert_eq!(loaded.all_keys(), all);
     }
 
     #[test]
