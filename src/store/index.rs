@@ -342,44 +342,58 @@ fn parse_snapshot(bytes: &[u8]) -> Option<(u64, BTreeSet<Box<[u8]>>)> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn keys_from_stored_bytes_equal_keys_from_the_record() {
+    const IDS: [&str; 3] = ["d:o:sensor:s1", "a:o:app", "plain-client"];
+
+    /// The records `id` goes through: connected, active, disconnected,
+    /// connected again.
+    fn records_of(id: &str) -> Vec<ConnectionState> {
         use crate::{
-            domain::{ConnectionInfo, DisconnectCause, EventKind, LifecycleEvent},
+            domain::{ActivityKind, ConnectionInfo, DisconnectCause, EventKind, LifecycleEvent},
             rules,
         };
         let at = |s: i64| chrono::DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap();
-        for id in ["d:o:sensor:s1", "a:o:app", "plain-client"] {
-            let event = |conn, secs, kind| LifecycleEvent {
-                client_id: ClientId::new(id).unwrap(),
-                time: at(secs),
-                connection_id: conn,
-                broker: std::sync::Arc::from("t"),
-                kind,
-                peer: None,
-            };
-            let info = ConnectionInfo {
-                addr: "10.0.0.1".parse().unwrap(),
-                port: 1,
-                secure: false,
-                username: "u".into(),
-                protocol: None,
-                keep_alive: 30,
-                clean_session: true,
-            };
-            let connected = rules::apply(None, &event(1, 0, EventKind::Connected(info)), 1)
-                .unwrap()
-                .state
-                .unwrap();
-            let gone = rules::apply(
-                Some(&connected),
-                &event(1, 9, EventKind::Disconnected(DisconnectCause::SocketClosed)),
-                2,
+        let event = |conn, secs, kind| LifecycleEvent {
+            client_id: ClientId::new(id).unwrap(),
+            time: at(secs),
+            connection_id: conn,
+            broker: std::sync::Arc::from("t"),
+            kind,
+            peer: None,
+        };
+        let info = ConnectionInfo {
+            addr: "10.0.0.1".parse().unwrap(),
+            port: 1,
+            secure: false,
+            username: "u".into(),
+            protocol: None,
+            keep_alive: 30,
+            clean_session: true,
+        };
+        let kinds = [
+            (1, 0, EventKind::Connected(info.clone())),
+            (1, 5, EventKind::Activity(ActivityKind::Publish)),
+            (1, 9, EventKind::Disconnected(DisconnectCause::SocketClosed)),
+            (2, 20, EventKind::Connected(info)),
+        ];
+        let mut records: Vec<ConnectionState> = Vec::new();
+        for (revision, (conn, secs, kind)) in kinds.into_iter().enumerate() {
+            let next = rules::apply(
+                records.last(),
+                &event(conn, secs, kind),
+                revision as u64 + 1,
             )
             .unwrap()
             .state
             .unwrap();
-            for state in [connected, gone] {
+            records.push(next);
+        }
+        records
+    }
+
+    #[test]
+    fn keys_from_stored_bytes_equal_keys_from_the_record() {
+        for id in IDS {
+            for state in records_of(id) {
                 let stored = codec::encode_state(&state);
                 assert_eq!(keys_of_stored(&stored).unwrap(), keys_of(&state), "{id}");
             }
@@ -392,44 +406,9 @@ mod tests {
     fn changed_keys_are_the_difference_of_the_records_keys() {
         use std::collections::BTreeSet;
 
-        use crate::{
-            domain::{ActivityKind, ConnectionInfo, DisconnectCause, EventKind, LifecycleEvent},
-            rules,
-        };
-        let at = |s: i64| chrono::DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap();
-        for id in ["d:o:sensor:s1", "a:o:app", "plain-client"] {
-            let event = |conn, secs, kind| LifecycleEvent {
-                client_id: ClientId::new(id).unwrap(),
-                time: at(secs),
-                connection_id: conn,
-                broker: std::sync::Arc::from("t"),
-                kind,
-                peer: None,
-            };
-            let info = ConnectionInfo {
-                addr: "10.0.0.1".parse().unwrap(),
-                port: 1,
-                secure: false,
-                username: "u".into(),
-                protocol: None,
-                keep_alive: 30,
-                clean_session: true,
-            };
-            let kinds = [
-                (1, 0, EventKind::Connected(info.clone())),
-                (1, 5, EventKind::Activity(ActivityKind::Publish)),
-                (1, 9, EventKind::Disconnected(DisconnectCause::SocketClosed)),
-                (2, 20, EventKind::Connected(info)),
-            ];
-            let mut states = vec![None];
-            for (revision, (conn, secs, kind)) in kinds.into_iter().enumerate() {
-                let last = states.last().unwrap();
-                let next =
-                    rules::apply(last.as_ref(), &event(conn, secs, kind), revision as u64 + 1)
-                        .unwrap()
-                        .state;
-                states.push(next);
-            }
+        for id in IDS {
+            let mut states: Vec<Option<ConnectionState>> =
+                records_of(id).into_iter().map(Some).collect();
             states.push(None);
             for before in &states {
                 for after in &states {

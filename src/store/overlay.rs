@@ -611,6 +611,28 @@ mod tests {
         rebuilt.close().await.unwrap();
     }
 
+    /// Makes the next write-back pause once its batches are in sled (before
+    /// it trims the overlay), runs `before`, lets write-backs run and waits
+    /// until that one pauses. Sending on the answer lets it finish.
+    async fn pause_write_back(
+        store: &Store,
+        before: impl std::future::Future<Output = ()>,
+    ) -> std::sync::mpsc::Sender<()> {
+        let (applied_tx, applied) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel();
+        *store.inner.write_back_pause.lock().unwrap() = Some((applied_tx, go_rx));
+        before.await;
+        store.inner.hold_write_back.store(false, Ordering::Release);
+        store.inner.pacer.wake();
+        tokio::task::spawn_blocking(move || {
+            applied.recv_timeout(std::time::Duration::from_secs(60))
+        })
+        .await
+        .unwrap()
+        .expect("a write-back started");
+        go
+    }
+
     /// A client changed many times between two write-backs is written
     /// once, with its newest state and every log entry; a read while a
     /// write-back is in flight sees the newest state, and a commit made
@@ -643,15 +665,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let (applied_tx, applied) = std::sync::mpsc::channel();
-        let (go, go_rx) = std::sync::mpsc::channel();
-        *store.inner.write_back_pause.lock().unwrap() = Some((applied_tx, go_rx));
-        store.inner.hold_write_back.store(false, Ordering::Release);
-        store.inner.pacer.wake();
-        let applied = tokio::task::spawn_blocking(move || {
-            applied.recv_timeout(std::time::Duration::from_secs(10))
-        });
-        applied.await.unwrap().expect("a write-back started");
+        let go = pause_write_back(&store, async {}).await;
         let covered = store.committed_revision();
 
         // The write-back has put its batch into sled and not yet trimmed the
@@ -703,18 +717,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Default::default()).unwrap();
         let group = crate::store::StoreOptions::default().max_batch_events;
-        let (applied_tx, applied) = std::sync::mpsc::channel();
-        let (go, go_rx) = std::sync::mpsc::channel();
-        *store.inner.write_back_pause.lock().unwrap() = Some((applied_tx, go_rx));
-        store
-            .commit_events(vec![connect("d:o:t:first", 1)])
-            .await
-            .unwrap();
-        store.inner.pacer.wake();
-        let applied = tokio::task::spawn_blocking(move || {
-            applied.recv_timeout(std::time::Duration::from_secs(10))
-        });
-        applied.await.unwrap().expect("a write-back started");
+        let first = async {
+            store
+                .commit_events(vec![connect("d:o:t:first", 1)])
+                .await
+                .unwrap();
+        };
+        let go = pause_write_back(&store, first).await;
 
         let mut n = 0;
         while store.overlay().changes < super::MAX_CHANGES {
@@ -773,15 +782,7 @@ mod tests {
                 .collect();
             store.commit_events(events).await.unwrap();
         }
-        let (applied_tx, applied) = std::sync::mpsc::channel();
-        let (go, go_rx) = std::sync::mpsc::channel();
-        *store.inner.write_back_pause.lock().unwrap() = Some((applied_tx, go_rx));
-        store.inner.hold_write_back.store(false, Ordering::Release);
-        store.inner.pacer.wake();
-        let applied = tokio::task::spawn_blocking(move || {
-            applied.recv_timeout(std::time::Duration::from_secs(60))
-        });
-        applied.await.unwrap().expect("a write-back started");
+        let go = pause_write_back(&store, async {}).await;
         assert!(store.overlay().changes >= super::MAX_CHANGES);
 
         // Written (not yet trimmed): the writer does not wait for it.
