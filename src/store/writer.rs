@@ -97,13 +97,13 @@ const PARALLEL_READS: usize = 4096;
 type Keys = Vec<Box<[u8]>>;
 
 /// The index keys a commit adds and removes.
-fn index_changes(touched: &HashMap<ClientId, Touched>) -> (Keys, Keys) {
+fn index_changes(touched: &HashMap<ClientId, Touched>, changes: &[Arc<Change>]) -> (Keys, Keys) {
     let mut added = Vec::new();
     let mut removed = Vec::new();
     for t in touched.values() {
         index::changed_keys(
             t.before.as_ref(),
-            t.after.as_ref(),
+            t.after(changes),
             &mut added,
             &mut removed,
         );
@@ -118,7 +118,16 @@ const CLEAR_CHUNK: usize = 10_000;
 #[derive(Clone)]
 struct Touched {
     before: Option<ConnectionState>,
-    after: Option<ConnectionState>,
+    /// The position in the batch's changes of the newest change of the
+    /// client, whose state is the record as the batch leaves it (kept
+    /// there, not copied).
+    after: usize,
+}
+
+impl Touched {
+    fn after<'a>(&self, changes: &'a [Arc<Change>]) -> Option<&'a ConnectionState> {
+        changes.get(self.after).and_then(|c| c.state.as_ref())
+    }
 }
 
 /// What one command has done to the open batch so far, to take it back if
@@ -331,7 +340,7 @@ impl Writer {
 
     fn current(&mut self, client: &ClientId) -> Result<Option<ConnectionState>, StoreError> {
         match self.touched.get(client) {
-            Some(t) => Ok(t.after.clone()),
+            Some(t) => Ok(t.after(&self.changes).cloned()),
             None => match self.read.remove(client) {
                 Some(state) => Ok(Some(state)),
                 None => self.store.get_state(client),
@@ -340,12 +349,7 @@ impl Writer {
     }
 
     /// Records that the batch leaves `client` at `after`.
-    fn touch(
-        &mut self,
-        client: &ClientId,
-        before: Option<ConnectionState>,
-        after: Option<ConnectionState>,
-    ) {
+    fn touch(&mut self, client: &ClientId, before: Option<ConnectionState>, after: usize) {
         match self.touched.entry(client.clone()) {
             std::collections::hash_map::Entry::Occupied(mut t) => t.get_mut().after = after,
             std::collections::hash_map::Entry::Vacant(t) => {
@@ -421,7 +425,8 @@ impl Writer {
                         event.client_id.clone(),
                         self.touched.get(&event.client_id).cloned(),
                     ));
-                    self.touch(&event.client_id, current, Some(state.clone()));
+                    // The change below holds the state.
+                    self.touch(&event.client_id, current, self.changes.len());
                     Some(state)
                 }
                 None => current,
@@ -700,8 +705,9 @@ impl Writer {
         let Some(old) = self.store.get_state(client)? else {
             return Err(StoreError::NotFound);
         };
-        // The record and its log go when the deletion is written back.
-        self.touch(client, Some(old), None);
+        // The record and its log go when the deletion is written back; the
+        // deletion below has no state.
+        self.touch(client, Some(old), self.changes.len());
         self.revision += 1;
         self.push_change(Change {
             revision: self.revision,
@@ -856,14 +862,14 @@ impl Writer {
             let changes = &changes;
             std::thread::scope(|scope| {
                 let append = scope.spawn(move || log.append_with(changes, batch));
-                let keys = index_changes(&touched);
+                let keys = index_changes(&touched, changes);
                 index.insert_all(keys.0.iter().cloned());
                 let encoded = overlay::Encoded::of(changes);
                 let durable = append.join().unwrap_or(Err(StoreError::Failed));
                 (durable, keys, Some(encoded))
             })
         } else {
-            let keys = index_changes(&touched);
+            let keys = index_changes(&touched, &changes);
             index.insert_all(keys.0.iter().cloned());
             (log.append_with(&changes, batch), keys, None)
         };
@@ -948,12 +954,12 @@ impl Writer {
                 _ => {}
             }
         }
-        let connected = |s: &Option<ConnectionState>| {
-            s.as_ref()
-                .is_some_and(|s| s.status == crate::domain::ConnectionStatus::Connected)
+        let connected = |s: Option<&ConnectionState>| {
+            s.is_some_and(|s| s.status == crate::domain::ConnectionStatus::Connected)
         };
         for (client, t) in touched {
-            let delta = i64::from(connected(&t.after)) - i64::from(connected(&t.before));
+            let delta =
+                i64::from(connected(t.after(changes))) - i64::from(connected(t.before.as_ref()));
             if delta != 0 {
                 metrics.add_connected(client.kind().client_type(), delta);
             }
