@@ -1036,13 +1036,10 @@ impl Store {
         if self.inner.hold_write_back.load(Ordering::Acquire) {
             return Ok(());
         }
-        let (batches, written) = {
-            let overlay = self.overlay();
-            if overlay.is_empty() {
-                return Ok(());
-            }
-            overlay.write_back_batches(&self.inner.db)?
-        };
+        if self.overlay().is_empty() {
+            return Ok(());
+        }
+        let (batches, written) = overlay::write_back_batches(&self.inner.overlay, &self.inner.db)?;
         self.inner
             .writing_back
             .store(written.changes, Ordering::Release);

@@ -35,7 +35,8 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::Arc,
+    ops::Bound,
+    sync::{Arc, RwLock},
     time::Duration,
 };
 
@@ -96,6 +97,12 @@ pub(super) struct Overlay {
     pub(super) grown: Vec<ClientId>,
     /// The newest revision held (the materialised position when empty).
     pub(super) position: Revision,
+    /// The materialised position as the overlay knows it: moved when a
+    /// write-back trims what it wrote. Log batch records up to it are in
+    /// sled and no longer here; those after it are here, and may be in sled
+    /// too while a write-back is between its writing and its trim, so a
+    /// reader of sled's takes only those up to it.
+    pub(super) written: Revision,
     /// Changes held.
     pub(super) changes: usize,
     /// Counts the clearings of all data, which empty the overlay: a
@@ -146,6 +153,7 @@ impl Overlay {
     pub(super) fn new(position: Revision) -> Overlay {
         Overlay {
             position,
+            written: position,
             ..Overlay::default()
         }
     }
@@ -221,57 +229,6 @@ impl Overlay {
         self.position = last.revision;
     }
 
-    /// The sled batches that write the overlay back, in order, the last one
-    /// with the materialised position, and what they hold (for
-    /// [`Overlay::trim`]). Each holds at most [`WRITE_BACK_SLICE`] writes:
-    /// sled applies a batch under a lock every other write waits for, so a
-    /// large write-back in one batch would stall the writer's next commit
-    /// for as long as it takes.
-    pub(super) fn write_back_batches(
-        &self,
-        db: &sled::Db,
-    ) -> Result<(Vec<sled::Batch>, Written), StoreError> {
-        let mut slices = Slices::default();
-        for client in self.deleted.keys() {
-            for key in db.scan_prefix(keys::client_log_prefix(client)).keys() {
-                slices.next().remove(key?);
-            }
-        }
-        for (key, state) in &self.states {
-            match state {
-                Some(state) => slices.next().insert(key.as_slice(), state.as_slice()),
-                None => slices.next().remove(key.as_slice()),
-            }
-        }
-        for (key, entry) in &self.logs {
-            slices.next().insert(key.as_slice(), entry.as_slice());
-        }
-        for (first, record) in &self.log_batches {
-            slices.next().insert(
-                &keys::revision_key(keys::LOG_BATCH, *first),
-                record.encode_to_vec(),
-            );
-        }
-        slices
-            .next()
-            .insert(keys::META_MATERIALISED, &self.position.to_be_bytes());
-        let written = Written {
-            epoch: self.epoch,
-            position: self.position,
-            changes: self.changes,
-            states: self
-                .states
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            logs: self.logs.keys().cloned().collect(),
-            deleted: self.deleted.iter().map(|(c, r)| (c.clone(), *r)).collect(),
-            log_batches: self.log_batches.len(),
-            grown: self.grown.len(),
-        };
-        Ok((slices.done, written))
-    }
-
     /// Drops what a write-back wrote, now that sled holds it, and keeps
     /// what commits added meanwhile: a state only while it is still the one
     /// written (a newer one stays), a deletion only when no newer deletion
@@ -296,6 +253,7 @@ impl Overlay {
             }
         }
         self.log_batches.drain(..written.log_batches);
+        self.written = written.position;
         self.changes -= written.changes;
         self.grown.drain(..written.grown).collect()
     }
@@ -312,6 +270,103 @@ impl Overlay {
             return Ok(Some(Some(codec::decode_log(entry)?)));
         }
         Ok(self.deleted.contains_key(client).then_some(None))
+    }
+}
+
+/// The sled batches that write the overlay back, in order, the last one
+/// with the materialised position, and what they hold (for
+/// [`Overlay::trim`]). Each holds at most [`WRITE_BACK_SLICE`] writes: sled
+/// applies a batch under a lock every other write waits for, so a large
+/// write-back in one batch would stall the writer's next commit for as long
+/// as it takes. The records and entries are copied in runs, the overlay's
+/// lock taken per run, so that commits go on meanwhile (after a recovery
+/// the overlay holds hundreds of thousands of changes); a run may catch a
+/// state newer than the position, which is what a crash part way through a
+/// write-back leaves too, and the next write-back writes the same again.
+pub(super) fn write_back_batches(
+    overlay: &RwLock<Overlay>,
+    db: &sled::Db,
+) -> Result<(Vec<sled::Batch>, Written), StoreError> {
+    let (epoch, position, changes, deleted, log_batches, grown) = {
+        let o = overlay.read().expect("overlay lock");
+        (
+            o.epoch,
+            o.position,
+            o.changes,
+            o.deleted
+                .iter()
+                .map(|(c, r)| (c.clone(), *r))
+                .collect::<Vec<_>>(),
+            o.log_batches
+                .iter()
+                .map(|(first, record)| (*first, record.encode_to_vec()))
+                .collect::<Vec<_>>(),
+            o.grown.len(),
+        )
+    };
+    let states = copy_in_runs(overlay, |o| &o.states);
+    let logs = copy_in_runs(overlay, |o| &o.logs);
+    let mut slices = Slices::default();
+    for (client, _) in &deleted {
+        for key in db.scan_prefix(keys::client_log_prefix(client)).keys() {
+            slices.next().remove(key?);
+        }
+    }
+    for (key, state) in &states {
+        match state {
+            Some(state) => slices.next().insert(key.as_slice(), state.as_slice()),
+            None => slices.next().remove(key.as_slice()),
+        }
+    }
+    for (key, entry) in &logs {
+        slices.next().insert(key.as_slice(), entry.as_slice());
+    }
+    for (first, record) in &log_batches {
+        slices.next().insert(
+            &keys::revision_key(keys::LOG_BATCH, *first),
+            record.as_slice(),
+        );
+    }
+    slices
+        .next()
+        .insert(keys::META_MATERIALISED, &position.to_be_bytes());
+    let written = Written {
+        epoch,
+        position,
+        changes,
+        states,
+        logs: logs.into_iter().map(|(key, _)| key).collect(),
+        deleted,
+        log_batches: log_batches.len(),
+        grown,
+    };
+    Ok((slices.done, written))
+}
+
+/// Entries of the overlay map `map` picks, copied in key order in runs of
+/// [`WRITE_BACK_SLICE`], the lock taken per run.
+fn copy_in_runs<V: Clone>(
+    overlay: &RwLock<Overlay>,
+    map: impl Fn(&Overlay) -> &BTreeMap<Vec<u8>, V>,
+) -> Vec<(Vec<u8>, V)> {
+    let mut out: Vec<(Vec<u8>, V)> = Vec::new();
+    loop {
+        let after = out.last().map(|(key, _)| key.clone());
+        let o = overlay.read().expect("overlay lock");
+        let from = match &after {
+            Some(key) => Bound::Excluded(key.as_slice()),
+            None => Bound::Unbounded,
+        };
+        let before = out.len();
+        out.extend(
+            map(&o)
+                .range::<[u8], _>((from, Bound::Unbounded))
+                .take(WRITE_BACK_SLICE)
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        if out.len() - before < WRITE_BACK_SLICE {
+            return out;
+        }
     }
 }
 
@@ -801,6 +856,49 @@ mod tests {
         assert_eq!(store.count_states(), n + 3);
     }
 
+    /// Commits racing write-backs (each copying the overlay in runs while
+    /// commits go on) leave sled with exactly the newest record of every
+    /// client and every log entry, as reads saw them before the close.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commits_racing_write_backs_leave_exactly_the_newest_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        let clients = 3 * super::WRITE_BACK_SLICE;
+        let name = |i: usize| format!("d:o:t:c{i:05}");
+        for round in 0..12u64 {
+            let events = (0..clients)
+                .step_by(1 + round as usize % 3)
+                .map(|i| match round % 2 {
+                    0 => connect(&name(i), round + 1),
+                    _ => disconnect(&name(i), round),
+                })
+                .collect();
+            store.commit_events(events).await.unwrap();
+            store.inner.pacer.wake();
+        }
+        let ids: Vec<ClientId> = (0..clients)
+            .map(|i| ClientId::new(name(i)).unwrap())
+            .collect();
+        let states: Vec<_> = ids.iter().map(|c| store.get_state(c).unwrap()).collect();
+        let logs = store
+            .list_logs(None, &LogFilter::default(), 100_000, None, 1_000_000)
+            .unwrap()
+            .entries;
+        store.close().await.unwrap();
+        assert!(store.overlay().is_empty());
+        drop(store);
+
+        let reopened = Store::open(dir.path(), Default::default()).unwrap();
+        let stored: Vec<_> = ids.iter().map(|c| reopened.get_state(c).unwrap()).collect();
+        assert_eq!(stored, states);
+        let stored_logs = reopened
+            .list_logs(None, &LogFilter::default(), 100_000, None, 1_000_000)
+            .unwrap()
+            .entries;
+        assert_eq!(stored_logs, logs);
+        reopened.close().await.unwrap();
+    }
+
     /// A crash part way through a write-back (some of its batches in sled,
     /// the materialised position not yet moved) replays to exactly the
     /// state of a run without the crash.
@@ -838,7 +936,8 @@ mod tests {
         let before = store.materialised_revision();
 
         // The first batch of the write-back reaches the disk; then the crash.
-        let (batches, _) = store.overlay().write_back_batches(&store.inner.db).unwrap();
+        let (batches, _) =
+            super::write_back_batches(&store.inner.overlay, &store.inner.db).unwrap();
         assert!(batches.len() > 2, "{} batches", batches.len());
         let first = batches.into_iter().next().unwrap();
         store.inner.db.apply_batch(first).unwrap();

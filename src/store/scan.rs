@@ -362,7 +362,13 @@ impl Store {
             }
             None => {
                 let start = keys::revision_key(keys::LOG_BATCH, 0);
-                let end = keys::revision_key(keys::LOG_BATCH, below);
+                // Past what the overlay knows as written back, sled's
+                // records are the overlay's too (a write-back between its
+                // writing and its trim): read them there only.
+                let end = keys::revision_key(
+                    keys::LOG_BATCH,
+                    below.min(overlay.written.saturating_add(1)),
+                );
                 // The overlay's commits are newer than every one in sled.
                 let newer = overlay
                     .log_batches
