@@ -1065,7 +1065,7 @@ impl Store {
         }
         // Readers find the same state in sled as in the overlay from here.
         let position = written.position;
-        let grown = self.overlay_mut().trim(written);
+        let grown = overlay::trim_in_runs(&self.inner.overlay, written);
         self.inner.writing_back.store(0, Ordering::Release);
         self.inner.materialised.store(position, Ordering::Release);
         self.note_log_growth(grown);

@@ -343,6 +343,36 @@ pub(super) fn write_back_batches(
     Ok((slices.done, written))
 }
 
+/// [`Overlay::trim`] with the lock taken per run of [`WRITE_BACK_SLICE`]
+/// records and entries, so that commits and readers go on meanwhile (a
+/// record or entry that leaves the overlay is in sled already); the log
+/// batch records, deletions and counts go last, at once.
+pub(super) fn trim_in_runs(overlay: &RwLock<Overlay>, mut written: Written) -> Vec<ClientId> {
+    let states = std::mem::take(&mut written.states);
+    for run in states.chunks(WRITE_BACK_SLICE) {
+        let mut o = overlay.write().expect("overlay lock");
+        if o.epoch != written.epoch {
+            return Vec::new();
+        }
+        for (key, state) in run {
+            if o.states.get(key) == Some(state) {
+                o.states.remove(key);
+            }
+        }
+    }
+    let logs = std::mem::take(&mut written.logs);
+    for run in logs.chunks(WRITE_BACK_SLICE) {
+        let mut o = overlay.write().expect("overlay lock");
+        if o.epoch != written.epoch {
+            return Vec::new();
+        }
+        for key in run {
+            o.logs.remove(key);
+        }
+    }
+    overlay.write().expect("overlay lock").trim(written)
+}
+
 /// Entries of the overlay map `map` picks, copied in key order in runs of
 /// [`WRITE_BACK_SLICE`], the lock taken per run.
 fn copy_in_runs<V: Clone>(
