@@ -55,7 +55,7 @@ pub(super) const WRITE_BACK_CHANGES: usize = 16 * 1024;
 /// write-back before it takes more commands.
 pub(super) const MAX_CHANGES: usize = 4 * WRITE_BACK_CHANGES;
 
-/// Writes per sled batch of a write-back (see [`Overlay::write_back_batches`]).
+/// Writes per sled batch of a write-back (see [`write_back_batches`]).
 const WRITE_BACK_SLICE: usize = 1024;
 
 /// Sled batches of at most [`WRITE_BACK_SLICE`] writes each.

@@ -560,11 +560,29 @@ impl Writer {
         cause: &crate::domain::DisconnectCause,
         at: Timestamp,
     ) -> Result<Revision, StoreError> {
-        let (events, _) = self.connected_through(broker, cause, at)?;
+        let (events, states) = self.connected_through(broker, cause, at)?;
         if events.is_empty() {
             return Ok(self.revision);
         }
-        self.apply_events(&events, at)
+        self.apply_read(&events, states, at)
+    }
+
+    /// [`Writer::apply_events`] for events made from the committed records
+    /// `states` (one each, in order), which it then does not read again.
+    fn apply_read(
+        &mut self,
+        events: &[LifecycleEvent],
+        states: impl IntoIterator<Item = ConnectionState>,
+        at: Timestamp,
+    ) -> Result<Revision, StoreError> {
+        self.read = events
+            .iter()
+            .map(|e| e.client_id.clone())
+            .zip(states)
+            .collect();
+        let applied = self.apply_events(events, at);
+        self.read.clear();
+        applied
     }
 
     /// [`Writer::end_broker`] in group commits of [`END_BROKER_COMMIT`]
@@ -610,14 +628,7 @@ impl Writer {
         let size = self.max_batch_events.max(END_BROKER_COMMIT);
         let mut chunks = events.chunks(size).peekable();
         while let Some(events) = chunks.next() {
-            self.read = events
-                .iter()
-                .map(|e| e.client_id.clone())
-                .zip(states.by_ref())
-                .collect();
-            let applied = self.apply_events(events, at);
-            self.read.clear();
-            last = applied?;
+            last = self.apply_read(events, states.by_ref(), at)?;
             if chunks.peek().is_some() {
                 self.commit();
                 if let Some(refusal) = self.store.recording().refusal() {
@@ -858,20 +869,20 @@ impl Writer {
         // large commit appends on a thread of its own while this one works
         // out the index keys and encodes the overlay's records.
         let changes: super::CommittedBatch = Arc::new(changes);
-        let (durable, (added, removed), encoded) = if changes.len() >= PARALLEL_COMMIT {
+        let (durable, removed, encoded) = if changes.len() >= PARALLEL_COMMIT {
             let changes = &changes;
             std::thread::scope(|scope| {
                 let append = scope.spawn(move || log.append_with(changes, batch));
-                let keys = index_changes(&touched, changes);
-                index.insert_all(keys.0.iter().cloned());
+                let (added, removed) = index_changes(&touched, changes);
+                index.insert_all(added);
                 let encoded = overlay::Encoded::of(changes);
                 let durable = append.join().unwrap_or(Err(StoreError::Failed));
-                (durable, keys, Some(encoded))
+                (durable, removed, Some(encoded))
             })
         } else {
-            let keys = index_changes(&touched, &changes);
-            index.insert_all(keys.0.iter().cloned());
-            (log.append_with(&changes, batch), keys, None)
+            let (added, removed) = index_changes(&touched, &changes);
+            index.insert_all(added);
+            (log.append_with(&changes, batch), removed, None)
         };
         match durable {
             Ok(_) => {
@@ -892,7 +903,8 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, "store write failed; refusing further writes");
-                index.remove_all(&added);
+                // Rare: the keys it added are worked out again.
+                index.remove_all(&index_changes(&touched, &changes).0);
                 self.store.mark_failed();
                 self.revision = self.store.committed_revision();
                 self.replica = failed_at;
