@@ -47,12 +47,15 @@ async fn listeners_back_off_while_descriptors_run_out_and_recover() {
             assert!(held.len() < 1000, "the descriptor limit did not apply");
         }
         // When the server kept up, this side ran out first and nothing waits
-        // to be accepted: free a descriptor and spend it on one more
-        // connection, which the server then cannot accept.
+        // to be accepted: free a connection and spend every descriptor that
+        // frees (this side's, and the server's once it sees the close) on
+        // more connections, which the server then cannot accept.
         for _ in 0..3 {
             held.pop();
-            if let Ok(stream) = TcpStream::connect(server.mqtt).await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            while let Ok(stream) = TcpStream::connect(server.mqtt).await {
                 held.push(stream);
+                assert!(held.len() < 1000, "the descriptor limit did not apply");
             }
         }
         let exhausted = std::time::Instant::now();
