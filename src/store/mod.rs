@@ -323,11 +323,12 @@ struct Inner {
     /// Wakes the write-back thread, and the writer waiting for it.
     pacer: Arc<Pacer>,
     write_back_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// Stops the next write-back between applying its batch to sled and
-    /// trimming the overlay: it says so on the first channel and goes on
-    /// when the second one says so (tests of reads during a write-back).
+    /// Stops the next write-back at a step (once it has taken the
+    /// overlay's changes, or between applying its batches to sled and
+    /// trimming the overlay): it says so on the first channel and goes on
+    /// when the second one says so (tests of what goes on meanwhile).
     #[cfg(test)]
-    write_back_pause: Mutex<Option<WriteBackPause>>,
+    write_back_pause: Mutex<Option<(WriteBackStep, WriteBackPause)>>,
     /// Whether the indexes came from a checkpoint at open (rather than
     /// from reading every record).
     index_from_checkpoint: AtomicBool,
@@ -1039,10 +1040,20 @@ impl Store {
         if self.overlay().is_empty() {
             return Ok(());
         }
-        let (batches, written) = overlay::write_back_batches(&self.inner.overlay, &self.inner.db)?;
-        self.inner
-            .writing_back
-            .store(written.changes, Ordering::Release);
+        let made = overlay::write_back_batches(&self.inner.overlay, &self.inner.db, |changes| {
+            self.inner.writing_back.store(changes, Ordering::Release);
+            // A writer waiting for room goes on.
+            self.inner.pacer.drained.notify_all();
+            #[cfg(test)]
+            self.pause_write_back_at(WriteBackStep::Taken);
+        });
+        let (batches, written) = match made {
+            Ok(made) => made,
+            Err(e) => {
+                self.inner.writing_back.store(0, Ordering::Release);
+                return Err(e);
+            }
+        };
         let applied = batches
             .into_iter()
             .try_for_each(|batch| self.inner.db.apply_batch(batch));
@@ -1051,18 +1062,7 @@ impl Store {
             return Err(e.into());
         }
         #[cfg(test)]
-        {
-            let pause = self
-                .inner
-                .write_back_pause
-                .lock()
-                .expect("pause lock")
-                .take();
-            if let Some((applied, go)) = pause {
-                let _ = applied.send(());
-                let _ = go.recv_timeout(Duration::from_secs(30));
-            }
-        }
+        self.pause_write_back_at(WriteBackStep::Applied);
         // Readers find the same state in sled as in the overlay from here.
         let position = written.position;
         let grown = overlay::trim_in_runs(&self.inner.overlay, written);
@@ -1070,6 +1070,19 @@ impl Store {
         self.inner.materialised.store(position, Ordering::Release);
         self.note_log_growth(grown);
         Ok(())
+    }
+
+    /// See `Inner::write_back_pause`.
+    #[cfg(test)]
+    fn pause_write_back_at(&self, step: WriteBackStep) {
+        let mut pause = self.inner.write_back_pause.lock().expect("pause lock");
+        if pause.as_ref().is_some_and(|(at, _)| *at == step)
+            && let Some((_, (paused, go))) = pause.take()
+        {
+            drop(pause);
+            let _ = paused.send(());
+            let _ = go.recv_timeout(Duration::from_secs(30));
+        }
     }
 
     /// The newest revision written back to sled.
@@ -1286,6 +1299,16 @@ impl Store {
             bytes,
         )?))
     }
+}
+
+/// Where a write-back stops (see `Inner::write_back_pause`).
+#[cfg(test)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum WriteBackStep {
+    /// It has taken the overlay's changes; no batch is made yet.
+    Taken,
+    /// Its batches are in sled; the overlay is not trimmed yet.
+    Applied,
 }
 
 /// See `Inner::write_back_pause`.

@@ -283,9 +283,15 @@ impl Overlay {
 /// the overlay holds hundreds of thousands of changes); a run may catch a
 /// state newer than the position, which is what a crash part way through a
 /// write-back leaves too, and the next write-back writes the same again.
+///
+/// `taken` hears how many changes the write-back takes as soon as it has
+/// taken them, before the batches are made: a writer that waits for room
+/// in the overlay goes on from there, not once hundreds of thousands of
+/// records have been copied and batched.
 pub(super) fn write_back_batches(
     overlay: &RwLock<Overlay>,
     db: &sled::Db,
+    taken: impl FnOnce(usize),
 ) -> Result<(Vec<sled::Batch>, Written), StoreError> {
     let (epoch, position, changes, deleted, log_batches, grown) = {
         let o = overlay.read().expect("overlay lock");
@@ -304,6 +310,7 @@ pub(super) fn write_back_batches(
             o.grown.len(),
         )
     };
+    taken(changes);
     let states = copy_in_runs(overlay, |o| &o.states);
     let logs = copy_in_runs(overlay, |o| &o.logs);
     let mut slices = Slices::default();
@@ -419,7 +426,7 @@ mod tests {
 
     use chrono::Utc;
 
-    use super::super::{Store, keys};
+    use super::super::{Store, WriteBackStep, keys};
     use crate::domain::{
         ActivityKind, ClientId, ConnectFailure, ConnectionInfo, ConnectionStatus, DisconnectCause,
         EventKind, LifecycleEvent, LogFilter, MqttProtocol, SortField, StateFilter, StateOrder,
@@ -703,9 +710,18 @@ mod tests {
         store: &Store,
         before: impl std::future::Future<Output = ()>,
     ) -> std::sync::mpsc::Sender<()> {
+        pause_write_back_at(store, WriteBackStep::Applied, before).await
+    }
+
+    /// [`pause_write_back`] at `step`.
+    async fn pause_write_back_at(
+        store: &Store,
+        step: WriteBackStep,
+        before: impl std::future::Future<Output = ()>,
+    ) -> std::sync::mpsc::Sender<()> {
         let (applied_tx, applied) = std::sync::mpsc::channel();
         let (go, go_rx) = std::sync::mpsc::channel();
-        *store.inner.write_back_pause.lock().unwrap() = Some((applied_tx, go_rx));
+        *store.inner.write_back_pause.lock().unwrap() = Some((step, (applied_tx, go_rx)));
         before.await;
         store.inner.hold_write_back.store(false, Ordering::Release);
         store.inner.pacer.wake();
@@ -853,6 +869,17 @@ mod tests {
     /// taken count against the bound.
     #[tokio::test]
     async fn the_writer_goes_on_while_a_large_write_back_is_written() {
+        the_writer_goes_on_during_a_large_write_back(WriteBackStep::Applied).await;
+    }
+
+    /// Nor while it makes its batches (after a recovery, hundreds of
+    /// thousands of records): from the moment it has taken the changes.
+    #[tokio::test]
+    async fn the_writer_goes_on_while_a_large_write_back_is_batched() {
+        the_writer_goes_on_during_a_large_write_back(WriteBackStep::Taken).await;
+    }
+
+    async fn the_writer_goes_on_during_a_large_write_back(step: WriteBackStep) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Default::default()).unwrap();
         let group = crate::store::StoreOptions::default().max_batch_events;
@@ -867,7 +894,7 @@ mod tests {
                 .collect();
             store.commit_events(events).await.unwrap();
         }
-        let go = pause_write_back(&store, async {}).await;
+        let go = pause_write_back_at(&store, step, async {}).await;
         assert!(store.overlay().changes >= super::MAX_CHANGES);
 
         // Written (not yet trimmed): the writer does not wait for it.
@@ -967,7 +994,7 @@ mod tests {
 
         // The first batch of the write-back reaches the disk; then the crash.
         let (batches, _) =
-            super::write_back_batches(&store.inner.overlay, &store.inner.db).unwrap();
+            super::write_back_batches(&store.inner.overlay, &store.inner.db, |_| ()).unwrap();
         assert!(batches.len() > 2, "{} batches", batches.len());
         let first = batches.into_iter().next().unwrap();
         store.inner.db.apply_batch(first).unwrap();
