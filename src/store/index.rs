@@ -18,7 +18,9 @@
 //! Readers copy short runs of keys under the read lock and release it, so a
 //! long listing never holds the writer up. The writer adds a record's new
 //! keys before the sled commit and removes the old ones after it: a reader
-//! always finds a key that matches the record it then reads.
+//! always finds a key that matches the record it then reads. For the same
+//! reason a client without keys has no record, which is how the writer
+//! skips the sled lookup for a client it has never seen (a first connect).
 
 use std::{
     collections::BTreeSet,
@@ -180,6 +182,20 @@ impl StateIndex {
     pub(super) fn clear(&self) {
         self.keys.write().expect("index lock").clear();
         self.records.store(0, Ordering::Relaxed);
+    }
+
+    /// Whether `client` may have a record: every record has a status key,
+    /// added before the record can be read and removed once it cannot, so
+    /// `false` means it has none (in the overlay or in sled), and a writer
+    /// need not look.
+    pub(super) fn may_have_record(&self, client: &ClientId) -> bool {
+        let mut key = keys::status_index(ConnectionStatus::Connected, client);
+        let keys = self.keys.read().expect("index lock");
+        if keys.contains(key.as_slice()) {
+            return true;
+        }
+        key[1] = keys::status_byte(ConnectionStatus::Disconnected);
+        keys.contains(key.as_slice())
     }
 
     /// Number of records indexed.
@@ -388,6 +404,31 @@ mod tests {
             records.push(next);
         }
         records
+    }
+
+    /// Every version of a record (connected or not) says the client may
+    /// have one; once its keys are gone, or for a client never indexed,
+    /// it has none.
+    #[test]
+    fn a_client_may_have_a_record_exactly_while_one_is_indexed() {
+        let index = StateIndex::default();
+        let other = ClientId::new("d:o:sensor:never").unwrap();
+        for id in IDS {
+            let client = ClientId::new(id).unwrap();
+            assert!(!index.may_have_record(&client), "{id}: nothing indexed");
+            let mut before: Option<ConnectionState> = None;
+            for state in records_of(id) {
+                let (mut added, mut removed) = (Vec::new(), Vec::new());
+                changed_keys(before.as_ref(), Some(&state), &mut added, &mut removed);
+                index.insert_all(added);
+                index.remove_all(&removed);
+                assert!(index.may_have_record(&client), "{id}: {:?}", state.status);
+                before = Some(state);
+            }
+            index.remove_all(&keys_of(&before.unwrap()));
+            assert!(!index.may_have_record(&client), "{id}: its keys removed");
+            assert!(!index.may_have_record(&other));
+        }
     }
 
     #[test]

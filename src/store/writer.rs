@@ -343,6 +343,8 @@ impl Writer {
             Some(t) => Ok(t.after(&self.changes).cloned()),
             None => match self.read.remove(client) {
                 Some(state) => Ok(Some(state)),
+                // A client seen for the first time: not looked up in sled.
+                None if !self.store.inner.index.may_have_record(client) => Ok(None),
                 None => self.store.get_state(client),
             },
         }
@@ -1010,6 +1012,20 @@ mod tests {
         }
     }
 
+    /// A record of `client` that does not decode, indexed as records are.
+    fn plant_broken_record(store: &Store, client: &str) {
+        let client = ClientId::new(client).unwrap();
+        store
+            .inner
+            .db
+            .insert(keys::state(&client), &b"not a record"[..])
+            .unwrap();
+        store
+            .inner
+            .index
+            .insert_all([keys::status_index(ConnectionStatus::Connected, &client).into()]);
+    }
+
     /// A command whose third event fails (its client's record does not
     /// decode) leaves nothing behind: not the two events before it, not a
     /// revision, not a change on the live feed. A command in the same
@@ -1018,12 +1034,7 @@ mod tests {
     async fn a_failing_event_fails_its_whole_command_and_only_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Default::default()).unwrap();
-        let broken = ClientId::new("d:local:t:broken").unwrap();
-        store
-            .inner
-            .db
-            .insert(keys::state(&broken), &b"not a record"[..])
-            .unwrap();
+        plant_broken_record(&store, "d:local:t:broken");
         let before = store.committed_revision();
         let mut live = store.subscribe();
 
@@ -1069,12 +1080,7 @@ mod tests {
     async fn a_failed_command_leaves_no_failed_connect_to_count() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Default::default()).unwrap();
-        let broken = ClientId::new("d:local:t:broken").unwrap();
-        store
-            .inner
-            .db
-            .insert(keys::state(&broken), &b"not a record"[..])
-            .unwrap();
+        plant_broken_record(&store, "d:local:t:broken");
         for round in 0..20 {
             let name = format!("d:local:t:x{round}");
             let refused = LifecycleEvent {
