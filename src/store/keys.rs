@@ -11,6 +11,7 @@
 //! | `g` | `g` first revision (8) | the log entries (revision, client) of one commit |
 //! | `f` | `f` first revision (8) | the changes of one commit (the change feed) |
 //! | `l` | `l` holder | a lease: its duration in milliseconds (8) |
+//! | `x` | `x` client | empty: the client has no record and its log may hold failed connects (written with the commit) |
 //!
 //! The secondary indexes of state records live in memory
 //! ([`super::index`]) with their own prefixes, never written to sled:
@@ -36,10 +37,14 @@ pub const CLIENT_LOG: u8 = b'p';
 pub const LOG_BATCH: u8 = b'g';
 pub const FEED: u8 = b'f';
 pub const LEASE: u8 = b'l';
+pub const FAILED_ONLY: u8 = b'x';
 
 pub const META_REVISION: &[u8] = b"mrevision";
 pub const META_SETTINGS: &[u8] = b"msettings";
 pub const META_CLEARING: &[u8] = b"mclearing";
+/// Present once every client without a record whose log may hold failed
+/// connects has its `x` marker: in stores made since the markers exist.
+pub const META_FAILURE_MARKERS: &[u8] = b"mfailuremarkers";
 /// The newest revision written back from the log (see [`super::overlay`]).
 pub const META_MATERIALISED: &[u8] = b"mmaterialised";
 /// `msecret/` name: a secret key of this store.
@@ -100,7 +105,7 @@ pub fn meta_cluster(name: &[u8]) -> Vec<u8> {
 
 /// Every sled prefix that holds client data (what turning the feature off
 /// clears).
-pub const DATA_PREFIXES: [u8; 4] = [STATE, CLIENT_LOG, LOG_BATCH, FEED];
+pub const DATA_PREFIXES: [u8; 5] = [STATE, CLIENT_LOG, LOG_BATCH, FEED, FAILED_ONLY];
 
 pub fn encode_time(ms: i64) -> [u8; 8] {
     ((ms as u64) ^ (1 << 63)).to_be_bytes()
@@ -109,6 +114,15 @@ pub fn encode_time(ms: i64) -> [u8; 8] {
 #[cfg(test)]
 pub fn decode_time(bytes: [u8; 8]) -> i64 {
     (u64::from_be_bytes(bytes) ^ (1 << 63)) as i64
+}
+
+/// The marker of a client without a record whose log may hold failed
+/// connects.
+pub fn failed_only(client: &ClientId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + client.as_str().len());
+    key.push(FAILED_ONLY);
+    key.extend_from_slice(client.as_str().as_bytes());
+    key
 }
 
 pub fn state(client: &ClientId) -> Vec<u8> {

@@ -418,6 +418,7 @@ impl Store {
         let replayed = store.replay_log_tail()?;
         let mut writer = writer::Writer::new(store.internal(), committed, options.max_batch_events);
         writer.finish_interrupted_clear()?;
+        writer.load_failure_markers()?;
         let from_snapshot = store.load_index_checkpoint()?;
         store
             .inner

@@ -14,7 +14,10 @@
 //! log batch records behind the writer ([`super::overlay`]). The writer
 //! only waits for it when the overlay has grown past its bound.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
@@ -165,6 +168,12 @@ pub(super) struct Writer {
     read: HashMap<ClientId, ConnectionState>,
     /// The open batch holds metadata to write even with no change.
     meta_pending: bool,
+    /// Clients without a record whose log may hold failed connects, each
+    /// with its marker in sled ([`keys::failed_only`], written with the
+    /// commit): the first record of any other client counts no earlier
+    /// failure without reading its log. `None` in a store made before the
+    /// markers existed, where every first record reads the log.
+    failed_only: Option<HashSet<ClientId>>,
     /// How far the replicated log is applied: durably, and in the open
     /// batch (read from the store at the first replicated write).
     replica: Option<(LogPosition, LogPosition)>,
@@ -183,6 +192,7 @@ impl Writer {
             acks: Vec::new(),
             read: HashMap::new(),
             meta_pending: false,
+            failed_only: None,
             replica: None,
         }
     }
@@ -470,6 +480,14 @@ impl Writer {
                 _ => {}
             }
         }
+        if self
+            .failed_only
+            .as_ref()
+            .is_some_and(|marked| !marked.contains(client))
+        {
+            // Nothing committed: its log holds no failed connect.
+            return Ok(failures);
+        }
         let failed = |e: &crate::domain::LogEntry| e.kind == crate::domain::LogKind::ConnectFailed;
         let prefix = keys::client_log_prefix(client);
         let overlay = self.store.overlay();
@@ -750,6 +768,57 @@ impl Writer {
         Ok(self.store.committed_revision())
     }
 
+    /// Reads the failure markers (see `Writer::failed_only`); a new store
+    /// starts keeping them.
+    pub(super) fn load_failure_markers(&mut self) -> Result<(), StoreError> {
+        let db = &self.store.inner.db;
+        if db.get(keys::META_FAILURE_MARKERS)?.is_none() {
+            if self.revision != 0 {
+                // Made before the markers: some may be missing.
+                return Ok(());
+            }
+            db.insert(keys::META_FAILURE_MARKERS, &[][..])?;
+        }
+        let mut clients = HashSet::new();
+        for item in db.scan_prefix([keys::FAILED_ONLY]) {
+            let (key, _) = item?;
+            let client = std::str::from_utf8(&key[1..])
+                .ok()
+                .and_then(|id| ClientId::new(id).ok())
+                .ok_or_else(|| StoreError::Corrupt("failure marker".into()))?;
+            clients.insert(client);
+        }
+        self.failed_only = Some(clients);
+        Ok(())
+    }
+
+    /// The failure markers `changes` set (`true`) or clear, in the store's
+    /// terms: a failed connect of a client without a record sets its
+    /// marker, a record or a deletion clears it.
+    fn failure_markers(&self, changes: &[Arc<Change>]) -> Vec<(ClientId, bool)> {
+        let Some(marked) = &self.failed_only else {
+            return Vec::new();
+        };
+        let mut net: HashMap<&ClientId, bool> = HashMap::new();
+        for change in changes {
+            let Some(client) = &change.client_id else {
+                continue;
+            };
+            let member = match (change.kind, &change.state) {
+                (ChangeKind::ConnectFailed, None) => true,
+                (ChangeKind::Deleted, _) | (_, Some(_)) => false,
+                _ => continue,
+            };
+            if member || net.contains_key(client) || marked.contains(client) {
+                net.insert(client, member);
+            }
+        }
+        net.into_iter()
+            .filter(|(client, member)| *member != marked.contains(*client))
+            .map(|(client, member)| (client.clone(), member))
+            .collect()
+    }
+
     /// Finishes a clear of all data that a crash interrupted.
     pub(super) fn finish_interrupted_clear(&mut self) -> Result<(), StoreError> {
         if self.store.inner.db.contains_key(keys::META_CLEARING)? {
@@ -788,6 +857,9 @@ impl Writer {
         }
         self.store.inner.index.clear();
         index::StateIndex::discard_snapshot(self.store.path());
+        // Nothing is left to count: the markers start afresh.
+        self.batch.insert(keys::META_FAILURE_MARKERS, &[][..]);
+        self.failed_only = Some(HashSet::new());
         self.store.take_grown_logs();
         self.revision += 1;
         self.changes.push(Arc::new(Change {
@@ -855,6 +927,15 @@ impl Writer {
             }
             return;
         }
+        // The failure markers go with the commit that makes them true.
+        let markers = self.failure_markers(&changes);
+        let mut batch = batch;
+        for (client, marked) in &markers {
+            match marked {
+                true => batch.insert(keys::failed_only(client), &[][..]),
+                false => batch.remove(keys::failed_only(client)),
+            }
+        }
 
         // New index keys go in before the records change (when the commit
         // reaches the overlay, once durable), old ones out after: a reader
@@ -888,6 +969,14 @@ impl Writer {
         };
         match durable {
             Ok(_) => {
+                if let Some(marked) = &mut self.failed_only {
+                    for (client, set) in markers {
+                        match set {
+                            true => marked.insert(client),
+                            false => marked.remove(&client),
+                        };
+                    }
+                }
                 let encoded = encoded.unwrap_or_else(|| overlay::Encoded::of(&changes));
                 self.store.overlay_mut().add_encoded(&changes, encoded);
                 index.remove_all(&removed);
@@ -1010,6 +1099,118 @@ mod tests {
             }),
             peer: None,
         }
+    }
+
+    fn refused(client: &str, connection_id: u64) -> LifecycleEvent {
+        LifecycleEvent {
+            kind: EventKind::ConnectFailed {
+                info: match connect(client, connection_id).kind {
+                    EventKind::Connected(info) => info,
+                    _ => unreachable!(),
+                },
+                failure: crate::domain::ConnectFailure::BadCredentials,
+            },
+            ..connect(client, connection_id)
+        }
+    }
+
+    async fn failed_connects_of(store: &Store, client: &str) -> u64 {
+        store
+            .get_state(&ClientId::new(client).unwrap())
+            .unwrap()
+            .expect("recorded")
+            .counters
+            .failed_connects
+    }
+
+    fn markers(path: &std::path::Path) -> Vec<String> {
+        let db = sled::Config::new().path(path).open().unwrap();
+        db.scan_prefix([keys::FAILED_ONLY])
+            .keys()
+            .map(|k| String::from_utf8(k.unwrap()[1..].to_vec()).unwrap())
+            .collect()
+    }
+
+    /// Failed connects of a client without a record are counted into its
+    /// first record, also after a restart (the failure markers are in the
+    /// store), and after a deletion only those since; a client that never
+    /// failed counts none. Markers stay only while they hold.
+    #[tokio::test]
+    async fn failures_before_a_first_record_count_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        for n in 1..=2 {
+            store
+                .commit_events(vec![refused("d:local:t:x", n)])
+                .await
+                .unwrap();
+        }
+        store
+            .commit_events(vec![refused("d:local:t:gone", 1)])
+            .await
+            .unwrap();
+        store
+            .delete_state(ClientId::new("d:local:t:gone").unwrap())
+            .await
+            .unwrap_err();
+        store.close().await.unwrap();
+        drop(store);
+        assert_eq!(markers(dir.path()), ["d:local:t:gone", "d:local:t:x"]);
+
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        store
+            .commit_events(vec![connect("d:local:t:x", 3), connect("d:local:t:y", 1)])
+            .await
+            .unwrap();
+        assert_eq!(failed_connects_of(&store, "d:local:t:x").await, 2);
+        assert_eq!(failed_connects_of(&store, "d:local:t:y").await, 0);
+        store
+            .delete_state(ClientId::new("d:local:t:x").unwrap())
+            .await
+            .unwrap();
+        store
+            .commit_events(vec![refused("d:local:t:x", 4)])
+            .await
+            .unwrap();
+        store
+            .commit_events(vec![connect("d:local:t:x", 5)])
+            .await
+            .unwrap();
+        assert_eq!(failed_connects_of(&store, "d:local:t:x").await, 1);
+        store.close().await.unwrap();
+        drop(store);
+        assert_eq!(markers(dir.path()), ["d:local:t:gone"]);
+    }
+
+    /// A store made before the failure markers existed has none: it reads
+    /// the log for every first record, as it always did.
+    #[tokio::test]
+    async fn a_store_without_failure_markers_reads_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        for n in 1..=3 {
+            store
+                .commit_events(vec![refused("d:local:t:x", n)])
+                .await
+                .unwrap();
+        }
+        store.close().await.unwrap();
+        drop(store);
+        {
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            db.remove(keys::META_FAILURE_MARKERS).unwrap();
+            for key in db.scan_prefix([keys::FAILED_ONLY]).keys() {
+                db.remove(key.unwrap()).unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        store
+            .commit_events(vec![connect("d:local:t:x", 4)])
+            .await
+            .unwrap();
+        assert_eq!(failed_connects_of(&store, "d:local:t:x").await, 3);
+        store.close().await.unwrap();
     }
 
     /// A record of `client` that does not decode, indexed as records are.
