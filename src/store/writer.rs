@@ -1114,6 +1114,10 @@ mod tests {
         }
     }
 
+    async fn commit(store: &Store, event: LifecycleEvent) {
+        store.commit_events(vec![event]).await.unwrap();
+    }
+
     async fn failed_connects_of(store: &Store, client: &str) -> u64 {
         store
             .get_state(&ClientId::new(client).unwrap())
@@ -1140,15 +1144,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Default::default()).unwrap();
         for n in 1..=2 {
-            store
-                .commit_events(vec![refused("d:local:t:x", n)])
-                .await
-                .unwrap();
+            commit(&store, refused("d:local:t:x", n)).await;
         }
-        store
-            .commit_events(vec![refused("d:local:t:gone", 1)])
-            .await
-            .unwrap();
+        commit(&store, refused("d:local:t:gone", 1)).await;
         store
             .delete_state(ClientId::new("d:local:t:gone").unwrap())
             .await
@@ -1158,24 +1156,16 @@ mod tests {
         assert_eq!(markers(dir.path()), ["d:local:t:gone", "d:local:t:x"]);
 
         let store = Store::open(dir.path(), Default::default()).unwrap();
-        store
-            .commit_events(vec![connect("d:local:t:x", 3), connect("d:local:t:y", 1)])
-            .await
-            .unwrap();
+        commit(&store, connect("d:local:t:x", 3)).await;
+        commit(&store, connect("d:local:t:y", 1)).await;
         assert_eq!(failed_connects_of(&store, "d:local:t:x").await, 2);
         assert_eq!(failed_connects_of(&store, "d:local:t:y").await, 0);
         store
             .delete_state(ClientId::new("d:local:t:x").unwrap())
             .await
             .unwrap();
-        store
-            .commit_events(vec![refused("d:local:t:x", 4)])
-            .await
-            .unwrap();
-        store
-            .commit_events(vec![connect("d:local:t:x", 5)])
-            .await
-            .unwrap();
+        commit(&store, refused("d:local:t:x", 4)).await;
+        commit(&store, connect("d:local:t:x", 5)).await;
         assert_eq!(failed_connects_of(&store, "d:local:t:x").await, 1);
         store.close().await.unwrap();
         drop(store);
@@ -1189,10 +1179,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Default::default()).unwrap();
         for n in 1..=3 {
-            store
-                .commit_events(vec![refused("d:local:t:x", n)])
-                .await
-                .unwrap();
+            commit(&store, refused("d:local:t:x", n)).await;
         }
         store.close().await.unwrap();
         drop(store);
@@ -1205,10 +1192,7 @@ mod tests {
             db.flush().unwrap();
         }
         let store = Store::open(dir.path(), Default::default()).unwrap();
-        store
-            .commit_events(vec![connect("d:local:t:x", 4)])
-            .await
-            .unwrap();
+        commit(&store, connect("d:local:t:x", 4)).await;
         assert_eq!(failed_connects_of(&store, "d:local:t:x").await, 3);
         store.close().await.unwrap();
     }
