@@ -13,7 +13,9 @@
 #
 # Sizes (environment): EVENTS (200000), BATCH (1000), PRODUCERS (8) of
 # cluster-ingest and of the catch-up load; RATE (10000) and SECONDS (10) of
-# cluster-latency; CATCHUP_EVENTS (1000000). Binaries: CONNSTATE_BIN and
+# cluster-latency; CATCHUP_EVENTS (1000000); SETTLE (30): seconds between
+# the ingest and the latency scenario, for the nodes to write back the
+# ingest's burst (0 measures the latency while they still do). Binaries: CONNSTATE_BIN and
 # BENCH_BIN (default target/release/..., built with cargo build --release when
 # either is unset). Ports: the *_PORT_BASE variables of scripts/cluster.sh.
 # SECONDS is also bash's own clock (imported from the environment it counts
@@ -30,6 +32,7 @@ SECONDS_=${seconds:-10}
 CATCHUP_EVENTS=${CATCHUP_EVENTS:-1000000}
 # How long node3 may take to be ready again before the run fails.
 CATCHUP_LIMIT=${CATCHUP_LIMIT:-600}
+SETTLE=${SETTLE:-30}
 NATS_PORT_BASE=${NATS_PORT_BASE:-4222}
 REST_PORT_BASE=${REST_PORT_BASE:-8080}
 GRPC_PORT_BASE=${GRPC_PORT_BASE:-50051}
@@ -60,6 +63,8 @@ echo
 "$BENCH_BIN" cluster-ingest --nats "$nats" --nodes "$(grpc 1),$(grpc 2),$(grpc 3)" \
   --events "$EVENTS" --batch "$BATCH" --producers "$PRODUCERS"
 echo
+echo "(waiting ${SETTLE} s for the nodes to write back the ingest's burst)"
+sleep "$SETTLE"
 "$BENCH_BIN" cluster-latency --nodes "$(grpc 1),$(grpc 3)" --rate "$RATE" --seconds "$SECONDS_"
 
 echo
