@@ -1118,7 +1118,7 @@ mod tests {
         store.commit_events(vec![event]).await.unwrap();
     }
 
-    async fn failed_connects_of(store: &Store, client: &str) -> u64 {
+    fn failed_connects_of(store: &Store, client: &str) -> u64 {
         store
             .get_state(&ClientId::new(client).unwrap())
             .unwrap()
@@ -1158,15 +1158,15 @@ mod tests {
         let store = Store::open(dir.path(), Default::default()).unwrap();
         commit(&store, connect("d:local:t:x", 3)).await;
         commit(&store, connect("d:local:t:y", 1)).await;
-        assert_eq!(failed_connects_of(&store, "d:local:t:x").await, 2);
-        assert_eq!(failed_connects_of(&store, "d:local:t:y").await, 0);
+        assert_eq!(failed_connects_of(&store, "d:local:t:x"), 2);
+        assert_eq!(failed_connects_of(&store, "d:local:t:y"), 0);
         store
             .delete_state(ClientId::new("d:local:t:x").unwrap())
             .await
             .unwrap();
         commit(&store, refused("d:local:t:x", 4)).await;
         commit(&store, connect("d:local:t:x", 5)).await;
-        assert_eq!(failed_connects_of(&store, "d:local:t:x").await, 1);
+        assert_eq!(failed_connects_of(&store, "d:local:t:x"), 1);
         store.close().await.unwrap();
         drop(store);
         assert_eq!(markers(dir.path()), ["d:local:t:gone"]);
@@ -1193,7 +1193,7 @@ mod tests {
         }
         let store = Store::open(dir.path(), Default::default()).unwrap();
         commit(&store, connect("d:local:t:x", 4)).await;
-        assert_eq!(failed_connects_of(&store, "d:local:t:x").await, 3);
+        assert_eq!(failed_connects_of(&store, "d:local:t:x"), 3);
         store.close().await.unwrap();
     }
 
