@@ -5,6 +5,9 @@
 
 /// mimalloc: the service allocates and frees many small buffers per event
 /// and per packet, where glibc's allocator spent half of the writer's time.
+/// `RUSTFLAGS="--cfg connstate_system_allocator"` builds with the system's
+/// allocator instead, for heap profilers that hook malloc (heaptrack).
+#[cfg(not(connstate_system_allocator))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

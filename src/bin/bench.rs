@@ -7,12 +7,16 @@
 //! ```text
 //! cargo run --release --bin connstate-bench -- ingest
 //! cargo run --release --bin connstate-bench -- query --clients 1000000
+//! cargo run --release --bin connstate-bench -- restart --clients 1000000
 //! cargo run --release --bin connstate-bench -- watch --watchers 1000 --rate 10000
 //! bench/cluster.sh    # the cluster scenarios against a cluster of 3 nodes
 //! ```
 
 /// mimalloc: the service allocates and frees many small buffers per event
 /// and per packet, where glibc's allocator spent half of the writer's time.
+/// `RUSTFLAGS="--cfg connstate_system_allocator"` builds with the system's
+/// allocator instead, for heap profilers that hook malloc (heaptrack).
+#[cfg(not(connstate_system_allocator))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -75,6 +79,12 @@ enum Scenario {
         clients: usize,
         #[arg(long, default_value_t = 20_000)]
         requests: usize,
+    },
+    /// The crash restart of `query` alone: open a crashed copy of the data
+    /// set and record the clients it left connected.
+    Restart {
+        #[arg(long, default_value_t = 1_000_000)]
+        clients: usize,
     },
     /// (Used by `query`.) Opens the store in `dir`, commits, checkpoints,
     /// commits more, then aborts: a crash with a checkpoint behind it.
@@ -181,6 +191,7 @@ fn main() -> anyhow::Result<()> {
                 seconds,
                 per_message,
             } => watch(&cli.dir, watchers, rate, seconds, per_message).await,
+            Scenario::Restart { clients } => restart(&cli.dir, clients).await,
             Scenario::CrashChild { data, clients } => crash_child(&data, clients).await,
             Scenario::ClusterIngest {
                 nats,
@@ -607,8 +618,9 @@ async fn populate(store: &Store, clients: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn query(base: &Path, clients: usize, requests: usize) -> anyhow::Result<()> {
-    println!("## query: {clients} stored clients, {requests} requests per measurement");
+/// The folder of the query data set of `clients` clients (half of them
+/// connected through the embedded broker), populated on first use.
+async fn populated(base: &Path, clients: usize) -> anyhow::Result<PathBuf> {
     let name = format!("query-embedded-{clients}");
     let dir = base.join(&name);
     let marker = dir.join("populated");
@@ -624,14 +636,16 @@ async fn query(base: &Path, clients: usize, requests: usize) -> anyhow::Result<(
         store.close().await?;
         std::fs::write(&marker, b"")?;
     }
+    Ok(dir)
+}
 
-    // Start-up after a crash, on a copy of the data: a child process opens
-    // it, commits, checkpoints, commits more and aborts (SIGABRT: nothing
-    // of the store closes). The restart loads the checkpoint, replays the
-    // log tail and records the clients left connected as disconnected by
-    // the server, durably, before it would report SERVING.
+/// A crashed copy of the data set in `dir`: a child process opens it,
+/// commits, checkpoints, commits more and aborts (SIGABRT: nothing of the
+/// store closes).
+fn crashed_copy(base: &Path, dir: &Path, clients: usize) -> anyhow::Result<PathBuf> {
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
     let crashed = fresh_dir(base, &format!("{name}-crashed"))?;
-    copy_dir(&dir, &crashed)?;
+    copy_dir(dir, &crashed)?;
     let status = std::process::Command::new(std::env::current_exe()?)
         .arg("crash-child")
         .arg("--data")
@@ -642,8 +656,31 @@ async fn query(base: &Path, clients: usize, requests: usize) -> anyhow::Result<(
         .stderr(std::process::Stdio::null())
         .status()?;
     anyhow::ensure!(!status.success(), "the child was to crash");
+    Ok(crashed)
+}
+
+/// The crash restart of `query` alone (to run it again, or to profile it).
+async fn restart(base: &Path, clients: usize) -> anyhow::Result<()> {
+    println!("## restart: {clients} stored clients, half of them left connected by a crash");
+    let dir = populated(base, clients).await?;
+    let crashed = crashed_copy(base, &dir, clients)?;
+    restart_after_crash(&crashed, "a checkpoint and 20,000 changes after it").await?;
+    std::fs::remove_dir_all(&crashed)?;
+    Ok(())
+}
+
+async fn query(base: &Path, clients: usize, requests: usize) -> anyhow::Result<()> {
+    println!("## query: {clients} stored clients, {requests} requests per measurement");
+    let dir = populated(base, clients).await?;
+
+    // Start-up after a crash, on a copy of the data. The restart loads the
+    // checkpoint, replays the log tail and records the clients left
+    // connected as disconnected by the server, durably, before it would
+    // report SERVING.
+    let crashed = crashed_copy(base, &dir, clients)?;
     restart_after_crash(&crashed, "a checkpoint and 20,000 changes after it").await?;
     // The same without any checkpoint: indexes rebuilt from the records.
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
     let crashed_cold = fresh_dir(base, &format!("{name}-crashed-no-checkpoint"))?;
     copy_dir(&dir, &crashed_cold)?;
     let _ = std::fs::remove_file(crashed_cold.join("index.snapshot"));

@@ -9,7 +9,7 @@
 //! | `s` | `s` client | state record |
 //! | `p` | `p` client, 0x00, revision (8) | log entry of one client |
 //! | `g` | `g` first revision (8) | the log entries (revision, client) of one commit |
-//! | `f` | `f` first revision (8) | the changes of one commit (the change feed) |
+//! | `f` | `f` first revision (8) | the changes of one commit (the change feed), LZ4-compressed behind a 13-byte header (stores made before compression hold plain records, still read) |
 //! | `l` | `l` holder | a lease: its duration in milliseconds (8) |
 //! | `x` | `x` client | empty: the client has no record and its log may hold failed connects (written with the commit) |
 //!

@@ -18,7 +18,6 @@
 
 use std::sync::Arc;
 
-use prost::Message;
 use tokio::sync::broadcast;
 
 use super::{CommittedBatch, StoreError, codec, keys};
@@ -140,7 +139,7 @@ impl LocalLog {
         };
         batch.insert(
             &keys::revision_key(keys::FEED, first.revision),
-            feed.encode_to_vec(),
+            codec::encode_feed_batch(&feed),
         );
         batch.insert(keys::META_REVISION, &last.revision.to_be_bytes());
         self.db.apply_batch(batch)?;
@@ -238,12 +237,9 @@ impl Log for LocalLog {
                 };
                 let last = next_first.saturating_sub(1);
                 let too_many = last <= size_floor;
-                if !too_many {
-                    let record: codec::FeedBatchRecord = codec::decode(&value)?;
-                    if record.commit_ms >= cutoff_ms {
-                        keep = true;
-                        break;
-                    }
+                if !too_many && codec::feed_commit_ms(&value)? >= cutoff_ms {
+                    keep = true;
+                    break;
                 }
                 batch.remove(key);
                 deleted += (last + 1).saturating_sub(first) as usize;

@@ -1175,6 +1175,41 @@ mod tests {
     /// A store made before the failure markers existed has none: it reads
     /// the log for every first record, as it always did.
     #[tokio::test]
+    async fn a_log_written_before_compression_is_read_with_the_new_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        for n in 1..=2 {
+            commit(&store, connect("d:local:t:x", n)).await;
+        }
+        store.close().await.unwrap();
+        drop(store);
+        // The two commits' records as a store made them before records
+        // were compressed.
+        {
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            for item in db.scan_prefix([keys::FEED]) {
+                let (key, value) = item.unwrap();
+                assert_eq!(value[0], 0, "stored compressed");
+                let plain =
+                    prost::Message::encode_to_vec(&codec::decode_feed_record(&value).unwrap());
+                db.insert(key, plain).unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        commit(&store, connect("d:local:t:x", 3)).await;
+        let changes = store.changes_after(0, 100).unwrap();
+        let revisions: Vec<_> = changes.iter().map(|c| c.revision).collect();
+        assert_eq!(revisions, [1, 2, 3]);
+        let connections: Vec<_> = changes
+            .iter()
+            .map(|c| c.state.as_ref().unwrap().connection_id)
+            .collect();
+        assert_eq!(connections, [1, 2, 3]);
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test]
     async fn a_store_without_failure_markers_reads_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Default::default()).unwrap();
