@@ -705,19 +705,19 @@ fn spawn_retention(
                 _ = ticker.tick() => {}
                 _ = stop.cancelled() => return,
             }
-            let store = store.clone();
-            match tokio::task::spawn_blocking(move || store.run_retention()).await {
-                Ok(Ok(report)) if report != Default::default() => {
+            match store.retention_pass().await {
+                Ok(report) if report != Default::default() => {
                     tracing::info!(
                         log_entries_by_age = report.log_entries_by_age,
                         log_entries_by_count = report.log_entries_by_count,
                         changes = report.changes,
+                        failure_markers = report.failure_markers,
                         "retention pass"
                     );
                 }
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "retention pass failed"),
-                Err(_) => return,
+                Ok(_) => {}
+                Err(crate::store::StoreError::Closed) => return,
+                Err(e) => tracing::warn!(error = %e, "retention pass failed"),
             }
         }
     })

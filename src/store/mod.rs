@@ -839,6 +839,16 @@ impl Store {
         }
     }
 
+    /// Drops the failure markers of those of `clients` that have no record
+    /// and no failed connect left in their log (see
+    /// [`Store::retention_pass`]); returns how many it dropped.
+    async fn drop_failure_markers(&self, clients: Vec<ClientId>) -> Result<usize, StoreError> {
+        let dropped = self
+            .request(|ack| writer::Command::DropFailureMarkers { clients, ack })
+            .await?;
+        Ok(usize::try_from(dropped).unwrap_or(usize::MAX))
+    }
+
     async fn request(
         &self,
         command: impl FnOnce(oneshot::Sender<Result<Revision, StoreError>>) -> writer::Command,

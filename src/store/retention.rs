@@ -8,6 +8,9 @@
 //! walk in commit order and lets it stop at the first young commit. The
 //! feed is trimmed from its oldest end only: it stays one contiguous run of
 //! revisions, which is what lets a watcher resume without a silent gap.
+//! The failure marker of a client without a record whose every failed
+//! connect aged out is dropped by the writer, after the pass
+//! ([`Store::retention_pass`]).
 
 use chrono::Utc;
 
@@ -23,16 +26,51 @@ pub struct RetentionReport {
     pub log_entries_by_age: usize,
     pub log_entries_by_count: usize,
     pub changes: usize,
+    /// Failure markers dropped: clients without a record whose every
+    /// failed connect aged out of the log.
+    pub failure_markers: usize,
 }
 
 impl Store {
-    /// Runs one retention pass.
+    /// Runs one retention pass ([`Store::run_retention`]) on a blocking
+    /// thread, then has the writer drop the failure markers of clients
+    /// without a record whose log the pass emptied: a stream of refused
+    /// connects under ever new client ids leaves nothing behind once its
+    /// log entries age out.
+    pub async fn retention_pass(&self) -> Result<RetentionReport, StoreError> {
+        let store = self.clone();
+        let (mut report, marked) =
+            match tokio::task::spawn_blocking(move || store.retention()).await {
+                Ok(pass) => pass?,
+                Err(e) => {
+                    if e.is_panic() {
+                        tracing::error!(error = %e, "a retention pass panicked: retention stops");
+                    }
+                    return Err(StoreError::Closed);
+                }
+            };
+        if !marked.is_empty() {
+            report.failure_markers = self.drop_failure_markers(marked).await?;
+        }
+        Ok(report)
+    }
+
+    /// Runs one retention pass (failure markers stay; see
+    /// [`Store::retention_pass`]).
     pub fn run_retention(&self) -> Result<RetentionReport, StoreError> {
+        Ok(self.retention()?.0)
+    }
+
+    /// One pass, and the marked clients whose log entries it deleted.
+    fn retention(&self) -> Result<(RetentionReport, Vec<ClientId>), StoreError> {
         let settings = self.settings();
         let now_ms = Utc::now().timestamp_millis();
+        let mut marked = Vec::new();
         let mut report = RetentionReport {
-            log_entries_by_age: self
-                .trim_logs_by_age(now_ms.saturating_sub(millis(settings.log_max_age)))?,
+            log_entries_by_age: self.trim_logs_by_age(
+                now_ms.saturating_sub(millis(settings.log_max_age)),
+                &mut marked,
+            )?,
             ..Default::default()
         };
         let max = settings.log_max_entries_per_client as usize;
@@ -41,11 +79,16 @@ impl Store {
         }
         let feed_cutoff = now_ms.saturating_sub(millis(settings.feed_max_age));
         report.changes = self.trim_feed(feed_cutoff, settings.feed_max_entries)?;
-        Ok(report)
+        Ok((report, marked))
     }
 
-    /// Deletes the log entries of commits older than `cutoff_ms`.
-    fn trim_logs_by_age(&self, cutoff_ms: i64) -> Result<usize, StoreError> {
+    /// Deletes the log entries of commits older than `cutoff_ms`; adds the
+    /// clients with a failure marker whose entries it deleted to `marked`.
+    fn trim_logs_by_age(
+        &self,
+        cutoff_ms: i64,
+        marked: &mut Vec<ClientId>,
+    ) -> Result<usize, StoreError> {
         let db = &self.inner.db;
         let committed = self.committed_revision();
         let mut deleted = 0;
@@ -65,6 +108,9 @@ impl Store {
                     if let Ok(client) = ClientId::new(log_ref.client_id.as_str()) {
                         batch.remove(keys::client_log(&client, log_ref.revision));
                         deleted += 1;
+                        if db.contains_key(keys::failed_only(&client))? {
+                            marked.push(client);
+                        }
                     }
                 }
                 batch.remove(key);

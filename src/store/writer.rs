@@ -72,6 +72,13 @@ pub(super) enum Command {
         path: std::path::PathBuf,
         ack: oneshot::Sender<Result<(LogPosition, u64), StoreError>>,
     },
+    /// Drops the failure markers of those of `clients` without a record
+    /// or a failed connect in their log; answers how many (not a revision:
+    /// nothing is committed).
+    DropFailureMarkers {
+        clients: Vec<ClientId>,
+        ack: Ack,
+    },
     Shutdown {
         ack: Ack,
     },
@@ -242,6 +249,7 @@ impl Writer {
                 | Command::EndBroker { ack, .. }
                 | Command::Delete { ack, .. }
                 | Command::PutSettings { ack, .. }
+                | Command::DropFailureMarkers { ack, .. }
                 | Command::Apply { ack, .. } => ack,
                 Command::Shutdown { ack } => {
                     let _ = ack.send(Ok(self.revision));
@@ -327,6 +335,12 @@ impl Writer {
             Command::Snapshot { path, ack } => {
                 self.commit();
                 let _ = ack.send(self.snapshot(&path));
+            }
+            Command::DropFailureMarkers { clients, ack } => {
+                // The open batch may log a failure of one of them.
+                self.commit();
+                let dropped = self.drop_failure_markers(clients);
+                let _ = ack.send(dropped.map(|n| n as Revision));
             }
             Command::Shutdown { ack } => {
                 self.acks.push((ack, Ok(self.revision)));
@@ -792,6 +806,32 @@ impl Writer {
         Ok(())
     }
 
+    /// Drops the markers of those of `clients` that are marked, have no
+    /// record and no failed connect in their log (in sled or still in the
+    /// overlay). Called between commits: nothing of theirs is open.
+    fn drop_failure_markers(&mut self, clients: Vec<ClientId>) -> Result<usize, StoreError> {
+        let mut dropped = 0;
+        for client in clients {
+            let marked = self
+                .failed_only
+                .as_ref()
+                .is_some_and(|marked| marked.contains(&client));
+            if !marked
+                || self.store.inner.index.may_have_record(&client)
+                || self.logged_failures(&client)? > 0
+            {
+                continue;
+            }
+            // Lost in a crash, a marker comes back: it costs one log scan.
+            self.store.inner.db.remove(keys::failed_only(&client))?;
+            if let Some(marked) = &mut self.failed_only {
+                marked.remove(&client);
+            }
+            dropped += 1;
+        }
+        Ok(dropped)
+    }
+
     /// The failure markers `changes` set (`true`) or clear, in the store's
     /// terms: a failed connect of a client without a record sets its
     /// marker, a record or a deletion clears it.
@@ -1207,6 +1247,48 @@ mod tests {
             .collect();
         assert_eq!(connections, [1, 2, 3]);
         store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn retention_drops_the_marker_of_a_client_whose_failures_aged_out() {
+        async fn written_back(store: &Store) {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while store.materialised_revision() < store.committed_revision() {
+                assert!(std::time::Instant::now() < deadline, "no write-back");
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        for n in 1..=2 {
+            commit(&store, refused("d:local:t:old", n)).await;
+        }
+        commit(&store, refused("d:local:t:recorded", 1)).await;
+        commit(&store, connect("d:local:t:recorded", 2)).await;
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        commit(&store, refused("d:local:t:young", 1)).await;
+        written_back(&store).await;
+        // Entries older than 2 s go: those of `old`, not `young`'s.
+        store
+            .update_settings(Settings {
+                log_max_age: std::time::Duration::from_secs(2),
+                ..store.settings()
+            })
+            .await
+            .unwrap();
+        let report = store.retention_pass().await.unwrap();
+        assert_eq!(report.log_entries_by_age, 4, "{report:?}");
+        assert_eq!(report.failure_markers, 1, "{report:?}");
+        // A refused connect of `old` marks it again, and a first record
+        // counts that failure only.
+        commit(&store, refused("d:local:t:old", 3)).await;
+        commit(&store, connect("d:local:t:old", 4)).await;
+        commit(&store, connect("d:local:t:young", 2)).await;
+        assert_eq!(failed_connects_of(&store, "d:local:t:old"), 1);
+        assert_eq!(failed_connects_of(&store, "d:local:t:young"), 1);
+        store.close().await.unwrap();
+        drop(store);
+        assert!(markers(dir.path()).is_empty());
     }
 
     #[tokio::test]
