@@ -32,6 +32,9 @@ use crate::{
 /// slack of sled's log-structured files until their segments are cleaned.
 const RECOVERY_BYTES_PER_CLIENT: u64 = 4096;
 
+/// Most activity events written through in one commit.
+const ACTIVITY_COMMIT: usize = 1024;
+
 /// A cheap, cloneable handle to the tracker.
 #[derive(Clone)]
 pub struct Tracker {
@@ -127,16 +130,22 @@ impl Tracker {
         self.store.commit_events(to_commit).await
     }
 
-    /// Writes through every pending activity event.
+    /// Writes through every pending activity event, in commits of at most
+    /// [`ACTIVITY_COMMIT`] events one after the other: a fleet that pings
+    /// in step (every client connected in the same second after an outage)
+    /// then costs a few megabytes in flight, not one commit of all of it.
     pub async fn flush_activity(&self) -> Result<Revision, StoreError> {
-        let events: Vec<LifecycleEvent> = {
+        let mut events: Vec<LifecycleEvent> = {
             let mut pending = crate::lock::lock(&self.pending_activity);
             pending.drain().map(|(_, event)| event).collect()
         };
-        if events.is_empty() {
-            return Ok(self.store.committed_revision());
+        let mut revision = self.store.committed_revision();
+        while !events.is_empty() {
+            let rest = events.split_off(events.len().min(ACTIVITY_COMMIT));
+            revision = self.store.commit_events(events).await?;
+            events = rest;
         }
-        self.store.commit_events(events).await
+        Ok(revision)
     }
 
     /// Writes pending activity through every `interval` until `stop`, then
@@ -211,5 +220,81 @@ impl Tracker {
             Err(e) => return Err(e),
         };
         Ok(recovered)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ActivityKind, ConnectionInfo, ConnectionStatus};
+
+    fn event(client: &str, kind: EventKind) -> LifecycleEvent {
+        LifecycleEvent {
+            client_id: ClientId::new(client).unwrap(),
+            time: chrono::Utc::now(),
+            connection_id: 1,
+            broker: Arc::from(EMBEDDED_BROKER),
+            kind,
+            peer: None,
+        }
+    }
+
+    /// Activity of more clients than one commit takes is written through
+    /// whole.
+    #[tokio::test]
+    async fn activity_of_more_clients_than_one_commit_takes_is_written_through_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        let tracker = Tracker::new(store.clone(), Arc::default());
+        let clients: Vec<String> = (0..2 * ACTIVITY_COMMIT + 10)
+            .map(|n| format!("d:local:t:c{n}"))
+            .collect();
+        let connected = store.committed_revision();
+        tracker
+            .record(
+                clients
+                    .iter()
+                    .map(|c| {
+                        event(
+                            c,
+                            EventKind::Connected(ConnectionInfo {
+                                addr: "127.0.0.1".parse().unwrap(),
+                                port: 1,
+                                secure: false,
+                                username: String::new(),
+                                protocol: None,
+                                keep_alive: 60,
+                                clean_session: true,
+                            }),
+                        )
+                    })
+                    .collect(),
+            )
+            .await
+            .unwrap();
+        let before = store.committed_revision();
+        assert_eq!(before - connected, clients.len() as u64);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let pings: Vec<_> = clients
+            .iter()
+            .map(|c| event(c, EventKind::Activity(ActivityKind::Ping)))
+            .collect();
+        tracker.record(pings).await.unwrap();
+        let revision = tracker.flush_activity().await.unwrap();
+        assert_eq!(revision - before, clients.len() as u64);
+        for client in &clients {
+            let state = store
+                .get_state(&ClientId::new(client.as_str()).unwrap())
+                .unwrap()
+                .unwrap();
+            assert_eq!(state.status, ConnectionStatus::Connected);
+            assert_eq!(state.last_activity, ActivityKind::Ping, "{client}");
+        }
+        assert_eq!(
+            tracker.flush_activity().await.unwrap(),
+            revision,
+            "nothing left"
+        );
+        store.close().await.unwrap();
     }
 }
