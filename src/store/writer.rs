@@ -1212,8 +1212,8 @@ mod tests {
         assert_eq!(markers(dir.path()), ["d:local:t:gone"]);
     }
 
-    /// A store made before the failure markers existed has none: it reads
-    /// the log for every first record, as it always did.
+    /// A store made before the change log's records were compressed reads
+    /// its plain records next to the compressed ones it writes from then on.
     #[tokio::test]
     async fn a_log_written_before_compression_is_read_with_the_new_records() {
         let dir = tempfile::tempdir().unwrap();
@@ -1249,6 +1249,8 @@ mod tests {
         store.close().await.unwrap();
     }
 
+    /// Retention drops the marker of a client without a record once its
+    /// failed connects aged out of the log, and only then.
     #[tokio::test]
     async fn retention_drops_the_marker_of_a_client_whose_failures_aged_out() {
         async fn written_back(store: &Store) {
@@ -1291,6 +1293,8 @@ mod tests {
         assert!(markers(dir.path()).is_empty());
     }
 
+    /// A store made before the failure markers existed has none: it reads
+    /// the log for every first record, as it always did.
     #[tokio::test]
     async fn a_store_without_failure_markers_reads_the_log() {
         let dir = tempfile::tempdir().unwrap();
