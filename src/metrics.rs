@@ -73,6 +73,8 @@ pub struct Metrics {
     pub events_ingested: Counter,
     pub batch_events: Histogram,
     pub commit_seconds: Histogram,
+    /// Set when the metrics are read (see [`crate::store::Store::write_back_pending`]).
+    pub store_write_back_pending: Gauge,
     pub watchers: Gauge,
     pub watchers_dropped: Counter,
     pub watch_changes_encoded: Family<FormatLabel, Counter>,
@@ -272,6 +274,12 @@ impl Default for Metrics {
             "The newest message of the cluster's log known to this node",
             cluster_stream_sequence.clone(),
         );
+        let store_write_back_pending = Gauge::default();
+        registry.register(
+            "store_write_back_pending",
+            "Committed changes not yet written back to the state records and logs (what a crash restart replays)",
+            store_write_back_pending.clone(),
+        );
         let cluster_lag_messages = Gauge::default();
         registry.register(
             "cluster_lag_messages",
@@ -313,6 +321,7 @@ impl Default for Metrics {
             cluster_applied_sequence,
             cluster_stream_sequence,
             cluster_lag_messages,
+            store_write_back_pending,
             cluster_append_failures,
             source_up,
             source_connections,

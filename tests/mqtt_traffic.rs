@@ -64,3 +64,24 @@ async fn an_idle_connections_connack_and_a_closed_ones_disconnect_are_counted() 
     .await
     .expect("within the time limit");
 }
+
+/// The store's write-back backlog is a metric, and the write-back empties
+/// it behind a connect.
+#[tokio::test]
+async fn the_write_back_backlog_is_a_metric_that_drains() {
+    tokio::time::timeout(LIMIT, async {
+        let server = TestServer::start().await;
+        let mut stream = tokio::net::TcpStream::connect(server.mqtt).await.unwrap();
+        stream.write_all(&connect("backlog-1")).await.unwrap();
+        let mut connack = [0u8; 4];
+        stream.read_exact(&mut connack).await.unwrap();
+        assert_eq!(connack, [0x20, 2, 0, 0]);
+        eventually(Duration::from_secs(10), || async {
+            (metric(&server, "connstate_store_write_back_pending").await == 0).then_some(())
+        })
+        .await;
+        server.stop().await;
+    })
+    .await
+    .expect("within the time limit");
+}

@@ -337,6 +337,10 @@ struct Inner {
     /// Clients whose log grew since the last retention pass.
     grown_logs: Mutex<HashSet<ClientId>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The space probe's thread: joined by a close, so that no handle of
+    /// the store is left behind it (the database's file lock goes with the
+    /// last one).
+    space_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     path: std::path::PathBuf,
     /// The cluster's sequencer, when the store is one replica of its log:
     /// writes go there first (see [`Sequencer`]).
@@ -408,6 +412,7 @@ impl Store {
                 index: index::StateIndex::default(),
                 metrics: options.metrics.clone(),
                 grown_logs: Mutex::new(HashSet::new()),
+                space_thread: Mutex::new(None),
                 writer_thread: Mutex::new(None),
                 path: path.to_owned(),
                 sequencer: std::sync::OnceLock::new(),
@@ -459,10 +464,11 @@ impl Store {
             .expect("write-back lock") = Some(thread);
         store.check_space();
         let weak = Arc::downgrade(&store.inner);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("connstate-space".into())
             .spawn(move || Store::probe_space(weak))
             .map_err(|e| StoreError::Corrupt(format!("cannot start the space probe: {e}")))?;
+        *store.inner.space_thread.lock().expect("space probe lock") = Some(thread);
         Ok(store)
     }
 
@@ -485,7 +491,8 @@ impl Store {
     /// freed space resumes it without waiting for a write.
     fn probe_space(inner: std::sync::Weak<Inner>) {
         loop {
-            std::thread::sleep(SPACE_PROBE_INTERVAL);
+            // A close wakes it early (`Thread::unpark`).
+            std::thread::park_timeout(SPACE_PROBE_INTERVAL);
             let Some(inner) = inner.upgrade() else {
                 return;
             };
@@ -896,6 +903,18 @@ impl Store {
                 .await
                 .ok();
         }
+        let thread = self
+            .inner
+            .space_thread
+            .lock()
+            .expect("space probe lock")
+            .take();
+        if let Some(thread) = thread {
+            thread.thread().unpark();
+            tokio::task::spawn_blocking(move || thread.join())
+                .await
+                .ok();
+        }
         // Whatever is left (a second close, a write-back thread that died).
         let store = self.clone();
         let _ = tokio::task::spawn_blocking(move || store.write_back_now()).await;
@@ -1099,6 +1118,15 @@ impl Store {
     /// The newest revision written back to sled.
     pub(crate) fn materialised_revision(&self) -> Revision {
         self.inner.materialised.load(Ordering::Acquire)
+    }
+
+    /// Committed changes the write-back has not put into the state records
+    /// and logs yet: what a crash restart would replay. Reads never wait
+    /// for it (the overlay serves them); a backlog that stays high means
+    /// sled takes less than the commits bring.
+    pub fn write_back_pending(&self) -> u64 {
+        self.committed_revision()
+            .saturating_sub(self.materialised_revision())
     }
 
     /// The record of one client.

@@ -257,6 +257,30 @@ mod tests {
         store.close().await.unwrap();
     }
 
+    /// The write-back backlog counts the committed changes not written
+    /// back, and falls to nothing once the write-back has run.
+    #[tokio::test]
+    async fn the_write_back_backlog_counts_what_is_not_written_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        store.inner.hold_write_back.store(true, Ordering::Release);
+        for id in 1..=3 {
+            store
+                .commit_events(vec![connect("d:o:t:a", id), connect("d:o:t:b", id)])
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.write_back_pending(), 6);
+        store.inner.hold_write_back.store(false, Ordering::Release);
+        store.inner.pacer.wake();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.write_back_pending() > 0 {
+            assert!(Instant::now() < deadline, "no write-back");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        store.close().await.unwrap();
+    }
+
     /// A retention pass over a large feed runs beside the writer and the
     /// write-back: commits go on being acknowledged, promptly, while it
     /// deletes, and it trims the feed from its oldest end to one

@@ -1167,8 +1167,24 @@ mod tests {
             .failed_connects
     }
 
+    /// The sled database of a closed store. The store's space probe may
+    /// hold the last handle for a moment after the store's own is dropped:
+    /// until it lets go, sled's file lock refuses a second opening.
+    fn closed_store_db(path: &std::path::Path) -> sled::Db {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match sled::Config::new().path(path).open() {
+                Ok(db) => return db,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("the closed store's database stays locked: {e}"),
+            }
+        }
+    }
+
     fn markers(path: &std::path::Path) -> Vec<String> {
-        let db = sled::Config::new().path(path).open().unwrap();
+        let db = closed_store_db(path);
         db.scan_prefix([keys::FAILED_ONLY])
             .keys()
             .map(|k| String::from_utf8(k.unwrap()[1..].to_vec()).unwrap())
@@ -1226,7 +1242,7 @@ mod tests {
         // The two commits' records as a store made them before records
         // were compressed.
         {
-            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            let db = closed_store_db(dir.path());
             for item in db.scan_prefix([keys::FEED]) {
                 let (key, value) = item.unwrap();
                 assert_eq!(value[0], 0, "stored compressed");
@@ -1305,7 +1321,7 @@ mod tests {
         store.close().await.unwrap();
         drop(store);
         {
-            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            let db = closed_store_db(dir.path());
             db.remove(keys::META_FAILURE_MARKERS).unwrap();
             for key in db.scan_prefix([keys::FAILED_ONLY]).keys() {
                 db.remove(key.unwrap()).unwrap();

@@ -680,6 +680,8 @@ async fn put_config(
 
 /// `GET /metrics`: Prometheus (OpenMetrics) text.
 async fn metrics(State(query): State<QueryService>) -> Response {
+    let pending = i64::try_from(query.store().write_back_pending()).unwrap_or(i64::MAX);
+    query.metrics().store_write_back_pending.set(pending);
     (
         [(
             header::CONTENT_TYPE,
