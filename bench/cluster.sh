@@ -13,9 +13,10 @@
 #
 # Sizes (environment): EVENTS (200000), BATCH (1000), PRODUCERS (8) of
 # cluster-ingest and of the catch-up load; RATE (10000) and SECONDS (10) of
-# cluster-latency; CATCHUP_EVENTS (1000000); SETTLE (30): seconds between
-# the ingest and the latency scenario, for the nodes to write back the
-# ingest's burst (0 measures the latency while they still do). Binaries: CONNSTATE_BIN and
+# cluster-latency; CATCHUP_EVENTS (1000000); SETTLE (30): the most seconds
+# between the ingest and the latency scenario, waiting for every node to
+# have applied and written back the ingest's burst (their /metrics say when;
+# 0 measures the latency while they still do). Binaries: CONNSTATE_BIN and
 # BENCH_BIN (default target/release/..., built with cargo build --release when
 # either is unset). Ports: the *_PORT_BASE variables of scripts/cluster.sh.
 # SECONDS is also bash's own clock (imported from the environment it counts
@@ -63,8 +64,28 @@ echo
 "$BENCH_BIN" cluster-ingest --nats "$nats" --nodes "$(grpc 1),$(grpc 2),$(grpc 3)" \
   --events "$EVENTS" --batch "$BATCH" --producers "$PRODUCERS"
 echo
-echo "(waiting ${SETTLE} s for the nodes to write back the ingest's burst)"
-sleep "$SETTLE"
+# Settled: every node has applied the whole log and written it back
+# (connstate_cluster_lag_messages and connstate_store_write_back_pending at
+# 0 in its /metrics), or SETTLE seconds passed.
+metrics_url() { echo "http://127.0.0.1:$((REST_PORT_BASE + $1 - 1))/metrics"; }
+backlog() {
+  curl -fsS "$(metrics_url "$1")" 2>/dev/null |
+    awk '/^connstate_store_write_back_pending / || /^connstate_cluster_lag_messages / { n += $2 } END { print n + 0 }'
+}
+settle_start=$(date +%s.%N)
+while :; do
+  left=$(( $(backlog 1) + $(backlog 2) + $(backlog 3) ))
+  waited=$(awk -v a="$settle_start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+  if [ "$left" = 0 ]; then
+    echo "(the nodes wrote back the ingest's burst in ${waited} s)"
+    break
+  fi
+  if awk -v w="$waited" -v s="$SETTLE" 'BEGIN { exit !(w >= s) }'; then
+    echo "(after ${SETTLE} s the nodes still had ${left} changes to apply or write back: measuring anyway)"
+    break
+  fi
+  sleep 0.2
+done
 "$BENCH_BIN" cluster-latency --nodes "$(grpc 1),$(grpc 3)" --rate "$RATE" --seconds "$SECONDS_"
 
 echo
