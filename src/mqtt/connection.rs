@@ -819,11 +819,15 @@ mod size_tests {
 
     /// Every connected client holds one task for its whole life: its size
     /// is memory per client (1,336 bytes when written; 2,208 before the
-    /// will, v5 properties and timers were slimmed).
+    /// will, v5 properties and timers were slimmed; 1,280 since the local
+    /// address became its port). Tokio rounds a task up to 128 bytes on
+    /// x86_64 and adds about 112 of its own (header, scheduler, trailer)
+    /// and the task tracker's 8: a future of up to 1,288 bytes makes a
+    /// task of 1,408 bytes, one more word a task of 1,536.
     #[test]
     fn a_connections_task_stays_small() {
         let task = output_size(serve::<tokio::net::TcpStream>);
-        assert!(task <= 1536, "a connection's future is {task} bytes");
+        assert!(task <= 1288, "a connection's future is {task} bytes");
         assert!(std::mem::size_of::<Live>() <= 320);
         assert!(std::mem::size_of::<Message>() <= 128);
     }
@@ -846,7 +850,7 @@ mod timer_tests {
         let addr = "127.0.0.1:1883".parse().unwrap();
         let transport = Transport {
             peer: addr,
-            local: addr,
+            local_port: addr.port(),
             secure: false,
         };
         tokio::spawn(serve(broker.clone(), server, transport));

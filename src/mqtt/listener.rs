@@ -154,7 +154,7 @@ async fn accept_tcp(
         };
         let transport = Transport {
             peer,
-            local,
+            local_port: local.port(),
             secure: tls.is_some(),
         };
         let broker2 = broker.clone();
@@ -206,7 +206,7 @@ async fn upgrade(
     ws.protocols(["mqtt"]).on_upgrade(move |socket| {
         let transport = Transport {
             peer,
-            local: state.local,
+            local_port: state.local.port(),
             secure: false,
         };
         let tracker = state.broker.inner.connections.clone();
