@@ -192,6 +192,15 @@ mod tests {
         }
     }
 
+    /// Waits, at most `limit`, until every commit is written back.
+    async fn written_back(store: &Store, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while store.write_back_pending() > 0 {
+            assert!(Instant::now() < deadline, "no write-back");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Keeps the feed to `max_entries` changes, whatever their age.
     async fn keep_feed(store: &Store, max_entries: u64) {
         store
@@ -217,11 +226,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while store.materialised_revision() < store.committed_revision() {
-            assert!(Instant::now() < deadline, "no write-back");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        written_back(&store, Duration::from_secs(10)).await;
         store.inner.hold_write_back.store(true, Ordering::Release);
         for id in 6..=9 {
             store
@@ -247,11 +252,7 @@ mod tests {
 
         store.inner.hold_write_back.store(false, Ordering::Release);
         store.inner.pacer.wake();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while store.materialised_revision() < store.committed_revision() {
-            assert!(Instant::now() < deadline, "no write-back");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        written_back(&store, Duration::from_secs(10)).await;
         store.run_retention().unwrap();
         assert_eq!(store.oldest_feed_revision().unwrap(), None);
         store.close().await.unwrap();
@@ -273,11 +274,7 @@ mod tests {
         assert_eq!(store.write_back_pending(), 6);
         store.inner.hold_write_back.store(false, Ordering::Release);
         store.inner.pacer.wake();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while store.write_back_pending() > 0 {
-            assert!(Instant::now() < deadline, "no write-back");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        written_back(&store, Duration::from_secs(10)).await;
         store.close().await.unwrap();
     }
 
@@ -303,11 +300,7 @@ mod tests {
             commit.await.unwrap().unwrap();
         }
         keep_feed(&store, 10).await;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while store.materialised_revision() < store.committed_revision() {
-            assert!(Instant::now() < deadline, "no write-back");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        written_back(&store, Duration::from_secs(30)).await;
 
         let passing = Arc::new(AtomicBool::new(true));
         let writes = {
