@@ -22,6 +22,16 @@ fn connect(client_id: &str) -> Vec<u8> {
     packet
 }
 
+/// A connection that sent `packet` (a CONNECT) and was accepted.
+async fn connected(server: &TestServer, packet: &[u8]) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(server.mqtt).await.unwrap();
+    stream.write_all(packet).await.unwrap();
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack).await.unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    stream
+}
+
 /// The value of the metric `name` in the server's /metrics text.
 async fn metric(server: &TestServer, name: &str) -> u64 {
     let text = reqwest::get(format!("{}/metrics", server.rest))
@@ -39,12 +49,8 @@ async fn metric(server: &TestServer, name: &str) -> u64 {
 async fn an_idle_connections_connack_and_a_closed_ones_disconnect_are_counted() {
     tokio::time::timeout(LIMIT, async {
         let server = TestServer::start().await;
-        let mut stream = tokio::net::TcpStream::connect(server.mqtt).await.unwrap();
         let packet = connect("traffic-1");
-        stream.write_all(&packet).await.unwrap();
-        let mut connack = [0u8; 4];
-        stream.read_exact(&mut connack).await.unwrap();
-        assert_eq!(connack, [0x20, 2, 0, 0]);
+        let mut stream = connected(&server, &packet).await;
         // The connection now stays idle: its CONNACK is counted anyway.
         eventually(Duration::from_secs(10), || async {
             (metric(&server, "connstate_mqtt_sent_bytes_total").await == 4).then_some(())
@@ -71,11 +77,7 @@ async fn an_idle_connections_connack_and_a_closed_ones_disconnect_are_counted() 
 async fn the_write_back_backlog_is_a_metric_that_drains() {
     tokio::time::timeout(LIMIT, async {
         let server = TestServer::start().await;
-        let mut stream = tokio::net::TcpStream::connect(server.mqtt).await.unwrap();
-        stream.write_all(&connect("backlog-1")).await.unwrap();
-        let mut connack = [0u8; 4];
-        stream.read_exact(&mut connack).await.unwrap();
-        assert_eq!(connack, [0x20, 2, 0, 0]);
+        let _stream = connected(&server, &connect("backlog-1")).await;
         eventually(Duration::from_secs(10), || async {
             (metric(&server, "connstate_store_write_back_pending").await == 0).then_some(())
         })

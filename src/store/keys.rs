@@ -116,20 +116,22 @@ pub fn decode_time(bytes: [u8; 8]) -> i64 {
     (u64::from_be_bytes(bytes) ^ (1 << 63)) as i64
 }
 
-/// The marker of a client without a record whose log may hold failed
-/// connects.
-pub fn failed_only(client: &ClientId) -> Vec<u8> {
+/// `prefix` and the client id: a key of one client's own.
+fn of_client(prefix: u8, client: &ClientId) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + client.as_str().len());
-    key.push(FAILED_ONLY);
+    key.push(prefix);
     key.extend_from_slice(client.as_str().as_bytes());
     key
 }
 
+/// The marker of a client without a record whose log may hold failed
+/// connects.
+pub fn failed_only(client: &ClientId) -> Vec<u8> {
+    of_client(FAILED_ONLY, client)
+}
+
 pub fn state(client: &ClientId) -> Vec<u8> {
-    let mut key = Vec::with_capacity(1 + client.as_str().len());
-    key.push(STATE);
-    key.extend_from_slice(client.as_str().as_bytes());
-    key
+    of_client(STATE, client)
 }
 
 /// Index key: prefix, time, client. `None` (never) sorts before every time.

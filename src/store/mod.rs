@@ -1340,6 +1340,18 @@ impl Store {
     }
 }
 
+#[cfg(test)]
+impl Store {
+    /// Waits, at most `limit`, until every commit is written back (tests).
+    async fn written_back(&self, limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        while self.write_back_pending() > 0 {
+            assert!(std::time::Instant::now() < deadline, "no write-back");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
 /// Where a write-back stops (see `Inner::write_back_pause`).
 #[cfg(test)]
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

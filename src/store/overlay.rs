@@ -536,11 +536,7 @@ mod tests {
             .unwrap();
         // Wait for the first commits to be written back, then hold the rest
         // in the log only.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while store.materialised_revision() < store.committed_revision() {
-            assert!(std::time::Instant::now() < deadline, "no write-back");
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        store.written_back(std::time::Duration::from_secs(10)).await;
         store.inner.hold_write_back.store(true, Ordering::Release);
 
         // One client changed ten times, a deletion, failed connects before
@@ -1166,11 +1162,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while store.materialised_revision() < store.committed_revision() {
-            assert!(std::time::Instant::now() < deadline, "no write-back");
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        store.written_back(std::time::Duration::from_secs(10)).await;
         let stamp = store.checkpoint().unwrap();
         assert_eq!(stamp, store.committed_revision());
 

@@ -12,6 +12,8 @@
 //! connect aged out is dropped by the writer, after the pass
 //! ([`Store::retention_pass`]).
 
+use std::collections::HashSet;
+
 use chrono::Utc;
 
 use super::{Store, StoreError, codec, keys, log::Log};
@@ -50,7 +52,9 @@ impl Store {
                 }
             };
         if !marked.is_empty() {
-            report.failure_markers = self.drop_failure_markers(marked).await?;
+            report.failure_markers = self
+                .drop_failure_markers(marked.into_iter().collect())
+                .await?;
         }
         Ok(report)
     }
@@ -62,10 +66,10 @@ impl Store {
     }
 
     /// One pass, and the marked clients whose log entries it deleted.
-    fn retention(&self) -> Result<(RetentionReport, Vec<ClientId>), StoreError> {
+    fn retention(&self) -> Result<(RetentionReport, HashSet<ClientId>), StoreError> {
         let settings = self.settings();
         let now_ms = Utc::now().timestamp_millis();
-        let mut marked = Vec::new();
+        let mut marked = HashSet::new();
         let mut report = RetentionReport {
             log_entries_by_age: self.trim_logs_by_age(
                 now_ms.saturating_sub(millis(settings.log_max_age)),
@@ -87,7 +91,7 @@ impl Store {
     fn trim_logs_by_age(
         &self,
         cutoff_ms: i64,
-        marked: &mut Vec<ClientId>,
+        marked: &mut HashSet<ClientId>,
     ) -> Result<usize, StoreError> {
         let db = &self.inner.db;
         let committed = self.committed_revision();
@@ -108,8 +112,11 @@ impl Store {
                     if let Ok(client) = ClientId::new(log_ref.client_id.as_str()) {
                         batch.remove(keys::client_log(&client, log_ref.revision));
                         deleted += 1;
-                        if db.contains_key(keys::failed_only(&client))? {
-                            marked.push(client);
+                        // A marked client is looked up once per pass.
+                        if !marked.contains(&client)
+                            && db.contains_key(keys::failed_only(&client))?
+                        {
+                            marked.insert(client);
                         }
                     }
                 }
@@ -192,15 +199,6 @@ mod tests {
         }
     }
 
-    /// Waits, at most `limit`, until every commit is written back.
-    async fn written_back(store: &Store, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while store.write_back_pending() > 0 {
-            assert!(Instant::now() < deadline, "no write-back");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
     /// Keeps the feed to `max_entries` changes, whatever their age.
     async fn keep_feed(store: &Store, max_entries: u64) {
         store
@@ -226,7 +224,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        written_back(&store, Duration::from_secs(10)).await;
+        store.written_back(Duration::from_secs(10)).await;
         store.inner.hold_write_back.store(true, Ordering::Release);
         for id in 6..=9 {
             store
@@ -252,7 +250,7 @@ mod tests {
 
         store.inner.hold_write_back.store(false, Ordering::Release);
         store.inner.pacer.wake();
-        written_back(&store, Duration::from_secs(10)).await;
+        store.written_back(Duration::from_secs(10)).await;
         store.run_retention().unwrap();
         assert_eq!(store.oldest_feed_revision().unwrap(), None);
         store.close().await.unwrap();
@@ -274,7 +272,7 @@ mod tests {
         assert_eq!(store.write_back_pending(), 6);
         store.inner.hold_write_back.store(false, Ordering::Release);
         store.inner.pacer.wake();
-        written_back(&store, Duration::from_secs(10)).await;
+        store.written_back(Duration::from_secs(10)).await;
         store.close().await.unwrap();
     }
 
@@ -300,7 +298,7 @@ mod tests {
             commit.await.unwrap().unwrap();
         }
         keep_feed(&store, 10).await;
-        written_back(&store, Duration::from_secs(30)).await;
+        store.written_back(Duration::from_secs(30)).await;
 
         let passing = Arc::new(AtomicBool::new(true));
         let writes = {

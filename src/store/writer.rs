@@ -1167,20 +1167,11 @@ mod tests {
             .failed_connects
     }
 
-    /// The sled database of a closed store. The store's space probe may
-    /// hold the last handle for a moment after the store's own is dropped:
-    /// until it lets go, sled's file lock refuses a second opening.
+    /// The sled database of a closed store whose last handle is dropped:
+    /// a close leaves no thread holding it (sled's file lock would refuse
+    /// this second opening).
     fn closed_store_db(path: &std::path::Path) -> sled::Db {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            match sled::Config::new().path(path).open() {
-                Ok(db) => return db,
-                Err(_) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-                Err(e) => panic!("the closed store's database stays locked: {e}"),
-            }
-        }
+        sled::Config::new().path(path).open().unwrap()
     }
 
     fn markers(path: &std::path::Path) -> Vec<String> {
@@ -1269,13 +1260,6 @@ mod tests {
     /// failed connects aged out of the log, and only then.
     #[tokio::test]
     async fn retention_drops_the_marker_of_a_client_whose_failures_aged_out() {
-        async fn written_back(store: &Store) {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            while store.materialised_revision() < store.committed_revision() {
-                assert!(std::time::Instant::now() < deadline, "no write-back");
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            }
-        }
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Default::default()).unwrap();
         for n in 1..=2 {
@@ -1285,7 +1269,7 @@ mod tests {
         commit(&store, connect("d:local:t:recorded", 2)).await;
         tokio::time::sleep(std::time::Duration::from_secs(3)).await;
         commit(&store, refused("d:local:t:young", 1)).await;
-        written_back(&store).await;
+        store.written_back(std::time::Duration::from_secs(10)).await;
         // Entries older than 2 s go: those of `old`, not `young`'s.
         store
             .update_settings(Settings {

@@ -135,17 +135,19 @@ impl Tracker {
     /// in step (every client connected in the same second after an outage)
     /// then costs a few megabytes in flight, not one commit of all of it.
     pub async fn flush_activity(&self) -> Result<Revision, StoreError> {
-        let mut events: Vec<LifecycleEvent> = {
+        let events: Vec<LifecycleEvent> = {
             let mut pending = crate::lock::lock(&self.pending_activity);
             pending.drain().map(|(_, event)| event).collect()
         };
+        let mut events = events.into_iter();
         let mut revision = self.store.committed_revision();
-        while !events.is_empty() {
-            let rest = events.split_off(events.len().min(ACTIVITY_COMMIT));
-            revision = self.store.commit_events(events).await?;
-            events = rest;
+        loop {
+            let commit: Vec<_> = events.by_ref().take(ACTIVITY_COMMIT).collect();
+            if commit.is_empty() {
+                return Ok(revision);
+            }
+            revision = self.store.commit_events(commit).await?;
         }
-        Ok(revision)
     }
 
     /// Writes pending activity through every `interval` until `stop`, then
