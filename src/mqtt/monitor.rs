@@ -11,13 +11,13 @@
 //! rule), so that clients with random ids, one per connection, do not pile
 //! up retained messages for ever.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 use bytestring::ByteString;
 use chrono::SecondsFormat;
 use rmqtt_codec::types::QoS;
-use serde_json::{Map, Value, json};
+use serde::Serialize;
 
 use super::{Broker, Message};
 use crate::domain::{Change, ClientKind, CloseCode, LogKind, MqttProtocol, Timestamp};
@@ -72,28 +72,67 @@ fn protocol_name(p: MqttProtocol) -> &'static str {
     }
 }
 
-/// The JSON payload of a monitor message.
-pub fn payload(origin: &Origin<'_>, action: &Action<'_>) -> Value {
-    let mut m = Map::new();
+/// The JSON body of a monitor message, its fields in the platform's
+/// (alphabetical) order; what an action does not have is left out.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Payload<'a> {
+    action: &'static str,
+    client_addr: IpAddr,
+    #[serde(rename = "ClientID")]
+    client_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    close_code: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connect_time: Option<String>,
+    port: u16,
+    protocol: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    read_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    read_msg: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    secure: bool,
+    time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    write_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    write_msg: Option<u64>,
+}
+
+/// The JSON payload of a monitor message. Written from a struct rather
+/// than built as a JSON value: every connect and disconnect of the broker
+/// publishes one.
+pub fn payload(origin: &Origin<'_>, action: &Action<'_>) -> Vec<u8> {
     let (name, time) = match action {
         Action::Connect { time } => ("Connect", *time),
         Action::Disconnect { time, .. } => ("Disconnect", *time),
         Action::FailedConnect { time, .. } => ("FailedConnect", *time),
     };
-    m.insert("Action".into(), json!(name));
-    m.insert("Time".into(), json!(iso(time)));
-    m.insert("ClientAddr".into(), json!(origin.peer.ip().to_string()));
-    m.insert("ClientID".into(), json!(origin.client_id));
-    m.insert("Port".into(), json!(origin.server_port));
-    m.insert("Secure".into(), json!(origin.secure));
-    m.insert("Protocol".into(), json!(protocol_name(origin.protocol)));
-    if !origin.username.is_empty() && origin.username != super::identity::TOKEN_AUTH_USER {
-        m.insert("User".into(), json!(origin.username));
-    }
+    let user = (!origin.username.is_empty() && origin.username != super::identity::TOKEN_AUTH_USER)
+        .then_some(origin.username);
+    let mut body = Payload {
+        action: name,
+        client_addr: origin.peer.ip(),
+        client_id: origin.client_id,
+        close_code: None,
+        connect_time: None,
+        port: origin.server_port,
+        protocol: protocol_name(origin.protocol),
+        read_bytes: None,
+        read_msg: None,
+        reason: None,
+        secure: origin.secure,
+        time: iso(time),
+        user,
+        write_bytes: None,
+        write_msg: None,
+    };
     match action {
-        Action::Connect { time } => {
-            m.insert("ConnectTime".into(), json!(iso(*time)));
-        }
+        Action::Connect { time } => body.connect_time = Some(iso(*time)),
         Action::Disconnect {
             connect_time,
             close_code,
@@ -101,22 +140,27 @@ pub fn payload(origin: &Origin<'_>, action: &Action<'_>) -> Value {
             traffic,
             ..
         } => {
-            m.insert("ConnectTime".into(), json!(iso(*connect_time)));
-            m.insert("CloseCode".into(), json!(close_code.0));
-            m.insert("Reason".into(), json!(reason));
-            m.insert("ReadBytes".into(), json!(traffic.read_bytes));
-            m.insert("ReadMsg".into(), json!(traffic.read_msgs));
-            m.insert("WriteBytes".into(), json!(traffic.write_bytes));
-            m.insert("WriteMsg".into(), json!(traffic.write_msgs));
+            body.connect_time = Some(iso(*connect_time));
+            body.close_code = Some(close_code.0);
+            body.reason = Some(reason);
+            body.read_bytes = Some(traffic.read_bytes);
+            body.read_msg = Some(traffic.read_msgs);
+            body.write_bytes = Some(traffic.write_bytes);
+            body.write_msg = Some(traffic.write_msgs);
         }
         Action::FailedConnect {
             close_code, reason, ..
         } => {
-            m.insert("CloseCode".into(), json!(close_code.0));
-            m.insert("Reason".into(), json!(reason));
+            body.close_code = Some(close_code.0);
+            body.reason = Some(reason);
         }
     }
-    Value::Object(m)
+    let mut out = Vec::with_capacity(256);
+    // Plain strings, numbers and booleans: serialising cannot fail.
+    let _ = serde_json::to_writer(&mut out, &body);
+    // Retained for as long as the client is connected: no spare capacity.
+    out.shrink_to_fit();
+    out
 }
 
 /// The topics of `client_id`'s monitor messages, each with whether it
@@ -147,10 +191,7 @@ impl Broker {
     /// Publishes the monitor message of `action` on every topic of the
     /// client, with the retain rules of its type.
     pub(crate) fn publish_monitor(&self, origin: &Origin<'_>, action: &Action<'_>) {
-        let mut body = payload(origin, action).to_string().into_bytes();
-        // Retained for as long as the client is connected: no spare capacity.
-        body.shrink_to_fit();
-        let body = Bytes::from(body);
+        let body = Bytes::from(payload(origin, action));
         for (topic, application) in topics(origin.client_id) {
             let retain = match action {
                 Action::Connect { .. } => true,
@@ -271,7 +312,7 @@ mod tests {
             username: "use-token-auth",
         };
         let cause = crate::domain::DisconnectCause::SocketClosed;
-        let v = payload(
+        let v: serde_json::Value = serde_json::from_slice(&payload(
             &origin,
             &Action::Disconnect {
                 connect_time: t,
@@ -285,12 +326,65 @@ mod tests {
                     write_msgs: 0,
                 },
             },
-        );
+        ))
+        .unwrap();
         assert_eq!(v["Action"], "Disconnect");
         assert_eq!(v["Time"], "2023-11-14T22:13:20.123Z");
         assert_eq!(v["Protocol"], "mqtt4");
         assert_eq!(v["CloseCode"], 91);
         assert_eq!(v["ReadBytes"], 10);
         assert!(v.get("User").is_none(), "token auth hides the user");
+    }
+
+    #[test]
+    fn a_connect_payload_is_exactly_the_platform_message() {
+        let t = chrono::DateTime::from_timestamp_millis(1_700_000_000_123).unwrap();
+        let origin = Origin {
+            client_id: "a:org:app",
+            peer: "[::1]:5000".parse().unwrap(),
+            server_port: 8883,
+            secure: true,
+            protocol: MqttProtocol::V5_0,
+            username: "ops \"1\"",
+        };
+        let body = payload(&origin, &Action::Connect { time: t });
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            concat!(
+                r#"{"Action":"Connect","ClientAddr":"::1","ClientID":"a:org:app","#,
+                r#""ConnectTime":"2023-11-14T22:13:20.123Z","Port":8883,"Protocol":"mqtt5","#,
+                r#""Secure":true,"Time":"2023-11-14T22:13:20.123Z","User":"ops \"1\""}"#
+            )
+        );
+        assert_eq!(body.capacity(), body.len(), "retained: no spare capacity");
+    }
+
+    #[test]
+    fn a_failed_connect_payload_has_its_code_and_reason_and_no_traffic() {
+        let t = chrono::DateTime::from_timestamp_millis(1_700_000_000_123).unwrap();
+        let origin = Origin {
+            client_id: "plain",
+            peer: "10.0.0.7:41000".parse().unwrap(),
+            server_port: 1883,
+            secure: false,
+            protocol: MqttProtocol::V3_1,
+            username: "",
+        };
+        let body = payload(
+            &origin,
+            &Action::FailedConnect {
+                time: t,
+                close_code: CloseCode(4),
+                reason: "Bad user name or password",
+            },
+        );
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            concat!(
+                r#"{"Action":"FailedConnect","ClientAddr":"10.0.0.7","ClientID":"plain","#,
+                r#""CloseCode":4,"Port":1883,"Protocol":"mqtt3","Reason":"Bad user name or password","#,
+                r#""Secure":false,"Time":"2023-11-14T22:13:20.123Z"}"#
+            )
+        );
     }
 }
