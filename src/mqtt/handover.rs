@@ -440,10 +440,10 @@ impl Broker {
         let Some(session) = self.session(&take.client_id) else {
             return Handed::default();
         };
-        if let Some((mailbox, finished)) = session.online_handles() {
+        if let Some(mailbox) = session.online_mailbox() {
             let by = format!("a connection on node {}", take.by);
             let _ = mailbox.send(Outbound::Close(DisconnectCause::SessionTakenOver { by }), 0);
-            if tokio::time::timeout(HANDOVER_TIMEOUT, finished.cancelled())
+            if tokio::time::timeout(HANDOVER_TIMEOUT, mailbox.finished())
                 .await
                 .is_err()
             {

@@ -12,7 +12,7 @@ use rmqtt_codec::{
     version::{ProtocolVersion, VersionCodec},
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_util::{codec::Decoder, sync::CancellationToken};
+use tokio_util::codec::Decoder;
 
 use super::{
     acl::Access,
@@ -44,9 +44,8 @@ pub(super) struct Accepted {
     pub(super) username: String,
     pub(super) attached: Attached,
     pub(super) connect_time: Timestamp,
+    /// Also says when the connection has handed its session back.
     pub(super) mailbox: Arc<Mailbox>,
-    /// Cancelled once the connection has handed its session back.
-    pub(super) finished: CancellationToken,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
@@ -110,7 +109,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         let carried = std::mem::take(&mut a.attached.carried);
         self.broker
             .detach(&a.attached.session, a.connection_id, carried, leftovers);
-        a.finished.cancel();
+        a.mailbox.finish();
     }
 
     /// Reads until a whole CONNECT is decoded, choosing the codec by its
@@ -401,7 +400,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
     ) -> Accepted {
         let client_id: Arc<str> = Arc::from(hello.client_id.as_str());
         let mailbox = Arc::new(Mailbox::default());
-        let finished = CancellationToken::new();
         let username = hello
             .username
             .as_ref()
@@ -417,7 +415,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                 &username,
                 &self.transport.peer.to_string(),
                 mailbox.clone(),
-                finished.clone(),
             )
             .await;
         Accepted {
@@ -430,7 +427,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             attached,
             connect_time: now(),
             mailbox,
-            finished,
         }
     }
 

@@ -330,6 +330,10 @@ struct Inner {
     retained: RwLock<BTreeMap<ByteString, Arc<Message>>>,
     /// Cancelled when the server shuts down: connections say goodbye.
     stop: CancellationToken,
+    /// Set once `stop` is cancelled, before every connected client is told
+    /// through its mailbox: a connected loop reads it instead of waiting
+    /// on the token, whose future would be ~80 bytes of every connection.
+    stopping: std::sync::atomic::AtomicBool,
     connections: TaskTracker,
     /// The broker name of every event, shared rather than allocated per
     /// event.
@@ -408,6 +412,7 @@ impl Broker {
                 subscriptions: RwLock::new(SubscriptionTree::new()),
                 retained: RwLock::default(),
                 stop,
+                stopping: std::sync::atomic::AtomicBool::new(false),
                 connections: TaskTracker::new(),
                 name,
                 acl: RwLock::new(None),
@@ -424,6 +429,21 @@ impl Broker {
                 Broker { inner }.expired(fired);
             }
         }));
+        // Shutdown reaches connected clients through their mailboxes. A
+        // connection that attaches meanwhile finds the flag set: its attach
+        // takes the session's lock after `end_all` did, or its session was
+        // added after `end_all` looked.
+        let weak = Arc::downgrade(&broker.inner);
+        let stop = broker.inner.stop.clone();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            if let Some(inner) = weak.upgrade() {
+                inner
+                    .stopping
+                    .store(true, std::sync::atomic::Ordering::Release);
+                Broker { inner }.end_all(DisconnectCause::ServerShuttingDown);
+            }
+        });
         // Monitor messages of other brokers' clients, from the live feed;
         // this task too holds the broker weakly.
         let weak = Arc::downgrade(&broker.inner);
@@ -967,16 +987,7 @@ pub(crate) mod testing {
         let mailbox = Arc::new(session::Mailbox::default());
         let id: Arc<str> = Arc::from("subscriber");
         let attached = broker
-            .attach(
-                &id,
-                u64::MAX,
-                true,
-                0,
-                "",
-                "test",
-                mailbox.clone(),
-                CancellationToken::new(),
-            )
+            .attach(&id, u64::MAX, true, 0, "", "test", mailbox.clone())
             .await;
         let options = SubOptions {
             qos: QoS::AtMostOnce,

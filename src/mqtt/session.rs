@@ -80,9 +80,9 @@ struct State {
 
 struct Online {
     connection_id: u64,
+    /// Also says when the connection has handed its state back
+    /// ([`Mailbox::finished`]).
     mailbox: Arc<Mailbox>,
-    /// Cancelled by the connection once it has handed its state back.
-    finished: CancellationToken,
 }
 
 /// A connection's inbox: deliveries and commands from the rest of the
@@ -93,6 +93,11 @@ pub struct Mailbox {
     queue: Mutex<VecDeque<Outbound>>,
     closed: std::sync::atomic::AtomicBool,
     notify: Notify,
+    /// Set once the connection has handed its session back: a connection
+    /// taking the session over waits for it. Here rather than in a token of
+    /// its own, which would be another allocation per connection.
+    finished: std::sync::atomic::AtomicBool,
+    finished_notify: Notify,
 }
 
 impl Mailbox {
@@ -131,6 +136,24 @@ impl Mailbox {
             }
             self.notify.notified().await;
         }
+    }
+
+    /// Says that the connection has handed its session back.
+    pub fn finish(&self) {
+        self.finished.store(true, Ordering::Release);
+        self.finished_notify.notify_waiters();
+    }
+
+    /// Returns once the connection has handed its session back.
+    pub async fn finished(&self) {
+        let notified = self.finished_notify.notified();
+        tokio::pin!(notified);
+        // Registered before the flag is read: a finish in between wakes it.
+        notified.as_mut().enable();
+        if self.finished.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
     }
 
     /// Closes the mailbox and returns the deliveries still in it (for the
@@ -269,13 +292,10 @@ impl Session {
         )
     }
 
-    /// The mailbox and the finish token of the connection attached now.
-    pub fn online_handles(&self) -> Option<(Arc<Mailbox>, CancellationToken)> {
+    /// The mailbox of the connection attached now.
+    pub fn online_mailbox(&self) -> Option<Arc<Mailbox>> {
         let state = self.lock();
-        state
-            .online
-            .as_ref()
-            .map(|o| (o.mailbox.clone(), o.finished.clone()))
+        state.online.as_ref().map(|o| o.mailbox.clone())
     }
 
     /// Sets whether the cluster's bucket holds a will of this session's;
@@ -352,7 +372,6 @@ impl Broker {
         username: &str,
         by: &str,
         mailbox: Arc<Mailbox>,
-        finished: CancellationToken,
     ) -> Attached {
         // On a cluster node the session may be on another node.
         self.fetch_session(client_id, clean_start).await;
@@ -360,21 +379,14 @@ impl Broker {
             let Some(session) = self.session(client_id) else {
                 break;
             };
-            let old = {
-                let state = session.lock();
-                state
-                    .online
-                    .as_ref()
-                    .map(|o| (o.mailbox.clone(), o.finished.clone()))
-            };
-            let Some((old_mailbox, old_finished)) = old else {
+            let Some(old_mailbox) = session.online_mailbox() else {
                 break;
             };
             let _ = old_mailbox.send(
                 Outbound::Close(DisconnectCause::SessionTakenOver { by: by.to_owned() }),
                 0,
             );
-            if tokio::time::timeout(Duration::from_secs(5), old_finished.cancelled())
+            if tokio::time::timeout(Duration::from_secs(5), old_mailbox.finished())
                 .await
                 .is_err()
             {
@@ -410,7 +422,6 @@ impl Broker {
             state.online = Some(Online {
                 connection_id,
                 mailbox,
-                finished,
             });
             let attached = Attached {
                 session: session.clone(),
@@ -708,7 +719,6 @@ mod tests {
                 "",
                 "test",
                 Arc::new(Mailbox::default()),
-                CancellationToken::new(),
             )
             .await
     }
@@ -761,6 +771,30 @@ mod tests {
     /// A bug that panics in one connection while it holds the session
     /// table, its session and the subscription tree leaves them poisoned;
     /// later connects, takeovers and routing go on.
+    /// A connection taking a session over waits until the old one has
+    /// finished, whether it finished before the wait began or during it.
+    #[tokio::test]
+    async fn waiting_for_a_finished_connection_ends_when_it_finishes() {
+        let done = Mailbox::default();
+        done.finish();
+        tokio::time::timeout(Duration::from_secs(1), done.finished())
+            .await
+            .expect("finished before the wait");
+
+        let mailbox = Arc::new(Mailbox::default());
+        let waiter = tokio::spawn({
+            let mailbox = mailbox.clone();
+            async move { mailbox.finished().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "nothing finished yet");
+        mailbox.finish();
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("woken by the finish")
+            .unwrap();
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_panic_under_the_broker_locks_does_not_stop_later_connects() {
         let (broker, _dir) = testing::broker(BrokerOptions::default());
