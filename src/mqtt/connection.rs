@@ -33,7 +33,7 @@ use super::{
     handshake::{Accepted, HandshakeEnd},
     identity::{Identity, NotAuthorized},
     link::{Conn, FAR_OFF, IDLE_RELEASE, PEEK, far_off, log_lifecycle, make_room, now, read_some},
-    monitor::Action,
+    monitor::{Action, Local},
     packet::{Codec, In, TopicAliases, Will},
     qos::{Delivered, Incoming, Out, QosState},
     routes::Wait,
@@ -762,6 +762,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                 reason: &cause.reason_text(live.keep_alive),
                 traffic: self.traffic,
             },
+            Some(Local {
+                session: &live.session,
+                connection_id: live.connection_id,
+            }),
         );
 
         // Hand the session back.

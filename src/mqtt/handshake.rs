@@ -18,7 +18,7 @@ use super::{
     acl::Access,
     identity::Identity,
     link::{Conn, log_lifecycle, make_room, now},
-    monitor::Action,
+    monitor::{Action, Local},
     packet::{Codec, Hello, Welcome, sniff_connect},
     session::{Attached, Mailbox},
     topic,
@@ -268,6 +268,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                 close_code: failure.close_code(),
                 reason: failure.reason_code().description(),
             },
+            None,
         );
     }
 
@@ -451,6 +452,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             &Action::Connect {
                 time: a.connect_time,
             },
+            Some(Local {
+                session: &a.attached.session,
+                connection_id: a.connection_id,
+            }),
         );
     }
 }

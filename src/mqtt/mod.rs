@@ -754,6 +754,17 @@ impl Broker {
         if message.retain {
             self.set_retained(&message.topic, Some(message.clone()));
         }
+        self.fan_out(message, wait)
+    }
+
+    /// Delivers `message` to the matching subscriptions (and, for a
+    /// client's message, towards the other nodes) without storing it, even
+    /// if it is to be retained.
+    pub(crate) fn fan_out(
+        &self,
+        message: Arc<Message>,
+        wait: routes::Wait,
+    ) -> (usize, routes::Forwarded) {
         let routes = self.routes().filter(|_| message.publisher.is_some());
         let forwarded =
             routes.map_or_else(Default::default, |routes| routes.forward(&message, wait));
@@ -858,7 +869,7 @@ impl Broker {
         // Only topics starting with the part before the first wildcard can
         // match: one range of the sorted map, not the whole map.
         let literal = &filter[..filter.find(['+', '#']).unwrap_or(filter.len())];
-        crate::lock::read(&self.inner.retained)
+        let mut found: Vec<Arc<Message>> = crate::lock::read(&self.inner.retained)
             .range::<str, _>((
                 std::ops::Bound::Included(literal),
                 std::ops::Bound::Unbounded,
@@ -866,7 +877,9 @@ impl Broker {
             .take_while(|(topic, _)| topic.starts_with(literal))
             .filter(|(topic, m)| topic::matches(filter, topic) && !m.is_expired())
             .map(|(_, m)| m.clone())
-            .collect()
+            .collect();
+        self.announced_matching(filter, &mut found);
+        found
     }
 }
 

@@ -10,6 +10,12 @@
 //! Connect is retained only while the client is connected (the application
 //! rule), so that clients with random ids, one per connection, do not pile
 //! up retained messages for ever.
+//!
+//! That Connect of the embedded broker's own clients is not stored as a
+//! retained message (about 450 bytes of every connected client): the
+//! session keeps the few fields it is made of ([`Announced`]) while the
+//! connection is up, and a subscription's retained messages are made from
+//! them ([`Broker::announced_matching`]), the same bytes as published.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -19,7 +25,9 @@ use chrono::SecondsFormat;
 use rmqtt_codec::types::QoS;
 use serde::Serialize;
 
-use super::{Broker, Message};
+use std::sync::Arc;
+
+use super::{Broker, Message, session::Session};
 use crate::domain::{Change, ClientKind, CloseCode, LogKind, MqttProtocol, Timestamp};
 
 /// Where and how a client connected.
@@ -32,6 +40,26 @@ pub struct Origin<'a> {
     pub protocol: MqttProtocol,
     pub username: &'a str,
 }
+
+/// What a connected client's `$SYS/clients/{id}/mon` Connect message is
+/// made of, besides its client id and user name; see the module docs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Announced {
+    pub peer: SocketAddr,
+    pub server_port: u16,
+    pub secure: bool,
+    pub protocol: MqttProtocol,
+    pub time: Timestamp,
+}
+
+/// The embedded broker's own connection a monitor message is about: its
+/// session and connection id.
+pub(crate) struct Local<'a> {
+    pub session: &'a Session,
+    pub connection_id: u64,
+}
+
+const SYS_CLIENTS: &str = "$SYS/clients/";
 
 /// Bytes and messages of a connection, both directions.
 #[derive(Debug, Default, Clone, Copy)]
@@ -182,22 +210,48 @@ fn topics(client_id: &str) -> Vec<(String, bool)> {
         ClientKind::Unknown => {}
     }
     if !client_id.contains(['+', '#', '\0']) {
-        out.push((format!("$SYS/clients/{client_id}/mon"), true));
+        out.push((format!("{SYS_CLIENTS}{client_id}/mon"), true));
     }
     out
 }
 
 impl Broker {
     /// Publishes the monitor message of `action` on every topic of the
-    /// client, with the retain rules of its type.
-    pub(crate) fn publish_monitor(&self, origin: &Origin<'_>, action: &Action<'_>) {
+    /// client, with the retain rules of its type. `local` is the embedded
+    /// broker's own connection it is about (`None`: another broker's
+    /// client, from its record).
+    pub(crate) fn publish_monitor(
+        &self,
+        origin: &Origin<'_>,
+        action: &Action<'_>,
+        local: Option<Local<'_>>,
+    ) {
         let body = Bytes::from(payload(origin, action));
         for (topic, application) in topics(origin.client_id) {
+            // Kept by the session rather than stored (see the module docs).
+            let announced = local.as_ref().filter(|_| topic.starts_with(SYS_CLIENTS));
             let retain = match action {
-                Action::Connect { .. } => true,
+                Action::Connect { time } => {
+                    if let Some(local) = announced {
+                        let fields = Announced {
+                            peer: origin.peer,
+                            server_port: origin.server_port,
+                            secure: origin.secure,
+                            protocol: origin.protocol,
+                            time: *time,
+                        };
+                        local.session.announce(local.connection_id, fields);
+                        // One recorded while the client was on another node.
+                        self.clear_retained(&topic);
+                    }
+                    true
+                }
                 Action::FailedConnect { .. } => false,
                 Action::Disconnect { close_code, .. } => {
                     if application {
+                        if let Some(local) = announced {
+                            local.session.unannounce(local.connection_id);
+                        }
                         self.clear_retained(&topic);
                         false
                     } else {
@@ -205,7 +259,7 @@ impl Broker {
                     }
                 }
             };
-            self.publish(Message {
+            let message = Message {
                 topic: ByteString::from(topic),
                 payload: body.clone(),
                 qos: QoS::AtMostOnce,
@@ -213,7 +267,60 @@ impl Broker {
                 properties: None,
                 publisher: None,
                 received: std::time::Instant::now(),
-            });
+            };
+            if retain && announced.is_some() {
+                self.fan_out(Arc::new(message), super::routes::Wait::Cannot);
+            } else {
+                self.publish(message);
+            }
+        }
+    }
+
+    /// Adds to `out` the `$SYS/clients/{id}/mon` Connect messages of the
+    /// connected clients that `filter` matches, as retained messages (see
+    /// the module docs). A filter without wildcards names one client; one
+    /// with them is matched against every connected client's topic.
+    pub(super) fn announced_matching(&self, filter: &str, out: &mut Vec<Arc<Message>>) {
+        if !filter.starts_with("$SYS/") {
+            return;
+        }
+        let sessions: Vec<Arc<Session>> = if filter.contains(['+', '#']) {
+            crate::lock::lock(&self.inner.sessions)
+                .values()
+                .cloned()
+                .collect()
+        } else {
+            let client = filter
+                .strip_prefix(SYS_CLIENTS)
+                .and_then(|rest| rest.strip_suffix("/mon"));
+            client.and_then(|id| self.session(id)).into_iter().collect()
+        };
+        for session in sessions {
+            let Some((fields, username)) = session.announced() else {
+                continue;
+            };
+            let topic = format!("{SYS_CLIENTS}{}/mon", session.client_id);
+            if !super::topic::matches(filter, &topic) {
+                continue;
+            }
+            let origin = Origin {
+                client_id: &session.client_id,
+                peer: fields.peer,
+                server_port: fields.server_port,
+                secure: fields.secure,
+                protocol: fields.protocol,
+                username: &username,
+            };
+            let body = payload(&origin, &Action::Connect { time: fields.time });
+            out.push(Arc::new(Message {
+                topic: ByteString::from(topic),
+                payload: Bytes::from(body),
+                qos: QoS::AtMostOnce,
+                retain: true,
+                properties: None,
+                publisher: None,
+                received: std::time::Instant::now(),
+            }));
         }
     }
 }
@@ -269,7 +376,7 @@ impl Broker {
                 reason,
             },
         };
-        self.publish_monitor(&origin, &action);
+        self.publish_monitor(&origin, &action, None);
     }
 }
 
@@ -386,5 +493,81 @@ mod tests {
                 r#""Secure":false,"Time":"2023-11-14T22:13:20.123Z"}"#
             )
         );
+    }
+
+    /// A connected client's `$SYS/clients/{id}/mon` Connect is not stored
+    /// as a retained message; a subscription still gets it, the very bytes
+    /// published, until its own connection's Disconnect (not an older
+    /// connection's).
+    #[tokio::test]
+    async fn a_local_clients_sys_connect_is_made_on_subscribe_not_stored() {
+        let (broker, _dir) = crate::mqtt::testing::broker(crate::mqtt::BrokerOptions::default());
+        let client: Arc<str> = Arc::from("plain-1");
+        let attach = |connection_id| {
+            let (broker, client) = (broker.clone(), client.clone());
+            async move {
+                let mailbox = Arc::new(super::super::session::Mailbox::default());
+                broker
+                    .attach(&client, connection_id, true, 0, "ops", "test", mailbox)
+                    .await
+                    .session
+            }
+        };
+        let session = attach(7).await;
+        let t = chrono::DateTime::from_timestamp_millis(1_700_000_000_123).unwrap();
+        let origin = Origin {
+            client_id: "plain-1",
+            peer: "10.1.2.3:40000".parse().unwrap(),
+            server_port: 1883,
+            secure: false,
+            protocol: MqttProtocol::V5_0,
+            username: "ops",
+        };
+        let local = |connection_id| {
+            Some(Local {
+                session: &session,
+                connection_id,
+            })
+        };
+        broker.publish_monitor(&origin, &Action::Connect { time: t }, local(7));
+
+        let topic = "$SYS/clients/plain-1/mon";
+        assert!(
+            crate::lock::read(&broker.inner.retained)
+                .get(topic)
+                .is_none()
+        );
+        let published = payload(&origin, &Action::Connect { time: t });
+        for filter in [topic, "$SYS/clients/+/mon", "$SYS/#", "$SYS/+/plain-1/#"] {
+            let found = broker.retained_matching(filter);
+            assert_eq!(found.len(), 1, "{filter}");
+            assert_eq!(
+                (&*found[0].topic, &found[0].payload[..]),
+                (topic, &published[..])
+            );
+            assert!(found[0].retain);
+        }
+        assert!(
+            broker
+                .retained_matching("$SYS/clients/plain-2/mon")
+                .is_empty()
+        );
+        assert!(
+            broker.retained_matching("#").is_empty(),
+            "# leaves $ topics out"
+        );
+
+        let disconnect = Action::Disconnect {
+            connect_time: t,
+            time: t,
+            close_code: CloseCode::NORMAL,
+            reason: "",
+            traffic: Traffic::default(),
+        };
+        // An older connection's goodbye leaves the current one announced.
+        broker.publish_monitor(&origin, &disconnect, local(6));
+        assert_eq!(broker.retained_matching(topic).len(), 1);
+        broker.publish_monitor(&origin, &disconnect, local(7));
+        assert!(broker.retained_matching(topic).is_empty());
     }
 }

@@ -5,6 +5,7 @@
 //! subscription tree. Routing collects its targets from the tree and
 //! releases it before it locks any session.
 
+use super::monitor::Announced;
 use std::{
     collections::{BTreeSet, HashMap, VecDeque},
     num::NonZeroU16,
@@ -83,6 +84,9 @@ struct Online {
     /// Also says when the connection has handed its state back
     /// ([`Mailbox::finished`]).
     mailbox: Arc<Mailbox>,
+    /// Its `$SYS/clients/{id}/mon` Connect message, once published and
+    /// until its Disconnect (see `monitor`).
+    announced: Option<Announced>,
 }
 
 /// A connection's inbox: deliveries and commands from the rest of the
@@ -273,6 +277,41 @@ impl Session {
         self.lock().online.is_some()
     }
 
+    /// Keeps what connection `connection_id`'s `$SYS/clients/{id}/mon`
+    /// Connect message is made of, if it is the one online.
+    pub(crate) fn announce(&self, connection_id: u64, fields: Announced) {
+        let mut state = self.lock();
+        if let Some(online) = state.online.as_mut()
+            && online.connection_id == connection_id
+        {
+            online.announced = Some(fields);
+        }
+    }
+
+    /// Forgets it again (the connection is ending).
+    pub(crate) fn unannounce(&self, connection_id: u64) {
+        let mut state = self.lock();
+        if let Some(online) = state.online.as_mut()
+            && online.connection_id == connection_id
+        {
+            online.announced = None;
+        }
+    }
+
+    /// The Connect message's fields and the user name, while announced.
+    pub(crate) fn announced(&self) -> Option<(Announced, String)> {
+        let state = self.lock();
+        let fields = state.online.as_ref()?.announced?;
+        Some((fields, state.username.clone()))
+    }
+
+    pub(crate) fn is_announced(&self) -> bool {
+        self.lock()
+            .online
+            .as_ref()
+            .is_some_and(|o| o.announced.is_some())
+    }
+
     pub fn generation(&self) -> u64 {
         self.lock().generation
     }
@@ -422,6 +461,7 @@ impl Broker {
             state.online = Some(Online {
                 connection_id,
                 mailbox,
+                announced: None,
             });
             let attached = Attached {
                 session: session.clone(),

@@ -75,12 +75,16 @@ impl Broker {
     }
 
     fn publish_sys_statistics(&self, started: Instant, loads: &mut Loads) {
-        let (connected, total) = {
+        let (connected, announced, total) = {
             let sessions = crate::lock::lock(&self.inner.sessions);
             let total = sessions.len();
-            (sessions.values().filter(|s| s.is_online()).count(), total)
+            let connected = sessions.values().filter(|s| s.is_online()).count();
+            // Connected clients' `$SYS/clients/{id}/mon` Connect messages,
+            // retained but kept by their sessions (see `monitor`).
+            let announced = sessions.values().filter(|s| s.is_announced()).count();
+            (connected, announced, total)
         };
-        let retained = crate::lock::read(&self.inner.retained).len();
+        let retained = crate::lock::read(&self.inner.retained).len() + announced;
         let subscriptions = crate::lock::read(&self.inner.subscriptions).len();
         let counts = self.counts();
         let mut values: Vec<(String, String)> = vec![

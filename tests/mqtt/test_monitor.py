@@ -29,6 +29,10 @@ def decode(msg):
     return json.loads(msg.payload)
 
 
+def decode_bytes(payload: bytes):
+    return json.loads(payload)
+
+
 @pytest.mark.parametrize("ending,close_code", [("disconnect", 0), ("drop", 91)])
 def test_sys_monitor_topic_of_a_plain_client(server, peers, raw, ending, close_code):
     """Connect, then Disconnect with the connection's traffic: ReadMsg and
@@ -173,6 +177,40 @@ def test_sys_monitor_connect_is_retained_only_while_connected(server, peers):
     late = peers(server, unique("late"), version=V5)
     late.subscribe_ok(topic, 0)
     assert [decode(m)["Action"] for m in late.quiet(0.5)] == []
+
+
+def test_sys_monitor_retained_connect_is_the_one_published(server, peers):
+    """A late subscriber's retained `$SYS/clients/{id}/mon` Connect, through
+    the client's own topic or a wildcard, is exactly the message published
+    when the client connected, once; after a takeover it is the new
+    connection's."""
+    cid = unique("plain")
+    topic = f"$SYS/clients/{cid}/mon"
+    early = peers(server, unique("early"), version=V5)
+    early.subscribe_ok(topic, 0)
+
+    def retained_now(filter_: str) -> list[bytes]:
+        late = peers(server, unique("late"), version=V5)
+        late.subscribe_ok(filter_, 0)
+        marker = f"marker/{unique()}"
+        late.subscribe_ok(marker, 0)
+        late.publish(marker, b"m", qos=1)
+        got = [m for m in late.until(marker, timeout=10) if m.topic == topic]
+        assert all(m.retain for m in got)
+        late.disconnect()
+        return [m.payload for m in got]
+
+    peers(server, cid, version=V5)
+    published = early.expect(topic=topic).payload
+    assert decode_bytes(published)["Action"] == "Connect"
+    for filter_ in (topic, "$SYS/clients/+/mon", "$SYS/#"):
+        assert retained_now(filter_) == [published], filter_
+
+    peers(server, cid, version=V311)  # takes the session over
+    assert decode(early.expect(topic=topic))["Action"] == "Disconnect"
+    again = early.expect(topic=topic).payload
+    assert (decode_bytes(again)["Action"], decode_bytes(again)["Protocol"]) == ("Connect", "mqtt4")
+    assert retained_now("$SYS/clients/+/mon") == [again]
 
 
 @pytest.mark.parametrize("topic", ["iot-2/type/sensor/id/{id}/mon", "iot-2/app/{id}/mon"])
