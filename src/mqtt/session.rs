@@ -91,12 +91,13 @@ struct Online {
 
 /// A connection's inbox: deliveries and commands from the rest of the
 /// broker. Unlike a channel it allocates nothing while empty, which keeps
-/// 100,000s of idle connections cheap.
+/// 100,000s of idle connections cheap; and its one receiver waits through
+/// a waker kept here, so that the wait is a few bytes of the connection's
+/// task rather than a notification future of its own.
 #[derive(Default)]
 pub struct Mailbox {
-    queue: Mutex<VecDeque<Outbound>>,
+    queue: Mutex<Queue>,
     closed: std::sync::atomic::AtomicBool,
-    notify: Notify,
     /// Set once the connection has handed its session back: a connection
     /// taking the session over waits for it. Here rather than in a token of
     /// its own, which would be another allocation per connection.
@@ -104,8 +105,15 @@ pub struct Mailbox {
     finished_notify: Notify,
 }
 
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Outbound>,
+    /// The receiver's, while it waits for an item.
+    waker: Option<std::task::Waker>,
+}
+
 impl Mailbox {
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Outbound>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
         crate::lock::lock(&self.queue)
     }
 
@@ -114,32 +122,48 @@ impl Mailbox {
     pub(super) fn send(&self, item: Outbound, limit: usize) -> Result<(), Outbound> {
         let mut queue = self.lock();
         if self.closed.load(Ordering::Relaxed)
-            || (matches!(item, Outbound::Deliver(_)) && queue.len() >= limit)
+            || (matches!(item, Outbound::Deliver(_)) && queue.items.len() >= limit)
         {
             return Err(item);
         }
-        queue.push_back(item);
+        queue.items.push_back(item);
+        let waker = queue.waker.take();
         drop(queue);
-        self.notify.notify_one();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
         Ok(())
     }
 
     /// Waits for work and moves up to `max` items into `out`. Cancel-safe.
-    pub async fn recv(&self, out: &mut Vec<Outbound>, max: usize) {
-        loop {
-            {
-                let mut queue = self.lock();
-                if !queue.is_empty() {
-                    let n = queue.len().min(max);
-                    out.extend(queue.drain(..n));
-                    if queue.is_empty() && queue.capacity() > 1024 {
-                        queue.shrink_to_fit();
-                    }
-                    return;
+    /// For the one receiver, the connection: a second one would take the
+    /// first one's place.
+    pub fn recv<'a>(
+        &'a self,
+        out: &'a mut Vec<Outbound>,
+        max: usize,
+    ) -> impl Future<Output = ()> + Send + 'a {
+        std::future::poll_fn(move |cx| {
+            let mut queue = self.lock();
+            if queue.items.is_empty() {
+                // Kept until a send takes it; a dropped wait leaves at
+                // most one spurious wake-up behind.
+                if !queue
+                    .waker
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+                {
+                    queue.waker = Some(cx.waker().clone());
                 }
+                return std::task::Poll::Pending;
             }
-            self.notify.notified().await;
-        }
+            let n = queue.items.len().min(max);
+            out.extend(queue.items.drain(..n));
+            if queue.items.is_empty() && queue.items.capacity() > 1024 {
+                queue.items.shrink_to_fit();
+            }
+            std::task::Poll::Ready(())
+        })
     }
 
     /// Says that the connection has handed its session back.
@@ -165,7 +189,10 @@ impl Mailbox {
     pub fn close(&self) -> Vec<Delivery> {
         let mut queue = self.lock();
         self.closed.store(true, Ordering::Relaxed);
+        // A waker holds the connection's task: let it go with the task.
+        queue.waker = None;
         queue
+            .items
             .drain(..)
             .filter_map(|item| match item {
                 Outbound::Deliver(d) => Some(d),
