@@ -850,6 +850,10 @@ mod size_tests {
         let task = output_size(serve::<tokio::net::TcpStream>);
         assert!(task <= 1024, "a connection's future is {task} bytes");
         assert!(std::mem::size_of::<Live>() <= 320);
+        // Its session, in the session table for as long as it is connected
+        // (an empty `Carried` is not kept).
+        let session = std::mem::size_of::<crate::mqtt::session::Session>();
+        assert!(session <= 192, "a session is {session} bytes");
         assert!(std::mem::size_of::<Message>() <= 128);
     }
 }

@@ -53,6 +53,46 @@ pub struct Carried {
     pub incoming_qos2: BTreeSet<NonZeroU16>,
 }
 
+impl Carried {
+    fn is_empty(&self) -> bool {
+        self.inflight.is_empty() && self.queue.is_empty() && self.incoming_qos2.is_empty()
+    }
+}
+
+/// A session's [`Carried`] while no connection holds it: boxed, and
+/// nothing at all while empty, which it is while a client is connected:
+/// 72 bytes less in every connected client's session.
+#[derive(Default)]
+struct Parked(Option<Box<Carried>>);
+
+impl Parked {
+    fn of(carried: Carried) -> Parked {
+        Parked((!carried.is_empty()).then(|| Box::new(carried)))
+    }
+
+    fn queued(&self) -> usize {
+        self.0.as_ref().map_or(0, |c| c.queue.len())
+    }
+
+    /// Messages queued and in flight.
+    fn held(&self) -> usize {
+        self.0
+            .as_ref()
+            .map_or(0, |c| c.queue.len() + c.inflight.len())
+    }
+
+    fn push(&mut self, delivery: Delivery) {
+        self.0
+            .get_or_insert_with(Default::default)
+            .queue
+            .push_back(delivery);
+    }
+
+    fn take(&mut self) -> Carried {
+        self.0.take().map(|c| *c).unwrap_or_default()
+    }
+}
+
 pub struct Session {
     pub client_id: Arc<str>,
     state: Mutex<State>,
@@ -65,7 +105,7 @@ pub struct Session {
 struct State {
     online: Option<Online>,
     subscriptions: HashMap<String, SubOptions>,
-    carried: Carried,
+    carried: Parked,
     expiry_secs: u32,
     /// Grows with every connection; timers of an older one do nothing.
     generation: u64,
@@ -254,8 +294,8 @@ impl Session {
             // Offline sessions keep QoS 1 and 2 only (as Mosquitto does).
             return true;
         }
-        if state.carried.queue.len() < options.max_queued_messages {
-            state.carried.queue.push_back(delivery);
+        if state.carried.queued() < options.max_queued_messages {
+            state.carried.push(delivery);
             return true;
         }
         false
@@ -470,14 +510,12 @@ impl Broker {
                     0,
                 );
             }
-            let existed = !state.subscriptions.is_empty()
-                || !state.carried.queue.is_empty()
-                || !state.carried.inflight.is_empty()
-                || state.generation > 0;
+            let existed =
+                !state.subscriptions.is_empty() || state.carried.held() > 0 || state.generation > 0;
             let mut dropped_filters = Vec::new();
             if clean_start {
                 dropped_filters.extend(state.subscriptions.drain().map(|(f, _)| f));
-                state.carried = Carried::default();
+                state.carried = Parked::default();
             }
             state.generation += 1;
             // Under the session's lock, after the generation grew: the cancel
@@ -493,7 +531,7 @@ impl Broker {
             let attached = Attached {
                 session: session.clone(),
                 session_present: existed && !clean_start,
-                carried: std::mem::take(&mut state.carried),
+                carried: state.carried.take(),
                 generation: state.generation,
             };
             (attached, dropped_filters)
@@ -526,13 +564,13 @@ impl Broker {
                 // What the connection held, what was still on its way to
                 // it, then what arrived while it was closing.
                 let limit = self.inner.options.max_queued_messages;
-                let arrived_late = std::mem::take(&mut state.carried.queue);
+                let arrived_late = state.carried.take().queue;
                 for d in leftovers.into_iter().chain(arrived_late) {
                     if d.qos != QoS::AtMostOnce && carried.queue.len() < limit {
                         carried.queue.push_back(d);
                     }
                 }
-                state.carried = carried;
+                state.carried = Parked::of(carried);
             }
             if !matches!(state.expiry_secs, 0 | NEVER) {
                 self.inner.expiries.schedule(
@@ -543,7 +581,7 @@ impl Broker {
                     Due::Session(session.clone()),
                 );
             }
-            let queued = state.carried.queue.len() + state.carried.inflight.len();
+            let queued = state.carried.held();
             (state.expiry_secs, state.generation, queued)
         };
         if expiry == 0 {
@@ -611,7 +649,7 @@ impl Broker {
             {
                 sessions.remove(&session.client_id);
             }
-            state.carried = Carried::default();
+            state.carried = Parked::default();
             state.subscriptions.drain().map(|(f, _)| f).collect()
         };
         self.drop_subscriptions(&session.client_id, &filters);
@@ -641,11 +679,7 @@ impl Broker {
                 .cancel(&session.client_id, state.generation);
             state.record_held = false;
             let subscriptions: Vec<(String, SubOptions)> = state.subscriptions.drain().collect();
-            (
-                state.expiry_secs,
-                subscriptions,
-                std::mem::take(&mut state.carried),
-            )
+            (state.expiry_secs, subscriptions, state.carried.take())
         };
         let filters: Vec<String> = subscriptions.iter().map(|(f, _)| f.clone()).collect();
         self.drop_subscriptions(&session.client_id, &filters);
@@ -671,7 +705,7 @@ impl Broker {
             return None;
         }
         state.expiry_secs = expiry_secs;
-        state.carried = carried;
+        state.carried = Parked::of(carried);
         // It existed: the CONNACK says so.
         state.generation = state.generation.max(1);
         drop(state);
