@@ -152,6 +152,11 @@ EOF
       done
       ;;
     connstate)
+      # Emptied here, not by the redirection below: that happens in the
+      # started process, and the address loop could read the last run's.
+      : >"$dir/stdout"
+      # A fresh store too: each run measures the same thing.
+      rm -rf "$dir/data"
       "$CONNSTATE_BIN" serve --data-dir "$dir/data" --grpc-listen 127.0.0.1:0 --rest-listen 127.0.0.1:0 \
         --mqtt-listen 127.0.0.1:0 --mqtt-ws-listen 127.0.0.1:0 >"$dir/stdout" 2>"$dir/stderr" &
       broker_pid=$!
