@@ -384,6 +384,24 @@ impl Broker {
 mod tests {
     use super::*;
 
+    /// 2023-11-14T22:13:20.123Z
+    fn at() -> Timestamp {
+        chrono::DateTime::from_timestamp_millis(1_700_000_000_123).unwrap()
+    }
+
+    /// A plain v3.1.1 client from 127.0.0.1:5000 on port 1883, without a
+    /// user name; tests change what they look at.
+    fn origin(client_id: &str) -> Origin<'_> {
+        Origin {
+            client_id,
+            peer: "127.0.0.1:5000".parse().unwrap(),
+            server_port: 1883,
+            secure: false,
+            protocol: MqttProtocol::V3_1_1,
+            username: "",
+        }
+    }
+
     #[test]
     fn topics_follow_the_client_type() {
         assert_eq!(
@@ -409,14 +427,10 @@ mod tests {
 
     #[test]
     fn disconnect_payload_has_the_platform_fields() {
-        let t = chrono::DateTime::from_timestamp_millis(1_700_000_000_123).unwrap();
+        let t = at();
         let origin = Origin {
-            client_id: "d:org:sensor:d1",
-            peer: "127.0.0.1:5000".parse().unwrap(),
-            server_port: 1883,
-            secure: false,
-            protocol: MqttProtocol::V3_1_1,
             username: "use-token-auth",
+            ..origin("d:org:sensor:d1")
         };
         let cause = crate::domain::DisconnectCause::SocketClosed;
         let v: serde_json::Value = serde_json::from_slice(&payload(
@@ -445,14 +459,14 @@ mod tests {
 
     #[test]
     fn a_connect_payload_is_exactly_the_platform_message() {
-        let t = chrono::DateTime::from_timestamp_millis(1_700_000_000_123).unwrap();
+        let t = at();
         let origin = Origin {
-            client_id: "a:org:app",
             peer: "[::1]:5000".parse().unwrap(),
             server_port: 8883,
             secure: true,
             protocol: MqttProtocol::V5_0,
             username: "ops \"1\"",
+            ..origin("a:org:app")
         };
         let body = payload(&origin, &Action::Connect { time: t });
         assert_eq!(
@@ -468,14 +482,11 @@ mod tests {
 
     #[test]
     fn a_failed_connect_payload_has_its_code_and_reason_and_no_traffic() {
-        let t = chrono::DateTime::from_timestamp_millis(1_700_000_000_123).unwrap();
+        let t = at();
         let origin = Origin {
-            client_id: "plain",
             peer: "10.0.0.7:41000".parse().unwrap(),
-            server_port: 1883,
-            secure: false,
             protocol: MqttProtocol::V3_1,
-            username: "",
+            ..origin("plain")
         };
         let body = payload(
             &origin,
@@ -514,14 +525,12 @@ mod tests {
             }
         };
         let session = attach(7).await;
-        let t = chrono::DateTime::from_timestamp_millis(1_700_000_000_123).unwrap();
+        let t = at();
         let origin = Origin {
-            client_id: "plain-1",
             peer: "10.1.2.3:40000".parse().unwrap(),
-            server_port: 1883,
-            secure: false,
             protocol: MqttProtocol::V5_0,
             username: "ops",
+            ..origin("plain-1")
         };
         let local = |connection_id| {
             Some(Local {
