@@ -166,15 +166,28 @@ async fn accept_tcp(
                     .spawn(connection::serve(broker2, stream, transport));
             }
             Some(acceptor) => {
-                let acceptor = acceptor.clone();
+                // What the task needs is boxed, and so is the TLS handshake:
+                // a task keeps room for its captures and for its largest
+                // await for its whole life, and the handshake's state is
+                // larger than the connected loop's (2,944-byte tasks before,
+                // 1,280 now).
+                let start = Box::new((acceptor.clone(), stream, broker2, transport, peer));
                 broker.inner.connections.spawn(async move {
-                    let handshake =
-                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
-                    match handshake.await {
-                        Ok(Ok(stream)) => connection::serve(broker2, stream, transport).await,
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
+                    let (acceptor, stream, broker, transport, peer) = *start;
+                    let handshake = Box::pin(tokio::time::timeout(
+                        Duration::from_secs(10),
+                        acceptor.accept(stream),
+                    ));
+                    // Out of the match before the connection is served: a
+                    // scrutinee lives until the end of its match.
+                    let stream = match handshake.await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            return tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                    };
+                    connection::serve(broker, stream, transport).await;
                 });
             }
         }
