@@ -372,11 +372,15 @@ impl Session {
         Some((fields, state.username.clone()))
     }
 
-    pub(crate) fn is_announced(&self) -> bool {
-        self.lock()
-            .online
-            .as_ref()
-            .is_some_and(|o| o.announced.is_some())
+    /// Whether a connection is online, and whether its `$SYS` Connect is
+    /// announced: one look for the broker statistics.
+    pub(crate) fn presence(&self) -> (bool, bool) {
+        let state = self.lock();
+        let online = state.online.as_ref();
+        (
+            online.is_some(),
+            online.is_some_and(|o| o.announced.is_some()),
+        )
     }
 
     pub fn generation(&self) -> u64 {

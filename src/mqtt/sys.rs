@@ -78,10 +78,18 @@ impl Broker {
         let (connected, announced, total) = {
             let sessions = crate::lock::lock(&self.inner.sessions);
             let total = sessions.len();
-            let connected = sessions.values().filter(|s| s.is_online()).count();
-            // Connected clients' `$SYS/clients/{id}/mon` Connect messages,
-            // retained but kept by their sessions (see `monitor`).
-            let announced = sessions.values().filter(|s| s.is_announced()).count();
+            // Announced: connected clients' `$SYS/clients/{id}/mon` Connect
+            // messages, retained but kept by their sessions (see `monitor`).
+            let (connected, announced) =
+                sessions
+                    .values()
+                    .fold((0, 0), |(connected, announced), session| {
+                        let (online, announcing) = session.presence();
+                        (
+                            connected + usize::from(online),
+                            announced + usize::from(announcing),
+                        )
+                    });
             (connected, announced, total)
         };
         let retained = crate::lock::read(&self.inner.retained).len() + announced;

@@ -200,6 +200,20 @@ mod tests {
     }
 
     /// Keeps the feed to `max_entries` changes, whatever their age.
+    /// One commit per id of `ids`: a connect of each of the two clients.
+    async fn commit_pairs(
+        store: &Store,
+        (first, second): (&str, &str),
+        ids: std::ops::RangeInclusive<u64>,
+    ) {
+        for id in ids {
+            store
+                .commit_events(vec![connect(first, id), connect(second, id)])
+                .await
+                .unwrap();
+        }
+    }
+
     async fn keep_feed(store: &Store, max_entries: u64) {
         store
             .update_settings(Settings {
@@ -218,20 +232,10 @@ mod tests {
     async fn feed_retention_never_trims_past_the_materialised_position() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Default::default()).unwrap();
-        for id in 1..=5 {
-            store
-                .commit_events(vec![connect("d:o:t:a", id), connect("d:o:t:b", id)])
-                .await
-                .unwrap();
-        }
+        commit_pairs(&store, ("d:o:t:a", "d:o:t:b"), 1..=5).await;
         store.written_back(Duration::from_secs(10)).await;
         store.inner.hold_write_back.store(true, Ordering::Release);
-        for id in 6..=9 {
-            store
-                .commit_events(vec![connect("d:o:t:a", id), connect("d:o:t:c", id)])
-                .await
-                .unwrap();
-        }
+        commit_pairs(&store, ("d:o:t:a", "d:o:t:c"), 6..=9).await;
         let materialised = store.materialised_revision();
         assert!(materialised < store.committed_revision());
 
@@ -263,12 +267,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Default::default()).unwrap();
         store.inner.hold_write_back.store(true, Ordering::Release);
-        for id in 1..=3 {
-            store
-                .commit_events(vec![connect("d:o:t:a", id), connect("d:o:t:b", id)])
-                .await
-                .unwrap();
-        }
+        commit_pairs(&store, ("d:o:t:a", "d:o:t:b"), 1..=3).await;
         assert_eq!(store.write_back_pending(), 6);
         store.inner.hold_write_back.store(false, Ordering::Release);
         store.inner.pacer.wake();
