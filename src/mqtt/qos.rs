@@ -57,8 +57,20 @@ pub(super) enum Incoming {
     OverReceiveMaximum,
 }
 
+/// The QoS state of one connection. Most connected clients have nothing
+/// in flight most of the time: the window is then absent (16 bytes of the
+/// connection's task instead of 88), made on the first QoS 1/2 message and
+/// given back by [`QosState::release_if_empty`] once the connection is
+/// quiet.
 #[derive(Debug, Default)]
 pub(super) struct QosState {
+    window: Option<Box<Window>>,
+    /// The client's Receive Maximum, at most the broker's in-flight limit.
+    max_inflight: u16,
+}
+
+#[derive(Debug)]
+struct Window {
     /// QoS 1/2 messages sent and not yet acknowledged, by packet id.
     inflight: BTreeMap<u16, Inflight>,
     /// Deliveries waiting for a free in-flight slot.
@@ -76,24 +88,32 @@ pub(super) struct QosState {
     unsent: u16,
 }
 
-impl QosState {
+impl Window {
+    fn new(max_inflight: u16) -> Self {
+        Window {
+            inflight: BTreeMap::new(),
+            pending: VecDeque::new(),
+            incoming_qos2: BTreeSet::new(),
+            max_inflight: max_inflight.max(1),
+            next_packet_id: 1,
+            unsent: 0,
+        }
+    }
+
     /// Resumes what an earlier connection of the session left: messages
     /// in flight are sent again with DUP (MQTT-4.4.0-1), released ones as
     /// PUBREL, then the queue fills the window. Only as many as the window
     /// holds go at once; the rest follow as acknowledgements free it.
-    pub(super) fn resume(carried: Carried, max_inflight: u16, send: &mut impl FnMut(Out)) -> Self {
+    fn resume(carried: Carried, max_inflight: u16, send: &mut impl FnMut(Out)) -> Self {
         let Carried {
             inflight,
             queue,
             incoming_qos2,
         } = carried;
-        let mut state = QosState {
-            inflight: BTreeMap::new(),
+        let mut state = Window {
             pending: queue,
             incoming_qos2,
-            max_inflight: max_inflight.max(1),
-            next_packet_id: 1,
-            unsent: 0,
+            ..Window::new(max_inflight)
         };
         for mut f in inflight {
             f.unsent = true;
@@ -105,7 +125,7 @@ impl QosState {
     }
 
     /// Everything still owed, handed back to the session.
-    pub(super) fn into_carried(self) -> Carried {
+    fn into_carried(self) -> Carried {
         Carried {
             inflight: self.inflight.into_values().collect(),
             queue: self.pending,
@@ -115,22 +135,14 @@ impl QosState {
 
     /// Sends `d` now (QoS 0, or a free in-flight slot) or queues it, up to
     /// `max_queued` messages.
-    pub(super) fn deliver(
-        &mut self,
-        d: Delivery,
-        max_queued: usize,
-        send: &mut impl FnMut(Out),
-    ) -> Delivered {
+    fn deliver(&mut self, d: Delivery, max_queued: usize, send: &mut impl FnMut(Out)) -> Delivered {
+        if d.qos == QoS::AtMostOnce {
+            return send_now(d, send);
+        }
         if d.message.is_expired() {
             return Delivered::Expired;
         }
-        if d.qos == QoS::AtMostOnce {
-            send(Out::Publish {
-                delivery: d,
-                packet_id: None,
-                dup: false,
-            });
-        } else if self.window_open() && self.pending.is_empty() && self.unsent == 0 {
+        if self.window_open() && self.pending.is_empty() && self.unsent == 0 {
             self.send_inflight(d, send);
         } else if self.pending.len() < max_queued {
             self.pending.push_back(d);
@@ -141,7 +153,7 @@ impl QosState {
     }
 
     /// PUBACK: a QoS 1 message is done.
-    pub(super) fn puback(&mut self, packet_id: NonZeroU16, send: &mut impl FnMut(Out)) {
+    fn puback(&mut self, packet_id: NonZeroU16, send: &mut impl FnMut(Out)) {
         if self
             .inflight
             .get(&packet_id.get())
@@ -155,7 +167,7 @@ impl QosState {
     /// PUBREC: a QoS 2 message was received; it is released. A PUBREC for
     /// a packet id not in flight at QoS 2 is answered "packet identifier
     /// not found" (MQTT 5 4.3.3).
-    pub(super) fn pubrec(&mut self, packet_id: NonZeroU16, send: &mut impl FnMut(Out)) {
+    fn pubrec(&mut self, packet_id: NonZeroU16, send: &mut impl FnMut(Out)) {
         let known = match self.inflight.get_mut(&packet_id.get()) {
             Some(f) if f.delivery.qos == QoS::ExactlyOnce => {
                 f.released = true;
@@ -171,7 +183,7 @@ impl QosState {
     }
 
     /// PUBCOMP: a QoS 2 message is done.
-    pub(super) fn pubcomp(&mut self, packet_id: NonZeroU16, send: &mut impl FnMut(Out)) {
+    fn pubcomp(&mut self, packet_id: NonZeroU16, send: &mut impl FnMut(Out)) {
         if self.inflight.contains_key(&packet_id.get()) {
             self.forget(packet_id);
             self.send_pending(send);
@@ -180,7 +192,7 @@ impl QosState {
 
     /// An incoming QoS 2 PUBLISH with `packet_id`; `receive_max` is the
     /// broker's Receive Maximum.
-    pub(super) fn incoming_qos2(&mut self, packet_id: NonZeroU16, receive_max: u16) -> Incoming {
+    fn incoming_qos2(&mut self, packet_id: NonZeroU16, receive_max: u16) -> Incoming {
         if self.incoming_qos2.contains(&packet_id) {
             return Incoming::Duplicate;
         }
@@ -192,20 +204,19 @@ impl QosState {
     }
 
     /// PUBREL: the client released a QoS 2 message it sent.
-    pub(super) fn pubrel(&mut self, packet_id: NonZeroU16, send: &mut impl FnMut(Out)) {
+    fn pubrel(&mut self, packet_id: NonZeroU16, send: &mut impl FnMut(Out)) {
         let known = self.incoming_qos2.remove(&packet_id);
         send(Out::PubComp { packet_id, known });
     }
 
-    /// Messages in flight towards the client.
-    #[cfg(test)]
-    fn in_flight(&self) -> usize {
-        self.outstanding()
+    /// Nothing in flight, queued or unreleased.
+    fn is_empty(&self) -> bool {
+        self.inflight.is_empty() && self.pending.is_empty() && self.incoming_qos2.is_empty()
     }
 
     /// Whether the window is full (or messages wait for it): a shared
     /// subscription should give its next message to another member.
-    pub(super) fn is_full(&self) -> bool {
+    fn is_full(&self) -> bool {
         !self.window_open() || !self.pending.is_empty() || self.unsent > 0
     }
 
@@ -300,6 +311,118 @@ impl QosState {
         }
         None
     }
+}
+
+impl QosState {
+    /// See [`Window::resume`]; nothing carried leaves the window absent.
+    pub(super) fn resume(carried: Carried, max_inflight: u16, send: &mut impl FnMut(Out)) -> Self {
+        let max_inflight = max_inflight.max(1);
+        QosState {
+            window: (!carried.is_empty())
+                .then(|| Box::new(Window::resume(carried, max_inflight, send))),
+            max_inflight,
+        }
+    }
+
+    /// The window, made on first use.
+    fn window(&mut self) -> &mut Window {
+        let max_inflight = self.max_inflight;
+        self.window
+            .get_or_insert_with(|| Box::new(Window::new(max_inflight)))
+    }
+
+    /// Gives the window back while nothing is in it (a quiet connection
+    /// does this with its buffers). Packet ids count from 1 again, which
+    /// is fine: none is in use.
+    pub(super) fn release_if_empty(&mut self) {
+        if self.window.as_ref().is_some_and(|w| w.is_empty()) {
+            self.window = None;
+        }
+    }
+
+    /// See [`Window::into_carried`].
+    pub(super) fn into_carried(self) -> Carried {
+        self.window.map(|w| w.into_carried()).unwrap_or_default()
+    }
+
+    /// See [`Window::deliver`]; QoS 0 needs no window.
+    pub(super) fn deliver(
+        &mut self,
+        d: Delivery,
+        max_queued: usize,
+        send: &mut impl FnMut(Out),
+    ) -> Delivered {
+        match &mut self.window {
+            Some(window) => window.deliver(d, max_queued, send),
+            None if d.qos == QoS::AtMostOnce => send_now(d, send),
+            None => self.window().deliver(d, max_queued, send),
+        }
+    }
+
+    /// See [`Window::puback`].
+    pub(super) fn puback(&mut self, packet_id: NonZeroU16, send: &mut impl FnMut(Out)) {
+        if let Some(window) = &mut self.window {
+            window.puback(packet_id, send);
+        }
+    }
+
+    /// See [`Window::pubrec`].
+    pub(super) fn pubrec(&mut self, packet_id: NonZeroU16, send: &mut impl FnMut(Out)) {
+        match &mut self.window {
+            Some(window) => window.pubrec(packet_id, send),
+            None => send(Out::PubRel {
+                packet_id,
+                known: false,
+            }),
+        }
+    }
+
+    /// See [`Window::pubcomp`].
+    pub(super) fn pubcomp(&mut self, packet_id: NonZeroU16, send: &mut impl FnMut(Out)) {
+        if let Some(window) = &mut self.window {
+            window.pubcomp(packet_id, send);
+        }
+    }
+
+    /// See [`Window::incoming_qos2`].
+    pub(super) fn incoming_qos2(&mut self, packet_id: NonZeroU16, receive_max: u16) -> Incoming {
+        self.window().incoming_qos2(packet_id, receive_max)
+    }
+
+    /// See [`Window::pubrel`].
+    pub(super) fn pubrel(&mut self, packet_id: NonZeroU16, send: &mut impl FnMut(Out)) {
+        match &mut self.window {
+            Some(window) => window.pubrel(packet_id, send),
+            None => send(Out::PubComp {
+                packet_id,
+                known: false,
+            }),
+        }
+    }
+
+    /// See [`Window::is_full`].
+    pub(super) fn is_full(&self) -> bool {
+        self.window.as_ref().is_some_and(|w| w.is_full())
+    }
+
+    /// Messages in flight towards the client.
+    #[cfg(test)]
+    fn in_flight(&self) -> usize {
+        self.window.as_ref().map_or(0, |w| w.outstanding())
+    }
+}
+
+/// Sends a QoS 0 delivery at once, unless it expired.
+fn send_now(d: Delivery, send: &mut impl FnMut(Out)) -> Delivered {
+    if d.message.is_expired() {
+        return Delivered::Expired;
+    }
+    send(Out::Publish {
+        delivery: d,
+        packet_id: None,
+        dup: false,
+    });
+    Delivered::Accepted
 }
 
 #[cfg(test)]
@@ -522,10 +645,10 @@ mod tests {
         let mut out = Vec::new();
         let mut send = |s: Out| out.push(seen(s));
         let mut q = QosState::resume(Carried::default(), 10, &mut send);
-        q.next_packet_id = u16::MAX;
+        q.window().next_packet_id = u16::MAX;
         q.deliver(delivery(Q1, "a"), 10, &mut send);
         q.deliver(delivery(Q1, "b"), 10, &mut send);
-        q.next_packet_id = u16::MAX;
+        q.window().next_packet_id = u16::MAX;
         q.deliver(delivery(Q1, "c"), 10, &mut send);
         assert_eq!(
             out,
@@ -535,6 +658,44 @@ mod tests {
                 Pub("c", 2, false)
             ],
             "65,535 wraps to 1; ids in flight are skipped"
+        );
+    }
+
+    /// A connection with nothing in flight holds no window; one with
+    /// something in it keeps it until all is acknowledged, and a released
+    /// window answers as an empty one does.
+    #[test]
+    fn the_window_exists_only_while_something_is_in_it() {
+        let mut out = Vec::new();
+        let mut send = |s: Out| out.push(seen(s));
+        let mut q = QosState::resume(Carried::default(), 10, &mut send);
+        assert!(q.window.is_none(), "nothing carried, no window");
+        q.deliver(delivery(QoS::AtMostOnce, "a"), 10, &mut send);
+        assert!(q.window.is_none(), "QoS 0 needs no window");
+        q.deliver(delivery(Q1, "b"), 10, &mut send);
+        assert!(q.window.is_some());
+        q.release_if_empty();
+        assert_eq!(q.in_flight(), 1, "a window in use is kept");
+        q.puback(id(1), &mut send);
+        q.release_if_empty();
+        assert!(q.window.is_none(), "an empty window is given back");
+        q.pubrec(id(7), &mut send);
+        q.pubrel(id(8), &mut send);
+        q.puback(id(9), &mut send);
+        assert!(q.window.is_none(), "acknowledgements alone make no window");
+        assert!(!q.is_full());
+        assert_eq!(q.incoming_qos2(id(3), 10), Incoming::Fresh);
+        q.release_if_empty();
+        assert!(q.window.is_some(), "an unreleased QoS 2 id keeps it");
+        assert_eq!(q.incoming_qos2(id(3), 10), Incoming::Duplicate);
+        assert_eq!(
+            out,
+            vec![
+                Pub("a", 0, false),
+                Pub("b", 1, false),
+                Rel(7, false),
+                Comp(8, false)
+            ]
         );
     }
 

@@ -54,7 +54,7 @@ pub struct Carried {
 }
 
 impl Carried {
-    fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.inflight.is_empty() && self.queue.is_empty() && self.incoming_qos2.is_empty()
     }
 }
