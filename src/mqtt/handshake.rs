@@ -166,9 +166,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                 }
             }
             make_room(&mut self.rbuf);
-            match self.reader.read_buf(&mut self.rbuf).await {
+            match self.stream.read_buf(&mut self.rbuf).await {
                 Ok(0) | Err(_) => return Err(HandshakeEnd::Quiet),
-                Ok(n) => self.traffic.read_bytes += n as u64,
+                Ok(n) => self.count_read(n),
             }
         }
     }
@@ -181,7 +181,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         if !matches!(e, DecodeError::InvalidProtocol) || self.rbuf.first() != Some(&0x10) {
             return;
         }
-        let _ = self.writer.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
+        let _ = self.stream.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
         let sniffed = loop {
             if let Some(found) = sniff_connect(&self.rbuf) {
                 break found;
@@ -190,7 +190,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
                 return;
             }
             make_room(&mut self.rbuf);
-            match tokio::time::timeout(Duration::from_secs(1), self.reader.read_buf(&mut self.rbuf))
+            match tokio::time::timeout(Duration::from_secs(1), self.stream.read_buf(&mut self.rbuf))
                 .await
             {
                 Ok(Ok(n)) if n > 0 => {}

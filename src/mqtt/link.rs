@@ -1,5 +1,4 @@
-//! One client's network link: the socket halves, the read and write
-//! buffers, the codec and the traffic counts, and what the broker says of
+//! One client's network link: the socket, the read and write buffers, the codec and the traffic counts, and what the broker says of
 //! the link (its connection info, its monitor origin, its log lines).
 //!
 //! The handshake (`handshake`) and the connected loop (`connection`) both
@@ -37,8 +36,10 @@ pub(super) fn now() -> Timestamp {
 
 pub(super) struct Conn<S> {
     pub(super) broker: Broker,
-    pub(super) reader: tokio::io::ReadHalf<S>,
-    pub(super) writer: tokio::io::WriteHalf<S>,
+    /// Not split into halves: the connection never reads and writes at
+    /// once (it writes between its waits), and halves would be an 80-byte
+    /// allocation of every connection.
+    pub(super) stream: S,
     pub(super) transport: Transport,
     pub(super) rbuf: BytesMut,
     pub(super) wbuf: BytesMut,
@@ -46,19 +47,17 @@ pub(super) struct Conn<S> {
     pub(super) idle: bool,
     pub(super) codec: Codec,
     pub(super) protocol: MqttProtocol,
+    /// What the client sent and was sent, for its `$SYS` Disconnect
+    /// message; the broker's metrics count the same as it happens.
     pub(super) traffic: Traffic,
-    /// The part of `traffic` already added to the metrics.
-    pub(super) counted: Traffic,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     pub(super) fn new(broker: Broker, stream: S, transport: Transport) -> Self {
-        let (reader, writer) = tokio::io::split(stream);
         let max = broker.options().max_packet_size;
         Conn {
             broker,
-            reader,
-            writer,
+            stream,
             transport,
             // Small to start: most clients send small packets, and 10,000s of
             // idle connections should cost little. Both grow on demand.
@@ -68,7 +67,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             codec: Codec::V3(v3::Codec::new(max)),
             protocol: MqttProtocol::V3_1_1,
             traffic: Traffic::default(),
-            counted: Traffic::default(),
         }
     }
 
@@ -113,18 +111,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    /// Adds the traffic since the last call to the broker's metrics.
-    pub(super) fn count_traffic(&mut self) {
-        let (now, then) = (self.traffic, self.counted);
-        let m = self.broker.metrics();
-        m.mqtt_received_bytes
-            .inc_by(now.read_bytes - then.read_bytes);
-        m.mqtt_received_messages
-            .inc_by(now.read_msgs - then.read_msgs);
-        m.mqtt_sent_bytes.inc_by(now.write_bytes - then.write_bytes);
-        m.mqtt_sent_messages
-            .inc_by(now.write_msgs - then.write_msgs);
-        self.counted = now;
+    /// `n` bytes read from the client.
+    pub(super) fn count_read(&mut self, n: usize) {
+        self.traffic.read_bytes += n as u64;
+        self.broker.metrics().mqtt_received_bytes.inc_by(n as u64);
+    }
+
+    /// A PUBLISH received from the client.
+    pub(super) fn count_publish_received(&mut self) {
+        self.traffic.read_msgs += 1;
+        self.broker.metrics().mqtt_received_messages.inc();
+    }
+
+    /// A PUBLISH written for the client.
+    pub(super) fn count_publish_sent(&mut self) {
+        self.traffic.write_msgs += 1;
+        self.broker.metrics().mqtt_sent_messages.inc();
     }
 
     pub(super) async fn flush(&mut self) -> std::io::Result<()> {
@@ -132,8 +134,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             return Ok(());
         }
         self.traffic.write_bytes += self.wbuf.len() as u64;
-        self.count_traffic();
-        let result = self.writer.write_all(&self.wbuf).await;
+        self.broker
+            .metrics()
+            .mqtt_sent_bytes
+            .inc_by(self.wbuf.len() as u64);
+        let result = self.stream.write_all(&self.wbuf).await;
         self.wbuf.clear();
         if self.idle || self.wbuf.capacity() > 64 * 1024 {
             self.wbuf = BytesMut::new();

@@ -201,7 +201,8 @@ async fn serve_tls(start: Box<TlsStart>) {
         Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
     };
-    connection::serve(broker, stream, transport).await;
+    // Boxed: the TLS state (about 1,200 bytes) is not the task's.
+    connection::serve(broker, Box::new(stream), transport).await;
 }
 
 #[derive(Clone)]
