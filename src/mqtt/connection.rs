@@ -870,9 +870,10 @@ mod size_tests {
         let live = std::mem::size_of::<Live>();
         assert!(live <= 240, "a connection's live state is {live} bytes");
         // Its session, in the session table for as long as it is connected
-        // (an empty `Carried` is not kept).
+        // (an empty `Carried` is not kept): with its reference counts, 184
+        // bytes, the allocator's class of 192 (208 was one of 224).
         let session = std::mem::size_of::<crate::mqtt::session::Session>();
-        assert!(session <= 192, "a session is {session} bytes");
+        assert!(session <= 168, "a session is {session} bytes");
         assert!(std::mem::size_of::<Message>() <= 128);
     }
 }
