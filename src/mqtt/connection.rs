@@ -800,7 +800,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
             }
             _ => self.broker.will_done(&live.session),
         }
-        mailbox.finish();
+        mailbox.finish(&self.broker.inner.finishes);
     }
 
     fn publish_will(&self, live: &Live, will: Box<Will>, session_expiry: u32) {
@@ -874,6 +874,9 @@ mod size_tests {
         // bytes, the allocator's class of 192 (208 was one of 224).
         let session = std::mem::size_of::<crate::mqtt::session::Session>();
         assert!(session <= 168, "a session is {session} bytes");
+        // Its mailbox: with its reference counts, 80 bytes.
+        let mailbox = std::mem::size_of::<crate::mqtt::session::Mailbox>();
+        assert!(mailbox <= 64, "a mailbox is {mailbox} bytes");
         assert!(std::mem::size_of::<Message>() <= 128);
     }
 }

@@ -443,7 +443,7 @@ impl Broker {
         if let Some(mailbox) = session.online_mailbox() {
             let by = format!("a connection on node {}", take.by);
             let _ = mailbox.send(Outbound::Close(DisconnectCause::SessionTakenOver { by }), 0);
-            if tokio::time::timeout(HANDOVER_TIMEOUT, mailbox.finished())
+            if tokio::time::timeout(HANDOVER_TIMEOUT, mailbox.finished(&self.inner.finishes))
                 .await
                 .is_err()
             {

@@ -109,7 +109,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn<S> {
         let carried = std::mem::take(&mut a.attached.carried);
         self.broker
             .detach(&a.attached.session, a.connection_id, carried, leftovers);
-        a.mailbox.finish();
+        a.mailbox.finish(&self.broker.inner.finishes);
     }
 
     /// Reads until a whole CONNECT is decoded, choosing the codec by its

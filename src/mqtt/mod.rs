@@ -334,6 +334,11 @@ struct Inner {
     /// through its mailbox: a connected loop reads it instead of waiting
     /// on the token, whose future would be ~80 bytes of every connection.
     stopping: std::sync::atomic::AtomicBool,
+    /// Woken whenever a connection hands its session back
+    /// ([`session::Mailbox::finish`]): one for the broker rather than one
+    /// in every mailbox (32 bytes of every connection), since only a
+    /// takeover ever waits for it.
+    finishes: tokio::sync::Notify,
     connections: TaskTracker,
     /// The broker name of every event, shared rather than allocated per
     /// event.
@@ -413,6 +418,7 @@ impl Broker {
                 retained: RwLock::default(),
                 stop,
                 stopping: std::sync::atomic::AtomicBool::new(false),
+                finishes: tokio::sync::Notify::new(),
                 connections: TaskTracker::new(),
                 name,
                 acl: RwLock::new(None),

@@ -144,7 +144,6 @@ pub struct Mailbox {
     /// taking the session over waits for it. Here rather than in a token of
     /// its own, which would be another allocation per connection.
     finished: std::sync::atomic::AtomicBool,
-    finished_notify: Notify,
 }
 
 #[derive(Default)]
@@ -208,22 +207,28 @@ impl Mailbox {
         })
     }
 
-    /// Says that the connection has handed its session back.
-    pub fn finish(&self) {
+    /// Says that the connection has handed its session back, and wakes
+    /// whoever waits on `finishes` (the broker's, shared by every mailbox).
+    pub fn finish(&self, finishes: &Notify) {
         self.finished.store(true, Ordering::Release);
-        self.finished_notify.notify_waiters();
+        finishes.notify_waiters();
     }
 
-    /// Returns once the connection has handed its session back.
-    pub async fn finished(&self) {
-        let notified = self.finished_notify.notified();
-        tokio::pin!(notified);
-        // Registered before the flag is read: a finish in between wakes it.
-        notified.as_mut().enable();
-        if self.finished.load(Ordering::Acquire) {
-            return;
+    /// Returns once the connection has handed its session back; `finishes`
+    /// is the one [`Mailbox::finish`] wakes. Another connection's finish
+    /// wakes it too, and it waits again.
+    pub async fn finished(&self, finishes: &Notify) {
+        loop {
+            let notified = finishes.notified();
+            tokio::pin!(notified);
+            // Registered before the flag is read: a finish in between
+            // wakes it.
+            notified.as_mut().enable();
+            if self.finished.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
         }
-        notified.await;
     }
 
     /// Closes the mailbox and returns the deliveries still in it (for the
@@ -498,9 +503,12 @@ impl Broker {
                 Outbound::Close(DisconnectCause::SessionTakenOver { by: by.to_owned() }),
                 0,
             );
-            if tokio::time::timeout(Duration::from_secs(5), old_mailbox.finished())
-                .await
-                .is_err()
+            if tokio::time::timeout(
+                Duration::from_secs(5),
+                old_mailbox.finished(&self.inner.finishes),
+            )
+            .await
+            .is_err()
             {
                 tracing::warn!(client_id = %client_id, "taken-over connection did not close in time");
             }
@@ -879,33 +887,42 @@ mod tests {
         assert!(connect(&broker, "never", 2, NEVER).await.session_present);
     }
 
-    /// A bug that panics in one connection while it holds the session
-    /// table, its session and the subscription tree leaves them poisoned;
-    /// later connects, takeovers and routing go on.
     /// A connection taking a session over waits until the old one has
-    /// finished, whether it finished before the wait began or during it.
+    /// finished, whether it finished before the wait began or during it,
+    /// and another connection's finish does not end the wait.
     #[tokio::test]
     async fn waiting_for_a_finished_connection_ends_when_it_finishes() {
+        let finishes = Arc::new(Notify::new());
         let done = Mailbox::default();
-        done.finish();
-        tokio::time::timeout(Duration::from_secs(1), done.finished())
+        done.finish(&finishes);
+        tokio::time::timeout(Duration::from_secs(1), done.finished(&finishes))
             .await
             .expect("finished before the wait");
 
         let mailbox = Arc::new(Mailbox::default());
         let waiter = tokio::spawn({
-            let mailbox = mailbox.clone();
-            async move { mailbox.finished().await }
+            let (mailbox, finishes) = (mailbox.clone(), finishes.clone());
+            async move { mailbox.finished(&finishes).await }
         });
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished(), "nothing finished yet");
-        mailbox.finish();
+        Mailbox::default().finish(&finishes);
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        assert!(
+            !waiter.is_finished(),
+            "another connection finished, not this one"
+        );
+        mailbox.finish(&finishes);
         tokio::time::timeout(Duration::from_secs(1), waiter)
             .await
             .expect("woken by the finish")
             .unwrap();
     }
 
+    /// A bug that panics in one connection while it holds the session
+    /// table, its session and the subscription tree leaves them poisoned;
+    /// later connects, takeovers and routing go on.
     #[tokio::test(start_paused = true)]
     async fn a_panic_under_the_broker_locks_does_not_stop_later_connects() {
         let (broker, _dir) = testing::broker(BrokerOptions::default());
