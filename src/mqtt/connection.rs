@@ -858,11 +858,11 @@ mod size_tests {
     /// since the mailbox keeps the waker; 872 since the QoS window is
     /// boxed while in use and what the timer waits for is not held across
     /// the wait; 880 with the socket whole instead of in halves, which
-    /// were an allocation of their own). Tokio rounds a task up to 128 bytes on x86_64 and adds
-    /// 112 of its own (header, scheduler, task id, trailer), with the task
-    /// tracker's 8; the listener's stream wrapper adds 16: a future of up
-    /// to 888 bytes here makes a task of 1,024 bytes, one more word a task
-    /// of 1,152.
+    /// were an allocation of their own). Tokio rounds a task up to 128
+    /// bytes on x86_64 and adds 112 of its own (header, scheduler, task
+    /// id, trailer), with the task tracker's 8; the listener's stream
+    /// wrapper adds 16: a future of up to 888 bytes here makes a task of
+    /// 1,024 bytes, one more word a task of 1,152.
     #[test]
     fn a_connections_task_stays_small() {
         let task = output_size(serve::<tokio::net::TcpStream>);

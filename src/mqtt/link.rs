@@ -1,5 +1,6 @@
-//! One client's network link: the socket, the read and write buffers, the codec and the traffic counts, and what the broker says of
-//! the link (its connection info, its monitor origin, its log lines).
+//! One client's network link: the socket, the read and write buffers, the
+//! codec and the traffic counts, and what the broker says of the link (its
+//! connection info, its monitor origin, its log lines).
 //!
 //! The handshake (`handshake`) and the connected loop (`connection`) both
 //! work through a [`Conn`]; neither owns the socket otherwise.

@@ -65,7 +65,8 @@ pub(super) enum Incoming {
 #[derive(Debug, Default)]
 pub(super) struct QosState {
     window: Option<Box<Window>>,
-    /// The client's Receive Maximum, at most the broker's in-flight limit.
+    /// The client's Receive Maximum, at most the broker's in-flight limit
+    /// (the window holds at least 1).
     max_inflight: u16,
 }
 
@@ -316,7 +317,6 @@ impl Window {
 impl QosState {
     /// See [`Window::resume`]; nothing carried leaves the window absent.
     pub(super) fn resume(carried: Carried, max_inflight: u16, send: &mut impl FnMut(Out)) -> Self {
-        let max_inflight = max_inflight.max(1);
         QosState {
             window: (!carried.is_empty())
                 .then(|| Box::new(Window::resume(carried, max_inflight, send))),
@@ -352,11 +352,10 @@ impl QosState {
         max_queued: usize,
         send: &mut impl FnMut(Out),
     ) -> Delivered {
-        match &mut self.window {
-            Some(window) => window.deliver(d, max_queued, send),
-            None if d.qos == QoS::AtMostOnce => send_now(d, send),
-            None => self.window().deliver(d, max_queued, send),
+        if self.window.is_none() && d.qos == QoS::AtMostOnce {
+            return send_now(d, send);
         }
+        self.window().deliver(d, max_queued, send)
     }
 
     /// See [`Window::puback`].
