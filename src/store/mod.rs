@@ -1070,32 +1070,30 @@ impl Store {
         if self.overlay().is_empty() {
             return Ok(());
         }
-        let made = overlay::write_back_batches(&self.inner.overlay, &self.inner.db, |changes| {
-            self.inner.writing_back.store(changes, Ordering::Release);
-            // A writer waiting for room goes on.
-            self.inner.pacer.drained.notify_all();
-            #[cfg(test)]
-            self.pause_write_back_at(WriteBackStep::Taken);
-        });
-        let (batches, written) = match made {
-            Ok(made) => made,
+        let db = &self.inner.db;
+        let made = overlay::write_back(
+            &self.inner.overlay,
+            db,
+            |changes| {
+                self.inner.writing_back.store(changes, Ordering::Release);
+                // A writer waiting for room goes on.
+                self.inner.pacer.drained.notify_all();
+                #[cfg(test)]
+                self.pause_write_back_at(WriteBackStep::Taken);
+            },
+            |batch| Ok(db.apply_batch(batch)?),
+        );
+        let written = match made {
+            Ok(written) => written,
             Err(e) => {
                 self.inner.writing_back.store(0, Ordering::Release);
                 return Err(e);
             }
         };
-        let applied = batches
-            .into_iter()
-            .try_for_each(|batch| self.inner.db.apply_batch(batch));
-        if let Err(e) = applied {
-            self.inner.writing_back.store(0, Ordering::Release);
-            return Err(e.into());
-        }
         #[cfg(test)]
         self.pause_write_back_at(WriteBackStep::Applied);
-        // Readers find the same state in sled as in the overlay from here.
         let position = written.position;
-        let grown = overlay::trim_in_runs(&self.inner.overlay, written);
+        let grown = self.overlay_mut().trim(written);
         self.inner.writing_back.store(0, Ordering::Release);
         self.inner.materialised.store(position, Ordering::Release);
         self.note_log_growth(grown);
@@ -1358,7 +1356,8 @@ impl Store {
 enum WriteBackStep {
     /// It has taken the overlay's changes; no batch is made yet.
     Taken,
-    /// Its batches are in sled; the overlay is not trimmed yet.
+    /// Its batches are in sled (and its records and entries out of the
+    /// overlay); its deletions and counts are not trimmed yet.
     Applied,
 }
 

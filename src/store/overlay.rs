@@ -17,9 +17,9 @@
 //! records the materialised position (`mmaterialised`), the newest
 //! revision the write-back covers. Nothing is flushed on its own (the next
 //! group commit's flush carries it), because the log already holds
-//! everything. The overlay stays readable while the batches are built and
-//! applied; then exactly what was written leaves it ([`Overlay::trim`]),
-//! and whatever commits added meanwhile stays for the next write-back.
+//! everything. The overlay stays readable throughout: each run of records
+//! leaves it once sled holds it, unless a commit changed it meanwhile, and
+//! whatever commits added stays for the next write-back.
 //! When the changes the write-back has not yet taken reach [`MAX_CHANGES`],
 //! the writer waits for it rather than let the overlay grow without bound
 //! (one command larger than that, such as the recording of every client a
@@ -57,24 +57,6 @@ pub(super) const MAX_CHANGES: usize = 4 * WRITE_BACK_CHANGES;
 
 /// Writes per sled batch of a write-back (see [`write_back_batches`]).
 const WRITE_BACK_SLICE: usize = 1024;
-
-/// Sled batches of at most [`WRITE_BACK_SLICE`] writes each.
-#[derive(Default)]
-struct Slices {
-    done: Vec<sled::Batch>,
-    writes: usize,
-}
-
-impl Slices {
-    /// The batch the next write goes to.
-    fn next(&mut self) -> &mut sled::Batch {
-        if self.writes.is_multiple_of(WRITE_BACK_SLICE) {
-            self.done.push(sled::Batch::default());
-        }
-        self.writes += 1;
-        self.done.last_mut().expect("a batch was just pushed")
-    }
-}
 
 /// What the log holds and sled does not yet; see the module docs.
 #[derive(Default)]
@@ -142,8 +124,6 @@ pub(super) struct Written {
     /// The newest revision covered: the materialised position.
     pub(super) position: Revision,
     pub(super) changes: usize,
-    states: Vec<(Vec<u8>, Option<Vec<u8>>)>,
-    logs: Vec<Vec<u8>>,
     deleted: Vec<(ClientId, Revision)>,
     log_batches: usize,
     grown: usize,
@@ -229,23 +209,16 @@ impl Overlay {
         self.position = last.revision;
     }
 
-    /// Drops what a write-back wrote, now that sled holds it, and keeps
-    /// what commits added meanwhile: a state only while it is still the one
-    /// written (a newer one stays), a deletion only when no newer deletion
-    /// of the client came since. Returns the clients whose log grew in
-    /// sled, for retention.
+    /// Ends a write-back whose records and entries sled holds (each run
+    /// left the overlay as it was applied, see [`write_back`]): drops its
+    /// deletions, log batch records and counts, and keeps what commits
+    /// added meanwhile (a deletion only when no newer deletion of the
+    /// client came since). Returns the clients whose log grew in sled, for
+    /// retention.
     pub(super) fn trim(&mut self, written: Written) -> Vec<ClientId> {
         if written.epoch != self.epoch {
             // All data was cleared since: nothing of it is left here.
             return Vec::new();
-        }
-        for (key, state) in written.states {
-            if self.states.get(&key) == Some(&state) {
-                self.states.remove(&key);
-            }
-        }
-        for key in &written.logs {
-            self.logs.remove(key);
         }
         for (client, revision) in written.deleted {
             if self.deleted.get(&client) == Some(&revision) {
@@ -273,26 +246,35 @@ impl Overlay {
     }
 }
 
-/// The sled batches that write the overlay back, in order, the last one
-/// with the materialised position, and what they hold (for
-/// [`Overlay::trim`]). Each holds at most [`WRITE_BACK_SLICE`] writes: sled
-/// applies a batch under a lock every other write waits for, so a large
-/// write-back in one batch would stall the writer's next commit for as long
-/// as it takes. The records and entries are copied in runs, the overlay's
-/// lock taken per run, so that commits go on meanwhile (after a recovery
-/// the overlay holds hundreds of thousands of changes); a run may catch a
+/// Writes the overlay back to sled, one batch of at most
+/// [`WRITE_BACK_SLICE`] writes at a time handed to `apply`, and returns
+/// what it took (for [`Overlay::trim`]). Sled applies a batch under a lock
+/// every other write waits for, so batches stay small and the writer's next
+/// commit never waits long behind one.
+///
+/// The records and entries are taken in runs, the overlay's lock held per
+/// run, so that commits and readers go on meanwhile (after a recovery the
+/// overlay holds hundreds of thousands of changes). Each run leaves the
+/// overlay as soon as sled holds it: a state only while it is still the one
+/// written (a newer one stays), which readers then find in sled. So a
+/// write-back holds one run's copy at a time, never a second copy of the
+/// whole overlay: a burst of changes (a fleet pinging in step, everyone
+/// leaving at once) costs its overlay and little more. A run may catch a
 /// state newer than the position, which is what a crash part way through a
 /// write-back leaves too, and the next write-back writes the same again.
+/// The last batch holds the log batch records and the materialised
+/// position.
 ///
 /// `taken` hears how many changes the write-back takes as soon as it has
-/// taken them, before the batches are made: a writer that waits for room
-/// in the overlay goes on from there, not once hundreds of thousands of
-/// records have been copied and batched.
-pub(super) fn write_back_batches(
+/// taken them, before any batch is made: a writer that waits for room in
+/// the overlay goes on from there, not once hundreds of thousands of
+/// records have been written.
+pub(super) fn write_back(
     overlay: &RwLock<Overlay>,
     db: &sled::Db,
     taken: impl FnOnce(usize),
-) -> Result<(Vec<sled::Batch>, Written), StoreError> {
+    mut apply: impl FnMut(sled::Batch) -> Result<(), StoreError>,
+) -> Result<Written, StoreError> {
     let (epoch, position, changes, deleted, log_batches, grown) = {
         let o = overlay.read().expect("overlay lock");
         (
@@ -311,99 +293,121 @@ pub(super) fn write_back_batches(
         )
     };
     taken(changes);
-    let states = copy_in_runs(overlay, |o| &o.states);
-    let logs = copy_in_runs(overlay, |o| &o.logs);
-    let mut slices = Slices::default();
-    for (client, _) in &deleted {
-        for key in db.scan_prefix(keys::client_log_prefix(client)).keys() {
-            slices.next().remove(key?);
-        }
-    }
-    for (key, state) in &states {
-        match state {
-            Some(state) => slices.next().insert(key.as_slice(), state.as_slice()),
-            None => slices.next().remove(key.as_slice()),
-        }
-    }
-    for (key, entry) in &logs {
-        slices.next().insert(key.as_slice(), entry.as_slice());
-    }
-    for (first, record) in &log_batches {
-        slices.next().insert(
-            &keys::revision_key(keys::LOG_BATCH, *first),
-            record.as_slice(),
-        );
-    }
-    slices
-        .next()
-        .insert(keys::META_MATERIALISED, &position.to_be_bytes());
     let written = Written {
         epoch,
         position,
         changes,
-        states,
-        logs: logs.into_iter().map(|(key, _)| key).collect(),
         deleted,
         log_batches: log_batches.len(),
         grown,
     };
-    Ok((slices.done, written))
-}
-
-/// [`Overlay::trim`] with the lock taken per run of [`WRITE_BACK_SLICE`]
-/// records and entries, so that commits and readers go on meanwhile (a
-/// record or entry that leaves the overlay is in sled already); the log
-/// batch records, deletions and counts go last, at once.
-pub(super) fn trim_in_runs(overlay: &RwLock<Overlay>, mut written: Written) -> Vec<ClientId> {
-    let states = std::mem::take(&mut written.states);
-    for run in states.chunks(WRITE_BACK_SLICE) {
-        let mut o = overlay.write().expect("overlay lock");
-        if o.epoch != written.epoch {
-            return Vec::new();
-        }
-        for (key, state) in run {
-            if o.states.get(key) == Some(state) {
-                o.states.remove(key);
+    // What sled holds of deleted clients goes first: their entries written
+    // back below came after the deletion.
+    let mut batch = sled::Batch::default();
+    let mut writes = 0;
+    for (client, _) in &written.deleted {
+        for key in db.scan_prefix(keys::client_log_prefix(client)).keys() {
+            batch.remove(key?);
+            writes += 1;
+            if writes == WRITE_BACK_SLICE {
+                apply(std::mem::take(&mut batch))?;
+                writes = 0;
             }
         }
     }
-    let logs = std::mem::take(&mut written.logs);
-    for run in logs.chunks(WRITE_BACK_SLICE) {
-        let mut o = overlay.write().expect("overlay lock");
-        if o.epoch != written.epoch {
-            return Vec::new();
-        }
-        for key in run {
-            o.logs.remove(key);
-        }
+    if writes > 0 {
+        apply(batch)?;
     }
-    overlay.write().expect("overlay lock").trim(written)
+    let states: Maps<_> = (|o| &o.states, |o| &mut o.states);
+    let copied = in_runs(overlay, epoch, states, |run| {
+        let mut batch = sled::Batch::default();
+        for (key, state) in run {
+            match state {
+                Some(state) => batch.insert(key.as_slice(), state.as_slice()),
+                None => batch.remove(key.as_slice()),
+            }
+        }
+        apply(batch)
+    })?;
+    if !copied {
+        return Ok(written);
+    }
+    let logs: Maps<_> = (|o| &o.logs, |o| &mut o.logs);
+    let copied = in_runs(overlay, epoch, logs, |run| {
+        let mut batch = sled::Batch::default();
+        for (key, entry) in run {
+            batch.insert(key.as_slice(), entry.as_slice());
+        }
+        apply(batch)
+    })?;
+    if !copied {
+        return Ok(written);
+    }
+    let mut last = sled::Batch::default();
+    for (first, record) in &log_batches {
+        last.insert(
+            &keys::revision_key(keys::LOG_BATCH, *first),
+            record.as_slice(),
+        );
+    }
+    last.insert(keys::META_MATERIALISED, &position.to_be_bytes());
+    apply(last)?;
+    Ok(written)
 }
 
-/// Entries of the overlay map `map` picks, copied in key order in runs of
-/// [`WRITE_BACK_SLICE`], the lock taken per run.
-fn copy_in_runs<V: Clone>(
+/// One of the overlay's maps, to read and to trim.
+type Maps<V> = (
+    fn(&Overlay) -> &BTreeMap<Vec<u8>, V>,
+    fn(&mut Overlay) -> &mut BTreeMap<Vec<u8>, V>,
+);
+
+/// Takes the entries of the overlay map `map` picks in key order, in runs
+/// of [`WRITE_BACK_SLICE`] copied under the read lock, hands each run to
+/// `write`, and once it is written drops from the map every entry of the
+/// run that still holds the value written. False when all data was
+/// cleared meanwhile (the overlay's epoch moved): nothing more is written.
+fn in_runs<V: Clone + PartialEq>(
     overlay: &RwLock<Overlay>,
-    map: impl Fn(&Overlay) -> &BTreeMap<Vec<u8>, V>,
-) -> Vec<(Vec<u8>, V)> {
-    let mut out: Vec<(Vec<u8>, V)> = Vec::new();
+    epoch: u64,
+    (map, map_mut): Maps<V>,
+    mut write: impl FnMut(&[(Vec<u8>, V)]) -> Result<(), StoreError>,
+) -> Result<bool, StoreError> {
+    let mut after: Option<Vec<u8>> = None;
     loop {
-        let after = out.last().map(|(key, _)| key.clone());
-        let o = overlay.read().expect("overlay lock");
-        let from = match &after {
-            Some(key) => Bound::Excluded(key.as_slice()),
-            None => Bound::Unbounded,
-        };
-        let before = out.len();
-        out.extend(
+        let run: Vec<(Vec<u8>, V)> = {
+            let o = overlay.read().expect("overlay lock");
+            if o.epoch != epoch {
+                return Ok(false);
+            }
+            let from = match &after {
+                Some(key) => Bound::Excluded(key.as_slice()),
+                None => Bound::Unbounded,
+            };
             map(&o)
                 .range::<[u8], _>((from, Bound::Unbounded))
                 .take(WRITE_BACK_SLICE)
-                .map(|(k, v)| (k.clone(), v.clone())),
-        );
-        if out.len() - before < WRITE_BACK_SLICE {
-            return out;
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        if run.is_empty() {
+            return Ok(true);
         }
+        write(&run)?;
+        let mut o = overlay.write().expect("overlay lock");
+        if o.epoch != epoch {
+            return Ok(false);
+        }
+        let held = map_mut(&mut o);
+        for (key, value) in &run {
+            if held.get(key) == Some(value) {
+                held.remove(key);
+            }
+        }
+        drop(o);
+        if run.len() < WRITE_BACK_SLICE {
+            return Ok(true);
+        }
+        after = run.into_iter().next_back().map(|(key, _)| key);
     }
 }
 
@@ -700,7 +704,7 @@ mod tests {
     }
 
     /// Makes the next write-back pause once its batches are in sled (before
-    /// it trims the overlay), runs `before`, lets write-backs run and waits
+    /// it ends), runs `before`, lets write-backs run and waits
     /// until that one pauses. Sending on the answer lets it finish.
     async fn pause_write_back(
         store: &Store,
@@ -765,8 +769,8 @@ mod tests {
         let go = pause_write_back(&store, async {}).await;
         let covered = store.committed_revision();
 
-        // The write-back has put its batch into sled and not yet trimmed the
-        // overlay; the writer goes on meanwhile.
+        // The write-back has put its batches into sled and not yet ended;
+        // the writer goes on meanwhile.
         store
             .commit_events(vec![connect("d:o:t:a", 11)])
             .await
@@ -952,6 +956,114 @@ mod tests {
         reopened.close().await.unwrap();
     }
 
+    /// A write-back holds one run at a time: the records of a run leave the
+    /// overlay once sled holds them (reads then find them there), while
+    /// the runs after it are still in the overlay, and a record a commit
+    /// changed meanwhile stays.
+    #[tokio::test]
+    async fn each_run_of_a_write_back_leaves_the_overlay_once_sled_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        store.inner.hold_write_back.store(true, Ordering::Release);
+        let clients = 3 * super::WRITE_BACK_SLICE;
+        let name = |i: usize| format!("d:o:t:c{i:05}");
+        let connects = (0..clients).map(|i| connect(&name(i), 1)).collect();
+        store.commit_events(connects).await.unwrap();
+        let first = ClientId::new(name(0)).unwrap();
+        let expected = store.get_state(&first).unwrap();
+
+        let db = &store.inner.db;
+        let mut held = Vec::new();
+        let written = super::write_back(
+            &store.inner.overlay,
+            db,
+            |_| (),
+            |batch| {
+                db.apply_batch(batch)?;
+                let o = store.overlay();
+                held.push((o.states.len(), o.logs.len()));
+                Ok(())
+            },
+        )
+        .unwrap();
+        // One batch per run of records, one per run of entries, then the
+        // position; each sees the runs before it gone from the overlay.
+        let slice = super::WRITE_BACK_SLICE;
+        let full = 3 * slice;
+        assert_eq!(
+            held,
+            [
+                (full, full),
+                (2 * slice, full),
+                (slice, full),
+                (0, full),
+                (0, 2 * slice),
+                (0, slice),
+                (0, 0),
+            ]
+        );
+        assert_eq!(store.get_state(&first).unwrap(), expected, "read from sled");
+        assert!(!store.overlay().is_empty(), "counts go with the trim");
+        store.overlay_mut().trim(written);
+        assert!(store.overlay().is_empty());
+        store.inner.hold_write_back.store(false, Ordering::Release);
+        store.close().await.unwrap();
+    }
+
+    /// A record changed by a commit while its run is being written stays in
+    /// the overlay (the newer one), and sled gets it with the next
+    /// write-back.
+    #[tokio::test]
+    async fn a_record_changed_while_its_run_is_written_stays_for_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        store.inner.hold_write_back.store(true, Ordering::Release);
+        store
+            .commit_events(vec![connect("d:o:t:a", 1)])
+            .await
+            .unwrap();
+        let a = ClientId::new("d:o:t:a").unwrap();
+        let db = &store.inner.db;
+        let mut changed = false;
+        let written = super::write_back(
+            &store.inner.overlay,
+            db,
+            |_| (),
+            |batch| {
+                db.apply_batch(batch)?;
+                if !changed {
+                    // As a commit would, between the copy and the trim.
+                    changed = true;
+                    let newer =
+                        super::super::codec::encode_state(&crate::domain::ConnectionState {
+                            status: ConnectionStatus::Disconnected,
+                            ..store.get_state(&a).unwrap().unwrap()
+                        });
+                    store
+                        .overlay_mut()
+                        .states
+                        .insert(keys::state(&a), Some(newer));
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
+        store.overlay_mut().trim(written);
+        assert_eq!(
+            store.get_state(&a).unwrap().unwrap().status,
+            ConnectionStatus::Disconnected,
+            "the newer record stayed in the overlay"
+        );
+        let stored = db.get(keys::state(&a)).unwrap().unwrap();
+        assert_eq!(
+            super::super::codec::decode_state(&stored).unwrap().status,
+            ConnectionStatus::Connected,
+            "sled holds what the run wrote"
+        );
+        store.inner.hold_write_back.store(false, Ordering::Release);
+        store.close().await.unwrap();
+    }
+
     /// A crash part way through a write-back (some of its batches in sled,
     /// the materialised position not yet moved) replays to exactly the
     /// state of a run without the crash.
@@ -989,12 +1101,22 @@ mod tests {
         let before = store.materialised_revision();
 
         // The first batch of the write-back reaches the disk; then the crash.
-        let (batches, _) =
-            super::write_back_batches(&store.inner.overlay, &store.inner.db, |_| ()).unwrap();
-        assert!(batches.len() > 2, "{} batches", batches.len());
-        let first = batches.into_iter().next().unwrap();
-        store.inner.db.apply_batch(first).unwrap();
-        store.inner.db.flush().unwrap();
+        let db = &store.inner.db;
+        let mut batches = 0;
+        let crashed = super::write_back(
+            &store.inner.overlay,
+            db,
+            |_| (),
+            |batch| {
+                batches += 1;
+                if batches > 1 {
+                    return Err(crate::store::StoreError::Closed);
+                }
+                db.apply_batch(batch)?;
+                Ok(db.flush().map(drop)?)
+            },
+        );
+        assert!(crashed.is_err(), "more than one batch");
         assert_eq!(
             super::stored_position(&store.inner.db).unwrap(),
             Some(before),
