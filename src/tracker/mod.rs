@@ -131,23 +131,34 @@ impl Tracker {
     }
 
     /// Writes through every pending activity event, in commits of at most
-    /// [`ACTIVITY_COMMIT`] events one after the other: a fleet that pings
-    /// in step (every client connected in the same second after an outage)
-    /// then costs a few megabytes in flight, not one commit of all of it.
+    /// [`ACTIVITY_COMMIT`] events one after the other, each taken from the
+    /// pending map as it is committed: a fleet that pings in step (every
+    /// client connected in the same second after an outage) then costs one
+    /// commit's events in flight, not a copy of all of them. A flush takes
+    /// at most as many events as were pending when it started (those that
+    /// arrive meanwhile go with it or with the next one), so it always ends.
     pub async fn flush_activity(&self) -> Result<Revision, StoreError> {
-        let events: Vec<LifecycleEvent> = {
-            let mut pending = crate::lock::lock(&self.pending_activity);
-            pending.drain().map(|(_, event)| event).collect()
-        };
-        let mut events = events.into_iter();
+        let mut left = crate::lock::lock(&self.pending_activity).len();
         let mut revision = self.store.committed_revision();
-        loop {
-            let commit: Vec<_> = events.by_ref().take(ACTIVITY_COMMIT).collect();
+        while left > 0 {
+            let commit: Vec<LifecycleEvent> = {
+                let mut pending = crate::lock::lock(&self.pending_activity);
+                let mut taken = 0;
+                pending
+                    .extract_if(|_, _| {
+                        taken += 1;
+                        taken <= ACTIVITY_COMMIT.min(left)
+                    })
+                    .map(|(_, event)| event)
+                    .collect()
+            };
             if commit.is_empty() {
-                return Ok(revision);
+                break;
             }
+            left -= commit.len();
             revision = self.store.commit_events(commit).await?;
         }
+        Ok(revision)
     }
 
     /// Writes pending activity through every `interval` until `stop`, then
