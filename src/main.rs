@@ -3,13 +3,7 @@
 //! subcommands (`clients`, `devices`, `status`, ...) hand over to
 //! [`connstate::cli`]; `completions` prints a shell's completion script.
 
-/// mimalloc: the service allocates and frees many small buffers per event
-/// and per packet, where glibc's allocator spent half of the writer's time.
-/// `RUSTFLAGS="--cfg connstate_system_allocator"` builds with the system's
-/// allocator instead, for heap profilers that hook malloc (heaptrack).
-#[cfg(not(connstate_system_allocator))]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+mod allocator;
 
 use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, process::ExitCode};
 
@@ -75,6 +69,7 @@ Logging: RUST_LOG chooses what is logged to standard error, as tracing's env fil
 RUST_LOG=info,connstate::mqtt=debug for one module.";
 
 fn main() -> ExitCode {
+    allocator::configure();
     let cli = Cli::parse();
     let cli = match cli.command {
         Command::Client(command) => return ExitCode::from(connstate::cli::run(command)),

@@ -12,13 +12,8 @@
 //! bench/cluster.sh    # the cluster scenarios against a cluster of 3 nodes
 //! ```
 
-/// mimalloc: the service allocates and frees many small buffers per event
-/// and per packet, where glibc's allocator spent half of the writer's time.
-/// `RUSTFLAGS="--cfg connstate_system_allocator"` builds with the system's
-/// allocator instead, for heap profilers that hook malloc (heaptrack).
-#[cfg(not(connstate_system_allocator))]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[path = "../allocator.rs"]
+mod allocator;
 
 use std::{
     net::IpAddr,
@@ -166,6 +161,7 @@ enum Scenario {
 }
 
 fn main() -> anyhow::Result<()> {
+    allocator::configure();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
