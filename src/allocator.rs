@@ -22,7 +22,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// burst (10,000 clients leaving, 19,800 clients' pings written through)
 /// the service's threads go quiet, so the burst's peak stayed resident.
 /// Measured with 10,000 clients connecting, held, then leaving (9 runs
-/// each, BENCHMARKS.md): RSS 15 s after they left 78–84 MB with no delay
+/// each, BENCHMARKS.md): RSS 5 s after they left 78–84 MB with no delay
 /// against 90–102 MB with the default, RSS while held 58–61 against
 /// 65–69 MB, at the same CPU. `MIMALLOC_PURGE_DELAY` in the environment
 /// still decides when it is set.
