@@ -158,6 +158,13 @@ impl Tracker {
             left -= commit.len();
             revision = self.store.commit_events(commit).await?;
         }
+        // A fleet that pings in step grows the map to the whole fleet for
+        // a moment; its table would keep that size between the rounds.
+        let mut pending = crate::lock::lock(&self.pending_activity);
+        if pending.capacity() > ACTIVITY_COMMIT && pending.len() < pending.capacity() / 4 {
+            let len = pending.len();
+            pending.shrink_to(len);
+        }
         Ok(revision)
     }
 
@@ -295,6 +302,11 @@ mod tests {
         tracker.record(pings).await.unwrap();
         let revision = tracker.flush_activity().await.unwrap();
         assert_eq!(revision - before, clients.len() as u64);
+        let kept = crate::lock::lock(&tracker.pending_activity).capacity();
+        assert!(
+            kept <= ACTIVITY_COMMIT,
+            "the burst's table is given back: {kept}"
+        );
         for client in &clients {
             let state = store
                 .get_state(&ClientId::new(client.as_str()).unwrap())
