@@ -956,6 +956,23 @@ mod tests {
         reopened.close().await.unwrap();
     }
 
+    /// Writes the overlay back by hand (the store's own write-back is
+    /// held), calling `applied` each time a batch is in sled.
+    fn write_back_by_hand(store: &Store, mut applied: impl FnMut(&Store)) -> super::Written {
+        let db = &store.inner.db;
+        super::write_back(
+            &store.inner.overlay,
+            db,
+            |_| (),
+            |batch| {
+                db.apply_batch(batch)?;
+                applied(store);
+                Ok(())
+            },
+        )
+        .unwrap()
+    }
+
     /// A write-back holds one run at a time: the records of a run leave the
     /// overlay once sled holds them (reads then find them there), while
     /// the runs after it are still in the overlay, and a record a commit
@@ -972,20 +989,11 @@ mod tests {
         let first = ClientId::new(name(0)).unwrap();
         let expected = store.get_state(&first).unwrap();
 
-        let db = &store.inner.db;
         let mut held = Vec::new();
-        let written = super::write_back(
-            &store.inner.overlay,
-            db,
-            |_| (),
-            |batch| {
-                db.apply_batch(batch)?;
-                let o = store.overlay();
-                held.push((o.states.len(), o.logs.len()));
-                Ok(())
-            },
-        )
-        .unwrap();
+        let written = write_back_by_hand(&store, |store| {
+            let o = store.overlay();
+            held.push((o.states.len(), o.logs.len()));
+        });
         // One batch per run of records, one per run of entries, then the
         // position; each sees the runs before it gone from the overlay.
         let slice = super::WRITE_BACK_SLICE;
@@ -1023,38 +1031,28 @@ mod tests {
             .await
             .unwrap();
         let a = ClientId::new("d:o:t:a").unwrap();
-        let db = &store.inner.db;
         let mut changed = false;
-        let written = super::write_back(
-            &store.inner.overlay,
-            db,
-            |_| (),
-            |batch| {
-                db.apply_batch(batch)?;
-                if !changed {
-                    // As a commit would, between the copy and the trim.
-                    changed = true;
-                    let newer =
-                        super::super::codec::encode_state(&crate::domain::ConnectionState {
-                            status: ConnectionStatus::Disconnected,
-                            ..store.get_state(&a).unwrap().unwrap()
-                        });
-                    store
-                        .overlay_mut()
-                        .states
-                        .insert(keys::state(&a), Some(newer));
-                }
-                Ok(())
-            },
-        )
-        .unwrap();
+        let written = write_back_by_hand(&store, |store| {
+            if !changed {
+                // As a commit would, between the copy and the trim.
+                changed = true;
+                let newer = super::super::codec::encode_state(&crate::domain::ConnectionState {
+                    status: ConnectionStatus::Disconnected,
+                    ..store.get_state(&a).unwrap().unwrap()
+                });
+                store
+                    .overlay_mut()
+                    .states
+                    .insert(keys::state(&a), Some(newer));
+            }
+        });
         store.overlay_mut().trim(written);
         assert_eq!(
             store.get_state(&a).unwrap().unwrap().status,
             ConnectionStatus::Disconnected,
             "the newer record stayed in the overlay"
         );
-        let stored = db.get(keys::state(&a)).unwrap().unwrap();
+        let stored = store.inner.db.get(keys::state(&a)).unwrap().unwrap();
         assert_eq!(
             super::super::codec::decode_state(&stored).unwrap().status,
             ConnectionStatus::Connected,
