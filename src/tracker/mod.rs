@@ -260,7 +260,7 @@ mod tests {
     }
 
     /// Activity of more clients than one commit takes is written through
-    /// whole.
+    /// whole, and the pending map gives back the table the burst grew.
     #[tokio::test]
     async fn activity_of_more_clients_than_one_commit_takes_is_written_through_whole() {
         let dir = tempfile::tempdir().unwrap();
