@@ -24,6 +24,8 @@
 //!   their lifecycle signals into events for the tracker.
 //! - [`metrics`]: Prometheus metrics of all of the above.
 //! - [`config`]: one validated configuration.
+//! - [`idle`]: the hook a thread runs when it runs out of work (the
+//!   binaries' allocator gives memory back there).
 //! - `lock`: taking the shared locks of the connect path, so that a panic
 //!   under one does not poison it for every later connect.
 //! - [`accept`]: every listener's connection cap and accept back-off;
@@ -37,7 +39,7 @@
 //!
 //! A module uses only modules below it, from the bottom up: `domain` ←
 //! `metrics` ← `rules` ← `store` ← `tracker`, `registry` ← `query`, `mqtt`
-//! ← `api` ← `server` ← `cli`; `config`, `lock`, `accept` and `http` sit beside them and
+//! ← `api` ← `server` ← `cli`; `config`, `idle`, `lock`, `accept` and `http` sit beside them and
 //! use nothing above them. A pure function (the rules) sits below
 //! everything that calls it, so the store applies the rules without knowing
 //! the tracker that feeds it.
@@ -50,6 +52,7 @@ pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod idle;
 mod lock;
 pub mod metrics;
 pub mod mqtt;

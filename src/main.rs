@@ -120,6 +120,7 @@ fn start(cli: Cli) -> anyhow::Result<()> {
         .unwrap_or_default();
     let config = Config::from_layers([&file, &layer])?;
     tokio::runtime::Builder::new_multi_thread()
+        .on_thread_park(connstate::idle::idle)
         .enable_all()
         .build()?
         .block_on(serve(config))

@@ -171,6 +171,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .on_thread_park(connstate::idle::idle)
         .enable_all()
         .build()?;
     runtime.block_on(async {

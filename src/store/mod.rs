@@ -1009,6 +1009,7 @@ impl Store {
             if stop {
                 return;
             }
+            crate::idle::idle();
         }
     }
 

@@ -209,7 +209,18 @@ impl Writer {
     /// gone (the writer holds none that sends), and the writer ends the
     /// store itself.
     pub(super) fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        while let Some(first) = commands.blocking_recv() {
+        loop {
+            let first = match commands.try_recv() {
+                Ok(command) => command,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    crate::idle::idle();
+                    match commands.blocking_recv() {
+                        Some(command) => command,
+                        None => break,
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+            };
             let mut group = vec![first];
             let mut events = 0;
             while events < self.max_batch_events {

@@ -1,0 +1,68 @@
+//! The store's own threads run the idle hook when they run out of work:
+//! that is where the binaries' allocator gives memory back (src/idle.rs).
+//! A test file of its own, so that the process-wide hook is this test's.
+
+use std::{
+    collections::HashSet,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use connstate::{
+    domain::{ClientId, ConnectionInfo, EventKind, LifecycleEvent, MqttProtocol},
+    store::{Store, StoreOptions},
+};
+
+static IDLE_THREADS: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+
+fn note_idle_thread() {
+    let name = std::thread::current().name().unwrap_or("").to_owned();
+    IDLE_THREADS
+        .lock()
+        .unwrap()
+        .get_or_insert_with(HashSet::new)
+        .insert(name);
+}
+
+fn idle_threads() -> HashSet<String> {
+    IDLE_THREADS.lock().unwrap().clone().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn the_writer_and_the_write_back_run_the_idle_hook_after_their_work() {
+    assert!(connstate::idle::set_hook(note_idle_thread));
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let connect = LifecycleEvent {
+        client_id: ClientId::new("d:org:type:idle-1").unwrap(),
+        time: connstate::domain::truncate_to_millis(chrono::Utc::now()),
+        connection_id: 1,
+        broker: Arc::from("test"),
+        kind: EventKind::Connected(ConnectionInfo {
+            addr: IpAddr::from([10, 0, 0, 1]),
+            port: 40_000,
+            secure: false,
+            username: "use-token-auth".into(),
+            protocol: Some(MqttProtocol::V3_1_1),
+            keep_alive: 60,
+            clean_session: true,
+        }),
+        peer: None,
+    };
+    store.commit_events(vec![connect]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.write_back_pending() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The write-back thread goes idle after the write-back it just did.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let threads = idle_threads();
+    for name in ["connstate-writer", "connstate-write-back"] {
+        assert!(
+            threads.contains(name),
+            "{name} never ran the idle hook: {threads:?}"
+        );
+    }
+    store.close().await.unwrap();
+}
