@@ -49,8 +49,9 @@ const COLLECT_EVERY: std::time::Duration = std::time::Duration::from_millis(100)
 /// at most once per [`COLLECT_EVERY`], so that the memory other threads
 /// freed into it and its own emptied pages go back to the system while it
 /// waits. Measured with 10,000 clients connecting, held and leaving
-/// (BENCHMARKS.md): RSS 15 s after they left 64–67 MB against 78–80 MB,
-/// with 61–63 MB held.
+/// (7 runs each, BENCHMARKS.md): RSS 15 s after they left 60–66 MiB, 2–10 %
+/// over the held level, against 73–85 MiB (22–35 % over) without it, at
+/// the same CPU.
 pub fn collect_when_idle() {
     #[cfg(not(connstate_system_allocator))]
     {
