@@ -66,15 +66,16 @@ pub trait Log: Send + Sync {
     /// The oldest revision the log still holds, if any.
     fn first_revision(&self) -> Result<Option<Revision>, StoreError>;
 
-    /// Forgets whole commits from the oldest end: those made before
-    /// `cutoff_ms`, and the oldest ones while more than `max_entries`
-    /// changes up to `upto` are held. Nothing after `upto` is touched, so
+    /// Forgets whole records (commits, or the pieces a large commit is
+    /// stored in) from the oldest end: those made before `cutoff_ms`, and
+    /// the oldest ones while more than `max_entries` changes up to `upto`
+    /// are held. Nothing after `upto` is touched, so
     /// the log stays one contiguous run of revisions. Returns the number of
     /// changes forgotten.
     fn trim(&self, cutoff_ms: i64, max_entries: u64, upto: Revision) -> Result<usize, StoreError>;
 }
 
-/// Commits trimmed per sled batch.
+/// Feed records trimmed per sled batch.
 const TRIM_CHUNK: usize = 256;
 
 /// The log of a single node, in the store's sled tree; see the module docs.
@@ -130,17 +131,22 @@ impl LocalLog {
         let (Some(first), Some(last)) = (changes.first(), changes.last()) else {
             return Err(StoreError::Corrupt("an empty commit".into()));
         };
-        let feed = codec::FeedBatchRecord {
-            commit_ms: first.commit_time.timestamp_millis(),
-            changes: changes
-                .iter()
-                .map(|c| codec::ChangeRecord::from(c.as_ref()))
-                .collect(),
-        };
-        batch.insert(
-            &keys::revision_key(keys::FEED, first.revision),
-            codec::encode_feed_batch(&feed),
-        );
+        let commit_ms = first.commit_time.timestamp_millis();
+        let records = changes
+            .iter()
+            .map(|c| codec::ChangeRecord::from(c.as_ref()));
+        for (n, piece) in codec::pieces(records).into_iter().enumerate() {
+            let Some(first) = piece.first() else {
+                continue;
+            };
+            let key = keys::revision_key(keys::FEED, first.revision());
+            let feed = codec::FeedBatchRecord {
+                commit_ms,
+                changes: piece,
+                continued: n > 0,
+            };
+            batch.insert(&key, codec::encode_feed_batch(&feed));
+        }
         batch.insert(keys::META_REVISION, &last.revision.to_be_bytes());
         self.db.apply_batch(batch)?;
         if self.flushes_each() {
@@ -184,24 +190,35 @@ impl Log for LocalLog {
             None => wanted.to_vec(),
         };
         let end = keys::revision_key(keys::FEED, upto);
-        let mut commits = Vec::new();
+        let mut commits: Vec<Vec<Arc<Change>>> = Vec::new();
         let mut changes = 0;
         for item in db.range(start..=end.to_vec()) {
             let (_, value) = item?;
-            let commit: Vec<Arc<Change>> = codec::decode_feed_batch(&value)?
-                .into_iter()
-                .filter(|c| c.revision > after && c.revision <= upto)
-                .map(Arc::new)
-                .collect();
-            changes += commit.len();
-            if !commit.is_empty() {
-                commits.push(Arc::new(commit));
+            let record = codec::decode_feed_record(&value)?;
+            let mut piece = Vec::with_capacity(record.changes.len());
+            for change in record.changes {
+                let change = Change::try_from(change)?;
+                if change.revision > after && change.revision <= upto {
+                    piece.push(Arc::new(change));
+                }
+            }
+            if piece.is_empty() {
+                continue;
+            }
+            changes += piece.len();
+            // The pieces of one commit are read back as the commit (the
+            // replay after a crash materialises commit by commit). Only the
+            // first piece read can follow one that was left out, and it
+            // starts the list.
+            match commits.last_mut() {
+                Some(commit) if record.continued => commit.extend(piece),
+                _ => commits.push(piece),
             }
             if changes >= limit {
                 break;
             }
         }
-        Ok(commits)
+        Ok(commits.into_iter().map(Arc::new).collect())
     }
 
     fn first_revision(&self) -> Result<Option<Revision>, StoreError> {

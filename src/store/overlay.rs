@@ -197,12 +197,20 @@ impl Overlay {
                 (_, None) => {}
             }
         }
-        if !refs.is_empty() {
+        // A commit's references, in records small enough for sled's cache
+        // to count (`codec::RECORD_PIECE_BYTES`): the first keyed by the
+        // commit's first revision, each other by its first entry's.
+        for (n, entries) in codec::pieces(refs).into_iter().enumerate() {
+            let key = match (n, entries.first()) {
+                (0, _) => first.revision,
+                (_, Some(entry)) => entry.revision,
+                (_, None) => continue,
+            };
             self.log_batches.push((
-                first.revision,
+                key,
                 codec::LogBatchRecord {
                     commit_ms: first.commit_time.timestamp_millis(),
-                    entries: refs,
+                    entries,
                 },
             ));
         }

@@ -1267,6 +1267,71 @@ mod tests {
         store.close().await.unwrap();
     }
 
+    /// A commit larger than one feed record holds is stored as pieces small
+    /// enough for sled to keep in its cache's count (none a blob of its
+    /// own), and read back, also by the replay after a crash, as the one
+    /// commit it was.
+    #[tokio::test]
+    async fn a_large_commit_is_stored_in_small_feed_records_and_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        commit(&store, connect("d:local:t:first", 1)).await;
+        let events: Vec<_> = (0..400)
+            .map(|n| connect(&format!("d:local:t:many-{n}"), 10 + n))
+            .collect();
+        store.commit_events(events).await.unwrap();
+        commit(&store, connect("d:local:t:last", 1_000)).await;
+        let commits = store.inner.log.read_commits(0, 402, usize::MAX).unwrap();
+        let sizes: Vec<_> = commits.iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [1, 400, 1]);
+        let from_the_middle = store.inner.log.read_commits(200, 402, usize::MAX).unwrap();
+        let sizes: Vec<_> = from_the_middle.iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [201, 1]);
+        store.close().await.unwrap();
+        drop(store);
+        let db = closed_store_db(dir.path());
+        let records: Vec<_> = db
+            .scan_prefix([keys::FEED])
+            .values()
+            .map(|v| v.unwrap())
+            .collect();
+        assert!(records.len() > 3, "the large commit is one record");
+        for record in &records {
+            assert!(
+                record.len() <= codec::RECORD_PIECE_BYTES,
+                "a feed record of {} bytes",
+                record.len()
+            );
+        }
+        let revisions: Vec<u64> = records
+            .iter()
+            .flat_map(|r| codec::decode_feed_record(r).unwrap().changes)
+            .map(|c| c.revision())
+            .collect();
+        assert_eq!(revisions, (1..=402).collect::<Vec<u64>>());
+        // The commit's log references too.
+        let batches: Vec<_> = db
+            .scan_prefix([keys::LOG_BATCH])
+            .values()
+            .map(|v| v.unwrap())
+            .collect();
+        assert!(
+            batches.len() > 3,
+            "the large commit's references are one record"
+        );
+        let mut revisions = Vec::new();
+        for batch in &batches {
+            assert!(
+                batch.len() <= codec::RECORD_PIECE_BYTES,
+                "a log batch record of {} bytes",
+                batch.len()
+            );
+            let batch: codec::LogBatchRecord = codec::decode(batch).unwrap();
+            revisions.extend(batch.entries.iter().map(|e| e.revision));
+        }
+        assert_eq!(revisions, (1..=402).collect::<Vec<u64>>());
+    }
+
     /// Retention drops the marker of a client without a record once its
     /// failed connects aged out of the log, and only then.
     #[tokio::test]
