@@ -266,7 +266,9 @@ def test_cancel_ends_a_watch_during_its_backoff(server: Server) -> None:
         watch = client.watch(start_revision=0, backoff=Backoff(20, 20))
         collector = Collector(watch)
         server.stop()
-        assert backoff.seen.wait(10), "the watch did not back off"
+        assert backoff.seen.wait(10), (
+            f"the watch did not back off (its thread alive: {collector.thread.is_alive()}, error: {collector.error!r})"
+        )
         started = time.monotonic()
         collector.stop()
         assert time.monotonic() - started < 2, "not after the 20 s backoff"
