@@ -3,7 +3,6 @@
 //! A test file of its own, so that the process-wide hook is this test's.
 
 use std::{
-    collections::HashSet,
     net::IpAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -14,23 +13,19 @@ use connstate::{
     store::{Store, StoreOptions},
 };
 
-static IDLE_THREADS: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+/// The names of the threads that ran the hook, once each.
+static IDLE_THREADS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 fn note_idle_thread() {
     let name = std::thread::current().name().unwrap_or("").to_owned();
-    IDLE_THREADS
-        .lock()
-        .unwrap()
-        .get_or_insert_with(HashSet::new)
-        .insert(name);
-}
-
-fn idle_threads() -> HashSet<String> {
-    IDLE_THREADS.lock().unwrap().clone().unwrap_or_default()
+    let mut threads = IDLE_THREADS.lock().unwrap();
+    if !threads.contains(&name) {
+        threads.push(name);
+    }
 }
 
 #[tokio::test]
-async fn the_writer_and_the_write_back_run_the_idle_hook_after_their_work() {
+async fn the_writer_and_the_write_back_run_the_idle_hook_when_they_wait() {
     assert!(connstate::idle::set_hook(note_idle_thread));
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
@@ -57,10 +52,10 @@ async fn the_writer_and_the_write_back_run_the_idle_hook_after_their_work() {
     }
     // The write-back thread goes idle after the write-back it just did.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let threads = idle_threads();
+    let threads = IDLE_THREADS.lock().unwrap().clone();
     for name in ["connstate-writer", "connstate-write-back"] {
         assert!(
-            threads.contains(name),
+            threads.iter().any(|t| t == name),
             "{name} never ran the idle hook: {threads:?}"
         );
     }

@@ -136,10 +136,10 @@ impl LocalLog {
             .iter()
             .map(|c| codec::ChangeRecord::from(c.as_ref()));
         for (n, piece) in codec::pieces(records).into_iter().enumerate() {
-            let Some(first) = piece.first() else {
+            let Some(head) = piece.first() else {
                 continue;
             };
-            let key = keys::revision_key(keys::FEED, first.revision());
+            let key = keys::revision_key(keys::FEED, head.revision());
             let feed = codec::FeedBatchRecord {
                 commit_ms,
                 changes: piece,

@@ -1269,8 +1269,8 @@ mod tests {
 
     /// A commit larger than one feed record holds is stored as pieces small
     /// enough for sled to keep in its cache's count (none a blob of its
-    /// own), and read back, also by the replay after a crash, as the one
-    /// commit it was.
+    /// own), and `read_commits` (what the replay after a crash reads) gives
+    /// it back as the one commit it was, also when read from its middle.
     #[tokio::test]
     async fn a_large_commit_is_stored_in_small_feed_records_and_read_back_whole() {
         let dir = tempfile::tempdir().unwrap();
