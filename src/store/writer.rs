@@ -1179,10 +1179,33 @@ mod tests {
     }
 
     /// The sled database of a closed store whose last handle is dropped:
-    /// a close leaves no thread holding it (sled's file lock would refuse
-    /// this second opening).
+    /// a close leaves no thread of the store holding it (sled's file lock
+    /// would refuse this second opening).
     fn closed_store_db(path: &std::path::Path) -> sled::Db {
-        sled::Config::new().path(path).open().unwrap()
+        once_released(|| sled::Config::new().path(path).open())
+    }
+
+    /// The store in `path` opened again after the handle before it (a
+    /// store's or a raw sled database's) was dropped.
+    fn reopen(path: &std::path::Path) -> Store {
+        once_released(|| Store::open(path, Default::default()))
+    }
+
+    /// Runs `open` until sled's file lock lets it through, for at most 10 s.
+    /// sled lets go of a dropped database's lock once its background work
+    /// for it is done, in a thread pool every database of the process
+    /// shares: while a test beside writes large commits, a moment later.
+    fn once_released<T, E: std::fmt::Debug>(mut open: impl FnMut() -> Result<T, E>) -> T {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match open() {
+                Ok(opened) => return opened,
+                Err(e) if std::time::Instant::now() >= deadline => {
+                    panic!("the folder is still held: {e:?}")
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        }
     }
 
     fn markers(path: &std::path::Path) -> Vec<String> {
@@ -1213,7 +1236,7 @@ mod tests {
         drop(store);
         assert_eq!(markers(dir.path()), ["d:local:t:gone", "d:local:t:x"]);
 
-        let store = Store::open(dir.path(), Default::default()).unwrap();
+        let store = reopen(dir.path());
         commit(&store, connect("d:local:t:x", 3)).await;
         commit(&store, connect("d:local:t:y", 1)).await;
         assert_eq!(failed_connects_of(&store, "d:local:t:x"), 2);
@@ -1235,7 +1258,7 @@ mod tests {
     #[tokio::test]
     async fn a_log_written_before_compression_is_read_with_the_new_records() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), Default::default()).unwrap();
+        let store = reopen(dir.path());
         for n in 1..=2 {
             commit(&store, connect("d:local:t:x", n)).await;
         }
@@ -1254,7 +1277,7 @@ mod tests {
             }
             db.flush().unwrap();
         }
-        let store = Store::open(dir.path(), Default::default()).unwrap();
+        let store = reopen(dir.path());
         commit(&store, connect("d:local:t:x", 3)).await;
         let changes = store.changes_after(0, 100).unwrap();
         let revisions: Vec<_> = changes.iter().map(|c| c.revision).collect();
@@ -1374,7 +1397,7 @@ mod tests {
     #[tokio::test]
     async fn a_store_without_failure_markers_reads_the_log() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), Default::default()).unwrap();
+        let store = reopen(dir.path());
         for n in 1..=3 {
             commit(&store, refused("d:local:t:x", n)).await;
         }
@@ -1388,7 +1411,7 @@ mod tests {
             }
             db.flush().unwrap();
         }
-        let store = Store::open(dir.path(), Default::default()).unwrap();
+        let store = reopen(dir.path());
         commit(&store, connect("d:local:t:x", 4)).await;
         assert_eq!(failed_connects_of(&store, "d:local:t:x"), 3);
         store.close().await.unwrap();
@@ -1553,7 +1576,7 @@ mod tests {
         let position = super::super::overlay::stored_position(&db).unwrap();
         assert_eq!(position, Some(committed));
         drop(db);
-        let reopened = Store::open(dir.path(), Default::default()).unwrap();
+        let reopened = reopen(dir.path());
         assert_eq!(reopened.committed_revision(), committed);
         for client in ["d:local:t:a", "d:local:t:b", "d:local:t:c"] {
             let state = reopened
