@@ -46,14 +46,18 @@ async fn the_writer_and_the_write_back_run_the_idle_hook_when_they_wait() {
         peer: None,
     };
     store.commit_events(vec![connect]).await.unwrap();
+    // The write-back thread goes idle after the write-back of the commit.
+    let names = ["connstate-writer", "connstate-write-back"];
     let deadline = Instant::now() + Duration::from_secs(10);
-    while store.write_back_pending() > 0 && Instant::now() < deadline {
+    let seen = || {
+        let threads = IDLE_THREADS.lock().unwrap();
+        names.iter().all(|name| threads.iter().any(|t| t == name))
+    };
+    while !seen() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // The write-back thread goes idle after the write-back it just did.
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let threads = IDLE_THREADS.lock().unwrap().clone();
-    for name in ["connstate-writer", "connstate-write-back"] {
+    for name in names {
         assert!(
             threads.iter().any(|t| t == name),
             "{name} never ran the idle hook: {threads:?}"
